@@ -1,0 +1,44 @@
+# One command to serve, one to test. Everything they need is installed by the targets themselves.
+CARGO ?= cargo
+ARGS ?=
+
+.PHONY: run build runtime test lint bench bench-load train fmt
+
+## Serve the shipped models on 127.0.0.1:8000 (flags: make run ARGS="--addr 0.0.0.0:8000").
+run: build
+	$(CARGO) run --release --quiet --bin mercator -- serve $(ARGS)
+
+## Build target/release/mercator.
+build: runtime
+	$(CARGO) build --release --bin mercator
+
+## Install libonnxruntime.so (from PyPI's onnxruntime wheel) into .runtime/lib.
+runtime:
+	@scripts/install-runtime.sh
+
+## The whole test suite: unit, integration (real HTTP, real ONNX Runtime), tritonclient.
+test: runtime
+	$(CARGO) test --workspace
+
+## Formatting and lints, as CI checks them.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Criterion micro-benchmarks: raw ONNX Runtime calls and the scheduler's overhead.
+bench: runtime
+	$(CARGO) bench -p mercator-benches
+
+## The load benchmark (wrk on loopback) against Mercator, the echo ceiling and the naive mutex server.
+bench-load: runtime
+	benches/load.sh
+
+## Regenerate fixtures/prices.csv and retrain the shipped models (not needed to run or test).
+train:
+	python3 -m venv .venv-train
+	.venv-train/bin/pip install --quiet -r models/train/requirements.txt
+	.venv-train/bin/python models/train/generate_data.py
+	.venv-train/bin/python models/train/train.py

@@ -1,0 +1,28 @@
+use std::path::PathBuf;
+
+/// Everything the engine can refuse or fail at. The server maps each variant to one status and code.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Runtime(String),
+    #[error("model at {path}: {reason}")]
+    InvalidModel { path: PathBuf, reason: String },
+    #[error("unknown model `{0}`")]
+    ModelNotFound(String),
+    #[error("model `{model}` has no version `{version}`")]
+    VersionNotFound { model: String, version: String },
+    #[error("model `{model}` is not ready")]
+    NotReady { model: String },
+    #[error("input `{name}`: {reason}")]
+    InvalidInput { name: String, reason: String },
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("the queue of model `{model}` is full ({capacity} rows); retry later")]
+    QueueFull { model: String, capacity: usize },
+    #[error("the request's deadline passed before it ran")]
+    DeadlineExceeded,
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    #[error("inference failed: {0}")]
+    Inference(String),
+}

@@ -1,0 +1,26 @@
+//! Mercator's engine: the model repository, ONNX Runtime sessions and the per-model batching scheduler.
+//!
+//! - [`Runtime`] loads ONNX Runtime (`runtime.rs`).
+//! - [`Repository`] loads every `model.toml` + `model.onnx` under the models directory (`repository.rs`).
+//! - [`Model`] is one served version: a bounded queue and the worker threads that own its sessions and
+//!   form batches (`model.rs`, `queue.rs`).
+//! - [`Backend`] is what runs a batch; [`OrtBackend`] is ONNX Runtime (`backend.rs`).
+
+mod backend;
+mod error;
+pub mod manifest;
+pub mod metrics;
+mod model;
+mod queue;
+mod repository;
+mod runtime;
+pub mod stats;
+mod tensor;
+
+pub use backend::{Backend, OrtBackend};
+pub use error::EngineError;
+pub use manifest::{Manifest, ModelKind, TensorSpec};
+pub use model::{InferOutput, Model, Timing};
+pub use repository::Repository;
+pub use runtime::{Runtime, ORT_VERSION};
+pub use tensor::{DataType, Tensor, TensorData};

@@ -1,0 +1,138 @@
+//! `model.toml`: what a model version is, what it takes and gives, and how it is served.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DataType, EngineError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Price,
+    Forecast,
+    Anomaly,
+    Generic,
+}
+
+/// One input or output tensor. `shape[0]` is the batch dimension and must be -1; the other dimensions are
+/// fixed (a positive size) or free (-1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    pub name: String,
+    pub datatype: DataType,
+    pub shape: Vec<i64>,
+}
+
+impl TensorSpec {
+    /// Elements per row when every dimension after the batch is fixed.
+    pub fn fixed_row_len(&self) -> Option<usize> {
+        self.shape[1..]
+            .iter()
+            .try_fold(1usize, |acc, &d| (d > 0).then(|| acc * d as usize))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Batching {
+    /// Rows in one ONNX Runtime call at most. A request with more rows runs alone, in one call.
+    pub max_batch_size: usize,
+    /// How long a worker that found fewer than `max_batch_size` rows waits for more, in microseconds.
+    /// 0 (the default): never wait, take what is queued.
+    pub max_queue_delay_us: u64,
+    /// Rows that may wait in the queue; past it, requests are refused at once (HTTP 429).
+    pub queue_capacity: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            max_batch_size: 64,
+            max_queue_delay_us: 0,
+            queue_capacity: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Instances {
+    /// Sessions of this model, each owned by its own worker thread.
+    pub count: usize,
+    /// ONNX Runtime intra-op threads per session. 1 keeps a session from spinning on the other cores;
+    /// tabular models gain nothing from more at the batch sizes served here.
+    pub intra_op_threads: usize,
+}
+
+impl Default for Instances {
+    fn default() -> Self {
+        Instances {
+            count: 1,
+            intra_op_threads: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    pub version: u64,
+    pub kind: ModelKind,
+    #[serde(default)]
+    pub description: String,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    #[serde(default)]
+    pub batching: Batching,
+    #[serde(default)]
+    pub instances: Instances,
+    /// Training metrics, kept for people: the engine does not read them.
+    #[serde(default)]
+    pub metrics: toml::Table,
+}
+
+impl Manifest {
+    pub fn from_file(path: &Path) -> Result<Manifest, EngineError> {
+        let invalid = |reason: String| EngineError::InvalidModel {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+        let manifest: Manifest = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        manifest.check().map_err(invalid)?;
+        Ok(manifest)
+    }
+
+    /// The rules a manifest must keep whatever its graph says.
+    pub fn check(&self) -> Result<(), String> {
+        if self.inputs.is_empty() || self.outputs.is_empty() {
+            return Err("a model needs at least one input and one output".into());
+        }
+        for spec in self.inputs.iter().chain(&self.outputs) {
+            if spec.shape.first() != Some(&-1) {
+                return Err(format!(
+                    "tensor `{}`: the first dimension is the batch and must be -1",
+                    spec.name
+                ));
+            }
+            if spec.shape[1..].iter().any(|&d| d == 0 || d < -1) {
+                return Err(format!(
+                    "tensor `{}`: dimensions are positive or -1",
+                    spec.name
+                ));
+            }
+        }
+        if self.batching.max_batch_size == 0 || self.batching.queue_capacity == 0 {
+            return Err(
+                "batching.max_batch_size and batching.queue_capacity must be at least 1".into(),
+            );
+        }
+        if self.instances.count == 0 || self.instances.intra_op_threads == 0 {
+            return Err("instances.count and instances.intra_op_threads must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,62 @@
+//! Prometheus metric names of the engine, in one place. Handles are made once per model version, so the
+//! request path does no label lookups.
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+
+pub const REQUESTS: &str = "mercator_inference_requests_total";
+pub const QUEUE_DURATION: &str = "mercator_inference_queue_duration_seconds";
+pub const COMPUTE_DURATION: &str = "mercator_inference_compute_duration_seconds";
+pub const BATCH_SIZE: &str = "mercator_inference_batch_size";
+pub const QUEUE_DEPTH: &str = "mercator_inference_queue_depth_rows";
+
+/// Request outcomes, the `outcome` label of `REQUESTS`.
+pub const OUTCOMES: [&str; 6] = [
+    "success",
+    "invalid",
+    "overloaded",
+    "dropped",
+    "expired",
+    "failed",
+];
+
+pub(crate) struct ModelMetrics {
+    outcomes: [Counter; 6],
+    pub queue: Histogram,
+    pub compute: Histogram,
+    pub batch_size: Histogram,
+    pub depth: Gauge,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum Outcome {
+    Success = 0,
+    Invalid = 1,
+    Overloaded = 2,
+    Dropped = 3,
+    Expired = 4,
+    Failed = 5,
+}
+
+impl ModelMetrics {
+    pub fn new(model: &str, version: u64) -> ModelMetrics {
+        let labels = [
+            ("model", model.to_string()),
+            ("version", version.to_string()),
+        ];
+        ModelMetrics {
+            outcomes: OUTCOMES.map(|o| {
+                let mut l = labels.to_vec();
+                l.push(("outcome", o.to_string()));
+                counter!(REQUESTS, &l)
+            }),
+            queue: histogram!(QUEUE_DURATION, &labels),
+            compute: histogram!(COMPUTE_DURATION, &labels),
+            batch_size: histogram!(BATCH_SIZE, &labels),
+            depth: gauge!(QUEUE_DEPTH, &labels),
+        }
+    }
+
+    pub fn count(&self, outcome: Outcome, n: u64) {
+        self.outcomes[outcome as usize].increment(n);
+    }
+}

@@ -1,0 +1,494 @@
+//! A served model version: a cheap handle (`Model`) and the worker threads that own its sessions.
+//!
+//! The request path is handler → `Model::infer` (validate, admit into the queue) → a worker thread (form a
+//! batch, one backend call, scatter) → oneshot → handler. No lock is held across a backend call.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::backend::Backend;
+use crate::manifest::Manifest;
+use crate::metrics::{ModelMetrics, Outcome};
+use crate::queue::{Batch, Entry, State};
+use crate::stats::{BatchTiming, Stats};
+use crate::tensor::{Tensor, TensorData};
+use crate::EngineError;
+
+/// The answer to one request: its outputs and what it cost.
+#[derive(Debug)]
+pub struct InferOutput {
+    pub outputs: Vec<Tensor>,
+    pub timing: Timing,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    pub queue: Duration,
+    pub compute: Duration,
+    /// Rows in the batch this request ran in.
+    pub batch_rows: usize,
+}
+
+struct Shared {
+    manifest: Manifest,
+    state: Mutex<State>,
+    wake: Condvar,
+    ready: AtomicBool,
+    stats: Stats,
+    metrics: ModelMetrics,
+}
+
+/// A handle on a served model version; clones share the same queue and workers.
+#[derive(Clone)]
+pub struct Model {
+    shared: Arc<Shared>,
+    workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Model {
+    /// Warms up every backend (a batch of one row and a full batch), then starts one worker per backend.
+    pub fn start(
+        manifest: Manifest,
+        backends: Vec<Box<dyn Backend>>,
+    ) -> Result<Model, EngineError> {
+        let capacity = manifest.batching.queue_capacity;
+        let metrics = ModelMetrics::new(&manifest.name, manifest.version);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new(capacity)),
+            wake: Condvar::new(),
+            ready: AtomicBool::new(false),
+            stats: Stats::default(),
+            metrics,
+            manifest,
+        });
+        let mut workers = Vec::new();
+        for (i, mut backend) in backends.into_iter().enumerate() {
+            for rows in [1, shared.manifest.batching.max_batch_size] {
+                backend
+                    .run(warmup_inputs(&shared.manifest, rows))
+                    .map_err(|e| EngineError::InvalidModel {
+                        path: format!("{}/{}", shared.manifest.name, shared.manifest.version)
+                            .into(),
+                        reason: format!("warm-up inference at batch {rows} failed: {e}"),
+                    })?;
+            }
+            let s = shared.clone();
+            let name = format!(
+                "model-{}-{}-{i}",
+                shared.manifest.name, shared.manifest.version
+            );
+            workers.push(
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || worker(s, backend))
+                    .map_err(|e| {
+                        EngineError::Runtime(format!("cannot start a worker thread: {e}"))
+                    })?,
+            );
+        }
+        shared.ready.store(true, Ordering::Release);
+        Ok(Model {
+            shared,
+            workers: Arc::new(Mutex::new(workers)),
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.shared.manifest
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Acquire)
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Rows waiting in the queue now.
+    pub fn queue_rows(&self) -> usize {
+        self.lock().rows()
+    }
+
+    /// Runs one request of any number of rows. Inputs may come in any order; each model input exactly once.
+    /// A full queue is refused at once with `QueueFull`; nothing is run for it.
+    pub async fn infer(
+        &self,
+        inputs: Vec<Tensor>,
+        deadline: Option<Instant>,
+    ) -> Result<InferOutput, EngineError> {
+        let started = Instant::now();
+        let result = self.submit(inputs, deadline, started);
+        let result = match result {
+            Ok(rx) => rx.await.unwrap_or(Err(EngineError::ShuttingDown)),
+            Err(e) => Err(e),
+        };
+        let s = &self.shared;
+        match &result {
+            Ok(_) => {
+                s.stats.success.record(1, started.elapsed());
+                s.metrics.count(Outcome::Success, 1);
+            }
+            Err(e) => {
+                s.stats.fail.record(1, started.elapsed());
+                let outcome = match e {
+                    EngineError::InvalidInput { .. } | EngineError::InvalidRequest(_) => {
+                        Outcome::Invalid
+                    }
+                    EngineError::QueueFull { .. } | EngineError::ShuttingDown => {
+                        Outcome::Overloaded
+                    }
+                    EngineError::DeadlineExceeded => Outcome::Expired,
+                    _ => Outcome::Failed,
+                };
+                s.metrics.count(outcome, 1);
+            }
+        }
+        result
+    }
+
+    fn submit(
+        &self,
+        inputs: Vec<Tensor>,
+        deadline: Option<Instant>,
+        now: Instant,
+    ) -> Result<oneshot::Receiver<Result<InferOutput, EngineError>>, EngineError> {
+        if !self.is_ready() {
+            return Err(EngineError::NotReady {
+                model: self.shared.manifest.name.clone(),
+            });
+        }
+        let (inputs, rows) = self.validate(inputs)?;
+        let capacity = self.shared.manifest.batching.queue_capacity;
+        if rows > capacity {
+            return Err(EngineError::InvalidRequest(format!(
+                "{rows} rows exceed the queue capacity of model `{}` ({capacity} rows)",
+                self.shared.manifest.name
+            )));
+        }
+        let (tx, rx) = oneshot::channel();
+        let entry = Entry {
+            inputs,
+            rows,
+            reply: tx,
+            enqueued: now,
+            deadline,
+        };
+        let mut state = self.lock();
+        if state.closed {
+            return Err(EngineError::ShuttingDown);
+        }
+        if state.push(entry).is_err() {
+            return Err(EngineError::QueueFull {
+                model: self.shared.manifest.name.clone(),
+                capacity,
+            });
+        }
+        self.shared.metrics.depth.set(state.rows() as f64);
+        drop(state);
+        self.shared.wake.notify_one();
+        Ok(rx)
+    }
+
+    /// Puts the inputs in the manifest's order and checks names, types and shapes against it.
+    fn validate(&self, mut inputs: Vec<Tensor>) -> Result<(Vec<Tensor>, usize), EngineError> {
+        let specs = &self.shared.manifest.inputs;
+        if let Some(extra) = inputs
+            .iter()
+            .find(|t| !specs.iter().any(|s| s.name == t.name))
+        {
+            let known: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
+            return Err(EngineError::InvalidInput {
+                name: extra.name.clone(),
+                reason: format!("the model has no such input; its inputs are {known:?}"),
+            });
+        }
+        let mut ordered = Vec::with_capacity(specs.len());
+        let mut rows = None;
+        for spec in specs {
+            let invalid = |reason: String| EngineError::InvalidInput {
+                name: spec.name.clone(),
+                reason,
+            };
+            let position = inputs
+                .iter()
+                .position(|t| t.name == spec.name)
+                .ok_or_else(|| invalid("missing: the model needs it".into()))?;
+            let tensor = inputs.swap_remove(position);
+            if inputs.iter().any(|t| t.name == spec.name) {
+                return Err(invalid("given more than once".into()));
+            }
+            if tensor.data.datatype() != spec.datatype {
+                return Err(invalid(format!(
+                    "datatype is {}, the model takes {}",
+                    tensor.data.datatype(),
+                    spec.datatype
+                )));
+            }
+            let shape_ok = tensor.shape.len() == spec.shape.len()
+                && tensor
+                    .shape
+                    .iter()
+                    .zip(&spec.shape)
+                    .skip(1)
+                    .all(|(&d, &s)| s == -1 || d as i64 == s);
+            if !shape_ok {
+                return Err(invalid(format!(
+                    "shape is {:?}, the model takes {:?}",
+                    tensor.shape, spec.shape
+                )));
+            }
+            if tensor.rows() == 0 {
+                return Err(invalid("has no rows".into()));
+            }
+            let elements: usize = tensor.shape.iter().product();
+            if tensor.data.len() != elements {
+                return Err(invalid(format!(
+                    "shape {:?} holds {elements} elements but {} were given",
+                    tensor.shape,
+                    tensor.data.len()
+                )));
+            }
+            match rows {
+                Some(r) if r != tensor.rows() => {
+                    return Err(invalid(format!(
+                        "has {} rows, another input has {r}",
+                        tensor.rows()
+                    )));
+                }
+                _ => rows = Some(tensor.rows()),
+            }
+            ordered.push(tensor);
+        }
+        Ok((ordered, rows.unwrap_or(0)))
+    }
+
+    /// Refuses new requests, lets the workers finish everything queued, and waits for them up to `timeout`.
+    /// Returns false when the workers did not finish in time.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        self.shared.ready.store(false, Ordering::Release);
+        self.lock().closed = true;
+        self.shared.wake.notify_all();
+        let deadline = Instant::now() + timeout;
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        while Instant::now() < deadline {
+            if workers.iter().all(|w| w.is_finished()) {
+                workers.drain(..).for_each(|w| drop(w.join()));
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn warmup_inputs(manifest: &Manifest, rows: usize) -> Vec<Tensor> {
+    manifest
+        .inputs
+        .iter()
+        .map(|spec| {
+            let mut shape = vec![rows];
+            shape.extend(spec.shape[1..].iter().map(|&d| d.max(1) as usize));
+            let len = shape.iter().product();
+            Tensor {
+                name: spec.name.clone(),
+                shape,
+                data: TensorData::ones(spec.datatype, len),
+            }
+        })
+        .collect()
+}
+
+/// One worker: waits for work, forms a batch, runs it, answers. Returns once the queue is closed and empty.
+fn worker(shared: Arc<Shared>, mut backend: Box<dyn Backend>) {
+    let max_rows = shared.manifest.batching.max_batch_size;
+    let delay = Duration::from_micros(shared.manifest.batching.max_queue_delay_us);
+    loop {
+        let batch = {
+            let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            while state.is_empty() {
+                if state.closed {
+                    return;
+                }
+                state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            if !delay.is_zero() {
+                let until = state.oldest().expect("not empty") + delay;
+                while state.rows() < max_rows && !state.closed {
+                    let now = Instant::now();
+                    if now >= until {
+                        break;
+                    }
+                    state = shared
+                        .wake
+                        .wait_timeout(state, until - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+            let batch = state.next_batch(max_rows, Instant::now());
+            shared.metrics.depth.set(state.rows() as f64);
+            if !state.is_empty() {
+                // Another instance may take what is left while this one computes.
+                shared.wake.notify_one();
+            }
+            batch
+        };
+        run_batch(&shared, backend.as_mut(), batch);
+    }
+}
+
+fn run_batch(shared: &Shared, backend: &mut dyn Backend, batch: Batch) {
+    let stats = &shared.stats;
+    let dropped = batch.cancelled + batch.expired.len();
+    if dropped > 0 {
+        stats.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+        shared
+            .metrics
+            .count(Outcome::Dropped, batch.cancelled as u64);
+        for late in batch.expired {
+            let _ = late.reply.send(Err(EngineError::DeadlineExceeded));
+        }
+    }
+    if batch.entries.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    let rows = batch.rows;
+    let mut replies = Vec::with_capacity(batch.entries.len());
+    let mut queue_times = Vec::with_capacity(batch.entries.len());
+    let inputs = concat(batch.entries, &mut replies, &mut queue_times, started);
+    let input_time = started.elapsed();
+    for queue in &queue_times {
+        stats.queue.record(1, *queue);
+        shared.metrics.queue.record(queue.as_secs_f64());
+    }
+    let result = backend.run(inputs);
+    let infer_time = started.elapsed() - input_time;
+    let requests = replies.len();
+    match result.and_then(|outputs| scatter(outputs, &replies, rows)) {
+        Ok(per_request) => {
+            let compute = started.elapsed();
+            for (((reply, _), outputs), queue) in
+                replies.into_iter().zip(per_request).zip(queue_times)
+            {
+                let timing = Timing {
+                    queue,
+                    compute,
+                    batch_rows: rows,
+                };
+                let _ = reply.send(Ok(InferOutput { outputs, timing }));
+            }
+        }
+        Err(e) => {
+            tracing::error!(model = %shared.manifest.name, version = shared.manifest.version, error = %e, "batch failed");
+            for (reply, _) in replies {
+                let _ = reply.send(Err(EngineError::Inference(e.clone())));
+            }
+        }
+    }
+    let output_time = started.elapsed() - input_time - infer_time;
+    stats.record_batch(&BatchTiming {
+        rows,
+        requests,
+        input: input_time,
+        infer: infer_time,
+        output: output_time,
+    });
+    shared
+        .metrics
+        .compute
+        .record((input_time + infer_time + output_time).as_secs_f64());
+    shared.metrics.batch_size.record(rows as f64);
+}
+
+type Reply = oneshot::Sender<Result<InferOutput, EngineError>>;
+
+/// Joins the entries' inputs into one tensor per model input; keeps each entry's reply and row count.
+fn concat(
+    entries: Vec<Entry>,
+    replies: &mut Vec<(Reply, usize)>,
+    queue_times: &mut Vec<Duration>,
+    now: Instant,
+) -> Vec<Tensor> {
+    let total: usize = entries.iter().map(|e| e.rows).sum();
+    let mut joined: Option<Vec<Tensor>> = None;
+    let single = entries.len() == 1;
+    for entry in entries {
+        queue_times.push(now.saturating_duration_since(entry.enqueued));
+        replies.push((entry.reply, entry.rows));
+        if single {
+            joined = Some(entry.inputs);
+            break;
+        }
+        let joined = joined.get_or_insert_with(|| {
+            entry
+                .inputs
+                .iter()
+                .map(|t| {
+                    let mut shape = t.shape.clone();
+                    shape[0] = total;
+                    Tensor {
+                        name: t.name.clone(),
+                        shape,
+                        data: TensorData::with_capacity(t.data.datatype(), total * t.row_len()),
+                    }
+                })
+                .collect()
+        });
+        for (into, from) in joined.iter_mut().zip(&entry.inputs) {
+            into.data.extend_from(&from.data);
+        }
+    }
+    joined.unwrap_or_default()
+}
+
+/// Splits each output back into the requests' rows, in the batch's order.
+fn scatter(
+    outputs: Vec<Tensor>,
+    replies: &[(Reply, usize)],
+    rows: usize,
+) -> Result<Vec<Vec<Tensor>>, String> {
+    for out in &outputs {
+        if out.rows() != rows {
+            return Err(format!(
+                "output `{}` has {} rows for a batch of {rows}",
+                out.name,
+                out.rows()
+            ));
+        }
+    }
+    if replies.len() == 1 {
+        return Ok(vec![outputs]);
+    }
+    let mut per_request = Vec::with_capacity(replies.len());
+    let mut offset = 0;
+    for &(_, n) in replies {
+        per_request.push(
+            outputs
+                .iter()
+                .map(|out| {
+                    let width = out.row_len();
+                    let mut shape = out.shape.clone();
+                    shape[0] = n;
+                    Tensor {
+                        name: out.name.clone(),
+                        shape,
+                        data: out.data.slice(offset * width, (offset + n) * width),
+                    }
+                })
+                .collect(),
+        );
+        offset += n;
+    }
+    debug_assert_eq!(offset, rows);
+    Ok(per_request)
+}

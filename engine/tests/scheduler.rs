@@ -1,0 +1,321 @@
+//! The scheduler with a backend whose speed the test controls: admission, batching, drops, drain.
+//! (The real ONNX Runtime path is covered by the server's tests against the shipped models.)
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mercator_engine::{Backend, DataType, EngineError, Manifest, Model, Tensor, TensorData};
+
+/// Doubles its input; each batch waits for a permit from the test, so the test decides when work runs.
+struct Gated {
+    permits: Arc<Mutex<mpsc::Receiver<()>>>,
+    batches: mpsc::Sender<usize>,
+}
+
+impl Backend for Gated {
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+        let rows = inputs[0].rows();
+        let _ = self.batches.send(rows);
+        self.permits
+            .lock()
+            .unwrap()
+            .recv()
+            .map_err(|e| e.to_string())?;
+        let TensorData::Fp32(v) = &inputs[0].data else {
+            unreachable!()
+        };
+        Ok(vec![Tensor {
+            name: "y".into(),
+            shape: inputs[0].shape.clone(),
+            data: TensorData::Fp32(v.iter().map(|x| x * 2.0).collect()),
+        }])
+    }
+}
+
+fn manifest(max_batch_size: usize, queue_capacity: usize) -> Manifest {
+    toml::from_str(&format!(
+        r#"
+        name = "double"
+        version = 1
+        kind = "generic"
+        [[inputs]]
+        name = "x"
+        datatype = "FP32"
+        shape = [-1, 1]
+        [[outputs]]
+        name = "y"
+        datatype = "FP32"
+        shape = [-1, 1]
+        [batching]
+        max_batch_size = {max_batch_size}
+        queue_capacity = {queue_capacity}
+        "#
+    ))
+    .unwrap()
+}
+
+struct Harness {
+    model: Model,
+    permits: mpsc::Sender<()>,
+    batches: mpsc::Receiver<usize>,
+}
+
+fn start(max_batch_size: usize, queue_capacity: usize) -> Harness {
+    let (permit_tx, permit_rx) = mpsc::channel();
+    let (batch_tx, batch_rx) = mpsc::channel();
+    // Warm-up runs two batches (1 row, and max_batch_size rows): let them through.
+    permit_tx.send(()).unwrap();
+    permit_tx.send(()).unwrap();
+    let backend = Gated {
+        permits: Arc::new(Mutex::new(permit_rx)),
+        batches: batch_tx,
+    };
+    let model = Model::start(
+        manifest(max_batch_size, queue_capacity),
+        vec![Box::new(backend)],
+    )
+    .unwrap();
+    assert_eq!(batch_rx.recv().unwrap(), 1);
+    assert_eq!(batch_rx.recv().unwrap(), max_batch_size);
+    Harness {
+        model,
+        permits: permit_tx,
+        batches: batch_rx,
+    }
+}
+
+fn rows(values: &[f32]) -> Vec<Tensor> {
+    vec![Tensor {
+        name: "x".into(),
+        shape: vec![values.len(), 1],
+        data: TensorData::Fp32(values.to_vec()),
+    }]
+}
+
+fn wait_for_queue(model: &Model, rows: usize) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while model.queue_rows() != rows {
+        assert!(Instant::now() < until, "queue never reached {rows} rows");
+        std::thread::yield_now();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_requests_are_batched_and_each_gets_its_own_rows() {
+    let h = start(8, 100);
+    // The first request occupies the worker; the next ones wait and then run together in one batch.
+    let first = tokio::spawn({
+        let m = h.model.clone();
+        async move { m.infer(rows(&[1.0]), None).await }
+    });
+    assert_eq!(h.batches.recv().unwrap(), 1);
+    let mut waiting = Vec::new();
+    for i in 0..3 {
+        let m = h.model.clone();
+        let values = vec![10.0 * (i + 1) as f32, 10.0 * (i + 1) as f32 + 1.0];
+        waiting.push((
+            values.clone(),
+            tokio::spawn(async move { m.infer(rows(&values), None).await }),
+        ));
+    }
+    wait_for_queue(&h.model, 6);
+    h.permits.send(()).unwrap();
+    assert_eq!(
+        h.batches.recv().unwrap(),
+        6,
+        "the three waiting requests form one batch of 6 rows"
+    );
+    h.permits.send(()).unwrap();
+    assert_eq!(
+        first.await.unwrap().unwrap().outputs[0].data,
+        TensorData::Fp32(vec![2.0])
+    );
+    for (values, task) in waiting {
+        let out = task.await.unwrap().unwrap();
+        assert_eq!(out.timing.batch_rows, 6);
+        let expected: Vec<f32> = values.iter().map(|v| v * 2.0).collect();
+        assert_eq!(out.outputs[0].data, TensorData::Fp32(expected));
+        assert_eq!(out.outputs[0].shape, vec![2, 1]);
+    }
+    let stats = h.model.stats().snapshot();
+    assert!(stats
+        .batches
+        .iter()
+        .any(|b| b.batch_size == 6 && b.compute_infer.count == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_at_once_and_runs_nothing() {
+    let h = start(4, 4);
+    let busy = tokio::spawn({
+        let m = h.model.clone();
+        async move { m.infer(rows(&[1.0]), None).await }
+    });
+    assert_eq!(h.batches.recv().unwrap(), 1);
+    let queued = tokio::spawn({
+        let m = h.model.clone();
+        async move { m.infer(rows(&[1.0, 2.0, 3.0]), None).await }
+    });
+    wait_for_queue(&h.model, 3);
+    // 3 rows wait, capacity is 4: two more rows do not fit.
+    let refused = h.model.infer(rows(&[5.0, 6.0]), None).await;
+    assert!(
+        matches!(refused, Err(EngineError::QueueFull { capacity: 4, .. })),
+        "{refused:?}"
+    );
+    // One more row fits.
+    let fits = tokio::spawn({
+        let m = h.model.clone();
+        async move { m.infer(rows(&[7.0]), None).await }
+    });
+    wait_for_queue(&h.model, 4);
+    for _ in 0..2 {
+        h.permits.send(()).unwrap();
+    }
+    assert!(busy.await.unwrap().is_ok());
+    assert!(queued.await.unwrap().is_ok());
+    assert_eq!(h.batches.recv().unwrap(), 4, "the refused rows never ran");
+    assert!(fits.await.unwrap().is_ok());
+    assert_eq!(h.model.stats().snapshot().fail.count, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_whose_caller_left_or_deadline_passed_never_run() {
+    let h = start(8, 100);
+    let busy = tokio::spawn({
+        let m = h.model.clone();
+        async move { m.infer(rows(&[1.0]), None).await }
+    });
+    assert_eq!(h.batches.recv().unwrap(), 1);
+    let abandoned = tokio::spawn({
+        let m = h.model.clone();
+        async move { m.infer(rows(&[2.0, 2.0]), None).await }
+    });
+    let late = tokio::spawn({
+        let m = h.model.clone();
+        async move {
+            m.infer(
+                rows(&[3.0, 3.0, 3.0]),
+                Some(Instant::now() + Duration::from_millis(1)),
+            )
+            .await
+        }
+    });
+    let kept = tokio::spawn({
+        let m = h.model.clone();
+        async move { m.infer(rows(&[4.0]), None).await }
+    });
+    wait_for_queue(&h.model, 6);
+    abandoned.abort();
+    let _ = abandoned.await;
+    std::thread::sleep(Duration::from_millis(5));
+    h.permits.send(()).unwrap();
+    h.permits.send(()).unwrap();
+    assert!(busy.await.unwrap().is_ok());
+    assert_eq!(
+        h.batches.recv().unwrap(),
+        1,
+        "only the live, timely request runs"
+    );
+    assert!(matches!(
+        late.await.unwrap(),
+        Err(EngineError::DeadlineExceeded)
+    ));
+    assert_eq!(
+        kept.await.unwrap().unwrap().outputs[0].data,
+        TensorData::Fp32(vec![8.0])
+    );
+    assert_eq!(h.model.stats().snapshot().dropped, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_finishes_what_is_queued_and_refuses_new_work() {
+    let h = start(2, 100);
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let m = h.model.clone();
+        tasks.push(tokio::spawn(async move {
+            m.infer(rows(&[i as f32]), None).await
+        }));
+        if i == 0 {
+            assert_eq!(h.batches.recv().unwrap(), 1);
+        }
+    }
+    wait_for_queue(&h.model, 4);
+    for _ in 0..3 {
+        h.permits.send(()).unwrap();
+    }
+    let model = h.model.clone();
+    let drained = tokio::task::spawn_blocking(move || model.drain(Duration::from_secs(10)));
+    while h.model.is_ready() {
+        tokio::task::yield_now().await;
+    }
+    let refused = h.model.infer(rows(&[9.0]), None).await;
+    assert!(
+        matches!(
+            refused,
+            Err(EngineError::NotReady { .. } | EngineError::ShuttingDown)
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        drained.await.unwrap(),
+        "workers finished within the timeout"
+    );
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(
+            task.await.unwrap().unwrap().outputs[0].data,
+            TensorData::Fp32(vec![2.0 * i as f32])
+        );
+    }
+}
+
+#[tokio::test]
+async fn inputs_are_checked_against_the_manifest() {
+    let h = start(4, 100);
+    let cases: Vec<(Vec<Tensor>, &str)> = vec![
+        (
+            vec![Tensor {
+                name: "x".into(),
+                shape: vec![1, 1],
+                data: TensorData::Int64(vec![1]),
+            }],
+            "datatype is INT64",
+        ),
+        (
+            vec![Tensor {
+                name: "x".into(),
+                shape: vec![1, 2],
+                data: TensorData::Fp32(vec![1.0, 2.0]),
+            }],
+            "shape is [1, 2]",
+        ),
+        (
+            vec![Tensor {
+                name: "z".into(),
+                shape: vec![1, 1],
+                data: TensorData::Fp32(vec![1.0]),
+            }],
+            "no such input",
+        ),
+        (vec![], "missing"),
+        (
+            vec![Tensor {
+                name: "x".into(),
+                shape: vec![0, 1],
+                data: TensorData::Fp32(vec![]),
+            }],
+            "no rows",
+        ),
+    ];
+    for (inputs, expected) in cases {
+        let err = h.model.infer(inputs, None).await.unwrap_err();
+        assert!(matches!(err, EngineError::InvalidInput { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(expected),
+            "`{err}` should say `{expected}`"
+        );
+    }
+    assert_eq!(DataType::parse("FP32"), Some(DataType::Fp32));
+}

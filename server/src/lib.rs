@@ -1,0 +1,139 @@
+//! Mercator's HTTP server: it translates HTTP into engine calls and back, and decides nothing itself.
+//!
+//! - `v2/`: the Open Inference Protocol (KServe V2) with Triton's extensions.
+//! - `health.rs`: `/healthz`, `/readyz`.  `metrics.rs`: `/metrics` and HTTP metrics.
+//! - `config.rs`: flags, environment, TOML file.  `error.rs`: the one error format.
+
+pub mod config;
+pub mod error;
+mod health;
+pub mod metrics;
+pub mod request_id;
+pub mod v2;
+
+use std::future::{Future, IntoFuture};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::Uri;
+use axum::routing::get;
+use axum::Router;
+use mercator_engine::{Repository, Runtime};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+use error::ApiError;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub repository: Arc<Repository>,
+    pub prometheus: PrometheusHandle,
+    pub limits: Limits,
+    draining: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn check_ready(&self) -> Result<(), ApiError> {
+        if self.draining.load(Ordering::Acquire) {
+            return Err(ApiError::Draining);
+        }
+        if !self.repository.is_ready() {
+            return Err(mercator_engine::EngineError::NotReady {
+                model: "(some)".into(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// A loaded, ready-to-serve application: the models are loaded and warmed up.
+pub struct App {
+    pub state: AppState,
+    pub config: Config,
+}
+
+impl App {
+    /// Installs the metrics recorder, loads ONNX Runtime and every model in the repository.
+    pub fn load(config: Config) -> Result<App, String> {
+        let prometheus = metrics::recorder();
+        let runtime = Runtime::load(config.ort_lib.as_deref()).map_err(|e| e.to_string())?;
+        tracing::info!(library = %runtime.library.display(), "ONNX Runtime loaded");
+        let repository =
+            Repository::load(&runtime, &config.models_dir).map_err(|e| e.to_string())?;
+        let state = AppState {
+            repository: Arc::new(repository),
+            prometheus,
+            limits: Limits {
+                max_body_bytes: config.max_body_bytes,
+            },
+            draining: Arc::new(AtomicBool::new(false)),
+        };
+        Ok(App { state, config })
+    }
+
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// Serves until `shutdown` resolves, then drains: readiness goes to 503, the listener closes, requests in
+    /// flight and queued finish (bounded by the drain timeout), and the model workers stop.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let state = self.state.clone();
+        let drain_timeout = self.config.drain_timeout;
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let draining = state.draining.clone();
+        let signal = async move {
+            shutdown.await;
+            draining.store(true, Ordering::Release);
+            tracing::info!(timeout = ?drain_timeout, "shutting down: draining requests");
+            let _ = stopped_tx.send(());
+        };
+        let server = axum::serve(listener, self.router()).with_graceful_shutdown(signal);
+        let server = async move {
+            let mut server = std::pin::pin!(server.into_future());
+            tokio::select! {
+                result = &mut server => result,
+                _ = async { let _ = stopped_rx.await; tokio::time::sleep(drain_timeout).await } => {
+                    tracing::warn!("drain timeout reached with connections still open");
+                    Ok(())
+                }
+            }
+        };
+        let result = server.await;
+        let repository = state.repository.clone();
+        let drained = tokio::task::spawn_blocking(move || repository.drain(drain_timeout))
+            .await
+            .unwrap_or(false);
+        if !drained {
+            tracing::warn!("model workers did not finish within the drain timeout");
+        }
+        tracing::info!("stopped");
+        result
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(v2::routes())
+        .merge(health::routes())
+        .route("/metrics", get(metrics::render))
+        .fallback(|uri: Uri| async move { ApiError::RouteNotFound(uri.path().to_string()) })
+        .layer(axum::middleware::from_fn(metrics::track))
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(request_id::propagate())
+        .layer(request_id::set())
+        .with_state(state)
+}

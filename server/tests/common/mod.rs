@@ -1,0 +1,172 @@
+//! Starts the real server, with the shipped models and ONNX Runtime, on an ephemeral port.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mercator_server::{App, Config};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn shipped_models() -> PathBuf {
+    repo_root().join("models")
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::with(|_| {}).await
+    }
+
+    pub async fn with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config {
+            models_dir: shipped_models(),
+            drain_timeout: Duration::from_secs(10),
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = tokio::task::spawn_blocking(move || App::load(config))
+            .await
+            .unwrap()
+            .expect("the app loads");
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(app.serve(listener, async move {
+            let _ = rx.await;
+        }));
+        let server = TestServer {
+            base,
+            client: reqwest::Client::new(),
+            shutdown: Some(tx),
+            task: Some(task),
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..500 {
+            if let Ok(r) = self.client.get(self.url("/readyz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("server never became ready");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.client.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
+    }
+
+    /// Signals shutdown and waits for the server to stop.
+    pub async fn stop(&mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().unwrap().await.unwrap()
+    }
+}
+
+/// A golden file written by models/train/train.py.
+pub struct Golden {
+    pub model: String,
+    pub inputs: Vec<Value>,
+    pub outputs: Vec<Value>,
+}
+
+pub fn golden(model: &str) -> Golden {
+    let text =
+        std::fs::read_to_string(repo_root().join(format!("fixtures/golden/{model}.json"))).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    Golden {
+        model: model.to_string(),
+        inputs: v["inputs"].as_array().unwrap().clone(),
+        outputs: v["outputs"].as_array().unwrap().clone(),
+    }
+}
+
+impl Golden {
+    pub fn rows(&self) -> usize {
+        self.inputs[0]["shape"][0].as_u64().unwrap() as usize
+    }
+
+    /// The V2 request for rows [start, end) of the golden inputs.
+    pub fn request(&self, start: usize, end: usize) -> Value {
+        let inputs: Vec<Value> = self
+            .inputs
+            .iter()
+            .map(|i| {
+                let width = i["shape"][1].as_u64().unwrap() as usize;
+                let data = &i["data"].as_array().unwrap()[start * width..end * width];
+                serde_json::json!({ "name": i["name"], "datatype": "FP32", "shape": [end - start, width], "data": data })
+            })
+            .collect();
+        serde_json::json!({ "inputs": inputs })
+    }
+
+    /// Expected output values of rows [start, end) for the output `name`.
+    pub fn expected(&self, name: &str, start: usize, end: usize) -> Vec<f64> {
+        let o = self.outputs.iter().find(|o| o["name"] == name).unwrap();
+        let width = o["shape"][1].as_u64().unwrap() as usize;
+        o["data"].as_array().unwrap()[start * width..end * width]
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    }
+}
+
+/// Asserts `actual` equals `expected` within a relative tolerance of 1e-5.
+pub fn assert_close(actual: &[f64], expected: &[f64], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+        let tolerance = 1e-5 * e.abs().max(1e-6);
+        assert!(
+            (a - e).abs() <= tolerance,
+            "{what}[{i}]: got {a}, golden {e}"
+        );
+    }
+}
+
+pub fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
