@@ -267,12 +267,18 @@ impl Model {
         Ok((ordered, rows.unwrap_or(0)))
     }
 
-    /// Refuses new requests, lets the workers finish everything queued, and waits for them up to `timeout`.
-    /// Returns false when the workers did not finish in time.
-    pub fn drain(&self, timeout: Duration) -> bool {
+    /// Refuses new requests from now on and tells the workers to run what is queued without waiting for
+    /// more (a `max_queue_delay_us` wait ends at once).
+    pub fn close(&self) {
         self.shared.ready.store(false, Ordering::Release);
         self.lock().closed = true;
         self.shared.wake.notify_all();
+    }
+
+    /// Refuses new requests, lets the workers finish everything queued, and waits for them up to `timeout`.
+    /// Returns false when the workers did not finish in time.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        self.close();
         let deadline = Instant::now() + timeout;
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         while Instant::now() < deadline {

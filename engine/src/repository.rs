@@ -125,6 +125,11 @@ impl Repository {
         self.all().all(Model::is_ready)
     }
 
+    /// Closes every model: no new requests; what is queued runs without waiting for batch-mates.
+    pub fn close(&self) {
+        self.all().for_each(Model::close);
+    }
+
     /// Drains every model: no new requests, everything queued answered, within `timeout` in all.
     pub fn drain(&self, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;

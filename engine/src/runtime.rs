@@ -33,6 +33,11 @@ impl Runtime {
         Ok(runtime)
     }
 
+    /// The ONNX Runtime environment, to build sessions from.
+    pub fn environment(&self) -> &ort::environment::Environment {
+        &self.env
+    }
+
     fn load_once(explicit: Option<&Path>) -> Result<Runtime, EngineError> {
         let library = locate(explicit).ok_or_else(|| {
             EngineError::Runtime(format!(

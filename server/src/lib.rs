@@ -95,9 +95,12 @@ impl App {
         let drain_timeout = self.config.drain_timeout;
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         let draining = state.draining.clone();
+        let repository = state.repository.clone();
         let signal = async move {
             shutdown.await;
             draining.store(true, Ordering::Release);
+            // Queued requests run now; the HTTP server then waits for their handlers to answer.
+            repository.close();
             tracing::info!(timeout = ?drain_timeout, "shutting down: draining requests");
             let _ = stopped_tx.send(());
         };

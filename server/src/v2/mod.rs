@@ -3,7 +3,7 @@
 //!
 //! Each handler translates: decode, one call into the engine, encode. The engine decides.
 
-mod types;
+pub mod types;
 
 use std::time::{Duration, Instant};
 

@@ -170,3 +170,48 @@ pub fn floats(v: &Value) -> Vec<f64> {
         .map(|x| x.as_f64().unwrap())
         .collect()
 }
+
+/// A model repository holding only the shipped `price` model under another name (so that its metrics are
+/// its own in a test process with several servers), with its batching settings replaced.
+pub fn price_repository(
+    name: &str,
+    max_batch_size: usize,
+    queue_capacity: usize,
+    max_queue_delay_us: u64,
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join(name).join("1");
+    std::fs::create_dir_all(&to).unwrap();
+    let from = shipped_models().join("price/1");
+    std::fs::copy(from.join("model.onnx"), to.join("model.onnx")).unwrap();
+    let mut manifest: toml::Table = std::fs::read_to_string(from.join("model.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    manifest.insert("name".into(), name.into());
+    let batching = manifest["batching"].as_table_mut().unwrap();
+    batching.insert("max_batch_size".into(), (max_batch_size as i64).into());
+    batching.insert("queue_capacity".into(), (queue_capacity as i64).into());
+    batching.insert(
+        "max_queue_delay_us".into(),
+        (max_queue_delay_us as i64).into(),
+    );
+    std::fs::write(to.join("model.toml"), toml::to_string(&manifest).unwrap()).unwrap();
+    dir
+}
+
+/// `rows` rows cycling through the golden price rows, and the prices expected for them.
+pub fn price_rows(rows: usize, offset: usize) -> (Value, Vec<f64>) {
+    let g = golden("price");
+    let n = g.rows();
+    let features = g.inputs[0]["data"].as_array().unwrap();
+    let mut data = Vec::with_capacity(rows * 20);
+    let mut expected = Vec::with_capacity(rows);
+    for r in 0..rows {
+        let row = (r + offset) % n;
+        data.extend_from_slice(&features[row * 20..(row + 1) * 20]);
+        expected.extend(g.expected("price", row, row + 1));
+    }
+    let request = serde_json::json!({ "inputs": [{ "name": "features", "datatype": "FP32", "shape": [rows, 20], "data": data }] });
+    (request, expected)
+}

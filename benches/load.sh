@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The load benchmark: single-row V2 inference on the price model over loopback with wrk, against
+#   echo     - an axum handler that parses the same request and answers a constant (the HTTP ceiling),
+#   naive    - an axum handler running the model inline through one ORT session behind a mutex,
+#   mercator - target/release/mercator with the shipped models,
+# at each concurrency in $CONCURRENCY for $DURATION seconds, all in one run; then NVIDIA's perf_analyzer
+# against Mercator with binary tensors. Writes benches/out/*.jsonl and prints the table for RESULTS.md.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+DURATION="${DURATION:-15}"
+CONCURRENCY="${CONCURRENCY:-1 16 64 256}"
+PERF_ANALYZER="${PERF_ANALYZER:-1}"
+out="$root/benches/out"
+mkdir -p "$out"
+target="${CARGO_TARGET_DIR:-$root/target}"
+
+if ! command -v wrk >/dev/null; then
+  echo "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+fi
+scripts/install-runtime.sh
+cargo build --release --quiet --bin mercator --bin bench-echo --bin bench-naive
+
+python3 - "$out/price-row.json" <<'PY'
+import json, sys
+g = json.load(open("fixtures/golden/price.json"))["inputs"][0]
+json.dump({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 20], "data": g["data"][:20]}]}, open(sys.argv[1], "w"))
+PY
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+"$target/release/bench-echo" 127.0.0.1:8101 & pids+=($!); echo_pid=$!
+"$target/release/bench-naive" 127.0.0.1:8102 & pids+=($!); naive_pid=$!
+RUST_LOG=warn "$target/release/mercator" serve --addr 127.0.0.1:8103 & pids+=($!); mercator_pid=$!
+for port in 8101 8102 8103; do
+  for _ in $(seq 1 200); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -XPOST -H 'content-type: application/json' \
+      --data-binary @"$out/price-row.json" "http://127.0.0.1:$port/v2/models/price/infer" || true)
+    [ "$code" = 200 ] && break; sleep 0.1
+  done
+  [ "$code" = 200 ] || { echo "server on $port never answered"; exit 1; }
+done
+
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+results="$out/load.jsonl"
+: > "$results"
+for c in $CONCURRENCY; do
+  threads=$(( c < 2 ? 1 : 2 ))
+  for server in echo naive mercator; do
+    case $server in echo) port=8101 pid=$echo_pid;; naive) port=8102 pid=$naive_pid;; mercator) port=8103 pid=$mercator_pid;; esac
+    line=$(BODY_FILE="$out/price-row.json" wrk -t"$threads" -c"$c" -d"${DURATION}s" --timeout 5s -s benches/post.lua \
+      "http://127.0.0.1:$port/v2/models/price/infer" | tail -n 1)
+    echo "{\"server\":\"$server\",\"concurrency\":$c,\"rss_kib\":$(rss_kib "$pid"),\"result\":$line}" | tee -a "$results"
+  done
+done
+
+if [ "$PERF_ANALYZER" = 1 ]; then
+  benches/perf_analyzer.sh 127.0.0.1:8103 | tee "$out/perf_analyzer.txt"
+fi
+python3 benches/report.py "$results" "$out/perf_analyzer.txt"

@@ -1,0 +1,63 @@
+//! NVIDIA's Python `tritonclient[http]`, unchanged, against the real server: JSON and binary tensors,
+//! model configuration and statistics. The test makes its own virtual environment (.venv-test).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{repo_root, TestServer};
+
+fn venv_python() -> std::path::PathBuf {
+    let root = repo_root();
+    let venv = root.join(".venv-test");
+    let requirements = root.join("server/tests/requirements.txt");
+    let stamp = venv.join(".requirements");
+    let wanted = std::fs::read_to_string(&requirements).unwrap();
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "-r"])
+            .arg(&requirements));
+        std::fs::write(&stamp, wanted).unwrap();
+    }
+    venv.join("bin/python")
+}
+
+fn run(command: &mut Command) {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_infers_reads_config_and_statistics() {
+    let python = tokio::task::spawn_blocking(venv_python).await.unwrap();
+    let server = TestServer::start().await;
+    let host = server.base.trim_start_matches("http://").to_string();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tritonclient_check.py");
+    let golden = repo_root().join("fixtures/golden");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .arg(host)
+            .arg(golden)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("tritonclient ok"), "{stdout}");
+}
