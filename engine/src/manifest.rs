@@ -44,6 +44,9 @@ pub struct Batching {
     pub max_queue_delay_us: u64,
     /// Rows that may wait in the queue; past it, requests are refused at once (HTTP 429).
     pub queue_capacity: usize,
+    /// A request of at most this many rows that finds the queue empty and an instance idle runs at once on
+    /// the caller's thread instead of waking a worker (1 by default; 0: always go through the queue).
+    pub inline_max_rows: usize,
 }
 
 impl Default for Batching {
@@ -52,6 +55,7 @@ impl Default for Batching {
             max_batch_size: 64,
             max_queue_delay_us: 0,
             queue_capacity: 4096,
+            inline_max_rows: 1,
         }
     }
 }

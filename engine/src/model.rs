@@ -1,7 +1,8 @@
 //! A served model version: a cheap handle (`Model`) and the worker threads that own its sessions.
 //!
 //! The request path is handler → `Model::infer` (validate, admit into the queue) → a worker thread (form a
-//! batch, one backend call, scatter) → oneshot → handler. No lock is held across a backend call.
+//! batch, one backend call, scatter) → oneshot → handler. The queue's lock is never held across a backend
+//! call; a lone small request on an idle model runs inline instead (`Model::try_inline`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -35,6 +36,9 @@ pub struct Timing {
 
 struct Shared {
     manifest: Manifest,
+    /// One backend per instance. Worker `i` locks slot `i` to run a batch; a lone small request that finds
+    /// the queue empty and a slot free runs inline on the caller's thread (see `try_inline`).
+    slots: Vec<Mutex<Box<dyn Backend>>>,
     state: Mutex<State>,
     wake: Condvar,
     ready: AtomicBool,
@@ -57,7 +61,20 @@ impl Model {
     ) -> Result<Model, EngineError> {
         let capacity = manifest.batching.queue_capacity;
         let metrics = ModelMetrics::new(&manifest.name, manifest.version);
+        let mut slots = Vec::with_capacity(backends.len());
+        for mut backend in backends {
+            for rows in [1, manifest.batching.max_batch_size] {
+                backend.run(warmup_inputs(&manifest, rows)).map_err(|e| {
+                    EngineError::InvalidModel {
+                        path: format!("{}/{}", manifest.name, manifest.version).into(),
+                        reason: format!("warm-up inference at batch {rows} failed: {e}"),
+                    }
+                })?;
+            }
+            slots.push(Mutex::new(backend));
+        }
         let shared = Arc::new(Shared {
+            slots,
             state: Mutex::new(State::new(capacity)),
             wake: Condvar::new(),
             ready: AtomicBool::new(false),
@@ -66,16 +83,7 @@ impl Model {
             manifest,
         });
         let mut workers = Vec::new();
-        for (i, mut backend) in backends.into_iter().enumerate() {
-            for rows in [1, shared.manifest.batching.max_batch_size] {
-                backend
-                    .run(warmup_inputs(&shared.manifest, rows))
-                    .map_err(|e| EngineError::InvalidModel {
-                        path: format!("{}/{}", shared.manifest.name, shared.manifest.version)
-                            .into(),
-                        reason: format!("warm-up inference at batch {rows} failed: {e}"),
-                    })?;
-            }
+        for i in 0..shared.slots.len() {
             let s = shared.clone();
             let name = format!(
                 "model-{}-{}-{i}",
@@ -84,7 +92,7 @@ impl Model {
             workers.push(
                 std::thread::Builder::new()
                     .name(name)
-                    .spawn(move || worker(s, backend))
+                    .spawn(move || worker(s, i))
                     .map_err(|e| {
                         EngineError::Runtime(format!("cannot start a worker thread: {e}"))
                     })?,
@@ -178,6 +186,10 @@ impl Model {
             enqueued: now,
             deadline,
         };
+        let entry = match self.try_inline(entry) {
+            Ok(()) => return Ok(rx),
+            Err(entry) => entry,
+        };
         let mut state = self.lock();
         if state.closed {
             return Err(EngineError::ShuttingDown);
@@ -192,6 +204,33 @@ impl Model {
         drop(state);
         self.shared.wake.notify_one();
         Ok(rx)
+    }
+
+    /// Runs a small request at once on the caller's thread when nothing is queued and an instance is idle:
+    /// at low load this saves two thread wake-ups (to the worker and back), which cost more than the
+    /// inference itself for a tabular row. A busy model queues as usual, so batches still form under load.
+    /// The answer is in the entry's oneshot when this returns `Ok`.
+    fn try_inline(&self, entry: Entry) -> Result<(), Entry> {
+        let shared = &self.shared;
+        if entry.rows > shared.manifest.batching.inline_max_rows || !self.lock().is_empty() {
+            return Err(entry);
+        }
+        for slot in &shared.slots {
+            if let Ok(mut backend) = slot.try_lock() {
+                let rows = entry.rows;
+                run_batch(
+                    shared,
+                    backend.as_mut(),
+                    Batch {
+                        entries: vec![entry],
+                        rows,
+                        ..Batch::default()
+                    },
+                );
+                return Ok(());
+            }
+        }
+        Err(entry)
     }
 
     /// Puts the inputs in the manifest's order and checks names, types and shapes against it.
@@ -314,7 +353,7 @@ fn warmup_inputs(manifest: &Manifest, rows: usize) -> Vec<Tensor> {
 }
 
 /// One worker: waits for work, forms a batch, runs it, answers. Returns once the queue is closed and empty.
-fn worker(shared: Arc<Shared>, mut backend: Box<dyn Backend>) {
+fn worker(shared: Arc<Shared>, slot: usize) {
     let max_rows = shared.manifest.batching.max_batch_size;
     let delay = Duration::from_micros(shared.manifest.batching.max_queue_delay_us);
     loop {
@@ -348,6 +387,7 @@ fn worker(shared: Arc<Shared>, mut backend: Box<dyn Backend>) {
             }
             batch
         };
+        let mut backend = shared.slots[slot].lock().unwrap_or_else(|e| e.into_inner());
         run_batch(&shared, backend.as_mut(), batch);
     }
 }

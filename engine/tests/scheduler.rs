@@ -11,11 +11,14 @@ use mercator_engine::{Backend, DataType, EngineError, Manifest, Model, Tensor, T
 struct Gated {
     permits: Arc<Mutex<mpsc::Receiver<()>>>,
     batches: mpsc::Sender<usize>,
+    threads: Arc<Mutex<Vec<String>>>,
 }
 
 impl Backend for Gated {
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
         let rows = inputs[0].rows();
+        let thread = std::thread::current().name().unwrap_or("").to_string();
+        self.threads.lock().unwrap().push(thread);
         let _ = self.batches.send(rows);
         self.permits
             .lock()
@@ -33,6 +36,7 @@ impl Backend for Gated {
     }
 }
 
+/// Requests always go through the queue here (inline_max_rows = 0) unless a test says otherwise.
 fn manifest(max_batch_size: usize, queue_capacity: usize) -> Manifest {
     toml::from_str(&format!(
         r#"
@@ -50,6 +54,7 @@ fn manifest(max_batch_size: usize, queue_capacity: usize) -> Manifest {
         [batching]
         max_batch_size = {max_batch_size}
         queue_capacity = {queue_capacity}
+        inline_max_rows = 0
         "#
     ))
     .unwrap()
@@ -59,29 +64,35 @@ struct Harness {
     model: Model,
     permits: mpsc::Sender<()>,
     batches: mpsc::Receiver<usize>,
+    /// The name of the thread each batch ran on, in order.
+    threads: Arc<Mutex<Vec<String>>>,
 }
 
 fn start(max_batch_size: usize, queue_capacity: usize) -> Harness {
+    start_with(manifest(max_batch_size, queue_capacity))
+}
+
+fn start_with(manifest: Manifest) -> Harness {
+    let max_batch_size = manifest.batching.max_batch_size;
     let (permit_tx, permit_rx) = mpsc::channel();
     let (batch_tx, batch_rx) = mpsc::channel();
     // Warm-up runs two batches (1 row, and max_batch_size rows): let them through.
     permit_tx.send(()).unwrap();
     permit_tx.send(()).unwrap();
+    let threads = Arc::new(Mutex::new(Vec::new()));
     let backend = Gated {
         permits: Arc::new(Mutex::new(permit_rx)),
         batches: batch_tx,
+        threads: threads.clone(),
     };
-    let model = Model::start(
-        manifest(max_batch_size, queue_capacity),
-        vec![Box::new(backend)],
-    )
-    .unwrap();
+    let model = Model::start(manifest, vec![Box::new(backend)]).unwrap();
     assert_eq!(batch_rx.recv().unwrap(), 1);
     assert_eq!(batch_rx.recv().unwrap(), max_batch_size);
     Harness {
         model,
         permits: permit_tx,
         batches: batch_rx,
+        threads,
     }
 }
 
@@ -318,4 +329,60 @@ async fn inputs_are_checked_against_the_manifest() {
         );
     }
     assert_eq!(DataType::parse("FP32"), Some(DataType::Fp32));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_small_request_on_an_idle_model_runs_inline_and_busy_models_queue() {
+    let mut m = manifest(8, 100);
+    m.batching.inline_max_rows = 2;
+    let h = start_with(m);
+    // Idle model, empty queue: runs on the caller's thread, with no queue time.
+    h.permits.send(()).unwrap();
+    let out = h.model.infer(rows(&[3.0, 4.0]), None).await.unwrap();
+    assert_eq!(h.batches.recv().unwrap(), 2);
+    assert_eq!(out.outputs[0].data, TensorData::Fp32(vec![6.0, 8.0]));
+    let ran_on = |n: usize| h.threads.lock().unwrap()[n].clone();
+    assert!(
+        !ran_on(2).starts_with("model-"),
+        "ran on the caller's thread, not {}",
+        ran_on(2)
+    );
+    // Too many rows for inline: goes to the worker.
+    h.permits.send(()).unwrap();
+    let out = h.model.infer(rows(&[1.0, 1.0, 1.0]), None).await.unwrap();
+    assert_eq!(h.batches.recv().unwrap(), 3);
+    assert_eq!(out.timing.batch_rows, 3);
+    assert!(
+        ran_on(3).starts_with("model-double-1-"),
+        "ran on the worker, not {}",
+        ran_on(3)
+    );
+    // While the instance is busy, a lone row queues, and queued rows batch together.
+    let busy = tokio::spawn({
+        let m = h.model.clone();
+        async move { m.infer(rows(&[1.0, 1.0, 1.0]), None).await }
+    });
+    assert_eq!(h.batches.recv().unwrap(), 3);
+    let mut lone = Vec::new();
+    for i in 0..2 {
+        let m = h.model.clone();
+        lone.push(tokio::spawn(async move {
+            m.infer(rows(&[i as f32]), None).await
+        }));
+    }
+    wait_for_queue(&h.model, 2);
+    h.permits.send(()).unwrap();
+    h.permits.send(()).unwrap();
+    assert!(busy.await.unwrap().is_ok());
+    assert_eq!(
+        h.batches.recv().unwrap(),
+        2,
+        "the two lone rows that found the model busy ran as one batch"
+    );
+    for (i, t) in lone.into_iter().enumerate() {
+        assert_eq!(
+            t.await.unwrap().unwrap().outputs[0].data,
+            TensorData::Fp32(vec![2.0 * i as f32])
+        );
+    }
 }

@@ -3,6 +3,10 @@ use mercator_server::config::{Cli, Command};
 use mercator_server::{App, Config};
 use tracing_subscriber::EnvFilter;
 
+/// glibc's malloc contends between threads under load (seen in perf: ~15% of the server's cycles).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging();

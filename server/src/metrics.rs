@@ -1,10 +1,12 @@
 //! Prometheus: the recorder, the HTTP metrics, and `GET /metrics`. Engine metric names live in
 //! `mercator_engine::metrics`.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -39,21 +41,46 @@ pub fn recorder() -> PrometheusHandle {
 }
 
 /// Counts every request and times it, labelled by route template (not by raw path: bounded cardinality).
+/// Handles are made once per (route, method, status) and kept, so a request costs a read lock and a lookup
+/// instead of building labels and looking them up in the registry.
 pub async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
     let response = next.run(request).await;
-    let route = route.unwrap_or_else(|| "unmatched".to_owned());
-    let status = response.status().as_u16().to_string();
-    metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method.to_string(), "status" => status)
-        .increment(1);
-    metrics::histogram!(HTTP_DURATION, "route" => route, "method" => method.to_string())
-        .record(started.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let (counter, histogram) = handles(route, &method, response.status().as_u16());
+    counter.increment(1);
+    histogram.record(started.elapsed().as_secs_f64());
     response
+}
+
+type Handles = (metrics::Counter, metrics::Histogram);
+type ByRoute = HashMap<String, HashMap<(Method, u16), Handles>>;
+
+fn handles(route: &str, method: &Method, status: u16) -> Handles {
+    static CACHE: OnceLock<RwLock<ByRoute>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = (method.clone(), status);
+    if let Some(h) = cache
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(route)
+        .and_then(|m| m.get(&key))
+    {
+        return h.clone();
+    }
+    let made = (
+        metrics::counter!(HTTP_REQUESTS, "route" => route.to_owned(), "method" => method.to_string(), "status" => status.to_string()),
+        metrics::histogram!(HTTP_DURATION, "route" => route.to_owned(), "method" => method.to_string()),
+    );
+    let mut cache = cache.write().unwrap_or_else(|e| e.into_inner());
+    cache
+        .entry(route.to_owned())
+        .or_default()
+        .entry(key)
+        .or_insert(made)
+        .clone()
 }
 
 pub async fn render(State(app): State<AppState>) -> String {

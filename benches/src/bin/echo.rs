@@ -27,6 +27,10 @@ async fn infer(body: Bytes) -> impl IntoResponse {
     }
 }
 
+/// glibc's malloc contends between threads under load (seen in perf: ~15% of the server's cycles).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let app = Router::new().route("/v2/models/price/infer", post(infer));
