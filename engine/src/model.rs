@@ -4,7 +4,7 @@
 //! batch, one backend call, scatter) → oneshot → handler. The queue's lock is never held across a backend
 //! call; a lone small request on an idle model runs inline instead (`Model::try_inline`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -39,6 +39,12 @@ struct Shared {
     /// One backend per instance. Worker `i` locks slot `i` to run a batch; a lone small request that finds
     /// the queue empty and a slot free runs inline on the caller's thread (see `try_inline`).
     slots: Vec<Mutex<Box<dyn Backend>>>,
+    /// When this model started; arrival times are kept as nanoseconds since then.
+    born: Instant,
+    last_arrival_ns: AtomicU64,
+    /// Inline only when the previous request came longer ago than this: several single-row runs'
+    /// worth (measured at warm-up). Closer arrivals mean load, and load should batch on the worker.
+    inline_gap: Duration,
     state: Mutex<State>,
     wake: Condvar,
     ready: AtomicBool,
@@ -62,22 +68,38 @@ impl Model {
         let capacity = manifest.batching.queue_capacity;
         let metrics = ModelMetrics::new(&manifest.name, manifest.version);
         let mut slots = Vec::with_capacity(backends.len());
+        let mut single_row_costs = Vec::new();
         for mut backend in backends {
-            for rows in [1, manifest.batching.max_batch_size] {
-                backend.run(warmup_inputs(&manifest, rows)).map_err(|e| {
-                    EngineError::InvalidModel {
-                        path: format!("{}/{}", manifest.name, manifest.version).into(),
-                        reason: format!("warm-up inference at batch {rows} failed: {e}"),
-                    }
+            // A single row, a full batch, then single rows again, timed: the fastest of those is what a
+            // single-row run costs once allocations are primed.
+            for (n, rows) in WARMUP
+                .map(|r| r.unwrap_or(manifest.batching.max_batch_size))
+                .into_iter()
+                .enumerate()
+            {
+                let inputs = warmup_inputs(&manifest, rows);
+                let started = Instant::now();
+                backend.run(inputs).map_err(|e| EngineError::InvalidModel {
+                    path: format!("{}/{}", manifest.name, manifest.version).into(),
+                    reason: format!("warm-up inference at batch {rows} failed: {e}"),
                 })?;
+                if n >= 2 {
+                    single_row_costs.push(started.elapsed());
+                }
             }
             slots.push(Mutex::new(backend));
         }
+        let single_row_cost = single_row_costs.into_iter().min().unwrap_or_default();
+        tracing::info!(model = %manifest.name, version = manifest.version, single_row_us = single_row_cost.as_micros() as u64,
+            inline_max_rows = manifest.batching.inline_max_rows, "warmed up");
         let shared = Arc::new(Shared {
             slots,
             state: Mutex::new(State::new(capacity)),
             wake: Condvar::new(),
             ready: AtomicBool::new(false),
+            born: Instant::now(),
+            last_arrival_ns: AtomicU64::new(0),
+            inline_gap: single_row_cost * INLINE_GAP_FACTOR,
             stats: Stats::default(),
             metrics,
             manifest,
@@ -212,7 +234,13 @@ impl Model {
     /// The answer is in the entry's oneshot when this returns `Ok`.
     fn try_inline(&self, entry: Entry) -> Result<(), Entry> {
         let shared = &self.shared;
-        if entry.rows > shared.manifest.batching.inline_max_rows || !self.lock().is_empty() {
+        let now = shared.born.elapsed().as_nanos() as u64;
+        let previous = shared.last_arrival_ns.swap(now, Ordering::Relaxed);
+        let quiet = Duration::from_nanos(now.saturating_sub(previous)) > shared.inline_gap;
+        if !quiet
+            || entry.rows > shared.manifest.batching.inline_max_rows
+            || !self.lock().is_empty()
+        {
             return Err(entry);
         }
         for slot in &shared.slots {
@@ -335,6 +363,12 @@ impl Model {
     }
 }
 
+/// The warm-up runs of each instance, in rows (`None`: `max_batch_size`).
+pub const WARMUP: [Option<usize>; 5] = [Some(1), None, Some(1), Some(1), Some(1)];
+
+/// How many single-row runs' worth of time must separate two arrivals for the second to run inline.
+const INLINE_GAP_FACTOR: u32 = 4;
+
 fn warmup_inputs(manifest: &Manifest, rows: usize) -> Vec<Tensor> {
     manifest
         .inputs
@@ -420,9 +454,20 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, batch: Batch) {
     let result = backend.run(inputs);
     let infer_time = started.elapsed() - input_time;
     let requests = replies.len();
-    match result.and_then(|outputs| scatter(outputs, &replies, rows)) {
+    let result = result.and_then(|outputs| scatter(outputs, &replies, rows));
+    let output_time = started.elapsed() - input_time - infer_time;
+    // Recorded before anyone is answered, so a caller that reads the statistics after its answer sees it.
+    stats.record_batch(&BatchTiming {
+        rows,
+        requests,
+        input: input_time,
+        infer: infer_time,
+        output: output_time,
+    });
+    let compute = started.elapsed();
+    shared.metrics.compute.record(compute.as_secs_f64());
+    match result {
         Ok(per_request) => {
-            let compute = started.elapsed();
             for (((reply, _), outputs), queue) in
                 replies.into_iter().zip(per_request).zip(queue_times)
             {
@@ -441,18 +486,6 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, batch: Batch) {
             }
         }
     }
-    let output_time = started.elapsed() - input_time - infer_time;
-    stats.record_batch(&BatchTiming {
-        rows,
-        requests,
-        input: input_time,
-        infer: infer_time,
-        output: output_time,
-    });
-    shared
-        .metrics
-        .compute
-        .record((input_time + infer_time + output_time).as_secs_f64());
     shared.metrics.batch_size.record(rows as f64);
 }
 

@@ -5,7 +5,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mercator_engine::{Backend, DataType, EngineError, Manifest, Model, Tensor, TensorData};
+use mercator_engine::{
+    Backend, DataType, EngineError, Manifest, Model, Tensor, TensorData, WARMUP,
+};
 
 /// Doubles its input; each batch waits for a permit from the test, so the test decides when work runs.
 struct Gated {
@@ -76,9 +78,10 @@ fn start_with(manifest: Manifest) -> Harness {
     let max_batch_size = manifest.batching.max_batch_size;
     let (permit_tx, permit_rx) = mpsc::channel();
     let (batch_tx, batch_rx) = mpsc::channel();
-    // Warm-up runs two batches (1 row, and max_batch_size rows): let them through.
-    permit_tx.send(()).unwrap();
-    permit_tx.send(()).unwrap();
+    // Let the warm-up runs through.
+    for _ in WARMUP {
+        permit_tx.send(()).unwrap();
+    }
     let threads = Arc::new(Mutex::new(Vec::new()));
     let backend = Gated {
         permits: Arc::new(Mutex::new(permit_rx)),
@@ -86,8 +89,9 @@ fn start_with(manifest: Manifest) -> Harness {
         threads: threads.clone(),
     };
     let model = Model::start(manifest, vec![Box::new(backend)]).unwrap();
-    assert_eq!(batch_rx.recv().unwrap(), 1);
-    assert_eq!(batch_rx.recv().unwrap(), max_batch_size);
+    for rows in WARMUP {
+        assert_eq!(batch_rx.recv().unwrap(), rows.unwrap_or(max_batch_size));
+    }
     Harness {
         model,
         permits: permit_tx,
@@ -343,9 +347,9 @@ async fn a_lone_small_request_on_an_idle_model_runs_inline_and_busy_models_queue
     assert_eq!(out.outputs[0].data, TensorData::Fp32(vec![6.0, 8.0]));
     let ran_on = |n: usize| h.threads.lock().unwrap()[n].clone();
     assert!(
-        !ran_on(2).starts_with("model-"),
+        !ran_on(WARMUP.len()).starts_with("model-"),
         "ran on the caller's thread, not {}",
-        ran_on(2)
+        ran_on(WARMUP.len())
     );
     // Too many rows for inline: goes to the worker.
     h.permits.send(()).unwrap();
@@ -353,9 +357,9 @@ async fn a_lone_small_request_on_an_idle_model_runs_inline_and_busy_models_queue
     assert_eq!(h.batches.recv().unwrap(), 3);
     assert_eq!(out.timing.batch_rows, 3);
     assert!(
-        ran_on(3).starts_with("model-double-1-"),
+        ran_on(WARMUP.len() + 1).starts_with("model-double-1-"),
         "ran on the worker, not {}",
-        ran_on(3)
+        ran_on(WARMUP.len() + 1)
     );
     // While the instance is busy, a lone row queues, and queued rows batch together.
     let busy = tokio::spawn({
