@@ -20,24 +20,36 @@ pub const HTTP_DURATION: &str = "mercator_http_request_duration_seconds";
 /// It must be installed before models load: their metric handles are taken at load time.
 pub fn recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            // Durations from 10 µs to 10 s, by factors of about 2.5.
-            let seconds: Vec<f64> = (0..16).map(|i| 1e-5 * 2.5f64.powi(i)).collect();
-            let batch: Vec<f64> = (0..11).map(|i| 2f64.powi(i)).collect();
-            PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &seconds)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full(mercator_engine::metrics::BATCH_SIZE.into()),
-                        &batch,
-                    )
-                })
-                .expect("non-empty buckets")
-                .install_recorder()
-                .expect("the only recorder of the process")
-        })
-        .clone()
+    let handle = HANDLE.get_or_init(|| {
+        // Durations from 10 µs to 10 s, by factors of about 2.5.
+        let seconds: Vec<f64> = (0..16).map(|i| 1e-5 * 2.5f64.powi(i)).collect();
+        let batch: Vec<f64> = (0..11).map(|i| 2f64.powi(i)).collect();
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &seconds)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(mercator_engine::metrics::BATCH_SIZE.into()),
+                    &batch,
+                )
+            })
+            .expect("non-empty buckets")
+            .install_recorder()
+            .expect("the only recorder of the process")
+    });
+    static UPKEEP: OnceLock<()> = OnceLock::new();
+    UPKEEP.get_or_init(|| {
+        // Histograms keep every sample until drained: without upkeep a server that nobody scrapes grows
+        // by the size of its samples (measured: +30 MiB per 500k requests).
+        let handle = handle.clone();
+        std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                handle.run_upkeep();
+            })
+            .expect("a thread can be started");
+    });
+    handle.clone()
 }
 
 /// Counts every request and times it, labelled by route template (not by raw path: bounded cardinality).
