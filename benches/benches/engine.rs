@@ -75,7 +75,7 @@ fn raw_ort(c: &mut Criterion) {
     }
 }
 
-/// Answers at once: isolates the queue, the worker wake-up and the oneshot.
+/// Answers at once: isolates the scheduler (validation, queue or inline path, worker wake-up, oneshot).
 struct Echo;
 
 impl Backend for Echo {
@@ -107,21 +107,22 @@ fn scheduler(c: &mut Criterion) {
     };
 
     let mut group = c.benchmark_group("scheduler");
-    let echo = Model::start(manifest.clone(), vec![Box::new(Echo)]).unwrap();
-    group.bench_function("overhead_per_request", |b| {
-        b.iter(|| rt.block_on(echo.infer(request(), None)).unwrap());
-    });
-    let onnx = Path::new(&manifest_path).with_file_name("model.onnx");
-    let price = Model::start(
-        manifest.clone(),
-        vec![Box::new(
-            OrtBackend::load(&runtime, &onnx, &manifest).unwrap(),
-        )],
-    )
-    .unwrap();
-    group.bench_function("price_batch_1_through_scheduler", |b| {
-        b.iter(|| rt.block_on(price.infer(request(), None)).unwrap());
-    });
+    let mut queued = manifest.clone();
+    queued.batching.inline_max_rows = 0;
+    for (path, manifest) in [("queue", &queued), ("default", &manifest)] {
+        let echo = Model::start(manifest.clone(), vec![Box::new(Echo)]).unwrap();
+        group.bench_function(format!("echo_backend/{path}"), |b| {
+            b.iter(|| rt.block_on(echo.infer(request(), None)).unwrap());
+        });
+        let onnx = Path::new(&manifest_path).with_file_name("model.onnx");
+        let backend = OrtBackend::load(&runtime, &onnx, manifest).unwrap();
+        let price = Model::start(manifest.clone(), vec![Box::new(backend)]).unwrap();
+        group.bench_function(format!("price_batch_1/{path}"), |b| {
+            b.iter(|| rt.block_on(price.infer(request(), None)).unwrap());
+        });
+        price.drain(std::time::Duration::from_secs(5));
+        echo.drain(std::time::Duration::from_secs(5));
+    }
     group.finish();
 }
 
