@@ -16,5 +16,5 @@ cudart="$("$venv/bin/python" -c 'import nvidia.cuda_runtime, os; print(os.path.j
 for c in 1 64; do
   echo "## perf_analyzer concurrency $c"
   LD_LIBRARY_PATH="$cudart:${LD_LIBRARY_PATH:-}" "$venv/bin/perf_analyzer" -m price -u "$url" -i http \
-    --concurrency-range "$c" -b 1 --measurement-interval 5000 --percentile 99 2>&1 | grep -E "Throughput|latency|Avg|p50|p99|Error|error" || true
+    --concurrency-range "$c" -b 1 --measurement-interval 5000 --stability-percentage 30 --max-trials 20 2>&1 | grep -E "Throughput|p50|p99|Avg request|Failed|rror" || true
 done
