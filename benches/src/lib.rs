@@ -25,3 +25,21 @@ pub fn decode(body: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
         _ => Err("FP32 only".into()),
     }
 }
+
+/// The V2 response both baselines send: the price output, or the error as plain text.
+pub fn respond(result: Result<Vec<f32>, String>) -> axum::response::Response {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    match result {
+        Ok(prices) => {
+            let body = serde_json::json!({ "model_name": "price", "model_version": "1", "outputs": [
+                { "name": "price", "datatype": "FP32", "shape": [prices.len(), 1], "data": prices } ] });
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                serde_json::to_vec(&body).unwrap(),
+            )
+                .into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
+}

@@ -17,6 +17,8 @@ pub enum ApiError {
     BodyTooLarge { limit: usize },
     #[error("no route for {0}")]
     RouteNotFound(String),
+    #[error("{0} is not allowed here")]
+    MethodNotAllowed(String),
     #[error("the server is shutting down")]
     Draining,
 }
@@ -41,6 +43,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "route_not_found"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         }
     }

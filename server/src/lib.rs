@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::Uri;
+use axum::http::{Method, Uri};
 use axum::routing::get;
 use axum::Router;
 use mercator_engine::{Repository, Runtime};
@@ -134,6 +134,9 @@ pub fn router(state: AppState) -> Router {
         .merge(health::routes())
         .route("/metrics", get(metrics::render))
         .fallback(|uri: Uri| async move { ApiError::RouteNotFound(uri.path().to_string()) })
+        .method_not_allowed_fallback(|method: Method| async move {
+            ApiError::MethodNotAllowed(method.to_string())
+        })
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(request_id::propagate())

@@ -5,8 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 use ort::session::Session;
@@ -14,7 +13,7 @@ use ort::value::TensorRef;
 
 type Shared = Arc<Mutex<Session>>;
 
-async fn infer(State(session): State<Shared>, body: Bytes) -> impl IntoResponse {
+async fn infer(State(session): State<Shared>, body: Bytes) -> Response {
     let result = mercator_benches::decode(&body).and_then(|(shape, data)| {
         let mut session = session.lock().unwrap();
         let input = TensorRef::from_array_view(([shape[0], shape[1]], data.as_slice()))
@@ -27,22 +26,7 @@ async fn infer(State(session): State<Shared>, body: Bytes) -> impl IntoResponse 
             .map_err(|e| e.to_string())?;
         Ok((shape[0], prices.to_vec()))
     });
-    match result {
-        Ok((rows, prices)) => {
-            let body = serde_json::json!({ "model_name": "price", "model_version": "1", "outputs": [
-                { "name": "price", "datatype": "FP32", "shape": [rows, 1], "data": prices } ] });
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                serde_json::to_vec(&body).unwrap(),
-            )
-        }
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            [(header::CONTENT_TYPE, "text/plain")],
-            e.into_bytes(),
-        ),
-    }
+    mercator_benches::respond(result.map(|(_, prices)| prices))
 }
 
 /// glibc's malloc contends between threads under load (seen in perf: ~15% of the server's cycles).
