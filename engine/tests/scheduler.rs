@@ -25,8 +25,8 @@ impl Backend for Gated {
         self.permits
             .lock()
             .unwrap()
-            .recv()
-            .map_err(|e| e.to_string())?;
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|e| format!("no permit: {e}"))?;
         let TensorData::Fp32(v) = &inputs[0].data else {
             unreachable!()
         };
@@ -90,7 +90,12 @@ fn start_with(manifest: Manifest) -> Harness {
     };
     let model = Model::start(manifest, vec![Box::new(backend)]).unwrap();
     for rows in WARMUP {
-        assert_eq!(batch_rx.recv().unwrap(), rows.unwrap_or(max_batch_size));
+        assert_eq!(
+            batch_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a warm-up batch ran"),
+            rows.unwrap_or(max_batch_size)
+        );
     }
     Harness {
         model,
@@ -124,7 +129,12 @@ async fn waiting_requests_are_batched_and_each_gets_its_own_rows() {
         let m = h.model.clone();
         async move { m.infer(rows(&[1.0]), None).await }
     });
-    assert_eq!(h.batches.recv().unwrap(), 1);
+    assert_eq!(
+        h.batches
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a batch ran"),
+        1
+    );
     let mut waiting = Vec::new();
     for i in 0..3 {
         let m = h.model.clone();
@@ -137,7 +147,9 @@ async fn waiting_requests_are_batched_and_each_gets_its_own_rows() {
     wait_for_queue(&h.model, 6);
     h.permits.send(()).unwrap();
     assert_eq!(
-        h.batches.recv().unwrap(),
+        h.batches
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a batch ran"),
         6,
         "the three waiting requests form one batch of 6 rows"
     );
@@ -167,7 +179,12 @@ async fn a_full_queue_refuses_at_once_and_runs_nothing() {
         let m = h.model.clone();
         async move { m.infer(rows(&[1.0]), None).await }
     });
-    assert_eq!(h.batches.recv().unwrap(), 1);
+    assert_eq!(
+        h.batches
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a batch ran"),
+        1
+    );
     let queued = tokio::spawn({
         let m = h.model.clone();
         async move { m.infer(rows(&[1.0, 2.0, 3.0]), None).await }
@@ -190,7 +207,13 @@ async fn a_full_queue_refuses_at_once_and_runs_nothing() {
     }
     assert!(busy.await.unwrap().is_ok());
     assert!(queued.await.unwrap().is_ok());
-    assert_eq!(h.batches.recv().unwrap(), 4, "the refused rows never ran");
+    assert_eq!(
+        h.batches
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a batch ran"),
+        4,
+        "the refused rows never ran"
+    );
     assert!(fits.await.unwrap().is_ok());
     assert_eq!(h.model.stats().snapshot().fail.count, 1);
 }
@@ -202,7 +225,12 @@ async fn requests_whose_caller_left_or_deadline_passed_never_run() {
         let m = h.model.clone();
         async move { m.infer(rows(&[1.0]), None).await }
     });
-    assert_eq!(h.batches.recv().unwrap(), 1);
+    assert_eq!(
+        h.batches
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a batch ran"),
+        1
+    );
     let abandoned = tokio::spawn({
         let m = h.model.clone();
         async move { m.infer(rows(&[2.0, 2.0]), None).await }
@@ -229,7 +257,9 @@ async fn requests_whose_caller_left_or_deadline_passed_never_run() {
     h.permits.send(()).unwrap();
     assert!(busy.await.unwrap().is_ok());
     assert_eq!(
-        h.batches.recv().unwrap(),
+        h.batches
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a batch ran"),
         1,
         "only the live, timely request runs"
     );
@@ -254,7 +284,12 @@ async fn drain_finishes_what_is_queued_and_refuses_new_work() {
             m.infer(rows(&[i as f32]), None).await
         }));
         if i == 0 {
-            assert_eq!(h.batches.recv().unwrap(), 1);
+            assert_eq!(
+                h.batches
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("a batch ran"),
+                1
+            );
         }
     }
     wait_for_queue(&h.model, 4);
@@ -343,7 +378,12 @@ async fn a_lone_small_request_on_an_idle_model_runs_inline_and_busy_models_queue
     // Idle model, empty queue: runs on the caller's thread, with no queue time.
     h.permits.send(()).unwrap();
     let out = h.model.infer(rows(&[3.0, 4.0]), None).await.unwrap();
-    assert_eq!(h.batches.recv().unwrap(), 2);
+    assert_eq!(
+        h.batches
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a batch ran"),
+        2
+    );
     assert_eq!(out.outputs[0].data, TensorData::Fp32(vec![6.0, 8.0]));
     let ran_on = |n: usize| h.threads.lock().unwrap()[n].clone();
     assert!(
@@ -354,7 +394,12 @@ async fn a_lone_small_request_on_an_idle_model_runs_inline_and_busy_models_queue
     // Too many rows for inline: goes to the worker.
     h.permits.send(()).unwrap();
     let out = h.model.infer(rows(&[1.0, 1.0, 1.0]), None).await.unwrap();
-    assert_eq!(h.batches.recv().unwrap(), 3);
+    assert_eq!(
+        h.batches
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a batch ran"),
+        3
+    );
     assert_eq!(out.timing.batch_rows, 3);
     assert!(
         ran_on(WARMUP.len() + 1).starts_with("model-double-1-"),
@@ -366,7 +411,12 @@ async fn a_lone_small_request_on_an_idle_model_runs_inline_and_busy_models_queue
         let m = h.model.clone();
         async move { m.infer(rows(&[1.0, 1.0, 1.0]), None).await }
     });
-    assert_eq!(h.batches.recv().unwrap(), 3);
+    assert_eq!(
+        h.batches
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a batch ran"),
+        3
+    );
     let mut lone = Vec::new();
     for i in 0..2 {
         let m = h.model.clone();
@@ -379,7 +429,9 @@ async fn a_lone_small_request_on_an_idle_model_runs_inline_and_busy_models_queue
     h.permits.send(()).unwrap();
     assert!(busy.await.unwrap().is_ok());
     assert_eq!(
-        h.batches.recv().unwrap(),
+        h.batches
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a batch ran"),
         2,
         "the two lone rows that found the model busy ran as one batch"
     );
