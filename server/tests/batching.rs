@@ -90,21 +90,7 @@ async fn a_full_queue_answers_429_with_retry_after_and_accepted_work_completes()
             );
         }));
     }
-    let series = "mercator_inference_queue_depth_rows{model=\"price-429\",version=\"1\"}";
-    while gauge(
-        &s.client
-            .get(s.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        series,
-    ) != 1024
-    {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    wait_for_queue(&s, "price-429", 1024).await;
     for rows in [512, 1] {
         let (request, _) = price_rows(rows, 0);
         let r = s
@@ -169,25 +155,7 @@ async fn shutdown_drains_accepted_requests_then_stops() {
             );
         }));
     }
-    loop {
-        let text = s
-            .client
-            .get(s.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if gauge(
-            &text,
-            "mercator_inference_queue_depth_rows{model=\"price-drain\",version=\"1\"}",
-        ) == REQUESTS * ROWS
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    wait_for_queue(&s, "price-drain", REQUESTS * ROWS).await;
     let base = s.base.clone();
     s.stop().await.expect("the server stops cleanly");
     for t in tasks {
@@ -198,6 +166,27 @@ async fn shutdown_drains_accepted_requests_then_stops() {
         .send()
         .await;
     assert!(after.is_err(), "the listener is closed after shutdown");
+}
+
+/// Polls /metrics until `rows` rows wait in the model's queue; fails after 30 s.
+async fn wait_for_queue(s: &TestServer, model: &str, rows: usize) {
+    let series = format!("mercator_inference_queue_depth_rows{{model=\"{model}\",version=\"1\"}}");
+    for _ in 0..15_000 {
+        let text = s
+            .client
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if gauge(&text, &series) == rows {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("the queue of {model} never held {rows} rows");
 }
 
 fn gauge(metrics: &str, series: &str) -> usize {
