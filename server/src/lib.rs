@@ -45,11 +45,9 @@ impl AppState {
         if self.draining.load(Ordering::Acquire) {
             return Err(ApiError::Draining);
         }
-        if !self.repository.is_ready() {
-            return Err(mercator_engine::EngineError::NotReady {
-                model: "(some)".into(),
-            }
-            .into());
+        if let Some(model) = self.repository.all().find(|m| !m.is_ready()) {
+            let model = model.manifest().name.clone();
+            return Err(mercator_engine::EngineError::NotReady { model }.into());
         }
         Ok(())
     }
