@@ -120,11 +120,6 @@ impl Repository {
         self.models.values().flat_map(|v| v.values())
     }
 
-    /// True when every model version is loaded, warmed up and not draining.
-    pub fn is_ready(&self) -> bool {
-        self.all().all(Model::is_ready)
-    }
-
     /// Closes every model: no new requests; what is queued runs without waiting for batch-mates.
     pub fn close(&self) {
         self.all().for_each(Model::close);

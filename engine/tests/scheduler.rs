@@ -113,6 +113,16 @@ fn rows(values: &[f32]) -> Vec<Tensor> {
     }]
 }
 
+/// Runs `infer` for `values` (one row each) on its own task.
+fn spawn_infer(
+    model: &Model,
+    values: &[f32],
+    deadline: Option<Instant>,
+) -> tokio::task::JoinHandle<Result<mercator_engine::InferOutput, EngineError>> {
+    let (m, values) = (model.clone(), values.to_vec());
+    tokio::spawn(async move { m.infer(rows(&values), deadline).await })
+}
+
 fn wait_for_queue(model: &Model, rows: usize) {
     let until = Instant::now() + Duration::from_secs(10);
     while model.queue_rows() != rows {
@@ -125,10 +135,7 @@ fn wait_for_queue(model: &Model, rows: usize) {
 async fn waiting_requests_are_batched_and_each_gets_its_own_rows() {
     let h = start(8, 100);
     // The first request occupies the worker; the next ones wait and then run together in one batch.
-    let first = tokio::spawn({
-        let m = h.model.clone();
-        async move { m.infer(rows(&[1.0]), None).await }
-    });
+    let first = spawn_infer(&h.model, &[1.0], None);
     assert_eq!(
         h.batches
             .recv_timeout(Duration::from_secs(10))
@@ -175,20 +182,14 @@ async fn waiting_requests_are_batched_and_each_gets_its_own_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_at_once_and_runs_nothing() {
     let h = start(4, 4);
-    let busy = tokio::spawn({
-        let m = h.model.clone();
-        async move { m.infer(rows(&[1.0]), None).await }
-    });
+    let busy = spawn_infer(&h.model, &[1.0], None);
     assert_eq!(
         h.batches
             .recv_timeout(Duration::from_secs(10))
             .expect("a batch ran"),
         1
     );
-    let queued = tokio::spawn({
-        let m = h.model.clone();
-        async move { m.infer(rows(&[1.0, 2.0, 3.0]), None).await }
-    });
+    let queued = spawn_infer(&h.model, &[1.0, 2.0, 3.0], None);
     wait_for_queue(&h.model, 3);
     // 3 rows wait, capacity is 4: two more rows do not fit.
     let refused = h.model.infer(rows(&[5.0, 6.0]), None).await;
@@ -197,10 +198,7 @@ async fn a_full_queue_refuses_at_once_and_runs_nothing() {
         "{refused:?}"
     );
     // One more row fits.
-    let fits = tokio::spawn({
-        let m = h.model.clone();
-        async move { m.infer(rows(&[7.0]), None).await }
-    });
+    let fits = spawn_infer(&h.model, &[7.0], None);
     wait_for_queue(&h.model, 4);
     for _ in 0..2 {
         h.permits.send(()).unwrap();
@@ -221,20 +219,14 @@ async fn a_full_queue_refuses_at_once_and_runs_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_whose_caller_left_or_deadline_passed_never_run() {
     let h = start(8, 100);
-    let busy = tokio::spawn({
-        let m = h.model.clone();
-        async move { m.infer(rows(&[1.0]), None).await }
-    });
+    let busy = spawn_infer(&h.model, &[1.0], None);
     assert_eq!(
         h.batches
             .recv_timeout(Duration::from_secs(10))
             .expect("a batch ran"),
         1
     );
-    let abandoned = tokio::spawn({
-        let m = h.model.clone();
-        async move { m.infer(rows(&[2.0, 2.0]), None).await }
-    });
+    let abandoned = spawn_infer(&h.model, &[2.0, 2.0], None);
     let late = tokio::spawn({
         let m = h.model.clone();
         async move {
@@ -245,10 +237,7 @@ async fn requests_whose_caller_left_or_deadline_passed_never_run() {
             .await
         }
     });
-    let kept = tokio::spawn({
-        let m = h.model.clone();
-        async move { m.infer(rows(&[4.0]), None).await }
-    });
+    let kept = spawn_infer(&h.model, &[4.0], None);
     wait_for_queue(&h.model, 6);
     abandoned.abort();
     let _ = abandoned.await;
@@ -407,10 +396,7 @@ async fn a_lone_small_request_on_an_idle_model_runs_inline_and_busy_models_queue
         ran_on(WARMUP.len() + 1)
     );
     // While the instance is busy, a lone row queues, and queued rows batch together.
-    let busy = tokio::spawn({
-        let m = h.model.clone();
-        async move { m.infer(rows(&[1.0, 1.0, 1.0]), None).await }
-    });
+    let busy = spawn_infer(&h.model, &[1.0, 1.0, 1.0], None);
     assert_eq!(
         h.batches
             .recv_timeout(Duration::from_secs(10))

@@ -45,15 +45,7 @@ async fn concurrent_requests_are_batched_and_each_gets_its_own_answer() {
         largest > 3,
         "concurrent requests shared batches (largest batch: {largest} rows): {batches:?}"
     );
-    let text = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     let count = |le: &str| -> f64 {
         let prefix = format!(
             "mercator_inference_batch_size_bucket{{model=\"price\",version=\"1\",le=\"{le}\"}} "
@@ -172,15 +164,7 @@ async fn shutdown_drains_accepted_requests_then_stops() {
 async fn wait_for_queue(s: &TestServer, model: &str, rows: usize) {
     let series = format!("mercator_inference_queue_depth_rows{{model=\"{model}\",version=\"1\"}}");
     for _ in 0..15_000 {
-        let text = s
-            .client
-            .get(s.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = s.metrics().await;
         if gauge(&text, &series) == rows {
             return;
         }

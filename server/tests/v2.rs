@@ -358,15 +358,7 @@ async fn metrics_and_statistics_count_what_was_served() {
     let (_, all) = s.get("/v2/models/stats").await;
     assert_eq!(all["model_stats"].as_array().unwrap().len(), 3);
 
-    let text = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     for metric in [
         "mercator_inference_requests_total{model=\"anomaly\",version=\"1\",outcome=\"success\"}",
         "mercator_inference_compute_duration_seconds_bucket{model=\"anomaly\"",
