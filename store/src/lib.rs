@@ -1,102 +1,104 @@
-//! Mercator's domain store: organizations and API keys so far (the store issue adds materials, suppliers,
-//! prices), on SQLite (the embedded default: one file under --data-dir, WAL) or PostgreSQL
-//! (`postgres://...`), through one code path.
+//! Mercator's domain store: organizations, API keys, materials, suppliers and price observations, on SQLite
+//! (the embedded default: one file under --data-dir, WAL) or PostgreSQL (`postgres://...`), through one
+//! code path.
 //!
 //! The choice, made once: sqlx's `Any` driver with portable SQL and one migrations folder, rather than a
 //! trait with one implementation per database. The rules that keep it portable: ids are TEXT (random hex
-//! made here), times are BIGINT milliseconds since the epoch, money and quantities will be DOUBLE
-//! PRECISION, JSON is TEXT; placeholders are `$1`, which both databases take; no dialect features (no
-//! `FOR UPDATE`, no `RETURNING` differences relied upon). Runtime queries with `FromRow`, no macros, so the
-//! build needs no database.
+//! made here), times are BIGINT milliseconds since the epoch, money and quantities are DOUBLE PRECISION,
+//! JSON is TEXT, flags are BIGINT 0/1; placeholders are `$1`, which both databases take; no dialect
+//! features (no `FOR UPDATE`, no `RETURNING`). Runtime queries with `FromRow`, no macros, so the build needs
+//! no database.
 //!
-//! Every method that touches a tenant's rows takes the organization: there is no unscoped query to call
-//! by mistake, and another organization's row is simply not found.
+//! Tenancy is in every signature: each method that touches a tenant's rows takes the organization, there
+//! is no unscoped query to call by mistake, and another organization's row is simply not found.
+//!
+//! The types here are the API's shapes too (serde; utoipa schemas with the `openapi` feature): a material
+//! is the same thing in the database, in the server and on the wire.
+
+mod catalog;
+mod prices;
+mod tenants;
+mod validate;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, FromRow, Row};
-use subtle::ConstantTimeEq;
+use sqlx::any::{AnyArguments, AnyPoolOptions};
+use sqlx::query::Query;
+use sqlx::{Any, AnyPool};
+
+pub use catalog::{
+    Material, MaterialFilter, MaterialPatch, NewMaterial, NewSupplier, Supplier, SupplierFilter,
+    SupplierPatch,
+};
+pub use prices::{NewPrice, Price, PricePatch, PriceQuery, PriceType};
+pub use tenants::{ApiKey, Organization, Role};
+pub use validate::{parse_time, FieldErrors, RowError};
+
+/// Times on the wire are RFC 3339 in UTC; in the database, milliseconds since the epoch.
+pub type Time = chrono::DateTime<chrono::Utc>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("not found")]
     NotFound,
+    /// A uniqueness rule or a reference that forbids the write (a duplicate code; a material that still has
+    /// observations).
     #[error("{0}")]
     Conflict(String),
+    /// Values that break a rule, by field.
+    #[error("invalid values: {0:?}")]
+    Invalid(FieldErrors),
+    /// A bulk write refused, with every offending row; nothing was written.
+    #[error("{} rows are invalid", .0.len())]
+    Rows(Vec<RowError>),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migrations: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
 }
 
-pub type Result<T> = std::result::Result<T, StoreError>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    Viewer,
-    Analyst,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Analyst => "analyst",
-            Role::Admin => "admin",
+impl StoreError {
+    /// A write's error, with the portable reading of constraint violations (SQLite does not name them).
+    fn from_write(e: sqlx::Error, conflict: &str) -> StoreError {
+        match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                StoreError::Conflict(conflict.to_string())
+            }
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+                StoreError::Conflict(conflict.to_string())
+            }
+            _ => StoreError::Database(e),
         }
     }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        Some(match s {
-            "viewer" => Role::Viewer,
-            "analyst" => Role::Analyst,
-            "admin" => Role::Admin,
-            _ => return None,
-        })
-    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
-pub struct Organization {
-    pub id: String,
-    pub name: String,
-    pub created_at: i64,
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Page and order of a list.
+#[derive(Debug, Clone, Default)]
+pub struct ListParams {
+    /// At most this many items (the server bounds it).
+    pub limit: u32,
+    pub offset: u64,
+    /// A field name, `-` first for descending; each resource lists the fields it sorts by.
+    pub sort: Option<String>,
 }
 
-/// An API key as stored: never its secret, only the secret's SHA-256.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiKey {
-    pub id: String,
-    pub organization_id: String,
-    /// The public part of the key, shown in lists so people can tell keys apart.
-    pub prefix: String,
-    pub name: String,
-    pub role: Role,
-    pub created_at: i64,
-}
-
-impl<'r> FromRow<'r, AnyRow> for ApiKey {
-    fn from_row(row: &'r AnyRow) -> sqlx::Result<Self> {
-        let role: String = row.try_get("role")?;
-        Ok(ApiKey {
-            id: row.try_get("id")?,
-            organization_id: row.try_get("organization_id")?,
-            prefix: row.try_get("prefix")?,
-            name: row.try_get("name")?,
-            role: Role::parse(&role)
-                .ok_or_else(|| sqlx::Error::Decode(format!("unknown role {role}").into()))?,
-            created_at: row.try_get("created_at")?,
-        })
-    }
+/// One page of a list, with the count of everything the filters match.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listed<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+    pub limit: u32,
+    pub offset: u64,
 }
 
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    sqlite: bool,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -118,15 +120,14 @@ impl Store {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if sqlite {
-                        sqlx::query("PRAGMA journal_mode = WAL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA foreign_keys = ON")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA busy_timeout = 5000")
-                            .execute(&mut *conn)
-                            .await?;
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = NORMAL",
+                            "PRAGMA foreign_keys = ON",
+                            "PRAGMA busy_timeout = 5000",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
                     }
                     Ok(())
                 })
@@ -134,126 +135,94 @@ impl Store {
             .connect(&url)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store { pool, sqlite })
+    }
+
+    /// Which database this is: `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        if self.sqlite {
+            "sqlite"
+        } else {
+            "postgres"
+        }
     }
 
     /// Closes the pool's connections.
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
 
-    pub async fn create_organization(&self, name: &str) -> Result<Organization> {
-        let org = Organization {
-            id: random_hex(16),
-            name: name.to_string(),
-            created_at: now_ms(),
-        };
-        sqlx::query("INSERT INTO organizations (id, name, created_at) VALUES ($1, $2, $3)")
-            .bind(&org.id)
-            .bind(&org.name)
-            .bind(org.created_at)
-            .execute(&self.pool)
-            .await?;
-        Ok(org)
-    }
+/// Bound values of a query assembled piece by piece (filters, partial updates).
+#[derive(Debug, Clone)]
+enum Value {
+    Text(Option<String>),
+    Real(Option<f64>),
+    Int(i64),
+}
 
-    pub async fn organization(&self, id: &str) -> Result<Organization> {
-        sqlx::query_as("SELECT id, name, created_at FROM organizations WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound)
-    }
+/// SQL text with `$n` placeholders numbered as values are added (`QueryBuilder` would write `?` for `Any`,
+/// which PostgreSQL does not take).
+#[derive(Debug, Default)]
+struct Sql {
+    text: String,
+    values: Vec<Value>,
+}
 
-    pub async fn list_organizations(&self) -> Result<Vec<Organization>> {
-        Ok(
-            sqlx::query_as(
-                "SELECT id, name, created_at FROM organizations ORDER BY created_at, id",
-            )
-            .fetch_all(&self.pool)
-            .await?,
-        )
-    }
-
-    /// Creates a key and returns it with its secret, which is never stored and never shown again.
-    pub async fn create_api_key(
-        &self,
-        organization_id: &str,
-        name: &str,
-        role: Role,
-    ) -> Result<(ApiKey, String)> {
-        self.organization(organization_id).await?;
-        let prefix = format!("mk_{}", random_hex(6));
-        let secret = format!("{prefix}_{}", random_hex(24));
-        let key = ApiKey {
-            id: random_hex(16),
-            organization_id: organization_id.to_string(),
-            prefix,
-            name: name.to_string(),
-            role,
-            created_at: now_ms(),
-        };
-        sqlx::query(
-            "INSERT INTO api_keys (id, organization_id, prefix, secret_sha256, name, role, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&key.id)
-        .bind(&key.organization_id)
-        .bind(&key.prefix)
-        .bind(sha256_hex(&secret))
-        .bind(&key.name)
-        .bind(key.role.as_str())
-        .bind(key.created_at)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict("key prefix taken".into()),
-            _ => StoreError::Database(e),
-        })?;
-        Ok((key, secret))
-    }
-
-    /// The key a caller presented, if it is one: looked up by its public prefix (an indexed column), then
-    /// its hash compared in constant time.
-    pub async fn authenticate(&self, presented: &str) -> Result<Option<ApiKey>> {
-        let Some(prefix) = presented.rsplit_once('_').map(|(p, _)| p) else {
-            return Ok(None);
-        };
-        let row = sqlx::query(
-            "SELECT id, organization_id, prefix, name, role, created_at, secret_sha256 FROM api_keys WHERE prefix = $1",
-        )
-        .bind(prefix)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let stored: String = row.try_get("secret_sha256")?;
-        if !bool::from(stored.as_bytes().ct_eq(sha256_hex(presented).as_bytes())) {
-            return Ok(None);
+impl Sql {
+    fn new(text: impl Into<String>) -> Sql {
+        Sql {
+            text: text.into(),
+            values: Vec::new(),
         }
-        Ok(Some(ApiKey::from_row(&row)?))
     }
 
-    pub async fn list_api_keys(&self, organization_id: &str) -> Result<Vec<ApiKey>> {
-        Ok(sqlx::query_as(
-            "SELECT id, organization_id, prefix, name, role, created_at FROM api_keys \
-             WHERE organization_id = $1 ORDER BY created_at, id",
-        )
-        .bind(organization_id)
-        .fetch_all(&self.pool)
-        .await?)
+    fn push(&mut self, text: &str) -> &mut Sql {
+        self.text.push_str(text);
+        self
     }
 
-    /// Deletes one of the organization's keys; another organization's key is `NotFound`.
-    pub async fn delete_api_key(&self, organization_id: &str, id: &str) -> Result<()> {
-        let done = sqlx::query("DELETE FROM api_keys WHERE organization_id = $1 AND id = $2")
-            .bind(organization_id)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
+    /// Appends a placeholder for `value`.
+    fn bind(&mut self, value: Value) -> &mut Sql {
+        self.values.push(value);
+        self.text.push_str(&format!("${}", self.values.len()));
+        self
+    }
+
+    fn query(&self) -> Query<'_, Any, AnyArguments<'_>> {
+        let mut query = sqlx::query(&self.text);
+        for value in &self.values {
+            query = match value {
+                Value::Text(v) => query.bind(v.clone()),
+                Value::Real(v) => query.bind(*v),
+                Value::Int(v) => query.bind(*v),
+            };
         }
-        Ok(())
+        query
+    }
+}
+
+/// `ORDER BY` for `sort` among the resource's `(field, column)` pairs; unknown fields are a validation error.
+fn order_by(sort: Option<&str>, fields: &[(&str, &str)], default: &str) -> Result<String> {
+    let Some(sort) = sort else {
+        return Ok(format!(" ORDER BY {default}"));
+    };
+    let (field, direction) = match sort.strip_prefix('-') {
+        Some(field) => (field, "DESC"),
+        None => (sort, "ASC"),
+    };
+    match fields.iter().find(|(name, _)| *name == field) {
+        Some((_, column)) => Ok(format!(" ORDER BY {column} {direction}, id {direction}")),
+        None => {
+            let names: Vec<&str> = fields.iter().map(|(name, _)| *name).collect();
+            Err(StoreError::Invalid(FieldErrors::one(
+                "sort",
+                format!(
+                    "unknown field `{field}`; sort by one of {} (prefix `-` for descending)",
+                    names.join(", ")
+                ),
+            )))
+        }
     }
 }
 
@@ -272,4 +241,13 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+fn from_ms(ms: i64) -> Time {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// JSON text from the database, as a value.
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or(serde_json::Value::Null)
 }

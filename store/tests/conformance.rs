@@ -2,7 +2,10 @@
 //! 127.0.0.1:5432 (MERCATOR_TEST_POSTGRES_URL overrides), in a database made for the test and dropped after
 //! it, so that every run applies the migrations from nothing.
 
-use mercator_store::{Role, Store, StoreError};
+use mercator_store::{
+    ListParams, MaterialFilter, MaterialPatch, NewMaterial, NewPrice, NewSupplier, PricePatch,
+    PriceQuery, PriceType, Role, Store, StoreError,
+};
 
 async fn sqlite() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -54,8 +57,8 @@ fn rand_suffix() -> u64 {
 }
 
 async fn keys_authenticate_by_secret_and_stay_in_their_organization(store: Store) {
-    let acme = store.create_organization("Acme").await.unwrap();
-    let other = store.create_organization("Other").await.unwrap();
+    let acme = store.create_organization("Acme", false).await.unwrap();
+    let other = store.create_organization("Other", false).await.unwrap();
     let (key, secret) = store
         .create_api_key(&acme.id, "ci", Role::Analyst)
         .await
@@ -105,7 +108,7 @@ async fn keys_authenticate_by_secret_and_stay_in_their_organization(store: Store
 }
 
 async fn organizations_are_listed_and_found(store: Store) {
-    let a = store.create_organization("A").await.unwrap();
+    let a = store.create_organization("A", false).await.unwrap();
     assert_eq!(store.organization(&a.id).await.unwrap(), a);
     assert!(store.list_organizations().await.unwrap().contains(&a));
     assert!(matches!(
@@ -136,7 +139,9 @@ macro_rules! on_both {
 
 on_both!(
     keys_authenticate_by_secret_and_stay_in_their_organization,
-    organizations_are_listed_and_found
+    organizations_are_listed_and_found,
+    materials_are_scoped_unique_filtered_sorted_and_patched,
+    prices_land_all_or_nothing_and_query_by_material_and_time
 );
 
 #[tokio::test]
@@ -146,9 +151,266 @@ async fn a_reopened_sqlite_file_keeps_its_rows_and_migrates_once() {
     let org = Store::connect(&url)
         .await
         .unwrap()
-        .create_organization("Kept")
+        .create_organization("Kept", true)
         .await
         .unwrap();
     let again = Store::connect(&url).await.unwrap();
     assert_eq!(again.organization(&org.id).await.unwrap(), org);
+}
+
+fn material(code: &str, category: &str) -> NewMaterial {
+    serde_json::from_value(serde_json::json!({
+        "code": code, "name": format!("Material {code}"), "category": category, "unit": "kg",
+        "list_price": 4.0
+    }))
+    .unwrap()
+}
+
+fn page(limit: u32, offset: u64, sort: Option<&str>) -> ListParams {
+    ListParams {
+        limit,
+        offset,
+        sort: sort.map(Into::into),
+    }
+}
+
+async fn materials_are_scoped_unique_filtered_sorted_and_patched(store: Store) {
+    let acme = store.create_organization("Acme", false).await.unwrap().id;
+    let other = store.create_organization("Other", false).await.unwrap().id;
+    let alu = store
+        .create_material(&acme, material("ALU-1", "aluminium"))
+        .await
+        .unwrap();
+    store
+        .create_material(&acme, material("CU-1", "copper"))
+        .await
+        .unwrap();
+    store
+        .create_material(&acme, material("ALU-2", "aluminium"))
+        .await
+        .unwrap();
+    // The same code in another organization is fine; twice in one is a conflict.
+    store
+        .create_material(&other, material("ALU-1", "aluminium"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_material(&acme, material("ALU-1", "x")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let bad = NewMaterial {
+        list_price: Some(-1.0),
+        code: " ".into(),
+        ..material("X", "y")
+    };
+    match store.create_material(&acme, bad).await {
+        Err(StoreError::Invalid(e)) => {
+            assert!(
+                e.0.contains_key("list_price") && e.0.contains_key("code"),
+                "{e:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let all = store
+        .list_materials(
+            &acme,
+            &MaterialFilter::default(),
+            &page(10, 0, Some("-code")),
+        )
+        .await
+        .unwrap();
+    let codes: Vec<&str> = all.items.iter().map(|m| m.code.as_str()).collect();
+    assert_eq!((all.total, codes), (3, vec!["CU-1", "ALU-2", "ALU-1"]));
+    let filter = MaterialFilter {
+        category: Some("aluminium".into()),
+        ..Default::default()
+    };
+    let second = store
+        .list_materials(&acme, &filter, &page(1, 1, None))
+        .await
+        .unwrap();
+    assert_eq!(second.total, 2);
+    assert_eq!(second.items[0].code, "ALU-2");
+    let search = MaterialFilter {
+        search: Some("cu-".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        store
+            .list_materials(&acme, &search, &page(10, 0, None))
+            .await
+            .unwrap()
+            .total,
+        1
+    );
+    assert!(matches!(
+        store
+            .list_materials(&acme, &filter, &page(10, 0, Some("secret")))
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    let patch: MaterialPatch =
+        serde_json::from_value(serde_json::json!({"name": "Aluminium ingot", "list_price": null}))
+            .unwrap();
+    let patched = store
+        .update_material(&acme, &alu.id, patch.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (patched.name.as_str(), patched.list_price),
+        ("Aluminium ingot", None)
+    );
+    assert_eq!(patched.category, "aluminium", "untouched fields stay");
+    assert!(matches!(
+        store.update_material(&other, &alu.id, patch).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.material(&other, &alu.id).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.delete_material(&other, &alu.id).await,
+        Err(StoreError::NotFound)
+    ));
+    store.delete_material(&acme, &alu.id).await.unwrap();
+    assert!(matches!(
+        store.material(&acme, &alu.id).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+fn observation(material: &str, supplier: Option<&str>, day: u32, price: f64) -> NewPrice {
+    serde_json::from_value(serde_json::json!({
+        "time": format!("2025-01-{day:02}"), "material_id": material, "supplier_id": supplier,
+        "price": price, "currency": "EUR", "quantity": 100.0, "price_type": "quote"
+    }))
+    .unwrap()
+}
+
+async fn prices_land_all_or_nothing_and_query_by_material_and_time(store: Store) {
+    let acme = store.create_organization("Acme", false).await.unwrap().id;
+    let other = store.create_organization("Other", false).await.unwrap().id;
+    let m = store
+        .create_material(&acme, material("ALU-1", "aluminium"))
+        .await
+        .unwrap()
+        .id;
+    let foreign = store
+        .create_material(&other, material("ALU-1", "aluminium"))
+        .await
+        .unwrap()
+        .id;
+    let s = store
+        .create_supplier(
+            &acme,
+            NewSupplier {
+                code: "S1".into(),
+                name: "Supplier".into(),
+                country: "DE".into(),
+                reliability: 0.9,
+                status: None,
+            },
+        )
+        .await
+        .unwrap()
+        .id;
+
+    let mut rows: Vec<NewPrice> = (1..=20)
+        .map(|d| observation(&m, Some(&s), d, 3.0 + d as f64))
+        .collect();
+    rows[4].price = -2.0;
+    rows[9].material_id = foreign.clone();
+    match store.insert_prices(&acme, rows.clone()).await {
+        Err(StoreError::Rows(errors)) => {
+            let named: Vec<(usize, Vec<&String>)> = errors
+                .iter()
+                .map(|e| (e.row, e.errors.0.keys().collect()))
+                .collect();
+            assert_eq!(
+                named,
+                vec![
+                    (5, vec![&"price".to_string()]),
+                    (10, vec![&"material_id".to_string()])
+                ]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let none = store
+        .list_prices(&acme, &PriceQuery::default(), &page(10, 0, None))
+        .await
+        .unwrap();
+    assert_eq!(none.total, 0, "a refused bulk writes nothing");
+
+    rows[4].price = 7.0;
+    rows[9].material_id = m.clone();
+    let written = store.insert_prices(&acme, rows).await.unwrap();
+    assert_eq!(written.len(), 20);
+
+    let query = PriceQuery {
+        material_id: Some(m.clone()),
+        from: mercator_store::parse_time("2025-01-05"),
+        to: mercator_store::parse_time("2025-01-10"),
+        ..Default::default()
+    };
+    let range = store
+        .list_prices(&acme, &query, &page(3, 0, None))
+        .await
+        .unwrap();
+    assert_eq!(range.total, 5, "from inclusive, to exclusive");
+    let days: Vec<String> = range
+        .items
+        .iter()
+        .map(|p| p.time.format("%d").to_string())
+        .collect();
+    assert_eq!(days, ["09", "08", "07"], "newest first by default");
+    let cheapest = store
+        .list_prices(&acme, &query, &page(1, 0, Some("price")))
+        .await
+        .unwrap();
+    assert_eq!(cheapest.items[0].price, 7.0);
+    assert_eq!(
+        store
+            .list_prices(&other, &PriceQuery::default(), &page(10, 0, None))
+            .await
+            .unwrap()
+            .total,
+        0,
+        "another organization sees none"
+    );
+
+    let first = &written[0];
+    let patch: PricePatch = serde_json::from_value(
+        serde_json::json!({"price": 9.5, "price_type": "invoice", "source": null}),
+    )
+    .unwrap();
+    let patched = store
+        .update_price(&acme, &first.id, patch.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (patched.price, patched.price_type),
+        (9.5, PriceType::Invoice)
+    );
+    assert_eq!(patched.time, first.time);
+    assert!(matches!(
+        store.update_price(&other, &first.id, patch).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(
+        matches!(
+            store.delete_material(&acme, &m).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a material with observations stays"
+    );
+    store.delete_price(&acme, &first.id).await.unwrap();
+    assert!(matches!(
+        store.price(&acme, &first.id).await,
+        Err(StoreError::NotFound)
+    ));
 }

@@ -1,0 +1,342 @@
+//! Price observations: the time series every prediction reads.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::{FromRow, Row};
+
+use crate::validate::{present, time};
+use crate::{
+    from_ms, now_ms, order_by, random_hex, FieldErrors, ListParams, Listed, Result, RowError, Sql,
+    Store, StoreError, Time, Value,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum PriceType {
+    Quote,
+    Contract,
+    Market,
+    Invoice,
+}
+
+impl PriceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PriceType::Quote => "quote",
+            PriceType::Contract => "contract",
+            PriceType::Market => "market",
+            PriceType::Invoice => "invoice",
+        }
+    }
+
+    fn parse(s: &str) -> Option<PriceType> {
+        Some(match s {
+            "quote" => PriceType::Quote,
+            "contract" => PriceType::Contract,
+            "market" => PriceType::Market,
+            "invoice" => PriceType::Invoice,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Price {
+    pub id: String,
+    /// When the price was observed (quoted, contracted, invoiced).
+    pub time: Time,
+    pub material_id: String,
+    pub supplier_id: Option<String>,
+    /// Per unit of the material.
+    pub price: f64,
+    /// ISO 4217.
+    pub currency: String,
+    pub quantity: Option<f64>,
+    pub price_type: PriceType,
+    pub source: Option<String>,
+    pub created_at: Time,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewPrice {
+    /// RFC 3339, or a date (its midnight, UTC).
+    #[serde(deserialize_with = "time")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "2025-03-01T00:00:00Z"))]
+    pub time: Time,
+    pub material_id: String,
+    #[serde(default)]
+    pub supplier_id: Option<String>,
+    pub price: f64,
+    pub currency: String,
+    #[serde(default)]
+    pub quantity: Option<f64>,
+    pub price_type: PriceType,
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+/// A correction: absent fields stay; `quantity`, `source` and `supplier_id` may be set to null.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PricePatch {
+    pub price: Option<f64>,
+    pub currency: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub quantity: Option<Option<f64>>,
+    pub price_type: Option<PriceType>,
+    #[serde(default, deserialize_with = "present")]
+    pub source: Option<Option<String>>,
+}
+
+/// Which observations to list.
+#[derive(Debug, Clone, Default)]
+pub struct PriceQuery {
+    pub material_id: Option<String>,
+    pub supplier_id: Option<String>,
+    pub price_type: Option<PriceType>,
+    /// Inclusive.
+    pub from: Option<Time>,
+    /// Exclusive.
+    pub to: Option<Time>,
+}
+
+impl<'r> FromRow<'r, AnyRow> for Price {
+    fn from_row(row: &'r AnyRow) -> sqlx::Result<Self> {
+        let price_type: String = row.try_get("price_type")?;
+        Ok(Price {
+            id: row.try_get("id")?,
+            time: from_ms(row.try_get("observed_at")?),
+            material_id: row.try_get("material_id")?,
+            supplier_id: row.try_get("supplier_id")?,
+            price: row.try_get("price")?,
+            currency: row.try_get("currency")?,
+            quantity: row.try_get("quantity")?,
+            price_type: PriceType::parse(&price_type).ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown price type {price_type}").into())
+            })?,
+            source: row.try_get("source")?,
+            created_at: from_ms(row.try_get("created_at")?),
+        })
+    }
+}
+
+const COLUMNS: &str = "id, observed_at, material_id, supplier_id, price, currency, quantity, \
+                       price_type, source, created_at";
+const SORTS: &[(&str, &str)] = &[
+    ("time", "observed_at"),
+    ("price", "price"),
+    ("created_at", "created_at"),
+];
+/// Rows per INSERT statement: 11 values each keeps a statement under SQLite's 32,766 bound parameters.
+const ROWS_PER_STATEMENT: usize = 1000;
+
+fn check_price(
+    e: &mut FieldErrors,
+    price: Option<f64>,
+    currency: Option<&str>,
+    quantity: Option<f64>,
+    source: Option<&str>,
+) {
+    if let Some(v) = price {
+        e.positive("price", v);
+    }
+    if let Some(v) = currency {
+        e.code("currency", v, 3, "ISO 4217");
+    }
+    if let Some(v) = quantity {
+        e.positive("quantity", v);
+    }
+    if let Some(v) = source {
+        if v.chars().count() > 200 {
+            e.add("source", "must be at most 200 characters");
+        }
+    }
+}
+
+impl Store {
+    /// Writes all the observations or none: every row is checked first (values, and that its material and
+    /// supplier are the organization's), and any problem refuses the lot with every offending row named.
+    pub async fn insert_prices(&self, org: &str, rows: Vec<NewPrice>) -> Result<Vec<Price>> {
+        let materials = self.ids("materials", org).await?;
+        let suppliers = self.ids("suppliers", org).await?;
+        let mut problems = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            let mut e = FieldErrors::default();
+            check_price(
+                &mut e,
+                Some(row.price),
+                Some(&row.currency),
+                row.quantity,
+                row.source.as_deref(),
+            );
+            if !materials.contains(&row.material_id) {
+                e.add("material_id", "no such material in the organization");
+            }
+            if let Some(s) = &row.supplier_id {
+                if !suppliers.contains(s) {
+                    e.add("supplier_id", "no such supplier in the organization");
+                }
+            }
+            if !e.is_empty() {
+                problems.push(RowError {
+                    row: i + 1,
+                    errors: e,
+                });
+            }
+        }
+        if !problems.is_empty() {
+            return Err(StoreError::Rows(problems));
+        }
+        let created_at = from_ms(now_ms());
+        let prices: Vec<Price> = rows
+            .into_iter()
+            .map(|r| Price {
+                id: random_hex(16),
+                time: r.time,
+                material_id: r.material_id,
+                supplier_id: r.supplier_id,
+                price: r.price,
+                currency: r.currency,
+                quantity: r.quantity,
+                price_type: r.price_type,
+                source: r.source,
+                created_at,
+            })
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        for chunk in prices.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = Sql::new(
+                "INSERT INTO prices (id, organization_id, observed_at, material_id, supplier_id, price, \
+                 currency, quantity, price_type, source, created_at) VALUES ",
+            );
+            for (i, p) in chunk.iter().enumerate() {
+                sql.push(if i == 0 { "(" } else { ", (" });
+                for (j, value) in [
+                    Value::Text(Some(p.id.clone())),
+                    Value::Text(Some(org.to_string())),
+                    Value::Int(p.time.timestamp_millis()),
+                    Value::Text(Some(p.material_id.clone())),
+                    Value::Text(p.supplier_id.clone()),
+                    Value::Real(Some(p.price)),
+                    Value::Text(Some(p.currency.clone())),
+                    Value::Real(p.quantity),
+                    Value::Text(Some(p.price_type.as_str().into())),
+                    Value::Text(p.source.clone()),
+                    Value::Int(created_at.timestamp_millis()),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    if j > 0 {
+                        sql.push(", ");
+                    }
+                    sql.bind(value);
+                }
+                sql.push(")");
+            }
+            sql.query().execute(&mut *tx).await.map_err(|e| {
+                // A material or supplier deleted since the check above.
+                StoreError::from_write(e, "a material or supplier of these rows was just deleted")
+            })?;
+        }
+        tx.commit().await?;
+        Ok(prices)
+    }
+
+    pub async fn price(&self, org: &str, id: &str) -> Result<Price> {
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM prices WHERE organization_id = $1 AND id = $2"
+        ))
+        .bind(org)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)
+    }
+
+    /// Observations by material, supplier, type and time range; newest first unless `sort` says otherwise.
+    pub async fn list_prices(
+        &self,
+        org: &str,
+        query: &PriceQuery,
+        page: &ListParams,
+    ) -> Result<Listed<Price>> {
+        let mut wher = Sql::new(" WHERE organization_id = ");
+        wher.bind(Value::Text(Some(org.into())));
+        if let Some(v) = &query.material_id {
+            wher.push(" AND material_id = ")
+                .bind(Value::Text(Some(v.clone())));
+        }
+        if let Some(v) = &query.supplier_id {
+            wher.push(" AND supplier_id = ")
+                .bind(Value::Text(Some(v.clone())));
+        }
+        if let Some(v) = query.price_type {
+            wher.push(" AND price_type = ")
+                .bind(Value::Text(Some(v.as_str().into())));
+        }
+        if let Some(v) = query.from {
+            wher.push(" AND observed_at >= ")
+                .bind(Value::Int(v.timestamp_millis()));
+        }
+        if let Some(v) = query.to {
+            wher.push(" AND observed_at < ")
+                .bind(Value::Int(v.timestamp_millis()));
+        }
+        let order = order_by(page.sort.as_deref(), SORTS, "observed_at DESC, id DESC")?;
+        self.list("prices", COLUMNS, wher, &order, page).await
+    }
+
+    pub async fn update_price(&self, org: &str, id: &str, patch: PricePatch) -> Result<Price> {
+        let mut e = FieldErrors::default();
+        check_price(
+            &mut e,
+            patch.price,
+            patch.currency.as_deref(),
+            patch.quantity.flatten(),
+            patch.source.as_ref().and_then(|s| s.as_deref()),
+        );
+        e.into_result()?;
+        let sets = [
+            ("price", patch.price.map(|v| Value::Real(Some(v)))),
+            ("currency", patch.currency.map(|v| Value::Text(Some(v)))),
+            ("quantity", patch.quantity.map(Value::Real)),
+            (
+                "price_type",
+                patch
+                    .price_type
+                    .map(|v| Value::Text(Some(v.as_str().into()))),
+            ),
+            ("source", patch.source.map(Value::Text)),
+        ]
+        .into_iter()
+        .filter_map(|(c, v)| v.map(|v| (c, v)))
+        .collect();
+        self.update("prices", org, id, sets, "conflicting price")
+            .await?;
+        self.price(org, id).await
+    }
+
+    pub async fn delete_price(&self, org: &str, id: &str) -> Result<()> {
+        self.delete("prices", org, id, "conflicting price").await
+    }
+
+    /// Every id of the organization's rows in `table`.
+    async fn ids(&self, table: &str, org: &str) -> Result<HashSet<String>> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT id FROM {table} WHERE organization_id = $1"
+        ))
+        .bind(org)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .collect())
+    }
+}

@@ -1,0 +1,106 @@
+//! The rules values must keep, reported by field (and by row for bulk writes), and time parsing.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::{StoreError, Time};
+
+/// Problems by field name: `{"price": ["must be greater than 0"]}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct FieldErrors(pub BTreeMap<String, Vec<String>>);
+
+impl FieldErrors {
+    pub fn one(field: &str, message: impl Into<String>) -> FieldErrors {
+        let mut errors = FieldErrors::default();
+        errors.add(field, message);
+        errors
+    }
+
+    pub fn add(&mut self, field: &str, message: impl Into<String>) {
+        self.0
+            .entry(field.to_string())
+            .or_default()
+            .push(message.into());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok` when nothing was found wrong.
+    pub fn into_result(self) -> Result<(), StoreError> {
+        if self.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::Invalid(self))
+        }
+    }
+
+    pub(crate) fn text(&mut self, field: &str, value: &str, max: usize) {
+        if value.trim().is_empty() {
+            self.add(field, "must not be empty");
+        } else if value.chars().count() > max {
+            self.add(field, format!("must be at most {max} characters"));
+        }
+    }
+
+    pub(crate) fn positive(&mut self, field: &str, value: f64) {
+        if !value.is_finite() || value <= 0.0 {
+            self.add(field, "must be a number greater than 0");
+        }
+    }
+
+    pub(crate) fn one_of(&mut self, field: &str, value: &str, allowed: &[&str]) {
+        if !allowed.contains(&value) {
+            self.add(field, format!("must be one of {}", allowed.join(", ")));
+        }
+    }
+
+    pub(crate) fn code(&mut self, field: &str, value: &str, letters: usize, what: &str) {
+        if value.len() != letters || !value.chars().all(|c| c.is_ascii_uppercase()) {
+            self.add(
+                field,
+                format!("must be {letters} upper-case letters ({what})"),
+            );
+        }
+    }
+}
+
+/// What is wrong with one row of a bulk write: `row` counts from 1 over the data rows (a CSV file's header
+/// is not counted; its line number is `row + 1`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RowError {
+    pub row: usize,
+    pub errors: FieldErrors,
+}
+
+/// `2025-03-01T12:00:00Z` (any RFC 3339 offset) or a date, `2025-03-01`, meaning its midnight in UTC.
+pub fn parse_time(text: &str) -> Option<Time> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&chrono::Utc));
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+}
+
+/// serde: a time as `parse_time` reads it.
+pub(crate) fn time<'de, D: Deserializer<'de>>(d: D) -> Result<Time, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_time(&text).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a time: use RFC 3339 (2025-03-01T12:00:00Z) or a date (2025-03-01)"
+        ))
+    })
+}
+
+/// serde: a present field (even `null`) becomes `Some`, so a partial update can tell "set to null" from
+/// "leave alone".
+pub(crate) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
