@@ -32,10 +32,15 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 "$target/release/bench-echo" 127.0.0.1:8101 & pids+=($!); echo_pid=$!
 "$target/release/bench-naive" 127.0.0.1:8102 & pids+=($!); naive_pid=$!
-RUST_LOG=warn "$target/release/mercator" serve --addr 127.0.0.1:8103 & pids+=($!); mercator_pid=$!
+# Every request carries an API key (to all three servers, so the requests are the same bytes); Mercator
+# verifies it from its in-memory key cache after the first request.
+export API_KEY="mk_benchadmin_0123456789abcdef0123456789abcdef"
+rm -rf "$out/data"
+RUST_LOG=warn MERCATOR_ADMIN_KEY="$API_KEY" "$target/release/mercator" serve --addr 127.0.0.1:8103 \
+  --data-dir "$out/data" & pids+=($!); mercator_pid=$!
 for port in 8101 8102 8103; do
   for _ in $(seq 1 200); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' -XPOST -H 'content-type: application/json' \
+    code=$(curl -s -o /dev/null -w '%{http_code}' -XPOST -H 'content-type: application/json' -H "authorization: Bearer $API_KEY" \
       --data-binary @"$out/price-row.json" "http://127.0.0.1:$port/v2/models/price/infer" || true)
     [ "$code" = 200 ] && break; sleep 0.1
   done

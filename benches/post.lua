@@ -4,6 +4,9 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
+if os.getenv("API_KEY") then
+  wrk.headers["Authorization"] = "Bearer " .. os.getenv("API_KEY")
+end
 
 done = function(summary, latency, requests)
   local e = summary.errors

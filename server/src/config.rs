@@ -36,7 +36,8 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8000].
     #[arg(long, env = "MERCATOR_ADDR")]
     pub addr: Option<SocketAddr>,
-    /// Where Mercator keeps its data [default: ./data].
+    /// Where Mercator keeps its data: the SQLite store unless --database-url says otherwise
+    /// [default: ./data].
     #[arg(long, env = "MERCATOR_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// The model repository: <dir>/<name>/<version>/{model.onnx,model.toml} [default: ./models].
@@ -52,10 +53,30 @@ pub struct ServeArgs {
     /// libonnxruntime.so to load [default: ORT_DYLIB_PATH, then next to the executable, then .runtime/lib].
     #[arg(long, env = "MERCATOR_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
+    /// The store: `postgres://user@host/db`, or `sqlite://path` [default: sqlite://<data-dir>/mercator.db].
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The platform admin's API key (at least 24 characters), registered at start if it is not known yet.
+    /// Unset on a first start: one is generated and printed once.
+    #[arg(long, env = "MERCATOR_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// How long a verified API key is trusted without asking the store again, in seconds (a key deleted
+    /// on another replica keeps working here at most this long) [default: 30].
+    #[arg(long, env = "MERCATOR_KEY_CACHE_SECS")]
+    pub key_cache_secs: Option<u64>,
+    /// Most rows in one bulk price write [default: 200000].
+    #[arg(long, env = "MERCATOR_MAX_BULK_ROWS")]
+    pub max_bulk_rows: Option<usize>,
+    /// Largest bulk price body, in bytes [default: 67108864].
+    #[arg(long, env = "MERCATOR_MAX_BULK_BODY_BYTES")]
+    pub max_bulk_body_bytes: Option<usize>,
+    /// Largest `limit` of a list [default: 1000].
+    #[arg(long, env = "MERCATOR_MAX_PAGE_SIZE")]
+    pub max_page_size: Option<u32>,
 }
 
 /// The settings in force.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
@@ -63,6 +84,22 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub drain_timeout: Duration,
     pub ort_lib: Option<PathBuf>,
+    /// None: SQLite under `data_dir`.
+    pub database_url: Option<String>,
+    pub admin_key: Option<String>,
+    pub key_cache: Duration,
+    pub max_bulk_rows: usize,
+    pub max_bulk_body_bytes: usize,
+    pub max_page_size: u32,
+}
+
+impl Config {
+    /// The store's URL: the configured one, or the SQLite file under the data directory.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("mercator.db").display()))
+    }
 }
 
 impl Default for Config {
@@ -74,6 +111,12 @@ impl Default for Config {
             max_body_bytes: 8 * 1024 * 1024,
             drain_timeout: Duration::from_secs(30),
             ort_lib: None,
+            database_url: None,
+            admin_key: None,
+            key_cache: Duration::from_secs(30),
+            max_bulk_rows: 200_000,
+            max_bulk_body_bytes: 64 * 1024 * 1024,
+            max_page_size: 1000,
         }
     }
 }
@@ -100,6 +143,25 @@ impl Config {
                 .map(Duration::from_secs)
                 .unwrap_or(d.drain_timeout),
             ort_lib: args.ort_lib.or(file.ort_lib),
+            database_url: args.database_url.or(file.database_url),
+            admin_key: args.admin_key.or(file.admin_key),
+            key_cache: args
+                .key_cache_secs
+                .or(file.key_cache_secs)
+                .map(Duration::from_secs)
+                .unwrap_or(d.key_cache),
+            max_bulk_rows: args
+                .max_bulk_rows
+                .or(file.max_bulk_rows)
+                .unwrap_or(d.max_bulk_rows),
+            max_bulk_body_bytes: args
+                .max_bulk_body_bytes
+                .or(file.max_bulk_body_bytes)
+                .unwrap_or(d.max_bulk_body_bytes),
+            max_page_size: args
+                .max_page_size
+                .or(file.max_page_size)
+                .unwrap_or(d.max_page_size),
         })
     }
 }
@@ -108,4 +170,31 @@ fn read_file(path: &Path) -> Result<ServeArgs, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("--config {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| format!("--config {}: {e}", path.display()))
+}
+
+/// Secrets stay out of logs: the admin key is never printed, a database URL's password is hidden.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let database = self.database_url().split_once('@').map_or_else(
+            || self.database_url(),
+            |(credentials, host)| match credentials.rsplit_once(':') {
+                Some((user, _)) if !user.ends_with('/') => format!("{user}:***@{host}"),
+                _ => format!("{credentials}@{host}"),
+            },
+        );
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("data_dir", &self.data_dir)
+            .field("models_dir", &self.models_dir)
+            .field("database", &database)
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "***"))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_bulk_rows", &self.max_bulk_rows)
+            .field("max_bulk_body_bytes", &self.max_bulk_body_bytes)
+            .field("max_page_size", &self.max_page_size)
+            .field("key_cache", &self.key_cache)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("ort_lib", &self.ort_lib)
+            .finish()
+    }
 }

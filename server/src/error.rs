@@ -1,11 +1,26 @@
-//! The one error format: `{"error": "<message>", "code": "<stable_snake_case_code>"}`.
+//! The one error format, in two shapes.
 //!
-//! `error` is what the Open Inference Protocol specifies (tritonclient reads it); `code` is stable, for
-//! programs and for the metrics. Each variant maps to one status and one code, in one table below.
+//! Every error is an `ApiError`; each variant maps to one status and one stable snake_case code, in the
+//! table in `status_and_code`. A handler's error becomes a response that carries an `ErrorReport` in its
+//! extensions; the `render` middleware writes the body, because only it knows the request: its id, and
+//! which protocol it spoke.
+//!
+//! - `/v2/...` (Open Inference Protocol): `{"error": "<message>", "code": "<code>"}` (tritonclient reads
+//!   `error`).
+//! - Everything else: `{"error": {"code", "message", "details"}, "status_code", "timestamp", "request_id"}`,
+//!   `details` holding field-level problems (`{"price": ["must be a number greater than 0"]}`) or the rows
+//!   of a refused bulk write.
+//!
+//! Responses that are errors but did not come from here (a rejection inside axum) are rewritten into the
+//! same shapes, so no plain-text error ever leaves the server.
 
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use mercator_engine::EngineError;
+use mercator_store::{FieldErrors, RowError, StoreError};
+use serde_json::{json, Value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -13,17 +28,59 @@ pub enum ApiError {
     Engine(#[from] EngineError),
     #[error("{0}")]
     BadRequest(String),
-    #[error("the body is larger than the limit of {limit} bytes (--max-body-bytes)")]
-    BodyTooLarge { limit: usize },
+    /// A body or query that does not fit its schema, or values that break a rule, by field.
+    #[error("{message}")]
+    Validation {
+        message: String,
+        details: FieldErrors,
+    },
+    /// A bulk write refused: every offending row, nothing written.
+    #[error("{} of {total} rows are invalid; nothing was written", rows.len())]
+    InvalidRows { rows: Vec<RowError>, total: usize },
+    #[error("the body is larger than the limit of {limit} bytes ({flag})")]
+    BodyTooLarge { limit: usize, flag: &'static str },
+    #[error("{rows} rows is more than the limit of {limit} in one request (--max-bulk-rows)")]
+    TooManyRows { rows: usize, limit: usize },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")]
+    MissingKey,
+    #[error("the API key is not valid")]
+    InvalidKey,
+    #[error("this needs the {0} role")]
+    Forbidden(&'static str),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
     #[error("no route for {0}")]
     RouteNotFound(String),
     #[error("{0} is not allowed here")]
     MethodNotAllowed(String),
     #[error("the server is shutting down")]
     Draining,
+    #[error("store: {0}")]
+    Store(StoreError),
 }
 
 impl ApiError {
+    /// Maps a store error for a resource (`NotFound` names it).
+    pub fn store(resource: &'static str) -> impl FnOnce(StoreError) -> ApiError {
+        move |e| match e {
+            StoreError::NotFound => ApiError::NotFound(resource),
+            StoreError::Conflict(message) => ApiError::Conflict(message),
+            StoreError::Invalid(details) => ApiError::Validation {
+                message: format!("the {resource} has invalid values"),
+                details,
+            },
+            StoreError::Rows(rows) => {
+                let total = rows.len();
+                ApiError::InvalidRows { rows, total }
+            }
+            e => ApiError::Store(e),
+        }
+    }
+
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         use EngineError as E;
         match self {
@@ -41,12 +98,48 @@ impl ApiError {
                 }
             },
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Validation { .. } => (StatusCode::BAD_REQUEST, "validation_error"),
+            ApiError::InvalidRows { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rows"),
             ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::TooManyRows { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_rows"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::MissingKey | ApiError::InvalidKey => {
+                (StatusCode::UNAUTHORIZED, "unauthorized")
+            }
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "route_not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
+
+    fn details(&self) -> Value {
+        match self {
+            ApiError::Validation { details, .. } => json!(details),
+            ApiError::InvalidRows { rows, .. } => {
+                // Enough to fix a file; a file that is all wrong does not produce a giant answer.
+                json!({ "rows": rows.iter().take(MAX_REPORTED_ROWS).collect::<Vec<_>>(),
+                        "invalid_rows": rows.len() })
+            }
+            _ => json!({}),
+        }
+    }
+}
+
+/// How many invalid rows a refused bulk write lists (it counts them all).
+pub const MAX_REPORTED_ROWS: usize = 100;
+
+/// What the `render` middleware turns into a body.
+#[derive(Debug, Clone)]
+pub struct ErrorReport {
+    pub code: &'static str,
+    pub message: String,
+    pub details: Value,
 }
 
 /// How long a client should wait before retrying a 429 or 503, in seconds.
@@ -56,15 +149,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-            // The detail goes to the log (with the request id); the client gets the id in `x-request-id`.
+            // The detail goes to the log (with the request id); the client gets the id.
             tracing::error!(error = %self, "request failed");
-            "internal error; the server log has the detail under this response's x-request-id"
+            "internal error; the server log has the detail under this response's request id"
                 .to_string()
         } else {
             self.to_string()
         };
-        let body = serde_json::json!({ "error": message, "code": code });
-        let mut response = (status, axum::Json(body)).into_response();
+        let mut response = status.into_response();
         if matches!(
             status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
@@ -73,6 +165,87 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, RETRY_AFTER);
         }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response.extensions_mut().insert(ErrorReport {
+            code,
+            message,
+            details: self.details(),
+        });
         response
+    }
+}
+
+/// Writes every error response's body in the shape of the protocol the request spoke.
+pub async fn render(request: Request, next: Next) -> Response {
+    let v2 = request.uri().path().starts_with("/v2");
+    let request_id = request
+        .headers()
+        .get(crate::request_id::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let report = match parts.extensions.get::<ErrorReport>() {
+        Some(report) => report.clone(),
+        None if is_json(&parts.headers) => return Response::from_parts(parts, body),
+        // An error from inside axum or tower (a rejection): plain text, made into the format.
+        None => foreign(status, body).await,
+    };
+    let body = if v2 {
+        json!({ "error": report.message, "code": report.code })
+    } else {
+        json!({
+            "error": { "code": report.code, "message": report.message, "details": report.details },
+            "status_code": status.as_u16(),
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "request_id": request_id,
+        })
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(body.to_string()))
+}
+
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+async fn foreign(status: StatusCode, body: axum::body::Body) -> ErrorReport {
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    ErrorReport {
+        code,
+        message,
+        details: json!({}),
     }
 }

@@ -1,9 +1,14 @@
 //! Mercator's HTTP server: it translates HTTP into engine calls and back, and decides nothing itself.
 //!
 //! - `v2/`: the Open Inference Protocol (KServe V2) with Triton's extensions.
+//! - `api/`: the REST API under `/api/v1` (organizations, keys, materials, suppliers, prices), the
+//!   `/ws/prices` stream, and the OpenAPI document.
+//! - `auth.rs`: API keys, roles, the organization a request is scoped to.
 //! - `health.rs`: `/healthz`, `/readyz`.  `metrics.rs`: `/metrics` and HTTP metrics.
 //! - `config.rs`: flags, environment, TOML file.  `error.rs`: the one error format.
 
+pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 mod health;
@@ -20,15 +25,22 @@ use axum::http::{Method, Uri};
 use axum::routing::get;
 use axum::Router;
 use mercator_engine::{Repository, Runtime};
+use mercator_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio::sync::broadcast;
 
+use auth::Keys;
 pub use config::Config;
 use error::ApiError;
 
+/// Every size limit, each set by the flag of the same name.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_body_bytes: usize,
+    pub max_bulk_rows: usize,
+    pub max_bulk_body_bytes: usize,
+    pub max_page_size: u32,
 }
 
 /// What every handler can reach.
@@ -37,6 +49,10 @@ pub struct AppState {
     pub repository: Arc<Repository>,
     pub prometheus: PrometheusHandle,
     pub limits: Limits,
+    pub store: Store,
+    pub keys: Arc<Keys>,
+    /// Price observations as they are written, for `/ws/prices`.
+    pub prices: broadcast::Sender<api::stream::PriceEvent>,
     draining: Arc<AtomicBool>,
 }
 
@@ -60,19 +76,46 @@ pub struct App {
 }
 
 impl App {
-    /// Installs the metrics recorder, loads ONNX Runtime and every model in the repository.
-    pub fn load(config: Config) -> Result<App, String> {
+    /// Installs the metrics recorder, opens the store (migrating it, and on a first start creating the
+    /// platform organization and its admin key), loads ONNX Runtime and every model in the repository.
+    pub async fn load(config: Config) -> Result<App, String> {
         let prometheus = metrics::recorder();
-        let runtime = Runtime::load(config.ort_lib.as_deref()).map_err(|e| e.to_string())?;
-        tracing::info!(library = %runtime.library.display(), "ONNX Runtime loaded");
-        let repository =
-            Repository::load(&runtime, &config.models_dir).map_err(|e| e.to_string())?;
+        if config.database_url.is_none() {
+            std::fs::create_dir_all(&config.data_dir)
+                .map_err(|e| format!("--data-dir {}: {e}", config.data_dir.display()))?;
+        }
+        let store = Store::connect(&config.database_url()).await.map_err(|e| {
+            format!(
+                "the store ({}): {e}",
+                config
+                    .database_url()
+                    .split('@')
+                    .next_back()
+                    .unwrap_or_default()
+            )
+        })?;
+        tracing::info!(backend = store.backend(), "store open");
+        auth::bootstrap(&store, config.admin_key.as_deref()).await?;
+        let (ort_lib, models_dir) = (config.ort_lib.clone(), config.models_dir.clone());
+        let repository = tokio::task::spawn_blocking(move || {
+            let runtime = Runtime::load(ort_lib.as_deref()).map_err(|e| e.to_string())?;
+            tracing::info!(library = %runtime.library.display(), "ONNX Runtime loaded");
+            Repository::load(&runtime, &models_dir).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
         let state = AppState {
             repository: Arc::new(repository),
             prometheus,
             limits: Limits {
                 max_body_bytes: config.max_body_bytes,
+                max_bulk_rows: config.max_bulk_rows,
+                max_bulk_body_bytes: config.max_bulk_body_bytes,
+                max_page_size: config.max_page_size,
             },
+            keys: Arc::new(Keys::new(store.clone(), config.key_cache)),
+            store,
+            prices: broadcast::channel(api::stream::STREAM_CAPACITY).0,
             draining: Arc::new(AtomicBool::new(false)),
         };
         Ok(App { state, config })
@@ -121,14 +164,20 @@ impl App {
         if !drained {
             tracing::warn!("model workers did not finish within the drain timeout");
         }
+        state.store.close().await;
         tracing::info!("stopped");
         result
     }
 }
 
 pub fn router(state: AppState) -> Router {
+    let v2 = v2::routes().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::v2,
+    ));
     Router::new()
-        .merge(v2::routes())
+        .merge(v2)
+        .merge(api::openapi::router())
         .merge(health::routes())
         .route("/metrics", get(metrics::render))
         .fallback(|uri: Uri| async move { ApiError::RouteNotFound(uri.path().to_string()) })
@@ -136,6 +185,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::MethodNotAllowed(method.to_string())
         })
         .layer(axum::middleware::from_fn(metrics::track))
+        .layer(axum::middleware::from_fn(error::render))
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(request_id::propagate())
         .layer(request_id::set())

@@ -33,7 +33,7 @@ fn serve(args: mercator_server::config::ServeArgs) -> Result<(), String> {
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .map_err(|e| format!("cannot listen on {} (--addr): {e}", config.addr))?;
-        let app = App::load(config)?;
+        let app = App::load(config).await?;
         tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "ready");
         app.serve(listener, shutdown_signal())
             .await

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{repo_root, TestServer};
+use common::{repo_root, TestServer, ADMIN_KEY};
 
 fn venv_python() -> std::path::PathBuf {
     let root = repo_root();
@@ -48,6 +48,7 @@ async fn tritonclient_infers_reads_config_and_statistics() {
             .arg(script)
             .arg(host)
             .arg(golden)
+            .env("MERCATOR_KEY", ADMIN_KEY)
             .output()
     })
     .await

@@ -1,5 +1,6 @@
 //! Materials and suppliers: what an organization buys, and from whom.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
@@ -7,7 +8,7 @@ use sqlx::{FromRow, Row};
 use crate::validate::present;
 use crate::{
     from_ms, json, now_ms, order_by, random_hex, FieldErrors, ListParams, Listed, Result, Sql,
-    Store, StoreError, Time, Value,
+    Store, StoreError, Value,
 };
 
 pub const MATERIAL_STATUSES: &[&str] = &["active", "inactive", "discontinued"];
@@ -29,8 +30,8 @@ pub struct Material {
     pub list_price: Option<f64>,
     /// active | inactive | discontinued
     pub status: String,
-    pub created_at: Time,
-    pub updated_at: Time,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -504,8 +505,8 @@ pub struct Supplier {
     pub reliability: f64,
     /// active | inactive
     pub status: String,
-    pub created_at: Time,
-    pub updated_at: Time,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
@@ -48,7 +49,7 @@ impl PriceType {
 pub struct Price {
     pub id: String,
     /// When the price was observed (quoted, contracted, invoiced).
-    pub time: Time,
+    pub time: DateTime<Utc>,
     pub material_id: String,
     pub supplier_id: Option<String>,
     /// Per unit of the material.
@@ -58,7 +59,7 @@ pub struct Price {
     pub quantity: Option<f64>,
     pub price_type: PriceType,
     pub source: Option<String>,
-    pub created_at: Time,
+    pub created_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,7 +69,7 @@ pub struct NewPrice {
     /// RFC 3339, or a date (its midnight, UTC).
     #[serde(deserialize_with = "time")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, example = "2025-03-01T00:00:00Z"))]
-    pub time: Time,
+    pub time: DateTime<Utc>,
     pub material_id: String,
     #[serde(default)]
     pub supplier_id: Option<String>,
@@ -160,6 +161,21 @@ fn check_price(
     }
 }
 
+impl NewPrice {
+    /// The rules an observation's values must keep (its references are checked when it is written).
+    pub fn check(&self) -> FieldErrors {
+        let mut e = FieldErrors::default();
+        check_price(
+            &mut e,
+            Some(self.price),
+            Some(&self.currency),
+            self.quantity,
+            self.source.as_deref(),
+        );
+        e
+    }
+}
+
 impl Store {
     /// Writes all the observations or none: every row is checked first (values, and that its material and
     /// supplier are the organization's), and any problem refuses the lot with every offending row named.
@@ -168,14 +184,7 @@ impl Store {
         let suppliers = self.ids("suppliers", org).await?;
         let mut problems = Vec::new();
         for (i, row) in rows.iter().enumerate() {
-            let mut e = FieldErrors::default();
-            check_price(
-                &mut e,
-                Some(row.price),
-                Some(&row.currency),
-                row.quantity,
-                row.source.as_deref(),
-            );
+            let mut e = row.check();
             if !materials.contains(&row.material_id) {
                 e.add("material_id", "no such material in the organization");
             }

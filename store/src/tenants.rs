@@ -1,11 +1,12 @@
 //! Organizations (the tenants) and their API keys.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 use subtle::ConstantTimeEq;
 
-use crate::{from_ms, now_ms, random_hex, sha256_hex, Result, Store, StoreError, Time};
+use crate::{from_ms, now_ms, random_hex, sha256_hex, Result, Store, StoreError};
 
 /// What a key may do; each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -46,7 +47,7 @@ pub struct Organization {
     pub name: String,
     /// Its admins are the platform's owners: they may create and list organizations.
     pub platform: bool,
-    pub created_at: Time,
+    pub created_at: DateTime<Utc>,
 }
 
 impl<'r> FromRow<'r, AnyRow> for Organization {
@@ -70,7 +71,7 @@ pub struct ApiKey {
     pub prefix: String,
     pub name: String,
     pub role: Role,
-    pub created_at: Time,
+    pub created_at: DateTime<Utc>,
 }
 
 impl<'r> FromRow<'r, AnyRow> for ApiKey {
@@ -135,15 +136,13 @@ impl Store {
         name: &str,
         role: Role,
     ) -> Result<(ApiKey, String)> {
-        let prefix = format!("mk_{}", random_hex(6));
-        let secret = format!("{prefix}_{}", random_hex(24));
+        let secret = format!("mk_{}_{}", random_hex(6), random_hex(24));
         self.insert_api_key(organization_id, name, role, &secret)
             .await
             .map(|key| (key, secret))
     }
 
-    /// Registers a secret chosen by the operator (the first admin key, from MERCATOR_ADMIN_KEY). Its prefix
-    /// is everything before the last `_`, as for generated keys, or the whole of it when there is none.
+    /// Registers a secret chosen by the operator (the first admin key, from MERCATOR_ADMIN_KEY).
     pub async fn import_api_key(
         &self,
         organization_id: &str,
@@ -232,6 +231,13 @@ impl Store {
     }
 }
 
+/// A key's public, indexed part: its first 12 characters (`mk_` and 9 hex digits for generated keys).
 fn prefix_of(secret: &str) -> &str {
-    secret.rsplit_once('_').map_or(secret, |(p, _)| p)
+    let end = secret
+        .char_indices()
+        .nth(PREFIX_CHARS)
+        .map_or(secret.len(), |(i, _)| i);
+    &secret[..end]
 }
+
+const PREFIX_CHARS: usize = 12;

@@ -207,6 +207,7 @@ async fn infer(
     let body = body.map_err(|e| match e {
         BytesRejection::FailedToBufferBody(_) => ApiError::BodyTooLarge {
             limit: app.limits.max_body_bytes,
+            flag: "--max-body-bytes",
         },
         other => ApiError::BadRequest(other.body_text()),
     })?;

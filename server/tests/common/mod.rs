@@ -17,11 +17,97 @@ pub fn shipped_models() -> PathBuf {
     repo_root().join("models")
 }
 
+/// The platform admin's key every test server starts with (MERCATOR_ADMIN_KEY).
+pub const ADMIN_KEY: &str = "mk_testadmin_0123456789abcdef0123456789abcdef";
+
 pub struct TestServer {
     pub base: String,
+    /// Sends the platform admin's key with every request.
     pub client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<std::io::Result<()>>>,
+    /// The SQLite store's directory, when the server has one; removed with the server.
+    pub data_dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL database made for this server, dropped with it.
+    pub database: Option<PgDatabase>,
+}
+
+/// Which store a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A PostgreSQL database of its own on the server at 127.0.0.1:5432 (MERCATOR_TEST_POSTGRES_URL
+/// overrides the maintenance URL), dropped when this is dropped.
+pub struct PgDatabase {
+    admin: String,
+    name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> PgDatabase {
+        use sqlx::Connection;
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let admin = std::env::var("MERCATOR_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let name = format!(
+            "mercator_server_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("PostgreSQL at 127.0.0.1:5432");
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+        PgDatabase { admin, name, url }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Drop runs inside the test's runtime: a thread of its own may block on a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    use sqlx::Connection;
+                    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                        let _ =
+                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute(&mut conn)
+                                .await;
+                    }
+                })
+        })
+        .join();
+    }
+}
+
+/// A client that sends `key` as a bearer token.
+pub fn client_with(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {key}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 impl TestServer {
@@ -29,28 +115,52 @@ impl TestServer {
         TestServer::with(|_| {}).await
     }
 
+    /// A server with no models (for the API's tests), on `backend`, in a fresh database.
+    pub async fn api(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let models = tempfile::tempdir().unwrap();
+        let database = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(PgDatabase::create().await),
+        };
+        let url = database.as_ref().map(|d| d.url.clone());
+        let models_dir = models.path().to_path_buf();
+        let mut server = TestServer::with(move |c| {
+            c.models_dir = models_dir;
+            c.database_url = url;
+            adjust(c);
+        })
+        .await;
+        server.database = database;
+        drop(models);
+        server
+    }
+
+    /// A server on its own SQLite file in a temporary directory, adjusted by `adjust` (which may point it at
+    /// PostgreSQL instead).
     pub async fn with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let data_dir = tempfile::tempdir().unwrap();
         let mut config = Config {
             models_dir: shipped_models(),
+            data_dir: data_dir.path().to_path_buf(),
             drain_timeout: Duration::from_secs(10),
+            admin_key: Some(ADMIN_KEY.to_string()),
             ..Config::default()
         };
         adjust(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = tokio::task::spawn_blocking(move || App::load(config))
-            .await
-            .unwrap()
-            .expect("the app loads");
+        let app = App::load(config).await.expect("the app loads");
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(app.serve(listener, async move {
             let _ = rx.await;
         }));
         let server = TestServer {
             base,
-            client: reqwest::Client::new(),
+            client: client_with(ADMIN_KEY),
             shutdown: Some(tx),
             task: Some(task),
+            data_dir: Some(data_dir),
+            database: None,
         };
         server.wait_ready().await;
         server

@@ -1,0 +1,91 @@
+//! `/ws/prices`: price observations of the caller's organization as they are written, optionally of one
+//! material. Messages are JSON text: `{"type": "price", "price": {...}}`; a listener too slow for the
+//! stream gets `{"type": "lagged", "missed": n}` and carries on with the newest.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use mercator_store::Price;
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::ApiQuery;
+use super::ErrorEnvelope;
+use crate::auth::{Auth, Viewer};
+use crate::error::ApiError;
+use crate::AppState;
+
+/// What is announced: the organization and the observation written.
+pub type PriceEvent = Arc<(Arc<str>, Price)>;
+
+/// Observations a listener may fall behind by before it is told it lagged.
+pub const STREAM_CAPACITY: usize = 16_384;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(price_stream))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// Only this material's observations.
+    pub material_id: Option<String>,
+    /// The API key, for clients that cannot set headers on a WebSocket handshake.
+    pub api_key: Option<String>,
+}
+
+/// A WebSocket of the organization's price observations as they are ingested.
+#[utoipa::path(get, path = "/ws/prices", tag = "prices", params(StreamQuery),
+    security(("api_key" = [])),
+    responses((status = 101, description = "Switching to the WebSocket protocol"),
+              (status = "4XX", body = ErrorEnvelope)))]
+async fn price_stream(
+    State(app): State<AppState>,
+    caller: Auth<Viewer>,
+    ApiQuery(q): ApiQuery<StreamQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let org = caller.organization_id.clone();
+    let events = app.prices.subscribe();
+    Ok(upgrade.on_upgrade(move |socket| forward(socket, events, org, q.material_id)))
+}
+
+async fn forward(
+    mut socket: WebSocket,
+    mut events: tokio::sync::broadcast::Receiver<PriceEvent>,
+    org: String,
+    material: Option<String>,
+) {
+    loop {
+        let message = tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => {
+                    let (event_org, price) = &*event;
+                    if **event_org != *org || material.as_ref().is_some_and(|m| *m != price.material_id) {
+                        continue;
+                    }
+                    serde_json::json!({ "type": "price", "price": price })
+                }
+                Err(RecvError::Lagged(missed)) => serde_json::json!({ "type": "lagged", "missed": missed }),
+                Err(RecvError::Closed) => return,
+            },
+            // The client's messages are not commands; a close or an error ends the stream.
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => continue,
+            },
+        };
+        if socket
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Organizations (the platform owner's) and API keys (each organization's admins).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use mercator_store::{ApiKey, FieldErrors, Organization, Role};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::ApiJson;
+use super::ErrorEnvelope;
+use crate::auth::{Admin, Auth, Owner};
+use crate::error::ApiError;
+use crate::AppState;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_organizations, create_organization))
+        .routes(routes!(list_keys, create_key))
+        .routes(routes!(delete_key))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrganization {
+    pub name: String,
+}
+
+/// A new organization and its first admin key, whose secret is shown this once.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedOrganization {
+    pub organization: Organization,
+    pub api_key: CreatedKey,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    pub name: String,
+    pub role: Role,
+}
+
+/// A key with its secret: the only time the secret is shown.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    pub key: ApiKey,
+    /// Send it as `Authorization: Bearer <key>` or `X-API-Key`. Stored only as a hash.
+    pub secret: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct List<T> {
+    pub items: Vec<T>,
+    pub total: usize,
+}
+
+fn name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::Validation {
+            message: "name must be 1 to 200 characters".into(),
+            details: FieldErrors::one("name", "must be 1 to 200 characters"),
+        });
+    }
+    Ok(())
+}
+
+/// Create an organization and its first admin key (platform owner).
+#[utoipa::path(post, path = "/api/v1/organizations", tag = "organizations",
+    request_body = NewOrganization, security(("api_key" = [])),
+    responses((status = 201, body = CreatedOrganization), (status = "4XX", body = ErrorEnvelope)))]
+async fn create_organization(
+    State(app): State<AppState>,
+    _: Auth<Owner>,
+    ApiJson(new): ApiJson<NewOrganization>,
+) -> Result<(StatusCode, Json<CreatedOrganization>), ApiError> {
+    name(&new.name)?;
+    let store = &app.store;
+    let organization = store
+        .create_organization(new.name.trim(), false)
+        .await
+        .map_err(ApiError::store("organization"))?;
+    let (key, secret) = store
+        .create_api_key(&organization.id, "admin", Role::Admin)
+        .await
+        .map_err(ApiError::store("organization"))?;
+    let api_key = CreatedKey { key, secret };
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedOrganization {
+            organization,
+            api_key,
+        }),
+    ))
+}
+
+/// Every organization (platform owner).
+#[utoipa::path(get, path = "/api/v1/organizations", tag = "organizations", security(("api_key" = [])),
+    responses((status = 200, body = List<Organization>), (status = "4XX", body = ErrorEnvelope)))]
+async fn list_organizations(
+    State(app): State<AppState>,
+    _: Auth<Owner>,
+) -> Result<Json<List<Organization>>, ApiError> {
+    let items = app
+        .store
+        .list_organizations()
+        .await
+        .map_err(ApiError::store("organization"))?;
+    Ok(Json(List {
+        total: items.len(),
+        items,
+    }))
+}
+
+/// Create a key in the caller's organization (admin).
+#[utoipa::path(post, path = "/api/v1/api-keys", tag = "api keys", request_body = NewKey,
+    security(("api_key" = [])),
+    responses((status = 201, body = CreatedKey), (status = "4XX", body = ErrorEnvelope)))]
+async fn create_key(
+    State(app): State<AppState>,
+    caller: Auth<Admin>,
+    ApiJson(new): ApiJson<NewKey>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    name(&new.name)?;
+    let (key, secret) = app
+        .store
+        .create_api_key(&caller.organization_id, new.name.trim(), new.role)
+        .await
+        .map_err(ApiError::store("API key"))?;
+    Ok((StatusCode::CREATED, Json(CreatedKey { key, secret })))
+}
+
+/// The caller's organization's keys, without secrets (admin).
+#[utoipa::path(get, path = "/api/v1/api-keys", tag = "api keys", security(("api_key" = [])),
+    responses((status = 200, body = List<ApiKey>), (status = "4XX", body = ErrorEnvelope)))]
+async fn list_keys(
+    State(app): State<AppState>,
+    caller: Auth<Admin>,
+) -> Result<Json<List<ApiKey>>, ApiError> {
+    let items = app
+        .store
+        .list_api_keys(&caller.organization_id)
+        .await
+        .map_err(ApiError::store("API key"))?;
+    Ok(Json(List {
+        total: items.len(),
+        items,
+    }))
+}
+
+/// Revoke a key of the caller's organization (admin); it stops working at once.
+#[utoipa::path(delete, path = "/api/v1/api-keys/{id}", tag = "api keys", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    responses((status = 204), (status = "4XX", body = ErrorEnvelope)))]
+async fn delete_key(
+    State(app): State<AppState>,
+    caller: Auth<Admin>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.store
+        .delete_api_key(&caller.organization_id, &id)
+        .await
+        .map_err(ApiError::store("API key"))?;
+    app.keys.evict(&id);
+    Ok(StatusCode::NO_CONTENT)
+}

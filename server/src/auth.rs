@@ -1,0 +1,251 @@
+//! Who is calling: API keys, roles, and the organization every request is scoped to.
+//!
+//! A handler states what it needs in its signature, `Auth<Analyst>`, and gets a `Principal` whose
+//! organization scopes every store call it makes; it cannot reach data without one. Keys come as
+//! `Authorization: Bearer <key>` or `X-API-Key: <key>` (WebSocket clients that cannot set headers may pass
+//! `?api_key=`). Verified keys are kept in memory for `--key-cache-secs`, so a prediction does not pay a
+//! database round trip; deleting a key evicts it here at once (other replicas within that time).
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+use mercator_store::{ApiKey, Role, Store};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// The caller, once its key is verified.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub key_id: String,
+    pub organization_id: String,
+    pub role: Role,
+    /// An admin of the platform organization: may create and list organizations.
+    pub owner: bool,
+}
+
+/// A role a handler requires, as a type.
+pub trait Requirement: Send + Sync + 'static {
+    const ROLE: Role;
+    const OWNER: bool = false;
+    const NAME: &'static str;
+}
+
+pub struct Viewer;
+pub struct Analyst;
+pub struct Admin;
+/// An admin of the platform organization.
+pub struct Owner;
+
+impl Requirement for Viewer {
+    const ROLE: Role = Role::Viewer;
+    const NAME: &'static str = "viewer";
+}
+impl Requirement for Analyst {
+    const ROLE: Role = Role::Analyst;
+    const NAME: &'static str = "analyst";
+}
+impl Requirement for Admin {
+    const ROLE: Role = Role::Admin;
+    const NAME: &'static str = "admin";
+}
+impl Requirement for Owner {
+    const ROLE: Role = Role::Admin;
+    const OWNER: bool = true;
+    const NAME: &'static str = "platform owner (an admin key of the first organization)";
+}
+
+/// The verified caller, holding at least `R`'s role.
+pub struct Auth<R>(pub Principal, PhantomData<R>);
+
+impl<R> std::ops::Deref for Auth<R> {
+    type Target = Principal;
+    fn deref(&self) -> &Principal {
+        &self.0
+    }
+}
+
+impl<R: Requirement> FromRequestParts<AppState> for Auth<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let principal = app.keys.verify(presented(parts)?).await?;
+        allow::<R>(&principal)?;
+        Ok(Auth(principal, PhantomData))
+    }
+}
+
+fn allow<R: Requirement>(principal: &Principal) -> Result<(), ApiError> {
+    if principal.role < R::ROLE || (R::OWNER && !principal.owner) {
+        return Err(ApiError::Forbidden(R::NAME));
+    }
+    Ok(())
+}
+
+/// The V2 protocol's handlers are shared with standard clients and stay as they are: this layer guards
+/// them instead. Reading (metadata, health, statistics) needs a viewer, inferring an analyst.
+pub async fn v2(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let verified = match presented(&parts) {
+        Ok(key) => match app.keys.verify(key).await {
+            Ok(p) if parts.method == Method::GET || parts.method == Method::HEAD => {
+                allow::<Viewer>(&p)
+            }
+            Ok(p) => allow::<Analyst>(&p),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    match verified {
+        Ok(()) => next.run(Request::from_parts(parts, body)).await,
+        Err(e) => axum::response::IntoResponse::into_response(e),
+    }
+}
+
+/// The key in the request: a header, or for WebSocket upgrades the `api_key` query parameter.
+fn presented(parts: &Parts) -> Result<&str, ApiError> {
+    from_headers(&parts.headers)
+        .or_else(|| {
+            parts
+                .uri
+                .query()
+                .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("api_key=")))
+        })
+        .ok_or(ApiError::MissingKey)
+}
+
+fn from_headers(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        return value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim);
+    }
+    headers.get("x-api-key")?.to_str().ok().map(str::trim)
+}
+
+/// Verified keys, by the SHA-256 of the secret (the secret itself is not kept).
+pub struct Keys {
+    store: Store,
+    ttl: Duration,
+    cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+}
+
+/// Past this many cached keys the cache starts over (it holds verified keys only, so this is a bound on
+/// memory, not a defence).
+const MAX_CACHED_KEYS: usize = 10_000;
+
+impl Keys {
+    pub fn new(store: Store, ttl: Duration) -> Keys {
+        Keys {
+            store,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn verify(&self, presented: &str) -> Result<Principal, ApiError> {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        if let Some((principal, at)) = self.cache.lock().expect("key cache").get(&digest) {
+            if at.elapsed() < self.ttl {
+                return Ok(principal.clone());
+            }
+        }
+        let key = self
+            .store
+            .authenticate(presented)
+            .await
+            .map_err(ApiError::Store)?
+            .ok_or(ApiError::InvalidKey)?;
+        let principal = self.principal(key).await?;
+        let mut cache = self.cache.lock().expect("key cache");
+        if cache.len() >= MAX_CACHED_KEYS {
+            cache.clear();
+        }
+        cache.insert(digest, (principal.clone(), Instant::now()));
+        Ok(principal)
+    }
+
+    async fn principal(&self, key: ApiKey) -> Result<Principal, ApiError> {
+        let org = self
+            .store
+            .organization(&key.organization_id)
+            .await
+            .map_err(ApiError::Store)?;
+        Ok(Principal {
+            owner: org.platform && key.role == Role::Admin,
+            key_id: key.id,
+            organization_id: key.organization_id,
+            role: key.role,
+        })
+    }
+
+    /// Forgets a deleted key at once.
+    pub fn evict(&self, key_id: &str) {
+        self.cache
+            .lock()
+            .expect("key cache")
+            .retain(|_, (p, _)| p.key_id != key_id);
+    }
+}
+
+/// First start: the default organization and its admin key, from MERCATOR_ADMIN_KEY or generated and
+/// printed once. Later starts: a configured admin key that is not yet known is added to the platform
+/// organization (how an operator regains access).
+pub async fn bootstrap(store: &Store, admin_key: Option<&str>) -> Result<(), String> {
+    let e = |e: mercator_store::StoreError| format!("store: {e}");
+    let platform = match store
+        .list_organizations()
+        .await
+        .map_err(e)?
+        .into_iter()
+        .find(|o| o.platform)
+    {
+        Some(org) => org,
+        None => store
+            .create_organization("default", true)
+            .await
+            .map_err(e)?,
+    };
+    match admin_key {
+        Some(secret) => {
+            if secret.len() < 24 {
+                return Err("MERCATOR_ADMIN_KEY must be at least 24 characters".into());
+            }
+            if store.authenticate(secret).await.map_err(e)?.is_none() {
+                store
+                    .import_api_key(
+                        &platform.id,
+                        "admin (MERCATOR_ADMIN_KEY)",
+                        Role::Admin,
+                        secret,
+                    )
+                    .await
+                    .map_err(e)?;
+                tracing::info!(organization = %platform.id, "admin key from MERCATOR_ADMIN_KEY registered");
+            }
+        }
+        None if store.count_api_keys().await.map_err(e)? == 0 => {
+            let (_, secret) = store
+                .create_api_key(&platform.id, "admin (first start)", Role::Admin)
+                .await
+                .map_err(e)?;
+            // Shown once, on the terminal, not in the structured log.
+            eprintln!(
+                "\n  Mercator's first start: the platform admin key is\n\n    {secret}\n\n  \
+                 It is stored only as a hash and will not be shown again.\n"
+            );
+        }
+        None => {}
+    }
+    Ok(())
+}
