@@ -1,0 +1,122 @@
+//! Kill -9 the real binary in the middle of a bulk price write: after a restart the rows are all there or
+//! none are, never some.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{client_with, ADMIN_KEY};
+use serde_json::{json, Value};
+
+fn start(data: &Path, models: &Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_mercator"))
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--models-dir")
+        .arg(models)
+        .env("MERCATOR_ADMIN_KEY", ADMIN_KEY)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the mercator binary starts")
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    for _ in 0..600 {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the server never became ready");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_write_killed_midway_leaves_all_or_none() {
+    let data = tempfile::tempdir().unwrap();
+    let models = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = client_with(ADMIN_KEY);
+    let mut server = start(data.path(), models.path(), port);
+    wait_ready(&client, &base).await;
+
+    let material: Value = client
+        .post(format!("{base}/api/v1/materials"))
+        .json(&json!({"code": "M-1", "name": "m", "category": "c", "unit": "kg"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = material["id"].as_str().unwrap().to_string();
+    const ROWS: usize = 200_000;
+    let mut csv = String::from("time,material_id,price,currency,price_type\n");
+    for i in 0..ROWS {
+        csv.push_str(&format!(
+            "2024-01-01T00:00:00Z,{id},{}.5,EUR,quote\n",
+            1 + i % 50
+        ));
+    }
+    let request = tokio::spawn(
+        client
+            .post(format!("{base}/api/v1/prices/bulk"))
+            .header("content-type", "text/csv")
+            .body(csv)
+            .send(),
+    );
+
+    // The write is under way once SQLite's write-ahead log grows; kill then, before it can commit.
+    let wal = data.path().join("mercator.db-wal");
+    let started = Instant::now();
+    loop {
+        let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        if size > 4 * 1024 * 1024 {
+            break;
+        }
+        assert!(
+            !request.is_finished(),
+            "the write finished before it could be interrupted"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the write never started"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(
+        request.await.unwrap().is_err(),
+        "the killed server never answered"
+    );
+
+    let mut server = start(data.path(), models.path(), port);
+    wait_ready(&client, &base).await;
+    let listed: Value = client
+        .get(format!("{base}/api/v1/prices?limit=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let total = listed["total"].as_u64().unwrap();
+    assert_eq!(total, 0, "a write killed before its commit leaves nothing");
+}
