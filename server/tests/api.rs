@@ -112,8 +112,17 @@ fn price(material: &str, day: u32, value: f64) -> Value {
             "currency": "EUR", "quantity": 100.0, "price_type": "quote" })
 }
 
+/// The `total` of a list (prices are counted only when asked: `count=true` is added).
 async fn total(s: &TestServer, client: &Client, path: &str) -> i64 {
-    let (status, body) = call(s, client, Method::GET, path, None).await;
+    let path = if path.starts_with("/api/v1/prices") {
+        format!(
+            "{path}{}count=true",
+            if path.contains('?') { '&' } else { '?' }
+        )
+    } else {
+        path.to_string()
+    };
+    let (status, body) = call(s, client, Method::GET, &path, None).await;
     assert_eq!(status, 200, "GET {path}: {body}");
     body["total"].as_i64().unwrap()
 }
@@ -745,7 +754,7 @@ async fn prices_bulk_all_or_nothing_and_range_queries(backend: Backend) {
         &s,
         &admin,
         Method::GET,
-        &format!("/api/v1/prices?material_id={m}&from=2025-01-05&to=2025-01-10T00:00:00Z&limit=2"),
+        &format!("/api/v1/prices?material_id={m}&from=2025-01-05&to=2025-01-10T00:00:00Z&limit=2&count=true"),
         None,
     )
     .await;
@@ -755,7 +764,16 @@ async fn prices_bulk_all_or_nothing_and_range_queries(backend: Backend) {
         .iter()
         .map(|p| p["time"].as_str().unwrap())
         .collect();
-    assert_eq!(page["total"], 5);
+    assert_eq!(
+        (&page["total"], &page["has_more"]),
+        (&json!(5), &json!(true))
+    );
+    let (_, uncounted) = call(&s, &admin, Method::GET, "/api/v1/prices?limit=30", None).await;
+    assert_eq!(
+        (&uncounted["total"], &uncounted["has_more"]),
+        (&Value::Null, &json!(true)),
+        "prices are counted only when asked"
+    );
     assert_eq!(
         times,
         ["2025-01-09T00:00:00Z", "2025-01-08T00:00:00Z"],
@@ -765,7 +783,7 @@ async fn prices_bulk_all_or_nothing_and_range_queries(backend: Backend) {
         &s,
         &admin,
         Method::GET,
-        "/api/v1/prices?price_type=contract&sort=price&limit=1",
+        "/api/v1/prices?price_type=contract&sort=price&limit=1&count=true",
         None,
     )
     .await;

@@ -108,7 +108,7 @@ async fn a_bulk_write_killed_midway_leaves_all_or_none() {
     let mut server = start(data.path(), models.path(), port);
     wait_ready(&client, &base).await;
     let listed: Value = client
-        .get(format!("{base}/api/v1/prices?limit=1"))
+        .get(format!("{base}/api/v1/prices?limit=1&count=true"))
         .send()
         .await
         .unwrap()

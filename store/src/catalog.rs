@@ -7,8 +7,8 @@ use sqlx::{FromRow, Row};
 
 use crate::validate::present;
 use crate::{
-    from_ms, json, now_ms, order_by, random_hex, FieldErrors, ListParams, Listed, Result, Sql,
-    Store, StoreError, Value,
+    from_ms, json, new_id, now_ms, order_by, FieldErrors, ListParams, Listed, Result, Sql, Store,
+    StoreError, Value,
 };
 
 pub const MATERIAL_STATUSES: &[&str] = &["active", "inactive", "discontinued"];
@@ -166,7 +166,7 @@ impl Store {
             Some(new.list_price),
             Some(&status),
         )?;
-        let id = random_hex(16);
+        let id = new_id();
         let now = now_ms();
         sqlx::query(
             "INSERT INTO materials (id, organization_id, code, name, category, unit, specifications, \
@@ -284,7 +284,7 @@ impl Store {
             Some(new.reliability),
             Some(&status),
         )?;
-        let id = random_hex(16);
+        let id = new_id();
         sqlx::query(
             "INSERT INTO suppliers (id, organization_id, code, name, country, reliability, status, \
              created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
@@ -380,7 +380,8 @@ impl Store {
         .await
     }
 
-    /// One page of `table`'s rows matching `wher`, and the count of all of them.
+    /// One page of `table`'s rows matching `wher` (one row more is read to tell whether there are more), and
+    /// the count of all of them when `page.count` asks for it.
     pub(crate) async fn list<T>(
         &self,
         table: &str,
@@ -392,28 +393,35 @@ impl Store {
     where
         T: for<'r> FromRow<'r, AnyRow> + Send + Unpin,
     {
-        let count = Sql {
-            text: format!("SELECT COUNT(*) FROM {table}{}", wher.text),
-            values: wher.values.clone(),
+        let total = if page.count {
+            let count = Sql {
+                text: format!("SELECT COUNT(*) FROM {table}{}", wher.text),
+                values: wher.values.clone(),
+            };
+            Some(count.query().fetch_one(&self.pool).await?.try_get(0)?)
+        } else {
+            None
         };
-        let total: i64 = count.query().fetch_one(&self.pool).await?.try_get(0)?;
         let mut select = Sql {
             text: format!("SELECT {columns} FROM {table}{}{order} LIMIT ", wher.text),
             values: wher.values,
         };
         select
-            .bind(Value::Int(i64::from(page.limit)))
+            .bind(Value::Int(i64::from(page.limit) + 1))
             .push(" OFFSET ")
             .bind(Value::Int(page.offset as i64));
-        let items = select
+        let mut items = select
             .query()
             .fetch_all(&self.pool)
             .await?
             .iter()
             .map(T::from_row)
             .collect::<sqlx::Result<Vec<T>>>()?;
+        let has_more = items.len() > page.limit as usize;
+        items.truncate(page.limit as usize);
         Ok(Listed {
             items,
+            has_more,
             total,
             limit: page.limit,
             offset: page.offset,

@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 use subtle::ConstantTimeEq;
 
-use crate::{from_ms, now_ms, random_hex, sha256_hex, Result, Store, StoreError};
+use crate::{from_ms, new_id, now_ms, random_hex, sha256_hex, Result, Store, StoreError};
 
 /// What a key may do; each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -96,7 +96,7 @@ impl Store {
     /// organization is created so).
     pub async fn create_organization(&self, name: &str, platform: bool) -> Result<Organization> {
         let org = Organization {
-            id: random_hex(16),
+            id: new_id(),
             name: name.to_string(),
             platform,
             created_at: from_ms(now_ms()),
@@ -162,7 +162,7 @@ impl Store {
         secret: &str,
     ) -> Result<ApiKey> {
         self.organization(organization_id).await?;
-        let id = random_hex(16);
+        let id = new_id();
         sqlx::query(
             "INSERT INTO api_keys (id, organization_id, prefix, secret_sha256, name, role, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",

@@ -50,7 +50,7 @@ async fn list_materials(
     caller: Auth<Viewer>,
     ApiQuery(q): ApiQuery<MaterialQuery>,
 ) -> Result<Json<Page<Material>>, ApiError> {
-    let page = page(&app, q.limit, q.offset, q.sort)?;
+    let page = page(&app, q.limit, q.offset, q.sort, true)?;
     let filter = MaterialFilter {
         category: q.category,
         status: q.status,
@@ -155,7 +155,7 @@ async fn list_suppliers(
     caller: Auth<Viewer>,
     ApiQuery(q): ApiQuery<SupplierQuery>,
 ) -> Result<Json<Page<Supplier>>, ApiError> {
-    let page = page(&app, q.limit, q.offset, q.sort)?;
+    let page = page(&app, q.limit, q.offset, q.sort, true)?;
     let filter = SupplierFilter {
         country: q.country,
         status: q.status,

@@ -28,12 +28,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// Page size when a list does not say.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 
-/// `limit`, bounded by --max-page-size, and `offset`.
+/// `limit`, bounded by --max-page-size, `offset`, `sort`, and whether to count everything matched.
 pub fn page(
     app: &AppState,
     limit: Option<u32>,
     offset: Option<u64>,
     sort: Option<String>,
+    count: bool,
 ) -> Result<mercator_store::ListParams, crate::error::ApiError> {
     let max = app.limits.max_page_size;
     let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE.min(max));
@@ -50,14 +51,17 @@ pub fn page(
         limit,
         offset: offset.unwrap_or(0),
         sort,
+        count,
     })
 }
 
-/// One page of a list and the count of everything the filters match.
+/// One page of a list, whether more follow, and the count of everything the filters match (always for
+/// materials and suppliers; for prices with `count=true`).
 #[derive(Serialize, ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
-    pub total: i64,
+    pub has_more: bool,
+    pub total: Option<i64>,
     pub limit: u32,
     pub offset: u64,
 }
@@ -66,6 +70,7 @@ impl<T> From<mercator_store::Listed<T>> for Page<T> {
     fn from(l: mercator_store::Listed<T>) -> Self {
         Page {
             items: l.items,
+            has_more: l.has_more,
             total: l.total,
             limit: l.limit,
             offset: l.offset,

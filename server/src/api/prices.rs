@@ -53,6 +53,8 @@ pub struct PriceListQuery {
     pub offset: Option<u64>,
     /// time, price, created_at; `-` first for descending. Default: `-time` (newest first).
     pub sort: Option<String>,
+    /// Also count every observation matched (`total`): a scan of them all, so off by default.
+    pub count: Option<bool>,
 }
 
 fn time(field: &str, text: Option<String>) -> Result<Option<mercator_store::Time>, ApiError> {
@@ -82,7 +84,7 @@ async fn list_prices(
         supplier_id: q.supplier_id,
         price_type: q.price_type,
     };
-    let page = page(&app, q.limit, q.offset, q.sort)?;
+    let page = page(&app, q.limit, q.offset, q.sort, q.count.unwrap_or(false))?;
     let listed = app
         .store
         .list_prices(&caller.organization_id, &query, &page)
@@ -165,6 +167,9 @@ async fn bulk_create_prices(
     Ok((StatusCode::CREATED, Json(BulkResult { inserted })))
 }
 
+/// A write this large refreshes the query planner's statistics (in the background).
+const ANALYZE_AFTER_ROWS: usize = 10_000;
+
 /// Writes observations and announces them to the organization's `/ws/prices` listeners.
 async fn ingest(app: &AppState, org: &str, rows: Vec<NewPrice>) -> Result<Vec<Price>, ApiError> {
     let total = rows.len();
@@ -174,6 +179,14 @@ async fn ingest(app: &AppState, org: &str, rows: Vec<NewPrice>) -> Result<Vec<Pr
             e => e,
         }
     })?;
+    if written.len() >= ANALYZE_AFTER_ROWS {
+        let store = app.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.refresh_statistics().await {
+                tracing::warn!(error = %e, "refreshing the planner's statistics failed");
+            }
+        });
+    }
     let org: Arc<str> = Arc::from(org);
     for price in &written {
         // No listener is not an error.

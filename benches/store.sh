@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The store benchmark: target/release/mercator on SQLite (a file under a fresh data dir) and on PostgreSQL
+# (a fresh database on 127.0.0.1:5432), each bulk-ingesting ROWS price observations over HTTP by CSV and
+# then answering list and range queries on them (benches/src/bin/store.rs). Prints one JSON line each.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+ROWS="${ROWS:-1000000}"
+PG="${MERCATOR_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432}"
+out="$root/benches/out"
+mkdir -p "$out"
+target="${CARGO_TARGET_DIR:-$root/target}"
+scripts/install-runtime.sh
+cargo build --release --quiet --bin mercator --bin bench-store
+key="mk_benchadmin_0123456789abcdef0123456789abcdef"
+empty_models="$out/no-models"; mkdir -p "$empty_models"
+
+run() {  # backend, database url or ""
+  local data="$out/store-$1"; rm -rf "$data"
+  local url_flag=(); [ -n "$2" ] && url_flag=(--database-url "$2")
+  RUST_LOG=warn MERCATOR_ADMIN_KEY="$key" "$target/release/mercator" serve --addr 127.0.0.1:8104 \
+    --data-dir "$data" --models-dir "$empty_models" --max-bulk-body-bytes 268435456 "${url_flag[@]}" &
+  local pid=$!
+  for _ in $(seq 1 300); do curl -sf -o /dev/null http://127.0.0.1:8104/readyz && break; sleep 0.1; done
+  echo "## $1"
+  "$target/release/bench-store" http://127.0.0.1:8104 "$key" "$ROWS" | tee -a "$out/store.jsonl"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+: > "$out/store.jsonl"
+run sqlite ""
+psql "$PG/test" -qc "DROP DATABASE IF EXISTS mercator_bench WITH (FORCE)" -c "CREATE DATABASE mercator_bench"
+run postgres "$PG/mercator_bench"
+psql "$PG/test" -qc "DROP DATABASE IF EXISTS mercator_bench WITH (FORCE)"
