@@ -8,13 +8,12 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, Method};
-use axum::middleware::Next;
+use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use mercator_store::{ApiKey, Role, Store};
 use sha2::{Digest, Sha256};
@@ -63,8 +62,8 @@ impl Requirement for Owner {
     const NAME: &'static str = "platform owner (an admin key of the first organization)";
 }
 
-/// The verified caller, holding at least `R`'s role.
-pub struct Auth<R>(pub Principal, PhantomData<R>);
+/// The verified caller, holding at least `R`'s role (shared with the key cache: no copy per request).
+pub struct Auth<R>(pub Arc<Principal>, PhantomData<R>);
 
 impl<R> std::ops::Deref for Auth<R> {
     type Target = Principal;
@@ -74,12 +73,18 @@ impl<R> std::ops::Deref for Auth<R> {
 }
 
 impl<R: Requirement> FromRequestParts<AppState> for Auth<R> {
-    type Rejection = ApiError;
+    /// In the shape of the protocol the path speaks (V2 or REST).
+    type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let principal = app.keys.verify(presented(parts)?).await?;
-        allow::<R>(&principal)?;
-        Ok(Auth(principal, PhantomData))
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Response> {
+        let verified = match presented(parts) {
+            Ok(key) => app.keys.verify(key).await,
+            Err(e) => Err(e),
+        };
+        verified
+            .and_then(|principal| allow::<R>(&principal).map(|()| principal))
+            .map(|principal| Auth(principal, PhantomData))
+            .map_err(|e| e.for_path(parts.uri.path()))
     }
 }
 
@@ -88,26 +93,6 @@ fn allow<R: Requirement>(principal: &Principal) -> Result<(), ApiError> {
         return Err(ApiError::Forbidden(R::NAME));
     }
     Ok(())
-}
-
-/// The V2 protocol's handlers are shared with standard clients and stay as they are: this layer guards
-/// them instead. Reading (metadata, health, statistics) needs a viewer, inferring an analyst.
-pub async fn v2(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
-    let verified = match presented(&parts) {
-        Ok(key) => match app.keys.verify(key).await {
-            Ok(p) if parts.method == Method::GET || parts.method == Method::HEAD => {
-                allow::<Viewer>(&p)
-            }
-            Ok(p) => allow::<Analyst>(&p),
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
-    };
-    match verified {
-        Ok(()) => next.run(Request::from_parts(parts, body)).await,
-        Err(e) => axum::response::IntoResponse::into_response(e),
-    }
 }
 
 /// The key in the request: a header, or for WebSocket upgrades the `api_key` query parameter.
@@ -137,8 +122,11 @@ fn from_headers(headers: &HeaderMap) -> Option<&str> {
 pub struct Keys {
     store: Store,
     ttl: Duration,
-    cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
 }
+
+/// A verified key's principal and when it was verified.
+type Cached = (Arc<Principal>, Instant);
 
 /// Past this many cached keys the cache starts over (it holds verified keys only, so this is a bound on
 /// memory, not a defence).
@@ -153,7 +141,7 @@ impl Keys {
         }
     }
 
-    pub async fn verify(&self, presented: &str) -> Result<Principal, ApiError> {
+    pub async fn verify(&self, presented: &str) -> Result<Arc<Principal>, ApiError> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         if let Some((principal, at)) = self.cache.lock().expect("key cache").get(&digest) {
             if at.elapsed() < self.ttl {
@@ -166,7 +154,7 @@ impl Keys {
             .await
             .map_err(ApiError::Store)?
             .ok_or(ApiError::InvalidKey)?;
-        let principal = self.principal(key).await?;
+        let principal = Arc::new(self.principal(key).await?);
         let mut cache = self.cache.lock().expect("key cache");
         if cache.len() >= MAX_CACHED_KEYS {
             cache.clear();

@@ -2,8 +2,8 @@
 //!
 //! Every error is an `ApiError`; each variant maps to one status and one stable snake_case code, in the
 //! table in `status_and_code`. A handler's error becomes a response that carries an `ErrorReport` in its
-//! extensions; the `render` middleware writes the body, because only it knows the request: its id, and
-//! which protocol it spoke.
+//! extensions (V2 handlers return `V2Error`, which marks the report for the V2 shape); `render`, a layer
+//! outside the one that stamps `x-request-id`, writes the body with that id.
 //!
 //! - `/v2/...` (Open Inference Protocol): `{"error": "<message>", "code": "<code>"}` (tritonclient reads
 //!   `error`).
@@ -14,9 +14,7 @@
 //! Responses that are errors but did not come from here (a rejection inside axum) are rewritten into the
 //! same shapes, so no plain-text error ever leaves the server.
 
-use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use mercator_engine::EngineError;
 use mercator_store::{FieldErrors, RowError, StoreError};
@@ -134,19 +132,29 @@ impl ApiError {
 /// How many invalid rows a refused bulk write lists (it counts them all).
 pub const MAX_REPORTED_ROWS: usize = 100;
 
-/// What the `render` middleware turns into a body.
+/// Which protocol's shape an error is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// The REST API's envelope.
+    Rest,
+    /// The Open Inference Protocol's `{"error", "code"}`.
+    V2,
+}
+
+/// What `render` turns into a body.
 #[derive(Debug, Clone)]
 pub struct ErrorReport {
     pub code: &'static str,
     pub message: String,
     pub details: Value,
+    pub protocol: Protocol,
 }
 
 /// How long a client should wait before retrying a 429 or 503, in seconds.
 const RETRY_AFTER: HeaderValue = HeaderValue::from_static("1");
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    fn respond(self, protocol: Protocol) -> Response {
         let (status, code) = self.status_and_code();
         let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             // The detail goes to the log (with the request id); the client gets the id.
@@ -174,41 +182,70 @@ impl IntoResponse for ApiError {
             code,
             message,
             details: self.details(),
+            protocol,
         });
         response
     }
+
+    /// The error as a response in the shape the request's path calls for.
+    pub fn for_path(self, path: &str) -> Response {
+        self.respond(if path.starts_with("/v2") {
+            Protocol::V2
+        } else {
+            Protocol::Rest
+        })
+    }
 }
 
-/// Writes every error response's body in the shape of the protocol the request spoke.
-pub async fn render(request: Request, next: Next) -> Response {
-    let v2 = request.uri().path().starts_with("/v2");
-    let request_id = request
-        .headers()
-        .get(crate::request_id::HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let response = next.run(request).await;
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.respond(Protocol::Rest)
+    }
+}
+
+/// An error of a V2 handler: the same error, in the Open Inference Protocol's shape.
+#[derive(Debug)]
+pub struct V2Error(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for V2Error {
+    fn from(e: E) -> Self {
+        V2Error(e.into())
+    }
+}
+
+impl IntoResponse for V2Error {
+    fn into_response(self) -> Response {
+        self.0.respond(Protocol::V2)
+    }
+}
+
+/// Writes every error response's body (the outermost layer but one, so the response already carries its
+/// `x-request-id`). Synchronous and allocation-free for the responses that are not errors, which is all
+/// of them on the inference path.
+pub fn render(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
     let (mut parts, body) = response.into_parts();
-    let report = match parts.extensions.get::<ErrorReport>() {
-        Some(report) => report.clone(),
+    let report = match parts.extensions.remove::<ErrorReport>() {
+        Some(report) => report,
         None if is_json(&parts.headers) => return Response::from_parts(parts, body),
-        // An error from inside axum or tower (a rejection): plain text, made into the format.
-        None => foreign(status, body).await,
+        // An error from inside axum or tower (a rejection the extractors did not catch).
+        None => foreign(status),
     };
-    let body = if v2 {
-        json!({ "error": report.message, "code": report.code })
-    } else {
-        json!({
+    let body = match report.protocol {
+        Protocol::V2 => json!({ "error": report.message, "code": report.code }),
+        Protocol::Rest => json!({
             "error": { "code": report.code, "message": report.message, "details": report.details },
             "status_code": status.as_u16(),
             "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "request_id": request_id,
-        })
+            "request_id": parts
+                .headers
+                .get(crate::request_id::HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+        }),
     };
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
@@ -225,11 +262,7 @@ fn is_json(headers: &axum::http::HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/json"))
 }
 
-async fn foreign(status: StatusCode, body: axum::body::Body) -> ErrorReport {
-    let text = axum::body::to_bytes(body, 64 * 1024)
-        .await
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+fn foreign(status: StatusCode) -> ErrorReport {
     let code = match status {
         StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
@@ -238,14 +271,10 @@ async fn foreign(status: StatusCode, body: axum::body::Body) -> ErrorReport {
         s if s.is_server_error() => "internal",
         _ => "bad_request",
     };
-    let message = if text.is_empty() {
-        status.canonical_reason().unwrap_or("error").to_lowercase()
-    } else {
-        text
-    };
     ErrorReport {
         code,
-        message,
+        message: status.canonical_reason().unwrap_or("error").to_lowercase(),
         details: json!({}),
+        protocol: Protocol::Rest,
     }
 }

@@ -18,7 +18,8 @@ use mercator_engine::{stats::StatsSnapshot, Model};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::error::ApiError;
+use crate::auth::{Analyst, Auth, Viewer};
+use crate::error::{ApiError, V2Error};
 use crate::AppState;
 use types::{
     BinarySize, DataOut, InferRequest, InferResponse, ModelMetadata, OutputTensor, TensorMetadata,
@@ -67,25 +68,26 @@ impl ModelPath {
     }
 }
 
-async fn server_metadata() -> Json<serde_json::Value> {
+async fn server_metadata(_: Auth<Viewer>) -> Json<serde_json::Value> {
     Json(
         json!({ "name": "mercator", "version": env!("CARGO_PKG_VERSION"), "extensions": EXTENSIONS }),
     )
 }
 
-async fn live() -> StatusCode {
+async fn live(_: Auth<Viewer>) -> StatusCode {
     StatusCode::OK
 }
 
-async fn ready(State(app): State<AppState>) -> Result<StatusCode, ApiError> {
+async fn ready(State(app): State<AppState>, _: Auth<Viewer>) -> Result<StatusCode, V2Error> {
     app.check_ready()?;
     Ok(StatusCode::OK)
 }
 
 async fn model_ready(
     State(app): State<AppState>,
+    _: Auth<Viewer>,
     Path(path): Path<ModelPath>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, V2Error> {
     let model = path.find(&app)?;
     if !model.is_ready() {
         return Err(mercator_engine::EngineError::NotReady { model: path.model }.into());
@@ -95,8 +97,9 @@ async fn model_ready(
 
 async fn model_metadata(
     State(app): State<AppState>,
+    _: Auth<Viewer>,
     Path(path): Path<ModelPath>,
-) -> Result<Json<ModelMetadata>, ApiError> {
+) -> Result<Json<ModelMetadata>, V2Error> {
     let model = path.find(&app)?;
     let m = model.manifest();
     let versions = match &path.version {
@@ -129,8 +132,9 @@ async fn model_metadata(
 /// Triton's ModelConfig: dims leave out the batch dimension, which `max_batch_size` stands for.
 async fn model_config(
     State(app): State<AppState>,
+    _: Auth<Viewer>,
     Path(path): Path<ModelPath>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<serde_json::Value>, V2Error> {
     let m = path.find(&app)?.manifest();
     let tensors = |specs: &[mercator_engine::TensorSpec]| {
         specs
@@ -178,14 +182,15 @@ fn model_stats_json(model: &Model) -> serde_json::Value {
     })
 }
 
-async fn all_stats(State(app): State<AppState>) -> Json<serde_json::Value> {
+async fn all_stats(State(app): State<AppState>, _: Auth<Viewer>) -> Json<serde_json::Value> {
     Json(json!({ "model_stats": app.repository.all().map(model_stats_json).collect::<Vec<_>>() }))
 }
 
 async fn model_stats(
     State(app): State<AppState>,
+    _: Auth<Viewer>,
     Path(path): Path<ModelPath>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<serde_json::Value>, V2Error> {
     let stats: Vec<_> = match &path.version {
         Some(_) => vec![model_stats_json(path.find(&app)?)],
         None => app
@@ -200,10 +205,11 @@ async fn model_stats(
 /// `POST .../infer`: JSON, or JSON plus binary tensors when `Inference-Header-Content-Length` is set.
 async fn infer(
     State(app): State<AppState>,
+    _: Auth<Analyst>,
     Path(path): Path<ModelPath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, V2Error> {
     let body = body.map_err(|e| match e {
         BytesRejection::FailedToBufferBody(_) => ApiError::BodyTooLarge {
             limit: app.limits.max_body_bytes,
@@ -237,13 +243,13 @@ async fn infer(
         inputs.push(input.into_tensor(bytes)?);
     }
     if offset != binary.len() {
-        return Err(ApiError::BadRequest(format!(
+        return Err(V2Error(ApiError::BadRequest(format!(
             "the body has {} binary bytes after the JSON header, the inputs' binary_data_size add up to {offset}",
             binary.len()
-        )));
+        ))));
     }
     let result = model.infer(inputs, deadline).await?;
-    encode(model, request.id, result, &wants)
+    Ok(encode(model, request.id, result, &wants)?)
 }
 
 /// Splits the body into the JSON header and the binary tensor data that follows it.
