@@ -19,9 +19,145 @@ use crate::AppState;
                        The Open Inference Protocol (KServe V2) is served under /v2 as its specification \
                        describes and is not repeated here."
     ),
-    modifiers(&Keys)
+    modifiers(&Keys, &Outside)
 )]
 struct ApiDoc;
+
+/// The routes served outside `/api/v1`, listed so the document names every endpoint: the Open Inference
+/// Protocol's (their bodies are the KServe V2 specification's, with Triton's extensions) and the
+/// operational ones. (method, path, summary, key needed)
+const OUTSIDE: &[(&str, &str, &str, bool)] = &[
+    (
+        "get",
+        "/v2",
+        "V2 server metadata and extensions (viewer)",
+        true,
+    ),
+    ("get", "/v2/health/live", "V2 liveness (viewer)", true),
+    ("get", "/v2/health/ready", "V2 readiness (viewer)", true),
+    (
+        "get",
+        "/v2/models/stats",
+        "Triton statistics extension, every model (viewer)",
+        true,
+    ),
+    (
+        "get",
+        "/v2/models/{model}",
+        "V2 model metadata, newest version (viewer)",
+        true,
+    ),
+    (
+        "get",
+        "/v2/models/{model}/versions/{version}",
+        "V2 model metadata (viewer)",
+        true,
+    ),
+    (
+        "get",
+        "/v2/models/{model}/ready",
+        "V2 model readiness (viewer)",
+        true,
+    ),
+    (
+        "get",
+        "/v2/models/{model}/versions/{version}/ready",
+        "V2 model readiness (viewer)",
+        true,
+    ),
+    (
+        "get",
+        "/v2/models/{model}/config",
+        "Triton model configuration extension (viewer)",
+        true,
+    ),
+    (
+        "get",
+        "/v2/models/{model}/versions/{version}/config",
+        "Triton model configuration (viewer)",
+        true,
+    ),
+    (
+        "get",
+        "/v2/models/{model}/stats",
+        "Triton statistics extension (viewer)",
+        true,
+    ),
+    (
+        "get",
+        "/v2/models/{model}/versions/{version}/stats",
+        "Triton statistics extension (viewer)",
+        true,
+    ),
+    (
+        "post",
+        "/v2/models/{model}/infer",
+        "V2 inference, JSON or binary tensors (analyst)",
+        true,
+    ),
+    (
+        "post",
+        "/v2/models/{model}/versions/{version}/infer",
+        "V2 inference (analyst)",
+        true,
+    ),
+    (
+        "get",
+        "/healthz",
+        "Liveness: 200 while the process runs",
+        false,
+    ),
+    (
+        "get",
+        "/readyz",
+        "Readiness: 200 once every model is warm; 503 while draining",
+        false,
+    ),
+    ("get", "/metrics", "Prometheus metrics", false),
+];
+
+struct Outside;
+
+impl Modify for Outside {
+    fn modify(&self, doc: &mut Document) {
+        use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
+        use utoipa::openapi::security::SecurityRequirement;
+        use utoipa::openapi::{ResponseBuilder, ResponsesBuilder};
+        for (method, path, summary, key) in OUTSIDE {
+            let mut operation = OperationBuilder::new()
+                .summary(Some(*summary))
+                .tag(if path.starts_with("/v2") { "open inference protocol (KServe V2)" } else { "operations" })
+                .responses(
+                    ResponsesBuilder::new()
+                        .response("200", ResponseBuilder::new().description("OK"))
+                        .response(
+                            "4XX",
+                            ResponseBuilder::new().description(
+                                "An error: `{\"error\": \"<message>\", \"code\": \"<code>\"}` under /v2",
+                            ),
+                        ),
+                );
+            if *key {
+                operation =
+                    operation.security(SecurityRequirement::new("api_key", Vec::<String>::new()));
+            } else {
+                operation = operation.security(SecurityRequirement::default());
+            }
+            let method = if *method == "post" {
+                HttpMethod::Post
+            } else {
+                HttpMethod::Get
+            };
+            let item = PathItem::new(method, operation.build());
+            match doc.paths.paths.get_mut(*path) {
+                Some(existing) => existing.merge_operations(item),
+                None => {
+                    doc.paths.paths.insert(path.to_string(), item);
+                }
+            }
+        }
+    }
+}
 
 /// A key as a bearer token or in `X-API-Key`.
 struct Keys;
