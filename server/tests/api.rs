@@ -348,7 +348,11 @@ async fn viewer_key_secret(s: &TestServer, admin: &Client) -> String {
 }
 
 async fn materials_and_suppliers_crud_with_clear_errors(backend: Backend) {
-    let s = TestServer::api(backend, |c| c.max_page_size = 3).await;
+    let s = TestServer::api(backend, |c| {
+        c.max_page_size = 3;
+        c.max_body_bytes = 4096;
+    })
+    .await;
     let (_, admin) = organization(&s, "Acme").await;
 
     let id = create(
@@ -440,6 +444,14 @@ async fn materials_and_suppliers_crud_with_clear_errors(backend: Backend) {
     )
     .await;
     assert_eq!((status, code(&body)), (400, "bad_request"));
+    let mut big = material("BIG", "x");
+    big["specifications"] = json!({ "notes": "x".repeat(5000) });
+    let (status, body) = call(&s, &admin, Method::POST, "/api/v1/materials", Some(&big)).await;
+    assert_eq!((status, code(&body)), (413, "body_too_large"));
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("4096"),
+        "{body}"
+    );
     assert_eq!(
         total(&s, &admin, "/api/v1/materials").await,
         1,
