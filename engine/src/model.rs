@@ -127,6 +127,11 @@ impl Model {
         })
     }
 
+    /// How many handles on this version exist (this one included); the workers are not counted.
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.workers)
+    }
+
     pub fn manifest(&self) -> &Manifest {
         &self.shared.manifest
     }

@@ -1,95 +1,82 @@
-//! The model repository on disk: `<dir>/<name>/<version>/{model.onnx, model.toml}`.
+//! The model repository on disk, `<dir>/<name>/<version>/{model.onnx, model.toml}`, and the versions being
+//! served from it.
+//!
+//! What is served is one immutable catalogue behind an `ArcSwap`: a request takes a `Model` handle from the
+//! current catalogue and keeps it until it is answered. Loading a model builds its versions beside the ones
+//! serving (sessions, warm-up), then swaps in a new catalogue; the versions it replaces are retired once
+//! the last handle on them is gone (their queues then close, their workers finish what is queued, and their
+//! sessions are freed). So a request never sees a half-loaded model, and none fails because of a swap.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use crate::backend::{Backend, OrtBackend};
 use crate::manifest::Manifest;
 use crate::{EngineError, Model, Runtime};
 
+type Catalog = BTreeMap<String, BTreeMap<u64, Model>>;
+
 /// Every served model version, by name and version number.
 pub struct Repository {
-    models: BTreeMap<String, BTreeMap<u64, Model>>,
+    served: ArcSwap<Catalog>,
+    /// Where models are loaded from, when the repository has a directory.
+    source: Option<(Runtime, PathBuf)>,
+    /// One load or unload at a time.
+    changing: Mutex<()>,
+}
+
+/// A model in the repository's directory and whether it is served (Triton's repository index).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub name: String,
+    pub version: Option<u64>,
+    /// READY or UNAVAILABLE.
+    pub state: &'static str,
+    pub reason: String,
 }
 
 impl Repository {
     /// Loads, checks and warms up every model version under `dir`. Any error stops the start: a server that
     /// silently serves fewer models than its repository holds is worse than one that says why it won't start.
     pub fn load(runtime: &Runtime, dir: &Path) -> Result<Repository, EngineError> {
-        let mut repo = Repository {
-            models: BTreeMap::new(),
+        let repo = Repository {
+            served: ArcSwap::from_pointee(Catalog::new()),
+            source: Some((runtime.clone(), dir.to_path_buf())),
+            changing: Mutex::new(()),
         };
-        let entries = std::fs::read_dir(dir).map_err(|e| EngineError::InvalidModel {
-            path: dir.to_path_buf(),
-            reason: format!("cannot read the models directory: {e} (set --models-dir)"),
-        })?;
-        let mut version_dirs = Vec::new();
-        for model_dir in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
-            let Ok(versions) = std::fs::read_dir(&model_dir) else {
-                continue;
-            };
-            for version_dir in versions.flatten().map(|e| e.path()) {
-                if version_dir.join("model.toml").is_file() {
-                    version_dirs.push(version_dir);
-                }
-            }
+        let mut catalog = Catalog::new();
+        for name in model_names(dir)? {
+            catalog.insert(name.clone(), repo.build(&name)?);
         }
-        version_dirs.sort();
-        for version_dir in version_dirs {
-            let manifest = Manifest::from_file(&version_dir.join("model.toml"))?;
-            let expected = (
-                model_dir_name(&version_dir, 1),
-                model_dir_name(&version_dir, 0),
-            );
-            if expected
-                != (
-                    Some(manifest.name.clone()),
-                    Some(manifest.version.to_string()),
-                )
-            {
-                return Err(EngineError::InvalidModel {
-                    path: version_dir,
-                    reason: format!(
-                        "the manifest names {} version {}; the folder must be <models-dir>/{}/{}",
-                        manifest.name, manifest.version, manifest.name, manifest.version
-                    ),
-                });
-            }
-            let onnx = version_dir.join("model.onnx");
-            let backends = (0..manifest.instances.count)
-                .map(|_| {
-                    OrtBackend::load(runtime, &onnx, &manifest)
-                        .map(|b| Box::new(b) as Box<dyn Backend>)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            tracing::info!(model = %manifest.name, version = manifest.version, instances = backends.len(), "loaded");
-            repo.insert(Model::start(manifest, backends)?);
-        }
+        repo.served.store(Arc::new(catalog));
         Ok(repo)
     }
 
-    /// A repository of already started models (tests, and later the registry).
+    /// A repository of already started models, with no directory to load more from (tests).
     pub fn from_models(models: impl IntoIterator<Item = Model>) -> Repository {
-        let mut repo = Repository {
-            models: BTreeMap::new(),
-        };
-        models.into_iter().for_each(|m| repo.insert(m));
-        repo
-    }
-
-    fn insert(&mut self, model: Model) {
-        let m = model.manifest();
-        self.models
-            .entry(m.name.clone())
-            .or_default()
-            .insert(m.version, model);
+        let mut catalog = Catalog::new();
+        for model in models {
+            let m = model.manifest();
+            catalog
+                .entry(m.name.clone())
+                .or_default()
+                .insert(m.version, model);
+        }
+        Repository {
+            served: ArcSwap::from_pointee(catalog),
+            source: None,
+            changing: Mutex::new(()),
+        }
     }
 
     /// A model version; with no version, the newest.
-    pub fn get(&self, name: &str, version: Option<&str>) -> Result<&Model, EngineError> {
-        let versions = self
-            .models
+    pub fn get(&self, name: &str, version: Option<&str>) -> Result<Model, EngineError> {
+        let served = self.served.load();
+        let versions = served
             .get(name)
             .ok_or_else(|| EngineError::ModelNotFound(name.to_string()))?;
         let not_found = || EngineError::VersionNotFound {
@@ -97,42 +84,218 @@ impl Repository {
             version: version.unwrap_or("").into(),
         };
         match version {
-            None => versions.values().next_back().ok_or_else(not_found),
+            None => versions.values().next_back().cloned().ok_or_else(not_found),
             Some(v) => v
                 .parse::<u64>()
                 .ok()
                 .and_then(|v| versions.get(&v))
+                .cloned()
                 .ok_or_else(not_found),
         }
     }
 
     /// Every version of one model, oldest first.
-    pub fn versions(&self, name: &str) -> Result<impl Iterator<Item = &Model>, EngineError> {
+    pub fn versions(&self, name: &str) -> Result<Vec<Model>, EngineError> {
         Ok(self
-            .models
+            .served
+            .load()
             .get(name)
             .ok_or_else(|| EngineError::ModelNotFound(name.to_string()))?
-            .values())
+            .values()
+            .cloned()
+            .collect())
     }
 
-    /// Every model version, by name then version.
-    pub fn all(&self) -> impl Iterator<Item = &Model> {
-        self.models.values().flat_map(|v| v.values())
+    /// Every served model version, by name then version.
+    pub fn all(&self) -> Vec<Model> {
+        self.served
+            .load()
+            .values()
+            .flat_map(|v| v.values().cloned())
+            .collect()
+    }
+
+    /// Every model in the directory, with the versions served marked READY and the rest UNAVAILABLE.
+    pub fn index(&self) -> Result<Vec<IndexEntry>, EngineError> {
+        let served = self.served.load();
+        let mut entries = Vec::new();
+        let names = match &self.source {
+            Some((_, dir)) => model_names(dir)?,
+            None => served.keys().cloned().collect(),
+        };
+        for name in names {
+            match served.get(&name) {
+                Some(versions) => entries.extend(versions.keys().map(|v| IndexEntry {
+                    name: name.clone(),
+                    version: Some(*v),
+                    state: "READY",
+                    reason: String::new(),
+                })),
+                None => entries.push(IndexEntry {
+                    name,
+                    version: None,
+                    state: "UNAVAILABLE",
+                    reason: "unloaded".into(),
+                }),
+            }
+        }
+        Ok(entries)
+    }
+
+    /// (Re)loads every version of `name` from the directory: builds and warms them beside what serves, then
+    /// swaps them in at once. Blocking (sessions are built here): call it off the async runtime.
+    pub fn load_model(&self, name: &str) -> Result<(), EngineError> {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let versions = self.build(name)?;
+        let mut catalog = (**self.served.load()).clone();
+        let replaced = catalog.insert(name.to_string(), versions);
+        self.served.store(Arc::new(catalog));
+        tracing::info!(model = %name, "loaded and swapped in");
+        replaced
+            .into_iter()
+            .flat_map(BTreeMap::into_values)
+            .for_each(retire);
+        Ok(())
+    }
+
+    /// Stops serving `name`: new requests get ModelNotFound; the ones holding its versions finish.
+    pub fn unload_model(&self, name: &str) -> Result<(), EngineError> {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut catalog = (**self.served.load()).clone();
+        let removed = catalog
+            .remove(name)
+            .ok_or_else(|| EngineError::ModelNotFound(name.to_string()))?;
+        self.served.store(Arc::new(catalog));
+        tracing::info!(model = %name, "unloaded");
+        removed.into_values().for_each(retire);
+        Ok(())
+    }
+
+    /// Builds every version of `name` found in the directory.
+    fn build(&self, name: &str) -> Result<BTreeMap<u64, Model>, EngineError> {
+        let Some((runtime, dir)) = &self.source else {
+            return Err(EngineError::InvalidRequest(
+                "this repository has no directory to load from".into(),
+            ));
+        };
+        let model_dir = dir.join(name);
+        if name.contains(['/', '\\']) || name.starts_with('.') || !model_dir.is_dir() {
+            return Err(EngineError::ModelNotFound(name.to_string()));
+        }
+        let mut version_dirs: Vec<PathBuf> = std::fs::read_dir(&model_dir)
+            .map_err(|e| EngineError::InvalidModel {
+                path: model_dir.clone(),
+                reason: format!("cannot read: {e}"),
+            })?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("model.toml").is_file())
+            .collect();
+        version_dirs.sort();
+        let mut versions = BTreeMap::new();
+        for version_dir in version_dirs {
+            let model = start(runtime, &version_dir)?;
+            versions.insert(model.manifest().version, model);
+        }
+        if versions.is_empty() {
+            return Err(EngineError::InvalidModel {
+                path: model_dir,
+                reason: "no version folder with a model.toml".into(),
+            });
+        }
+        Ok(versions)
     }
 
     /// Closes every model: no new requests; what is queued runs without waiting for batch-mates.
     pub fn close(&self) {
-        self.all().for_each(Model::close);
+        self.all().iter().for_each(Model::close);
     }
 
     /// Drains every model: no new requests, everything queued answered, within `timeout` in all.
     pub fn drain(&self, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         self.all()
+            .iter()
             .map(|m| m.drain(deadline.saturating_duration_since(std::time::Instant::now())))
             .filter(|drained| !drained)
             .count()
             == 0
+    }
+}
+
+/// The model folders under `dir`: those with at least one `<version>/model.toml` (so `models/train/`, the
+/// training scripts, is not a model).
+fn model_names(dir: &Path) -> Result<Vec<String>, EngineError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| EngineError::InvalidModel {
+        path: dir.to_path_buf(),
+        reason: format!("cannot read the models directory: {e} (set --models-dir)"),
+    })?;
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter(|e| has_versions(&e.path()))
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn has_versions(model_dir: &Path) -> bool {
+    std::fs::read_dir(model_dir).is_ok_and(|versions| {
+        versions
+            .flatten()
+            .any(|v| v.path().join("model.toml").is_file())
+    })
+}
+
+/// Loads, checks and warms up one version folder.
+fn start(runtime: &Runtime, version_dir: &Path) -> Result<Model, EngineError> {
+    let manifest = Manifest::from_file(&version_dir.join("model.toml"))?;
+    let expected = (
+        model_dir_name(version_dir, 1),
+        model_dir_name(version_dir, 0),
+    );
+    if expected
+        != (
+            Some(manifest.name.clone()),
+            Some(manifest.version.to_string()),
+        )
+    {
+        return Err(EngineError::InvalidModel {
+            path: version_dir.to_path_buf(),
+            reason: format!(
+                "the manifest names {} version {}; the folder must be <models-dir>/{}/{}",
+                manifest.name, manifest.version, manifest.name, manifest.version
+            ),
+        });
+    }
+    let onnx = version_dir.join("model.onnx");
+    let backends = (0..manifest.instances.count)
+        .map(|_| {
+            OrtBackend::load(runtime, &onnx, &manifest).map(|b| Box::new(b) as Box<dyn Backend>)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    tracing::info!(model = %manifest.name, version = manifest.version, instances = backends.len(), "loaded");
+    Model::start(manifest, backends)
+}
+
+/// Retires a version no longer in the catalogue: once no request holds it any more, its queue closes, its
+/// workers finish what was queued and stop, and its sessions are freed with the last handle.
+fn retire(model: Model) {
+    let name = format!(
+        "retire-{}-{}",
+        model.manifest().name,
+        model.manifest().version
+    );
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        while model.handles() > 1 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        model.drain(Duration::from_secs(60));
+        tracing::info!(model = %model.manifest().name, version = model.manifest().version, "retired");
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start a thread to retire a model version");
     }
 }
 

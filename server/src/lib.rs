@@ -71,7 +71,7 @@ impl AppState {
         if self.draining.load(Ordering::Acquire) {
             return Err(ApiError::Draining);
         }
-        if let Some(model) = self.repository.all().find(|m| !m.is_ready()) {
+        if let Some(model) = self.repository.all().into_iter().find(|m| !m.is_ready()) {
             let model = model.manifest().name.clone();
             return Err(mercator_engine::EngineError::NotReady { model }.into());
         }

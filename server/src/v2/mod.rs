@@ -14,11 +14,11 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use mercator_engine::{stats::StatsSnapshot, Model};
+use mercator_engine::{stats::StatsSnapshot, EngineError, Model};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::{Analyst, Auth, Viewer};
+use crate::auth::{Analyst, Auth, Owner, Viewer};
 use crate::error::{ApiError, V2Error};
 use crate::AppState;
 use types::{
@@ -26,7 +26,12 @@ use types::{
 };
 
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
-const EXTENSIONS: [&str; 3] = ["binary_tensor_data", "model_configuration", "statistics"];
+const EXTENSIONS: [&str; 4] = [
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+];
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -51,6 +56,9 @@ pub fn routes() -> Router<AppState> {
             "/v2/models/{model}/versions/{version}/stats",
             get(model_stats),
         )
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(load_model))
+        .route("/v2/repository/models/{model}/unload", post(unload_model))
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
 }
@@ -63,9 +71,47 @@ struct ModelPath {
 }
 
 impl ModelPath {
-    fn find<'a>(&self, app: &'a AppState) -> Result<&'a Model, ApiError> {
+    fn find(&self, app: &AppState) -> Result<Model, ApiError> {
         Ok(app.repository.get(&self.model, self.version.as_deref())?)
     }
+}
+
+/// Triton's model repository extension: every model in the repository's directory and its state.
+async fn repository_index(
+    State(app): State<AppState>,
+    _: Auth<Owner>,
+) -> Result<Json<serde_json::Value>, V2Error> {
+    let index = app.repository.index()?;
+    Ok(Json(serde_json::Value::Array(
+        index
+            .into_iter()
+            .map(|e| json!({ "name": e.name, "version": e.version.map(|v| v.to_string()), "state": e.state, "reason": e.reason }))
+            .collect(),
+    )))
+}
+
+/// (Re)loads a model's versions from the repository's directory, beside the ones serving, and swaps them
+/// in; requests in flight finish on the versions they started on.
+async fn load_model(
+    State(app): State<AppState>,
+    _: Auth<Owner>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, V2Error> {
+    let repository = app.repository.clone();
+    tokio::task::spawn_blocking(move || repository.load_model(&name))
+        .await
+        .map_err(|e| ApiError::from(EngineError::Runtime(e.to_string())))??;
+    Ok(Json(json!({})))
+}
+
+/// Stops serving a model; requests in flight finish, later ones get 404.
+async fn unload_model(
+    State(app): State<AppState>,
+    _: Auth<Owner>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, V2Error> {
+    app.repository.unload_model(&name)?;
+    Ok(Json(json!({})))
 }
 
 async fn server_metadata(_: Auth<Viewer>) -> Json<serde_json::Value> {
@@ -107,6 +153,7 @@ async fn model_metadata(
         None => app
             .repository
             .versions(&m.name)?
+            .iter()
             .map(|v| v.manifest().version.to_string())
             .collect(),
     };
@@ -135,7 +182,8 @@ async fn model_config(
     _: Auth<Viewer>,
     Path(path): Path<ModelPath>,
 ) -> Result<Json<serde_json::Value>, V2Error> {
-    let m = path.find(&app)?.manifest();
+    let model = path.find(&app)?;
+    let m = model.manifest();
     let tensors = |specs: &[mercator_engine::TensorSpec]| {
         specs
             .iter()
@@ -183,7 +231,9 @@ fn model_stats_json(model: &Model) -> serde_json::Value {
 }
 
 async fn all_stats(State(app): State<AppState>, _: Auth<Viewer>) -> Json<serde_json::Value> {
-    Json(json!({ "model_stats": app.repository.all().map(model_stats_json).collect::<Vec<_>>() }))
+    Json(
+        json!({ "model_stats": app.repository.all().iter().map(model_stats_json).collect::<Vec<_>>() }),
+    )
 }
 
 async fn model_stats(
@@ -192,10 +242,11 @@ async fn model_stats(
     Path(path): Path<ModelPath>,
 ) -> Result<Json<serde_json::Value>, V2Error> {
     let stats: Vec<_> = match &path.version {
-        Some(_) => vec![model_stats_json(path.find(&app)?)],
+        Some(_) => vec![model_stats_json(&path.find(&app)?)],
         None => app
             .repository
             .versions(&path.model)?
+            .iter()
             .map(model_stats_json)
             .collect(),
     };
@@ -223,7 +274,7 @@ async fn infer(
         .parameters
         .timeout
         .map(|us| Instant::now() + Duration::from_micros(us));
-    let wants = Wanted::from_request(&request, model)?;
+    let wants = Wanted::from_request(&request, &model)?;
     let mut offset = 0;
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
@@ -249,7 +300,7 @@ async fn infer(
         ))));
     }
     let result = model.infer(inputs, deadline).await?;
-    Ok(encode(model, request.id, result, &wants)?)
+    Ok(encode(&model, request.id, result, &wants)?)
 }
 
 /// Splits the body into the JSON header and the binary tensor data that follows it.

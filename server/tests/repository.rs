@@ -1,0 +1,167 @@
+//! Triton's model repository extension over a live server: a new version appears on disk and is loaded
+//! while requests run (none fails; new requests switch to it), taken away and loaded again (back to the
+//! old one), unloaded (404) and loaded once more. Real ONNX Runtime sessions, real HTTP.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{assert_close, client_with, floats, price_repository, price_rows, TestServer};
+use serde_json::{json, Value};
+
+const MODEL: &str = "price-swap";
+
+/// Copies version 1 of the model to version `v` in the repository folder.
+fn add_version(repo: &std::path::Path, v: u64) {
+    let from = repo.join(MODEL).join("1");
+    let to = repo.join(MODEL).join(v.to_string());
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::copy(from.join("model.onnx"), to.join("model.onnx")).unwrap();
+    let manifest = std::fs::read_to_string(from.join("model.toml"))
+        .unwrap()
+        .replace("version = 1", &format!("version = {v}"));
+    std::fs::write(to.join("model.toml"), manifest).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_swap_under_load_with_no_failed_request() {
+    let repo = price_repository(MODEL, 64, 4096, 0);
+    let s = TestServer::with(|c| c.models_dir = repo.path().to_path_buf()).await;
+    let infer = format!("/v2/models/{MODEL}/infer");
+
+    // Clients that keep inferring, and record which version answered each request.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (client, url, stop) = (s.client.clone(), s.url(&infer), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut seen: Vec<String> = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (request, expected) = price_rows(1 + (i + c) % 3, i * 7 + c);
+                let r = client.post(&url).json(&request).send().await.unwrap();
+                let status = r.status();
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(status, 200, "request {i} of client {c} failed: {body}");
+                assert_close(&floats(&body["outputs"][0]["data"]), &expected, "price");
+                seen.push(body["model_version"].as_str().unwrap().to_string());
+                i += 1;
+            }
+            seen
+        }));
+    }
+    let wait_for_version = |v: &'static str| {
+        let (client, url) = (s.client.clone(), s.url(&infer));
+        async move {
+            for _ in 0..500 {
+                let (request, _) = price_rows(1, 0);
+                let body: Value = client
+                    .post(&url)
+                    .json(&request)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if body["model_version"] == v {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("version {v} never answered");
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    add_version(repo.path(), 2);
+    let (status, body) = s
+        .post(&format!("/v2/repository/models/{MODEL}/load"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_version("2").await;
+    let (_, meta) = s.get(&format!("/v2/models/{MODEL}")).await;
+    assert_eq!(meta["versions"], json!(["1", "2"]));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Back: version 2 leaves the folder and the model is loaded again.
+    std::fs::remove_dir_all(repo.path().join(MODEL).join("2")).unwrap();
+    let (status, _) = s
+        .post(&format!("/v2/repository/models/{MODEL}/load"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    wait_for_version("1").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let mut versions = std::collections::BTreeSet::new();
+    let mut total = 0;
+    for c in clients {
+        let seen = c.await.expect("no client saw a failure");
+        total += seen.len();
+        versions.extend(seen);
+    }
+    assert!(
+        total > 100,
+        "the clients kept the model busy: {total} requests"
+    );
+    assert_eq!(
+        versions.into_iter().collect::<Vec<_>>(),
+        ["1", "2"],
+        "responses switched version"
+    );
+
+    // Unload: not found; the index says so; load: served again.
+    let (status, _) = s
+        .post(&format!("/v2/repository/models/{MODEL}/unload"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let (request, _) = price_rows(1, 0);
+    let (status, body) = s.post(&infer, &request).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+    let (_, index) = s.post("/v2/repository/index", &json!({})).await;
+    assert_eq!(
+        index,
+        json!([{ "name": MODEL, "version": null, "state": "UNAVAILABLE", "reason": "unloaded" }])
+    );
+    let (status, body) = s.get("/readyz").await;
+    assert_eq!(
+        status, 200,
+        "an unloaded model does not make the server unready: {body}"
+    );
+    let (status, _) = s
+        .post(&format!("/v2/repository/models/{MODEL}/load"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = s.post(&infer, &request).await;
+    assert_eq!(status, 200);
+    let (_, index) = s.post("/v2/repository/index", &json!({})).await;
+    assert_eq!(
+        index,
+        json!([{ "name": MODEL, "version": "1", "state": "READY", "reason": "" }])
+    );
+
+    // Bad requests, and only the platform owner may change what is served.
+    let (status, body) = s.post("/v2/repository/models/nope/load", &json!({})).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+    let (_, org) = s
+        .post("/api/v1/organizations", &json!({"name": "Tenant"}))
+        .await;
+    let tenant_admin = client_with(org["api_key"]["secret"].as_str().unwrap());
+    let r = tenant_admin
+        .post(s.url(&format!("/v2/repository/models/{MODEL}/unload")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let (status, _) = s.post(&infer, &request).await;
+    assert_eq!(status, 200, "still served");
+}
