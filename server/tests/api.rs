@@ -951,6 +951,101 @@ fn bulk_csv(materials: &[String], supplier: &str, rows: usize) -> String {
     csv
 }
 
+async fn admin_changes_are_audited_per_organization(backend: Backend) {
+    let s = TestServer::api(backend, |_| {}).await;
+    let (_, admin) = organization(&s, "Acme").await;
+    let (_, other) = organization(&s, "Other").await;
+    let (_, keys) = call(&s, &admin, Method::GET, "/api/v1/api-keys", None).await;
+    let admin_key_id = keys["items"][0]["id"].as_str().unwrap().to_string();
+
+    let m = create(&s, &admin, "/api/v1/materials", material("M-1", "metal")).await;
+    let path = format!("/api/v1/materials/{m}");
+    call(
+        &s,
+        &admin,
+        Method::PATCH,
+        &path,
+        Some(&json!({"name": "Renamed"})),
+    )
+    .await;
+    let (viewer_id, viewer) = key(&s, &admin, "viewer").await;
+    call(
+        &s,
+        &admin,
+        Method::DELETE,
+        &format!("/api/v1/api-keys/{viewer_id}"),
+        None,
+    )
+    .await;
+    let (status, _) = call(&s, &admin, Method::DELETE, &path, None).await;
+    assert_eq!(status, 204);
+
+    let (status, log) = call(&s, &admin, Method::GET, "/api/v1/audit", None).await;
+    assert_eq!(status, 200, "{log}");
+    let events = log["items"].as_array().unwrap();
+    let actions: Vec<&str> = events
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "material.delete",
+            "api_key.delete",
+            "api_key.create",
+            "material.update",
+            "material.create"
+        ],
+        "newest first"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["actor_key_id"] == admin_key_id.as_str()),
+        "{log}"
+    );
+    let update = &events[3];
+    assert_eq!(
+        (update["target_type"].as_str(), update["target_id"].as_str()),
+        (Some("material"), Some(m.as_str()))
+    );
+    assert_eq!(
+        (
+            update["before"]["name"].as_str(),
+            update["after"]["name"].as_str()
+        ),
+        (Some("Material M-1"), Some("Renamed"))
+    );
+    assert!(events[0]["after"].is_null() && events[0]["before"]["code"] == "M-1");
+    assert!(
+        !log.to_string().contains("\"secret\""),
+        "no key secret in the log"
+    );
+    let (_, filtered) = call(
+        &s,
+        &admin,
+        Method::GET,
+        "/api/v1/audit?action=material.update",
+        None,
+    )
+    .await;
+    assert_eq!(filtered["total"], 1);
+    let (_, theirs) = call(
+        &s,
+        &other,
+        Method::GET,
+        "/api/v1/audit?action=material.create",
+        None,
+    )
+    .await;
+    assert_eq!(theirs["total"], 0, "another organization sees none of it");
+    let (status, _) = call(&s, &viewer, Method::GET, "/api/v1/audit", None).await;
+    assert_eq!(status, 401, "the viewer key was deleted");
+    let (_, analyst) = key(&s, &admin, "analyst").await;
+    let (status, body) = call(&s, &analyst, Method::GET, "/api/v1/audit", None).await;
+    assert_eq!((status, code(&body)), (403, "forbidden"));
+}
+
 macro_rules! on_both {
     ($($story:ident),*) => {
         mod on_sqlite {
@@ -974,7 +1069,8 @@ on_both!(
     organizations_never_see_each_other,
     prices_bulk_all_or_nothing_and_range_queries,
     price_stream_carries_its_organization_only,
-    a_100k_row_csv_lands_whole
+    a_100k_row_csv_lands_whole,
+    admin_changes_are_audited_per_organization
 );
 
 /// The OpenAPI document is generated from the same registrations as the router: every path it lists is
@@ -1051,6 +1147,7 @@ async fn the_openapi_document_covers_every_endpoint() {
         "PATCH /api/v1/prices/{id}",
         "DELETE /api/v1/prices/{id}",
         "GET /ws/prices",
+        "GET /api/v1/audit",
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",

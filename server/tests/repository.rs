@@ -164,4 +164,26 @@ async fn versions_swap_under_load_with_no_failed_request() {
     assert_eq!(r.status(), 403);
     let (status, _) = s.post(&infer, &request).await;
     assert_eq!(status, 200, "still served");
+
+    // Every load and unload is in the platform organization's audit log, with what served before and after.
+    let (_, log) = s.get("/api/v1/audit?target_type=model").await;
+    let actions: Vec<&str> = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["model.load", "model.unload", "model.load", "model.load"],
+        "{log}"
+    );
+    let first = &log["items"][3];
+    assert_eq!(
+        (
+            &first["before"]["served_versions"],
+            &first["after"]["served_versions"]
+        ),
+        (&json!([1]), &json!([1, 2]))
+    );
 }

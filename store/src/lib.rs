@@ -15,6 +15,7 @@
 //! The types here are the API's shapes too (serde; utoipa schemas with the `openapi` feature): a material
 //! is the same thing in the database, in the server and on the wire.
 
+mod audit;
 mod catalog;
 mod prices;
 mod tenants;
@@ -28,6 +29,7 @@ use sqlx::any::{AnyArguments, AnyPoolOptions};
 use sqlx::query::Query;
 use sqlx::{Any, AnyPool};
 
+pub use audit::{AuditEvent, AuditQuery, NewAuditEvent};
 pub use catalog::{
     Material, MaterialFilter, MaterialPatch, NewMaterial, NewSupplier, Supplier, SupplierFilter,
     SupplierPatch,

@@ -12,6 +12,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::audit;
 use super::extract::{ApiJson, ApiQuery};
 use super::{page, ErrorEnvelope, Page};
 use crate::auth::{Admin, Auth, Viewer};
@@ -78,6 +79,16 @@ async fn create_material(
         .create_material(&caller.organization_id, new)
         .await
         .map_err(ApiError::store("material"))?;
+    let target = ("material", material.id.as_str());
+    audit::record(
+        &app,
+        &caller,
+        "material.create",
+        target,
+        None::<()>,
+        Some(&material),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(material)))
 }
 
@@ -107,11 +118,26 @@ async fn update_material(
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<MaterialPatch>,
 ) -> Result<Json<Material>, ApiError> {
-    let material = app
-        .store
-        .update_material(&caller.organization_id, &id, patch)
+    let store = &app.store;
+    let org = &caller.organization_id;
+    let before = store
+        .material(org, &id)
         .await
         .map_err(ApiError::store("material"))?;
+    let material = store
+        .update_material(org, &id, patch)
+        .await
+        .map_err(ApiError::store("material"))?;
+    let target = ("material", id.as_str());
+    audit::record(
+        &app,
+        &caller,
+        "material.update",
+        target,
+        Some(before),
+        Some(&material),
+    )
+    .await;
     Ok(Json(material))
 }
 
@@ -124,10 +150,26 @@ async fn delete_material(
     caller: Auth<Admin>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.store
-        .delete_material(&caller.organization_id, &id)
+    let store = &app.store;
+    let org = &caller.organization_id;
+    let before = store
+        .material(org, &id)
         .await
         .map_err(ApiError::store("material"))?;
+    store
+        .delete_material(org, &id)
+        .await
+        .map_err(ApiError::store("material"))?;
+    let target = ("material", id.as_str());
+    audit::record(
+        &app,
+        &caller,
+        "material.delete",
+        target,
+        Some(before),
+        None::<()>,
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -183,6 +225,16 @@ async fn create_supplier(
         .create_supplier(&caller.organization_id, new)
         .await
         .map_err(ApiError::store("supplier"))?;
+    let target = ("supplier", supplier.id.as_str());
+    audit::record(
+        &app,
+        &caller,
+        "supplier.create",
+        target,
+        None::<()>,
+        Some(&supplier),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(supplier)))
 }
 
@@ -212,11 +264,26 @@ async fn update_supplier(
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<SupplierPatch>,
 ) -> Result<Json<Supplier>, ApiError> {
-    let supplier = app
-        .store
-        .update_supplier(&caller.organization_id, &id, patch)
+    let store = &app.store;
+    let org = &caller.organization_id;
+    let before = store
+        .supplier(org, &id)
         .await
         .map_err(ApiError::store("supplier"))?;
+    let supplier = store
+        .update_supplier(org, &id, patch)
+        .await
+        .map_err(ApiError::store("supplier"))?;
+    let target = ("supplier", id.as_str());
+    audit::record(
+        &app,
+        &caller,
+        "supplier.update",
+        target,
+        Some(before),
+        Some(&supplier),
+    )
+    .await;
     Ok(Json(supplier))
 }
 
@@ -229,9 +296,25 @@ async fn delete_supplier(
     caller: Auth<Admin>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.store
-        .delete_supplier(&caller.organization_id, &id)
+    let store = &app.store;
+    let org = &caller.organization_id;
+    let before = store
+        .supplier(org, &id)
         .await
         .map_err(ApiError::store("supplier"))?;
+    store
+        .delete_supplier(org, &id)
+        .await
+        .map_err(ApiError::store("supplier"))?;
+    let target = ("supplier", id.as_str());
+    audit::record(
+        &app,
+        &caller,
+        "supplier.delete",
+        target,
+        Some(before),
+        None::<()>,
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }

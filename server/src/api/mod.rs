@@ -3,6 +3,7 @@
 //! (`openapi.rs`). Handlers translate: an `Auth<Role>` extractor gives the caller's organization, the store
 //! does the work scoped to it, `ApiError` maps what went wrong.
 
+pub mod audit;
 pub mod catalog;
 pub mod extract;
 pub mod openapi;
@@ -20,6 +21,7 @@ use crate::AppState;
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(tenants::routes())
+        .merge(audit::routes())
         .merge(catalog::routes())
         .merge(prices::routes())
         .merge(stream::routes())

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::audit;
 use super::extract::ApiJson;
 use super::ErrorEnvelope;
 use crate::auth::{Admin, Auth, Owner};
@@ -73,7 +74,7 @@ fn name(name: &str) -> Result<(), ApiError> {
     responses((status = 201, body = CreatedOrganization), (status = "4XX", body = ErrorEnvelope)))]
 async fn create_organization(
     State(app): State<AppState>,
-    _: Auth<Owner>,
+    caller: Auth<Owner>,
     ApiJson(new): ApiJson<NewOrganization>,
 ) -> Result<(StatusCode, Json<CreatedOrganization>), ApiError> {
     name(&new.name)?;
@@ -86,6 +87,16 @@ async fn create_organization(
         .create_api_key(&organization.id, "admin", Role::Admin)
         .await
         .map_err(ApiError::store("organization"))?;
+    let target = ("organization", organization.id.as_str());
+    audit::record(
+        &app,
+        &caller,
+        "organization.create",
+        target,
+        None::<()>,
+        Some(&organization),
+    )
+    .await;
     let api_key = CreatedKey { key, secret };
     Ok((
         StatusCode::CREATED,
@@ -129,6 +140,15 @@ async fn create_key(
         .create_api_key(&caller.organization_id, new.name.trim(), new.role)
         .await
         .map_err(ApiError::store("API key"))?;
+    audit::record(
+        &app,
+        &caller,
+        "api_key.create",
+        ("api_key", &key.id),
+        None::<()>,
+        Some(&key),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(CreatedKey { key, secret })))
 }
 
@@ -159,10 +179,27 @@ async fn delete_key(
     caller: Auth<Admin>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.store
-        .delete_api_key(&caller.organization_id, &id)
+    let store = &app.store;
+    let org = &caller.organization_id;
+    let before = store
+        .list_api_keys(org)
+        .await
+        .map_err(ApiError::store("API key"))?
+        .into_iter()
+        .find(|k| k.id == id);
+    store
+        .delete_api_key(org, &id)
         .await
         .map_err(ApiError::store("API key"))?;
     app.keys.evict(&id);
+    audit::record(
+        &app,
+        &caller,
+        "api_key.delete",
+        ("api_key", &id),
+        before,
+        None::<()>,
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }

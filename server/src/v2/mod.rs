@@ -18,6 +18,7 @@ use mercator_engine::{stats::StatsSnapshot, EngineError, Model};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::api::audit;
 use crate::auth::{Analyst, Auth, Owner, Viewer};
 use crate::error::{ApiError, V2Error};
 use crate::AppState;
@@ -94,24 +95,45 @@ async fn repository_index(
 /// in; requests in flight finish on the versions they started on.
 async fn load_model(
     State(app): State<AppState>,
-    _: Auth<Owner>,
+    caller: Auth<Owner>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, V2Error> {
-    let repository = app.repository.clone();
-    tokio::task::spawn_blocking(move || repository.load_model(&name))
+    let before = served_versions(&app, &name);
+    let (repository, model) = (app.repository.clone(), name.clone());
+    tokio::task::spawn_blocking(move || repository.load_model(&model))
         .await
         .map_err(|e| ApiError::from(EngineError::Runtime(e.to_string())))??;
+    let after = served_versions(&app, &name);
+    audit::record(&app, &caller, "model.load", ("model", &name), before, after).await;
     Ok(Json(json!({})))
 }
 
 /// Stops serving a model; requests in flight finish, later ones get 404.
 async fn unload_model(
     State(app): State<AppState>,
-    _: Auth<Owner>,
+    caller: Auth<Owner>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, V2Error> {
+    let before = served_versions(&app, &name);
     app.repository.unload_model(&name)?;
+    audit::record(
+        &app,
+        &caller,
+        "model.unload",
+        ("model", &name),
+        before,
+        None::<()>,
+    )
+    .await;
     Ok(Json(json!({})))
+}
+
+/// The versions of a model being served, for the audit log (`None`: not served).
+fn served_versions(app: &AppState, name: &str) -> Option<serde_json::Value> {
+    let versions = app.repository.versions(name).ok()?;
+    Some(
+        json!({ "served_versions": versions.iter().map(|m| m.manifest().version).collect::<Vec<_>>() }),
+    )
 }
 
 async fn server_metadata(_: Auth<Viewer>) -> Json<serde_json::Value> {
