@@ -19,6 +19,14 @@ pub trait Backend: Send + 'static {
 pub struct OrtBackend {
     session: Session,
     outputs: Vec<TensorSpec>,
+    /// `mercator_model_sessions` of this version: counts this session while it lives.
+    alive: metrics::Gauge,
+}
+
+impl Drop for OrtBackend {
+    fn drop(&mut self) {
+        self.alive.decrement(1.0);
+    }
 }
 
 impl OrtBackend {
@@ -52,9 +60,16 @@ impl OrtBackend {
             &manifest.outputs,
         )
         .map_err(invalid)?;
+        let alive = metrics::gauge!(
+            crate::metrics::SESSIONS,
+            "model" => manifest.name.clone(),
+            "version" => manifest.version.to_string()
+        );
+        alive.increment(1.0);
         Ok(OrtBackend {
             session,
             outputs: manifest.outputs.clone(),
+            alive,
         })
     }
 }

@@ -8,6 +8,9 @@ pub const QUEUE_DURATION: &str = "mercator_inference_queue_duration_seconds";
 pub const COMPUTE_DURATION: &str = "mercator_inference_compute_duration_seconds";
 pub const BATCH_SIZE: &str = "mercator_inference_batch_size";
 pub const QUEUE_DEPTH: &str = "mercator_inference_queue_depth_rows";
+/// ONNX Runtime sessions alive, by model version: up when a version loads, down when a retired version's
+/// sessions are freed.
+pub const SESSIONS: &str = "mercator_model_sessions";
 
 /// Request outcomes, the `outcome` label of `REQUESTS`.
 pub const OUTCOMES: [&str; 6] = [

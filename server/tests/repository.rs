@@ -187,3 +187,75 @@ async fn versions_swap_under_load_with_no_failed_request() {
         (&json!([1]), &json!([1, 2]))
     );
 }
+
+/// `mercator_model_sessions` of version 1 of `model`, from /metrics.
+async fn sessions(s: &TestServer, model: &str) -> f64 {
+    let series = format!("mercator_model_sessions{{model=\"{model}\",version=\"1\"}} ");
+    s.metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Threads of this process whose name starts with `prefix` (Linux keeps 15 characters of a name).
+fn threads(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|name| name.trim_end().starts_with(prefix))
+        })
+        .count()
+}
+
+/// Unloading a model retires its versions: once nothing holds them, their workers stop and their ONNX
+/// Runtime sessions are freed (the session gauge counts sessions alive: it is decremented when one is
+/// dropped); loading the model again brings them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unloading_frees_the_sessions() {
+    const FREED: &str = "price-free";
+    let repo = price_repository(FREED, 64, 4096, 0);
+    let manifest = repo.path().join(FREED).join("1").join("model.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("count = 1", "count = 4")).unwrap();
+    let s = TestServer::with(|c| c.models_dir = repo.path().to_path_buf()).await;
+    let (request, _) = price_rows(8, 0);
+    assert_eq!(
+        s.post(&format!("/v2/models/{FREED}/infer"), &request)
+            .await
+            .0,
+        200
+    );
+    let workers = "model-price-fre";
+    assert_eq!((sessions(&s, FREED).await, threads(workers)), (4.0, 4));
+
+    let (status, _) = s
+        .post(&format!("/v2/repository/models/{FREED}/unload"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    for _ in 0..400 {
+        if sessions(&s, FREED).await == 0.0 && threads(workers) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        (sessions(&s, FREED).await, threads(workers)),
+        (0.0, 0),
+        "the retired version's sessions are freed and its workers gone"
+    );
+
+    let (status, _) = s
+        .post(&format!("/v2/repository/models/{FREED}/load"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!((sessions(&s, FREED).await, threads(workers)), (4.0, 4));
+    assert_eq!(
+        s.post(&format!("/v2/models/{FREED}/infer"), &request)
+            .await
+            .0,
+        200
+    );
+}
