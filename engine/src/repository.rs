@@ -18,7 +18,22 @@ use crate::backend::{Backend, OrtBackend};
 use crate::manifest::Manifest;
 use crate::{EngineError, Model, Runtime};
 
-type Catalog = BTreeMap<String, BTreeMap<u64, Model>>;
+/// A model's loaded versions and the one that answers requests that name no version.
+#[derive(Clone)]
+struct Served {
+    versions: BTreeMap<u64, Model>,
+    active: u64,
+}
+
+impl Served {
+    /// Versions just built: the newest is active.
+    fn new(versions: BTreeMap<u64, Model>) -> Served {
+        let active = versions.keys().next_back().copied().unwrap_or_default();
+        Served { versions, active }
+    }
+}
+
+type Catalog = BTreeMap<String, Served>;
 
 /// Every served model version, by name and version number.
 pub struct Repository {
@@ -50,7 +65,7 @@ impl Repository {
         };
         let mut catalog = Catalog::new();
         for name in model_names(dir)? {
-            catalog.insert(name.clone(), repo.build(&name)?);
+            catalog.insert(name.clone(), Served::new(repo.build(&name)?));
         }
         repo.served.store(Arc::new(catalog));
         Ok(repo)
@@ -58,14 +73,18 @@ impl Repository {
 
     /// A repository of already started models, with no directory to load more from (tests).
     pub fn from_models(models: impl IntoIterator<Item = Model>) -> Repository {
-        let mut catalog = Catalog::new();
+        let mut versions: BTreeMap<String, BTreeMap<u64, Model>> = BTreeMap::new();
         for model in models {
             let m = model.manifest();
-            catalog
+            versions
                 .entry(m.name.clone())
                 .or_default()
                 .insert(m.version, model);
         }
+        let catalog = versions
+            .into_iter()
+            .map(|(name, v)| (name, Served::new(v)))
+            .collect();
         Repository {
             served: ArcSwap::from_pointee(catalog),
             source: None,
@@ -73,18 +92,19 @@ impl Repository {
         }
     }
 
-    /// A model version; with no version, the newest.
+    /// A model version; with no version, the active one.
     pub fn get(&self, name: &str, version: Option<&str>) -> Result<Model, EngineError> {
         let served = self.served.load();
-        let versions = served
+        let model = served
             .get(name)
             .ok_or_else(|| EngineError::ModelNotFound(name.to_string()))?;
+        let versions = &model.versions;
         let not_found = || EngineError::VersionNotFound {
             model: name.to_string(),
             version: version.unwrap_or("").into(),
         };
         match version {
-            None => versions.values().next_back().cloned().ok_or_else(not_found),
+            None => versions.get(&model.active).cloned().ok_or_else(not_found),
             Some(v) => v
                 .parse::<u64>()
                 .ok()
@@ -101,9 +121,35 @@ impl Repository {
             .load()
             .get(name)
             .ok_or_else(|| EngineError::ModelNotFound(name.to_string()))?
+            .versions
             .values()
             .cloned()
             .collect())
+    }
+
+    /// The version that answers requests naming none.
+    pub fn active(&self, name: &str) -> Option<u64> {
+        self.served.load().get(name).map(|m| m.active)
+    }
+
+    /// Makes a loaded version the one that answers requests naming none, at once: requests already
+    /// holding the previous one finish on it. Returns the version that was active.
+    pub fn activate(&self, name: &str, version: u64) -> Result<u64, EngineError> {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut catalog = (**self.served.load()).clone();
+        let model = catalog
+            .get_mut(name)
+            .ok_or_else(|| EngineError::ModelNotFound(name.to_string()))?;
+        if !model.versions.get(&version).is_some_and(Model::is_ready) {
+            return Err(EngineError::VersionNotFound {
+                model: name.to_string(),
+                version: version.to_string(),
+            });
+        }
+        let previous = std::mem::replace(&mut model.active, version);
+        self.served.store(Arc::new(catalog));
+        tracing::info!(model = %name, version, previous, "activated");
+        Ok(previous)
     }
 
     /// Every served model version, by name then version.
@@ -111,7 +157,7 @@ impl Repository {
         self.served
             .load()
             .values()
-            .flat_map(|v| v.values().cloned())
+            .flat_map(|m| m.versions.values().cloned())
             .collect()
     }
 
@@ -125,7 +171,7 @@ impl Repository {
         };
         for name in names {
             match served.get(&name) {
-                Some(versions) => entries.extend(versions.keys().map(|v| IndexEntry {
+                Some(model) => entries.extend(model.versions.keys().map(|v| IndexEntry {
                     name: name.clone(),
                     version: Some(*v),
                     state: "READY",
@@ -143,17 +189,23 @@ impl Repository {
     }
 
     /// (Re)loads every version of `name` from the directory: builds and warms them beside what serves, then
-    /// swaps them in at once. Blocking (sessions are built here): call it off the async runtime.
+    /// swaps them in at once. The active version stays active if it is still there, else the newest is.
+    /// Blocking (sessions are built here): call it off the async runtime.
     pub fn load_model(&self, name: &str) -> Result<(), EngineError> {
         let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
-        let versions = self.build(name)?;
+        let mut fresh = Served::new(self.build(name)?);
         let mut catalog = (**self.served.load()).clone();
-        let replaced = catalog.insert(name.to_string(), versions);
+        if let Some(active) = catalog.get(name).map(|m| m.active) {
+            if fresh.versions.contains_key(&active) {
+                fresh.active = active;
+            }
+        }
+        let replaced = catalog.insert(name.to_string(), fresh);
         self.served.store(Arc::new(catalog));
         tracing::info!(model = %name, "loaded and swapped in");
         replaced
             .into_iter()
-            .flat_map(BTreeMap::into_values)
+            .flat_map(|m| m.versions.into_values())
             .for_each(retire);
         Ok(())
     }
@@ -167,7 +219,7 @@ impl Repository {
             .ok_or_else(|| EngineError::ModelNotFound(name.to_string()))?;
         self.served.store(Arc::new(catalog));
         tracing::info!(model = %name, "unloaded");
-        removed.into_values().for_each(retire);
+        removed.versions.into_values().for_each(retire);
         Ok(())
     }
 

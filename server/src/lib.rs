@@ -114,6 +114,13 @@ impl App {
         })
         .await
         .map_err(|e| e.to_string())??;
+        // Serve each model's version as it was left (activations survive restarts).
+        for (name, policy) in store.model_policies().await.map_err(|e| e.to_string())? {
+            if let Err(e) = repository.activate(&name, policy.active_version) {
+                tracing::warn!(model = %name, version = policy.active_version, error = %e,
+                    "the recorded active version is not in the repository; serving the newest");
+            }
+        }
         let state = AppState(Arc::new(Shared {
             repository: Arc::new(repository),
             prometheus,

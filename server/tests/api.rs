@@ -1106,6 +1106,7 @@ async fn the_openapi_document_covers_every_endpoint() {
             let concrete = path
                 .replace("{id}", "0")
                 .replace("{model}", "price")
+                .replace("{name}", "price")
                 .replace("{version}", "1");
             let method: Method = method.to_uppercase().parse().unwrap();
             let r = s
@@ -1148,6 +1149,10 @@ async fn the_openapi_document_covers_every_endpoint() {
         "DELETE /api/v1/prices/{id}",
         "GET /ws/prices",
         "GET /api/v1/audit",
+        "GET /api/v1/models",
+        "GET /api/v1/models/{name}",
+        "POST /api/v1/models/{name}/versions/{version}/activate",
+        "POST /api/v1/models/{name}/rollback",
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",

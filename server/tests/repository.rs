@@ -76,24 +76,60 @@ async fn versions_swap_under_load_with_no_failed_request() {
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
 
+    // A version 2 appears on disk and is loaded beside version 1, which stays active; then it is activated,
+    // and rolled back, while the clients run.
     add_version(repo.path(), 2);
     let (status, body) = s
         .post(&format!("/v2/repository/models/{MODEL}/load"), &json!({}))
         .await;
     assert_eq!(status, 200, "{body}");
-    wait_for_version("2").await;
     let (_, meta) = s.get(&format!("/v2/models/{MODEL}")).await;
     assert_eq!(meta["versions"], json!(["1", "2"]));
+    let (_, model) = s.get(&format!("/api/v1/models/{MODEL}")).await;
+    assert_eq!(
+        model["active_version"], 1,
+        "loading a version does not activate it: {model}"
+    );
+    let (status, model) = s
+        .post(
+            &format!("/api/v1/models/{MODEL}/versions/2/activate"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, &model["active_version"], &model["previous_version"]),
+        (200, &json!(2), &json!(1))
+    );
+    wait_for_version("2").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, model) = s
+        .post(&format!("/api/v1/models/{MODEL}/rollback"), &json!({}))
+        .await;
+    assert_eq!(
+        (status, &model["active_version"], &model["previous_version"]),
+        (200, &json!(1), &json!(2))
+    );
+    wait_for_version("1").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    // Back: version 2 leaves the folder and the model is loaded again.
+    // Version 2 leaves the folder and the model is loaded again; it can no longer be activated.
     std::fs::remove_dir_all(repo.path().join(MODEL).join("2")).unwrap();
     let (status, _) = s
         .post(&format!("/v2/repository/models/{MODEL}/load"), &json!({}))
         .await;
     assert_eq!(status, 200);
-    wait_for_version("1").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = s
+        .post(
+            &format!("/api/v1/models/{MODEL}/versions/2/activate"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("version_not_found")),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
 
     stop.store(true, Ordering::Relaxed);
     let mut versions = std::collections::BTreeSet::new();
@@ -175,16 +211,31 @@ async fn versions_swap_under_load_with_no_failed_request() {
         .collect();
     assert_eq!(
         actions,
-        ["model.load", "model.unload", "model.load", "model.load"],
+        [
+            "model.load",
+            "model.unload",
+            "model.load",
+            "model.rollback",
+            "model.activate",
+            "model.load"
+        ],
         "{log}"
     );
-    let first = &log["items"][3];
+    let first = &log["items"][5];
     assert_eq!(
         (
             &first["before"]["served_versions"],
             &first["after"]["served_versions"]
         ),
         (&json!([1]), &json!([1, 2]))
+    );
+    let activate = &log["items"][4];
+    assert_eq!(
+        (
+            &activate["before"]["active_version"],
+            &activate["after"]["active_version"]
+        ),
+        (&json!(1), &json!(2))
     );
 }
 
@@ -258,4 +309,79 @@ async fn unloading_frees_the_sessions() {
             .0,
         200
     );
+}
+
+/// The active version is the store's: a restart serves what was left active, and rollback still knows
+/// where to return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activations_survive_a_restart() {
+    const KEPT: &str = "price-kept";
+    let repo = price_repository(KEPT, 64, 4096, 0);
+    let from = repo.path().join(KEPT).join("1");
+    let to = repo.path().join(KEPT).join("2");
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::copy(from.join("model.onnx"), to.join("model.onnx")).unwrap();
+    let manifest = std::fs::read_to_string(from.join("model.toml")).unwrap();
+    std::fs::write(
+        to.join("model.toml"),
+        manifest.replace("version = 1", "version = 2"),
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let start = || {
+        let (models, data) = (repo.path().to_path_buf(), data.path().to_path_buf());
+        TestServer::with(move |c| {
+            c.models_dir = models;
+            c.data_dir = data;
+        })
+    };
+    let (request, _) = price_rows(1, 0);
+    let infer = format!("/v2/models/{KEPT}/infer");
+
+    let mut first = start().await;
+    assert_eq!(
+        first.post(&infer, &request).await.1["model_version"],
+        "2",
+        "newest by default"
+    );
+    let (status, body) = first
+        .post(&format!("/api/v1/models/{KEPT}/rollback"), &json!({}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "nothing to roll back to"
+    );
+    let (status, _) = first
+        .post(
+            &format!("/api/v1/models/{KEPT}/versions/1/activate"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    first.stop().await.unwrap();
+
+    let second = start().await;
+    assert_eq!(
+        second.post(&infer, &request).await.1["model_version"],
+        "1",
+        "as it was left"
+    );
+    let (_, model) = second.get(&format!("/api/v1/models/{KEPT}")).await;
+    assert_eq!(
+        (&model["active_version"], &model["previous_version"]),
+        (&json!(1), &json!(2))
+    );
+    let (_, all) = second.get("/api/v1/models").await;
+    assert_eq!(all[0]["name"], KEPT);
+    assert_eq!(all[0]["versions"].as_array().unwrap().len(), 2);
+    assert!(
+        all[0]["versions"][0]["stats"]["requests"].as_u64().unwrap() >= 1,
+        "{all}"
+    );
+    let (status, _) = second
+        .post(&format!("/api/v1/models/{KEPT}/rollback"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(second.post(&infer, &request).await.1["model_version"], "2");
 }

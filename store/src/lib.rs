@@ -17,6 +17,7 @@
 
 mod audit;
 mod catalog;
+mod models;
 mod prices;
 mod tenants;
 mod validate;
@@ -34,6 +35,7 @@ pub use catalog::{
     Material, MaterialFilter, MaterialPatch, NewMaterial, NewSupplier, Supplier, SupplierFilter,
     SupplierPatch,
 };
+pub use models::ModelPolicy;
 pub use prices::{NewPrice, Price, PricePatch, PriceQuery, PriceType};
 pub use tenants::{ApiKey, Organization, Role};
 pub use validate::{parse_time, FieldErrors, RowError};

@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod catalog;
 pub mod extract;
+pub mod models;
 pub mod openapi;
 pub mod prices;
 pub mod stream;
@@ -22,6 +23,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(tenants::routes())
         .merge(audit::routes())
+        .merge(models::routes())
         .merge(catalog::routes())
         .merge(prices::routes())
         .merge(stream::routes())

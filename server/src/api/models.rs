@@ -1,0 +1,212 @@
+//! `/api/v1/models`: what the engine serves, which version answers requests that name none, and the
+//! switch between versions (activate, rollback), kept in the store so a restart serves as it was left.
+//! Models are the platform's, shared by every organization: any admin may read them, only the platform
+//! owner may change them.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use mercator_engine::Model;
+use mercator_store::ModelPolicy;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{audit, ErrorEnvelope};
+use crate::auth::{Admin, Auth, Owner};
+use crate::error::ApiError;
+use crate::AppState;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_models))
+        .routes(routes!(get_model))
+        .routes(routes!(activate))
+        .routes(routes!(rollback))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelView {
+    pub name: String,
+    /// Answers requests that name no version.
+    pub active_version: u64,
+    /// What rollback returns to.
+    pub previous_version: Option<u64>,
+    pub versions: Vec<VersionView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VersionView {
+    pub version: u64,
+    /// ready, or loading/unavailable while it is not.
+    pub state: &'static str,
+    pub kind: String,
+    pub description: String,
+    pub instances: usize,
+    pub max_batch_size: usize,
+    /// Live figures since the version was loaded.
+    pub stats: VersionStats,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VersionStats {
+    pub requests: u64,
+    pub failures: u64,
+    /// Rows inferred.
+    pub inferences: u64,
+    /// ONNX Runtime calls (batches); inferences / executions is the mean batch size.
+    pub executions: u64,
+    pub mean_queue_us: f64,
+    pub mean_compute_us: f64,
+    /// Rows waiting in the queue now.
+    pub queued_rows: usize,
+}
+
+fn view(app: &AppState, name: &str, policy: Option<ModelPolicy>) -> Result<ModelView, ApiError> {
+    let versions = app.repository.versions(name)?;
+    let active_version = app.repository.active(name).unwrap_or_default();
+    Ok(ModelView {
+        name: name.to_string(),
+        active_version,
+        previous_version: policy.and_then(|p| p.previous_version),
+        versions: versions.iter().map(version_view).collect(),
+    })
+}
+
+fn version_view(model: &Model) -> VersionView {
+    let m = model.manifest();
+    let s = model.stats().snapshot();
+    let mean_us = |d: &mercator_engine::stats::Duration2| {
+        if d.count == 0 {
+            0.0
+        } else {
+            d.ns as f64 / d.count as f64 / 1000.0
+        }
+    };
+    VersionView {
+        version: m.version,
+        state: if model.is_ready() {
+            "ready"
+        } else {
+            "unavailable"
+        },
+        kind: format!("{:?}", m.kind).to_lowercase(),
+        description: m.description.clone(),
+        instances: m.instances.count,
+        max_batch_size: m.batching.max_batch_size,
+        stats: VersionStats {
+            requests: s.success.count + s.fail.count,
+            failures: s.fail.count,
+            inferences: s.inference_count,
+            executions: s.execution_count,
+            mean_queue_us: mean_us(&s.queue),
+            mean_compute_us: mean_us(&s.compute_infer),
+            queued_rows: model.queue_rows(),
+        },
+    }
+}
+
+/// Every served model, its versions with live figures, and the active one (admin).
+#[utoipa::path(get, path = "/api/v1/models", tag = "models", security(("api_key" = [])),
+    responses((status = 200, body = Vec<ModelView>), (status = "4XX", body = ErrorEnvelope)))]
+async fn list_models(
+    State(app): State<AppState>,
+    _: Auth<Admin>,
+) -> Result<Json<Vec<ModelView>>, ApiError> {
+    let policies: std::collections::HashMap<String, ModelPolicy> = app
+        .store
+        .model_policies()
+        .await
+        .map_err(ApiError::store("model"))?
+        .into_iter()
+        .collect();
+    let mut names: Vec<String> = app
+        .repository
+        .all()
+        .iter()
+        .map(|m| m.manifest().name.clone())
+        .collect();
+    names.dedup();
+    names
+        .iter()
+        .map(|name| view(&app, name, policies.get(name).copied()))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Json)
+}
+
+#[utoipa::path(get, path = "/api/v1/models/{name}", tag = "models", params(("name" = String, Path)),
+    security(("api_key" = [])),
+    responses((status = 200, body = ModelView), (status = "4XX", body = ErrorEnvelope)))]
+async fn get_model(
+    State(app): State<AppState>,
+    _: Auth<Admin>,
+    Path(name): Path<String>,
+) -> Result<Json<ModelView>, ApiError> {
+    let policy = app
+        .store
+        .model_policy(&name)
+        .await
+        .map_err(ApiError::store("model"))?;
+    Ok(Json(view(&app, &name, policy)?))
+}
+
+/// Make a loaded version the one that answers requests naming none, atomically: requests in flight
+/// finish on the version they started on (platform owner).
+#[utoipa::path(post, path = "/api/v1/models/{name}/versions/{version}/activate", tag = "models",
+    params(("name" = String, Path), ("version" = u64, Path)), security(("api_key" = [])),
+    responses((status = 200, body = ModelView), (status = "4XX", body = ErrorEnvelope)))]
+async fn activate(
+    State(app): State<AppState>,
+    caller: Auth<Owner>,
+    Path((name, version)): Path<(String, u64)>,
+) -> Result<Json<ModelView>, ApiError> {
+    switch(&app, &caller, &name, version, "model.activate").await
+}
+
+/// Return to the version active before the last switch (platform owner); 409 when there is none.
+#[utoipa::path(post, path = "/api/v1/models/{name}/rollback", tag = "models",
+    params(("name" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, body = ModelView), (status = "4XX", body = ErrorEnvelope)))]
+async fn rollback(
+    State(app): State<AppState>,
+    caller: Auth<Owner>,
+    Path(name): Path<String>,
+) -> Result<Json<ModelView>, ApiError> {
+    let policy = app
+        .store
+        .model_policy(&name)
+        .await
+        .map_err(ApiError::store("model"))?;
+    let Some(previous) = policy.and_then(|p| p.previous_version) else {
+        app.repository.versions(&name)?;
+        return Err(ApiError::Conflict(format!(
+            "{name} has no earlier active version to roll back to"
+        )));
+    };
+    switch(&app, &caller, &name, previous, "model.rollback").await
+}
+
+/// Activates `version` in the engine and records it (and what it replaced) in the store and the audit log.
+async fn switch(
+    app: &AppState,
+    caller: &crate::auth::Principal,
+    name: &str,
+    version: u64,
+    action: &str,
+) -> Result<Json<ModelView>, ApiError> {
+    let before = view(app, name, None)?.active_version;
+    let previous = app.repository.activate(name, version)?;
+    let policy = ModelPolicy {
+        active_version: version,
+        previous_version: Some(previous).filter(|p| *p != version),
+    };
+    if let Err(e) = app.store.set_model_policy(name, policy).await {
+        // Serve what the store says, or the store and the engine disagree after a restart.
+        let _ = app.repository.activate(name, previous);
+        return Err(ApiError::store("model")(e));
+    }
+    let target = ("model", name);
+    let state = |v: u64| Some(serde_json::json!({ "active_version": v }));
+    audit::record(app, caller, action, target, state(before), state(version)).await;
+    Ok(Json(view(app, name, Some(policy))?))
+}
