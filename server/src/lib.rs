@@ -63,6 +63,8 @@ pub struct Shared {
     pub keys: Arc<Keys>,
     /// Price observations as they are written, for `/ws/prices`.
     pub prices: broadcast::Sender<api::stream::PriceEvent>,
+    /// Notifications, for `/ws/notifications`.
+    pub notifications: broadcast::Sender<api::stream::Notification>,
     draining: Arc<AtomicBool>,
 }
 
@@ -133,6 +135,7 @@ impl App {
             keys: Arc::new(Keys::new(store.clone(), config.key_cache)),
             store,
             prices: broadcast::channel(api::stream::STREAM_CAPACITY).0,
+            notifications: broadcast::channel(api::stream::STREAM_CAPACITY).0,
             draining: Arc::new(AtomicBool::new(false)),
         }));
         Ok(App { state, config })

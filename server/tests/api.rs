@@ -1149,6 +1149,7 @@ async fn the_openapi_document_covers_every_endpoint() {
         "DELETE /api/v1/prices/{id}",
         "GET /ws/prices",
         "GET /api/v1/audit",
+        "GET /ws/notifications",
         "GET /api/v1/models",
         "GET /api/v1/models/{name}",
         "POST /api/v1/models/{name}/versions/{version}/activate",

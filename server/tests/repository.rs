@@ -379,9 +379,45 @@ async fn activations_survive_a_restart() {
         all[0]["versions"][0]["stats"]["requests"].as_u64().unwrap() >= 1,
         "{all}"
     );
+    // A tenant's WebSocket hears of the switch: models are shared.
+    let (_, org) = second
+        .post("/api/v1/organizations", &json!({"name": "Tenant"}))
+        .await;
+    let secret = org["api_key"]["secret"].as_str().unwrap();
+    let ws = second.base.replace("http://", "ws://");
+    let (mut notifications, _) =
+        tokio_tungstenite::connect_async(format!("{ws}/ws/notifications?api_key={secret}"))
+            .await
+            .unwrap();
     let (status, _) = second
         .post(&format!("/api/v1/models/{KEPT}/rollback"), &json!({}))
         .await;
     assert_eq!(status, 200);
+    use futures_util::StreamExt;
+    let message = tokio::time::timeout(Duration::from_secs(1), notifications.next())
+        .await
+        .expect("the model event arrives within 1 s")
+        .unwrap()
+        .unwrap();
+    let event: Value = serde_json::from_str(message.to_text().unwrap()).unwrap();
+    assert_eq!(
+        (
+            &event["type"],
+            &event["action"],
+            &event["model"],
+            &event["after"]["active_version"]
+        ),
+        (
+            &json!("model"),
+            &json!("model.rollback"),
+            &json!(KEPT),
+            &json!(2)
+        ),
+        "{event}"
+    );
+    assert!(
+        event.get("actor_key_id").is_none(),
+        "who did it stays in the owner's audit log"
+    );
     assert_eq!(second.post(&infer, &request).await.1["model_version"], "2");
 }

@@ -37,6 +37,14 @@ pub async fn record(
         before: before.and_then(|b| serde_json::to_value(b).ok()),
         after: after.and_then(|a| serde_json::to_value(a).ok()),
     };
+    if target.0 == "model" {
+        // Models are shared: every organization hears of the change (not who made it).
+        let note = serde_json::json!({
+            "type": "model", "action": action, "model": target.1, "before": event.before,
+            "after": event.after, "at": chrono::Utc::now(),
+        });
+        let _ = app.notifications.send(std::sync::Arc::new((None, note)));
+    }
     if let Err(e) = app.store.record_audit(&who.organization_id, event).await {
         tracing::error!(error = %e, action, target_id = target.1, "the audit log could not record a change");
     }

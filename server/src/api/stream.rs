@@ -1,6 +1,12 @@
-//! `/ws/prices`: price observations of the caller's organization as they are written, optionally of one
-//! material. Messages are JSON text: `{"type": "price", "price": {...}}`; a listener too slow for the
-//! stream gets `{"type": "lagged", "missed": n}` and carries on with the newest.
+//! The WebSocket streams.
+//!
+//! - `/ws/prices`: price observations of the caller's organization as they are written, optionally of one
+//!   material: `{"type": "price", "price": {...}}`.
+//! - `/ws/notifications`: events for the caller's organization: model events (a model loaded, unloaded,
+//!   activated, rolled back; models are shared, so every organization hears them) as
+//!   `{"type": "model", "action", "model", "before", "after", "at"}`; alerts will come here too.
+//!
+//! A listener too slow for a stream gets `{"type": "lagged", "missed": n}` and carries on with the newest.
 
 use std::sync::Arc;
 
@@ -26,8 +32,56 @@ pub type PriceEvent = Arc<(Arc<str>, Price)>;
 /// Observations a listener may fall behind by before it is told it lagged.
 pub const STREAM_CAPACITY: usize = 16_384;
 
+/// A notification and the organization it is for (`None`: every organization).
+pub type Notification = Arc<(Option<Arc<str>>, serde_json::Value)>;
+
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(price_stream))
+    OpenApiRouter::new()
+        .routes(routes!(price_stream))
+        .routes(routes!(notification_stream))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationQuery {
+    /// The API key, for clients that cannot set headers on a WebSocket handshake.
+    pub api_key: Option<String>,
+}
+
+/// A WebSocket of the organization's notifications: model events now, alerts later.
+#[utoipa::path(get, path = "/ws/notifications", tag = "notifications", params(NotificationQuery),
+    security(("api_key" = [])),
+    responses((status = 101, description = "Switching to the WebSocket protocol"),
+              (status = "4XX", body = ErrorEnvelope)))]
+async fn notification_stream(
+    State(app): State<AppState>,
+    caller: Auth<Viewer>,
+    ApiQuery(_): ApiQuery<NotificationQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let org: Arc<str> = Arc::from(caller.organization_id.as_str());
+    let mut events = app.notifications.subscribe();
+    Ok(upgrade.on_upgrade(move |mut socket| async move {
+        loop {
+            let message = tokio::select! {
+                event = events.recv() => match event {
+                    Ok(event) => match &event.0 {
+                        Some(to) if *to != org => continue,
+                        _ => event.1.clone(),
+                    },
+                    Err(RecvError::Lagged(missed)) => serde_json::json!({ "type": "lagged", "missed": missed }),
+                    Err(RecvError::Closed) => return,
+                },
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(_)) => continue,
+                },
+            };
+            if socket.send(Message::Text(message.to_string().into())).await.is_err() {
+                return;
+            }
+        }
+    }))
 }
 
 #[derive(Deserialize, IntoParams)]
