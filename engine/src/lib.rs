@@ -8,6 +8,7 @@
 
 mod backend;
 mod error;
+pub mod import;
 pub mod manifest;
 pub mod metrics;
 mod model;

@@ -210,6 +210,32 @@ impl Repository {
         Ok(())
     }
 
+    /// Stops serving one version that is not the active one: requests holding it finish, then it is retired
+    /// and its sessions freed.
+    pub fn remove_version(&self, name: &str, version: u64) -> Result<(), EngineError> {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut catalog = (**self.served.load()).clone();
+        let model = catalog
+            .get_mut(name)
+            .ok_or_else(|| EngineError::ModelNotFound(name.to_string()))?;
+        if model.active == version {
+            return Err(EngineError::InvalidRequest(format!(
+                "version {version} of {name} is active; activate another version first"
+            )));
+        }
+        let removed =
+            model
+                .versions
+                .remove(&version)
+                .ok_or_else(|| EngineError::VersionNotFound {
+                    model: name.to_string(),
+                    version: version.to_string(),
+                })?;
+        self.served.store(Arc::new(catalog));
+        retire(removed);
+        Ok(())
+    }
+
     /// Stops serving `name`: new requests get ModelNotFound; the ones holding its versions finish.
     pub fn unload_model(&self, name: &str) -> Result<(), EngineError> {
         let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());

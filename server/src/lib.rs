@@ -24,7 +24,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::routing::get;
 use axum::Router;
-use mercator_engine::{Repository, Runtime};
+use mercator_engine::{import, Repository, Runtime};
 use mercator_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -63,6 +63,9 @@ pub struct Shared {
     pub keys: Arc<Keys>,
     /// Price observations as they are written, for `/ws/prices`.
     pub prices: broadcast::Sender<api::stream::PriceEvent>,
+    /// Where models are imported from (--models-dir) and the data directory that serves them.
+    pub models_source: std::path::PathBuf,
+    pub data_dir: std::path::PathBuf,
     /// Notifications, for `/ws/notifications`.
     pub notifications: broadcast::Sender<api::stream::Notification>,
     draining: Arc<AtomicBool>,
@@ -92,10 +95,8 @@ impl App {
     /// platform organization and its admin key), loads ONNX Runtime and every model in the repository.
     pub async fn load(config: Config) -> Result<App, String> {
         let prometheus = metrics::recorder();
-        if config.database_url.is_none() {
-            std::fs::create_dir_all(&config.data_dir)
-                .map_err(|e| format!("--data-dir {}: {e}", config.data_dir.display()))?;
-        }
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("--data-dir {}: {e}", config.data_dir.display()))?;
         let store = Store::connect(&config.database_url()).await.map_err(|e| {
             format!(
                 "the store ({}): {e}",
@@ -108,11 +109,20 @@ impl App {
         })?;
         tracing::info!(backend = store.backend(), "store open");
         auth::bootstrap(&store, config.admin_key.as_deref()).await?;
-        let (ort_lib, models_dir) = (config.ort_lib.clone(), config.models_dir.clone());
+        let (ort_lib, source, data) = (
+            config.ort_lib.clone(),
+            config.models_dir.clone(),
+            config.data_dir.clone(),
+        );
         let repository = tokio::task::spawn_blocking(move || {
             let runtime = Runtime::load(ort_lib.as_deref()).map_err(|e| e.to_string())?;
             tracing::info!(library = %runtime.library.display(), "ONNX Runtime loaded");
-            Repository::load(&runtime, &models_dir).map_err(|e| e.to_string())
+            // Versions in --models-dir not yet in the data directory are imported, then served from there.
+            let imported = import::import(&source, &data, None).map_err(|e| e.to_string())?;
+            if !imported.is_empty() {
+                tracing::info!(?imported, from = %source.display(), "model versions imported");
+            }
+            Repository::load(&runtime, &import::served_dir(&data)).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| e.to_string())??;
@@ -136,6 +146,8 @@ impl App {
             store,
             prices: broadcast::channel(api::stream::STREAM_CAPACITY).0,
             notifications: broadcast::channel(api::stream::STREAM_CAPACITY).0,
+            models_source: config.models_dir.clone(),
+            data_dir: config.data_dir.clone(),
             draining: Arc::new(AtomicBool::new(false)),
         }));
         Ok(App { state, config })

@@ -112,7 +112,19 @@ async fn versions_swap_under_load_with_no_failed_request() {
     wait_for_version("1").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    // Version 2 leaves the folder and the model is loaded again; it can no longer be activated.
+    // Version 2 is retired (the active one cannot be) and leaves the source folder; a reload keeps it out.
+    let (status, body) = s
+        .delete(&format!("/api/v1/models/{MODEL}/versions/1"))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    let (status, _) = s
+        .delete(&format!("/api/v1/models/{MODEL}/versions/2"))
+        .await;
+    assert_eq!(status, 204);
     std::fs::remove_dir_all(repo.path().join(MODEL).join("2")).unwrap();
     let (status, _) = s
         .post(&format!("/v2/repository/models/{MODEL}/load"), &json!({}))
@@ -215,13 +227,21 @@ async fn versions_swap_under_load_with_no_failed_request() {
             "model.load",
             "model.unload",
             "model.load",
+            "model.retire",
             "model.rollback",
             "model.activate",
             "model.load"
         ],
         "{log}"
     );
-    let first = &log["items"][5];
+    let retired = &log["items"][3];
+    assert_eq!(retired["before"]["version"], 2, "{retired}");
+    assert_eq!(
+        retired["before"]["sha256"].as_str().map(str::len),
+        Some(64),
+        "{retired}"
+    );
+    let first = &log["items"][6];
     assert_eq!(
         (
             &first["before"]["served_versions"],
@@ -229,7 +249,7 @@ async fn versions_swap_under_load_with_no_failed_request() {
         ),
         (&json!([1]), &json!([1, 2]))
     );
-    let activate = &log["items"][4];
+    let activate = &log["items"][5];
     assert_eq!(
         (
             &activate["before"]["active_version"],
@@ -302,6 +322,13 @@ async fn unloading_frees_the_sessions() {
         .post(&format!("/v2/repository/models/{FREED}/load"), &json!({}))
         .await;
     assert_eq!(status, 200);
+    // A new thread names itself once it runs: give the workers a moment to be seen by name.
+    for _ in 0..200 {
+        if threads(workers) == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!((sessions(&s, FREED).await, threads(workers)), (4.0, 4));
     assert_eq!(
         s.post(&format!("/v2/models/{FREED}/infer"), &request)

@@ -22,6 +22,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_models))
         .routes(routes!(get_model))
         .routes(routes!(activate))
+        .routes(routes!(delete_version))
         .routes(routes!(rollback))
 }
 
@@ -44,6 +45,9 @@ pub struct VersionView {
     pub description: String,
     pub instances: usize,
     pub max_batch_size: usize,
+    /// The ONNX file's SHA-256 (its name in the artifact store) and size in bytes.
+    pub sha256: Option<String>,
+    pub size_bytes: Option<u64>,
     /// Live figures since the version was loaded.
     pub stats: VersionStats,
 }
@@ -69,12 +73,16 @@ fn view(app: &AppState, name: &str, policy: Option<ModelPolicy>) -> Result<Model
         name: name.to_string(),
         active_version,
         previous_version: policy.and_then(|p| p.previous_version),
-        versions: versions.iter().map(version_view).collect(),
+        versions: versions.iter().map(|m| version_view(app, m)).collect(),
     })
 }
 
-fn version_view(model: &Model) -> VersionView {
+fn version_view(app: &AppState, model: &Model) -> VersionView {
     let m = model.manifest();
+    let dir = mercator_engine::import::served_dir(&app.data_dir)
+        .join(&m.name)
+        .join(m.version.to_string());
+    let artifact = mercator_engine::import::artifact_of(&dir);
     let s = model.stats().snapshot();
     let mean_us = |d: &mercator_engine::stats::Duration2| {
         if d.count == 0 {
@@ -94,6 +102,8 @@ fn version_view(model: &Model) -> VersionView {
         description: m.description.clone(),
         instances: m.instances.count,
         max_batch_size: m.batching.max_batch_size,
+        sha256: artifact.as_ref().map(|a| a.0.clone()),
+        size_bytes: artifact.map(|a| a.1),
         stats: VersionStats {
             requests: s.success.count + s.fail.count,
             failures: s.fail.count,
@@ -184,6 +194,35 @@ async fn rollback(
         )));
     };
     switch(&app, &caller, &name, previous, "model.rollback").await
+}
+
+/// Retire a version that is not active (platform owner): it stops serving once the requests holding it
+/// are answered, its sessions are freed, and it leaves the served repository (409 for the active one).
+#[utoipa::path(delete, path = "/api/v1/models/{name}/versions/{version}", tag = "models",
+    params(("name" = String, Path), ("version" = u64, Path)), security(("api_key" = [])),
+    responses((status = 204), (status = "4XX", body = ErrorEnvelope)))]
+async fn delete_version(
+    State(app): State<AppState>,
+    caller: Auth<Owner>,
+    Path((name, version)): Path<(String, u64)>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    if app.repository.active(&name) == Some(version) {
+        return Err(ApiError::Conflict(format!(
+            "version {version} of {name} is active; activate another version first"
+        )));
+    }
+    let before = view(&app, &name, None)?;
+    let before = before.versions.into_iter().find(|v| v.version == version);
+    app.repository.remove_version(&name, version)?;
+    let dir = mercator_engine::import::served_dir(&app.data_dir)
+        .join(&name)
+        .join(version.to_string());
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        tracing::warn!(error = %e, dir = %dir.display(), "the retired version's folder stays");
+    }
+    let target = ("model", name.as_str());
+    audit::record(&app, &caller, "model.retire", target, before, None::<()>).await;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 /// Activates `version` in the engine and records it (and what it replaced) in the store and the audit log.

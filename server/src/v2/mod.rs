@@ -100,9 +100,14 @@ async fn load_model(
 ) -> Result<Json<serde_json::Value>, V2Error> {
     let before = served_versions(&app, &name);
     let (repository, model) = (app.repository.clone(), name.clone());
-    tokio::task::spawn_blocking(move || repository.load_model(&model))
-        .await
-        .map_err(|e| ApiError::from(EngineError::Runtime(e.to_string())))??;
+    let (source, data) = (app.models_source.clone(), app.data_dir.clone());
+    tokio::task::spawn_blocking(move || {
+        // New versions of the model in --models-dir join the served repository first.
+        mercator_engine::import::import(&source, &data, Some(&model))?;
+        repository.load_model(&model)
+    })
+    .await
+    .map_err(|e| ApiError::from(EngineError::Runtime(e.to_string())))??;
     let after = served_versions(&app, &name);
     audit::record(&app, &caller, "model.load", ("model", &name), before, after).await;
     Ok(Json(json!({})))

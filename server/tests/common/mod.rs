@@ -204,6 +204,13 @@ impl TestServer {
         (status, r.json().await.unwrap())
     }
 
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let r = self.client.delete(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
         self.client
