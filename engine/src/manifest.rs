@@ -99,6 +99,17 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// A manifest from TOML text (`origin` names it in errors).
+    pub fn parse(text: &str, origin: &Path) -> Result<Manifest, EngineError> {
+        let invalid = |reason: String| EngineError::InvalidModel {
+            path: origin.to_path_buf(),
+            reason,
+        };
+        let manifest: Manifest = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        manifest.check().map_err(invalid)?;
+        Ok(manifest)
+    }
+
     pub fn from_file(path: &Path) -> Result<Manifest, EngineError> {
         let invalid = |reason: String| EngineError::InvalidModel {
             path: path.to_path_buf(),

@@ -210,6 +210,34 @@ impl Repository {
         Ok(())
     }
 
+    /// Loads, checks and warms up a version folder `<...>/<name>/<version>/` without serving it: how an
+    /// upload is validated before anything changes.
+    pub fn stage(&self, version_dir: &Path) -> Result<Model, EngineError> {
+        let Some((runtime, _)) = &self.source else {
+            return Err(EngineError::InvalidRequest(
+                "this repository has no runtime to load with".into(),
+            ));
+        };
+        start(runtime, version_dir)
+    }
+
+    /// Serves an already started version beside the model's others; it becomes active only when the model
+    /// had none.
+    pub fn insert_version(&self, model: Model) {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut catalog = (**self.served.load()).clone();
+        let (name, version) = (model.manifest().name.clone(), model.manifest().version);
+        let replaced = match catalog.get_mut(&name) {
+            Some(served) => served.versions.insert(version, model),
+            None => {
+                catalog.insert(name, Served::new(BTreeMap::from([(version, model)])));
+                None
+            }
+        };
+        self.served.store(Arc::new(catalog));
+        replaced.into_iter().for_each(retire);
+    }
+
     /// Stops serving one version that is not the active one: requests holding it finish, then it is retired
     /// and its sessions freed.
     pub fn remove_version(&self, name: &str, version: u64) -> Result<(), EngineError> {

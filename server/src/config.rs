@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// Largest bulk price body, in bytes [default: 67108864].
     #[arg(long, env = "MERCATOR_MAX_BULK_BODY_BYTES")]
     pub max_bulk_body_bytes: Option<usize>,
+    /// Largest uploaded model (all parts of the upload), in bytes [default: 536870912].
+    #[arg(long, env = "MERCATOR_MAX_MODEL_BYTES")]
+    pub max_model_bytes: Option<usize>,
     /// Largest `limit` of a list [default: 1000].
     #[arg(long, env = "MERCATOR_MAX_PAGE_SIZE")]
     pub max_page_size: Option<u32>,
@@ -91,6 +94,7 @@ pub struct Config {
     pub max_bulk_rows: usize,
     pub max_bulk_body_bytes: usize,
     pub max_page_size: u32,
+    pub max_model_bytes: usize,
 }
 
 impl Config {
@@ -117,6 +121,7 @@ impl Default for Config {
             max_bulk_rows: 200_000,
             max_bulk_body_bytes: 64 * 1024 * 1024,
             max_page_size: 1000,
+            max_model_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -162,6 +167,10 @@ impl Config {
                 .max_page_size
                 .or(file.max_page_size)
                 .unwrap_or(d.max_page_size),
+            max_model_bytes: args
+                .max_model_bytes
+                .or(file.max_model_bytes)
+                .unwrap_or(d.max_model_bytes),
         })
     }
 }
@@ -192,6 +201,7 @@ impl std::fmt::Debug for Config {
             .field("max_bulk_rows", &self.max_bulk_rows)
             .field("max_bulk_body_bytes", &self.max_bulk_body_bytes)
             .field("max_page_size", &self.max_page_size)
+            .field("max_model_bytes", &self.max_model_bytes)
             .field("key_cache", &self.key_cache)
             .field("drain_timeout", &self.drain_timeout)
             .field("ort_lib", &self.ort_lib)

@@ -57,6 +57,9 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("the server is shutting down")]
     Draining,
+    /// An uploaded model that does not pass validation; nothing was registered.
+    #[error("the model was not registered: {0}")]
+    InvalidModel(String),
     #[error("store: {0}")]
     Store(StoreError),
 }
@@ -112,6 +115,7 @@ impl ApiError {
             ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "route_not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::InvalidModel(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model"),
             ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

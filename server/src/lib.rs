@@ -41,6 +41,7 @@ pub struct Limits {
     pub max_bulk_rows: usize,
     pub max_bulk_body_bytes: usize,
     pub max_page_size: u32,
+    pub max_model_bytes: usize,
 }
 
 /// What every handler can reach: one `Arc`, so that handing it to a handler is one atomic increment
@@ -141,6 +142,7 @@ impl App {
                 max_bulk_rows: config.max_bulk_rows,
                 max_bulk_body_bytes: config.max_bulk_body_bytes,
                 max_page_size: config.max_page_size,
+                max_model_bytes: config.max_model_bytes,
             },
             keys: Arc::new(Keys::new(store.clone(), config.key_cache)),
             store,

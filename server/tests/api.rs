@@ -1154,6 +1154,7 @@ async fn the_openapi_document_covers_every_endpoint() {
         "GET /api/v1/models/{name}",
         "POST /api/v1/models/{name}/versions/{version}/activate",
         "DELETE /api/v1/models/{name}/versions/{version}",
+        "POST /api/v1/models/{name}/versions",
         "POST /api/v1/models/{name}/rollback",
         "GET /healthz",
         "GET /readyz",

@@ -448,3 +448,168 @@ async fn activations_survive_a_restart() {
     );
     assert_eq!(second.post(&infer, &request).await.1["model_version"], "2");
 }
+
+/// A multipart upload with the parts given: (name, bytes).
+async fn upload(s: &TestServer, model: &str, parts: Vec<(&'static str, Vec<u8>)>) -> (u16, Value) {
+    let mut form = reqwest::multipart::Form::new();
+    for (name, bytes) in parts {
+        form = form.part(name, reqwest::multipart::Part::bytes(bytes).file_name(name));
+    }
+    let r = s
+        .client
+        .post(s.url(&format!("/api/v1/models/{model}/versions")))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+/// An uploaded version is checked before anything serves it (parses, matches its manifest, warms up,
+/// reproduces its golden outputs); a good one gets the next number and serves beside the active one until
+/// activated; a bad one answers 422 and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_is_validated_before_it_serves() {
+    const UP: &str = "price-up";
+    let repo = price_repository(UP, 64, 4096, 0);
+    let s = TestServer::with(|c| c.models_dir = repo.path().to_path_buf()).await;
+    let shipped = common::shipped_models().join("price/1");
+    let onnx = std::fs::read(shipped.join("model.onnx")).unwrap();
+    // The shipped manifest names `price` version 1: the server overrides both.
+    let manifest = std::fs::read(shipped.join("model.toml")).unwrap();
+    let golden = std::fs::read(common::repo_root().join("fixtures/golden/price.json")).unwrap();
+
+    let (status, body) = upload(
+        &s,
+        UP,
+        vec![
+            ("model", onnx.clone()),
+            ("manifest", manifest.clone()),
+            ("golden", golden.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        (body["version"].as_u64(), body["state"].as_str()),
+        (Some(2), Some("ready"))
+    );
+    assert_eq!(body["sha256"].as_str().map(str::len), Some(64));
+    let (_, model) = s.get(&format!("/api/v1/models/{UP}")).await;
+    assert_eq!(
+        model["active_version"], 1,
+        "an upload does not take traffic by itself"
+    );
+    let (request, expected) = price_rows(3, 5);
+    let (status, answer) = s
+        .post(&format!("/v2/models/{UP}/versions/2/infer"), &request)
+        .await;
+    assert_eq!((status, answer["model_version"].as_str()), (200, Some("2")));
+    assert_close(
+        &floats(&answer["outputs"][0]["data"]),
+        &expected,
+        "uploaded version",
+    );
+
+    // Bad uploads, each refused with a reason, none registered.
+    let mut wrong_golden: Value = serde_json::from_slice(&golden).unwrap();
+    wrong_golden["outputs"][0]["data"][3] = json!(1234.5);
+    let wrong_shape = String::from_utf8(manifest.clone())
+        .unwrap()
+        .replace("[-1, 20]", "[-1, 19]");
+    for (parts, status_want, code, says) in [
+        (
+            vec![
+                ("model", b"not onnx".to_vec()),
+                ("manifest", manifest.clone()),
+            ],
+            422,
+            "invalid_model",
+            "",
+        ),
+        (
+            vec![
+                ("model", onnx.clone()),
+                ("manifest", wrong_shape.into_bytes()),
+            ],
+            422,
+            "invalid_model",
+            "features",
+        ),
+        (
+            vec![
+                ("model", onnx.clone()),
+                ("manifest", manifest.clone()),
+                ("golden", serde_json::to_vec(&wrong_golden).unwrap()),
+            ],
+            422,
+            "invalid_model",
+            "golden",
+        ),
+        (
+            vec![("manifest", manifest.clone())],
+            400,
+            "validation_error",
+            "model",
+        ),
+        (
+            vec![("model", onnx.clone()), ("manifest", b"name = ".to_vec())],
+            422,
+            "invalid_model",
+            "",
+        ),
+        (
+            vec![
+                ("model", onnx.clone()),
+                ("manifest", manifest.clone()),
+                ("extra", vec![1]),
+            ],
+            400,
+            "validation_error",
+            "extra",
+        ),
+    ] {
+        let (status, body) = upload(&s, UP, parts).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (status_want, Some(code)),
+            "{body}"
+        );
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(says),
+            "{body}"
+        );
+    }
+    let r = s
+        .client
+        .post(s.url(&format!("/api/v1/models/{UP}/versions")))
+        .json(&json!({"model": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let (_, meta) = s.get(&format!("/v2/models/{UP}")).await;
+    assert_eq!(
+        meta["versions"],
+        json!(["1", "2"]),
+        "no failed upload registered"
+    );
+
+    // The next good upload is version 3; activating it moves the traffic.
+    let (status, body) = upload(&s, UP, vec![("model", onnx), ("manifest", manifest)]).await;
+    assert_eq!((status, body["version"].as_u64()), (201, Some(3)));
+    let (status, _) = s
+        .post(
+            &format!("/api/v1/models/{UP}/versions/3/activate"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        s.post(&format!("/v2/models/{UP}/infer"), &request).await.1["model_version"],
+        "3"
+    );
+    let (_, log) = s.get("/api/v1/audit?action=model.upload").await;
+    assert_eq!(log["total"], 2);
+}

@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod prices;
 pub mod stream;
 pub mod tenants;
+pub mod upload;
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -24,6 +25,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(tenants::routes())
         .merge(audit::routes())
         .merge(models::routes())
+        .merge(upload::routes())
         .merge(catalog::routes())
         .merge(prices::routes())
         .merge(stream::routes())

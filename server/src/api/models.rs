@@ -77,7 +77,7 @@ fn view(app: &AppState, name: &str, policy: Option<ModelPolicy>) -> Result<Model
     })
 }
 
-fn version_view(app: &AppState, model: &Model) -> VersionView {
+pub fn version_view(app: &AppState, model: &Model) -> VersionView {
     let m = model.manifest();
     let dir = mercator_engine::import::served_dir(&app.data_dir)
         .join(&m.name)
