@@ -22,6 +22,6 @@ pub use backend::{Backend, OrtBackend};
 pub use error::EngineError;
 pub use manifest::{Manifest, ModelKind, TensorSpec};
 pub use model::{InferOutput, Model, Timing, WARMUP};
-pub use repository::{IndexEntry, Repository};
+pub use repository::{IndexEntry, Repository, Traffic};
 pub use runtime::{Runtime, ORT_VERSION};
 pub use tensor::{DataType, Tensor, TensorData};

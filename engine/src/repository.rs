@@ -23,13 +23,64 @@ use crate::{EngineError, Model, Runtime};
 struct Served {
     versions: BTreeMap<u64, Model>,
     active: u64,
+    traffic: Option<Arc<Traffic>>,
 }
 
 impl Served {
     /// Versions just built: the newest is active.
     fn new(versions: BTreeMap<u64, Model>) -> Served {
         let active = versions.keys().next_back().copied().unwrap_or_default();
-        Served { versions, active }
+        Served {
+            versions,
+            active,
+            traffic: None,
+        }
+    }
+
+    /// The version a request that names none goes to: by the split when there is one, else the active one.
+    fn pick(&self) -> u64 {
+        match &self.traffic {
+            Some(t) if !t.split.is_empty() => t.next(),
+            _ => self.active,
+        }
+    }
+}
+
+/// How a model's unnamed requests are shared between versions, and which version shadows them.
+#[derive(Debug)]
+pub struct Traffic {
+    /// (version, percent); the percents add up to 100.
+    pub split: Vec<(u64, u32)>,
+    /// Gets a copy of each unnamed request; its answers are compared, never returned.
+    pub shadow: Option<u64>,
+    /// Requests routed so far: request n goes where n mod 100 falls among the cumulative percents, so any
+    /// 100 consecutive requests follow the split exactly.
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl Traffic {
+    pub fn new(split: Vec<(u64, u32)>, shadow: Option<u64>) -> Traffic {
+        Traffic {
+            split,
+            shadow,
+            counter: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> u64 {
+        // Spread each version's share over the hundred (a multiplicative walk) rather than in one run.
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let slot = ((n % 100) * 37 % 100) as u32;
+        let mut bound = 0;
+        for (version, percent) in &self.split {
+            bound += percent;
+            if slot < bound {
+                return *version;
+            }
+        }
+        self.split.last().map_or(0, |(v, _)| *v)
     }
 }
 
@@ -104,7 +155,7 @@ impl Repository {
             version: version.unwrap_or("").into(),
         };
         match version {
-            None => versions.get(&model.active).cloned().ok_or_else(not_found),
+            None => versions.get(&model.pick()).cloned().ok_or_else(not_found),
             Some(v) => v
                 .parse::<u64>()
                 .ok()
@@ -127,9 +178,55 @@ impl Repository {
             .collect())
     }
 
-    /// The version that answers requests naming none.
+    /// The version that answers requests naming none (when no split shares them).
     pub fn active(&self, name: &str) -> Option<u64> {
         self.served.load().get(name).map(|m| m.active)
+    }
+
+    /// The model's traffic split and shadow, if any.
+    pub fn traffic(&self, name: &str) -> Option<Arc<Traffic>> {
+        self.served.load().get(name).and_then(|m| m.traffic.clone())
+    }
+
+    /// The shadow version of a model, to copy an unnamed request to.
+    pub fn shadow(&self, name: &str) -> Option<Model> {
+        let served = self.served.load();
+        let model = served.get(name)?;
+        let version = model.traffic.as_ref()?.shadow?;
+        model.versions.get(&version).cloned()
+    }
+
+    /// Shares the model's unnamed requests by `split` (percent per version, adding up to 100; empty: all to
+    /// the active version) and copies them to `shadow`. Every version named must be loaded and ready.
+    pub fn set_traffic(
+        &self,
+        name: &str,
+        split: Vec<(u64, u32)>,
+        shadow: Option<u64>,
+    ) -> Result<(), EngineError> {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut catalog = (**self.served.load()).clone();
+        let model = catalog
+            .get_mut(name)
+            .ok_or_else(|| EngineError::ModelNotFound(name.to_string()))?;
+        for version in split.iter().map(|(v, _)| v).chain(&shadow) {
+            if !model.versions.get(version).is_some_and(Model::is_ready) {
+                return Err(EngineError::VersionNotFound {
+                    model: name.to_string(),
+                    version: version.to_string(),
+                });
+            }
+        }
+        let total: u32 = split.iter().map(|(_, p)| p).sum();
+        if !split.is_empty() && total != 100 {
+            return Err(EngineError::InvalidRequest(format!(
+                "the split adds up to {total}, not 100"
+            )));
+        }
+        model.traffic =
+            (!split.is_empty() || shadow.is_some()).then(|| Arc::new(Traffic::new(split, shadow)));
+        self.served.store(Arc::new(catalog));
+        Ok(())
     }
 
     /// Makes a loaded version the one that answers requests naming none, at once: requests already
@@ -147,6 +244,9 @@ impl Repository {
             });
         }
         let previous = std::mem::replace(&mut model.active, version);
+        // A full rollout: a split ends; a shadow stays.
+        let shadow = model.traffic.as_ref().and_then(|t| t.shadow);
+        model.traffic = shadow.map(|s| Arc::new(Traffic::new(Vec::new(), Some(s))));
         self.served.store(Arc::new(catalog));
         tracing::info!(model = %name, version, previous, "activated");
         Ok(previous)
@@ -195,9 +295,16 @@ impl Repository {
         let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
         let mut fresh = Served::new(self.build(name)?);
         let mut catalog = (**self.served.load()).clone();
-        if let Some(active) = catalog.get(name).map(|m| m.active) {
-            if fresh.versions.contains_key(&active) {
-                fresh.active = active;
+        if let Some(old) = catalog.get(name) {
+            if fresh.versions.contains_key(&old.active) {
+                fresh.active = old.active;
+            }
+            // The traffic policy stays while every version it names is still there.
+            if let Some(traffic) = &old.traffic {
+                let named = traffic.split.iter().map(|(v, _)| v).chain(&traffic.shadow);
+                if named.into_iter().all(|v| fresh.versions.contains_key(v)) {
+                    fresh.traffic = Some(traffic.clone());
+                }
             }
         }
         let replaced = catalog.insert(name.to_string(), fresh);
@@ -246,9 +353,12 @@ impl Repository {
         let model = catalog
             .get_mut(name)
             .ok_or_else(|| EngineError::ModelNotFound(name.to_string()))?;
-        if model.active == version {
+        let in_traffic = model.traffic.as_ref().is_some_and(|t| {
+            t.split.iter().any(|(v, _)| *v == version) || t.shadow == Some(version)
+        });
+        if model.active == version || in_traffic {
             return Err(EngineError::InvalidRequest(format!(
-                "version {version} of {name} is active; activate another version first"
+                "version {version} of {name} takes traffic; change the traffic policy first"
             )));
         }
         let removed =

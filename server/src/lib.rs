@@ -14,6 +14,7 @@ pub mod error;
 mod health;
 pub mod metrics;
 pub mod request_id;
+pub mod shadow;
 pub mod v2;
 
 use std::future::{Future, IntoFuture};
@@ -67,6 +68,8 @@ pub struct Shared {
     /// Where models are imported from (--models-dir) and the data directory that serves them.
     pub models_source: std::path::PathBuf,
     pub data_dir: std::path::PathBuf,
+    /// Shadow traffic's figures.
+    pub shadows: Arc<shadow::Shadows>,
     /// Notifications, for `/ws/notifications`.
     pub notifications: broadcast::Sender<api::stream::Notification>,
     draining: Arc<AtomicBool>,
@@ -133,6 +136,15 @@ impl App {
                 tracing::warn!(model = %name, version = policy.active_version, error = %e,
                     "the recorded active version is not in the repository; serving the newest");
             }
+            if let Some(traffic) = store
+                .model_traffic(&name)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                if let Err(e) = repository.set_traffic(&name, traffic.split, traffic.shadow) {
+                    tracing::warn!(model = %name, error = %e, "the recorded traffic policy cannot apply");
+                }
+            }
         }
         let state = AppState(Arc::new(Shared {
             repository: Arc::new(repository),
@@ -148,6 +160,7 @@ impl App {
             store,
             prices: broadcast::channel(api::stream::STREAM_CAPACITY).0,
             notifications: broadcast::channel(api::stream::STREAM_CAPACITY).0,
+            shadows: Arc::default(),
             models_source: config.models_dir.clone(),
             data_dir: config.data_dir.clone(),
             draining: Arc::new(AtomicBool::new(false)),

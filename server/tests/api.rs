@@ -1155,6 +1155,7 @@ async fn the_openapi_document_covers_every_endpoint() {
         "POST /api/v1/models/{name}/versions/{version}/activate",
         "DELETE /api/v1/models/{name}/versions/{version}",
         "POST /api/v1/models/{name}/versions",
+        "PUT /api/v1/models/{name}/traffic",
         "POST /api/v1/models/{name}/rollback",
         "GET /healthz",
         "GET /readyz",

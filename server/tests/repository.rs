@@ -613,3 +613,146 @@ async fn an_upload_is_validated_before_it_serves() {
     let (_, log) = s.get("/api/v1/audit?action=model.upload").await;
     assert_eq!(log["total"], 2);
 }
+
+/// A 90/10 canary over 2,000 unnamed requests, with a shadow version that is copied every request and
+/// never answers; the policy survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_splits_traffic_and_a_shadow_never_answers() {
+    const CANARY: &str = "price-canary";
+    let repo = price_repository(CANARY, 64, 4096, 0);
+    for v in [2, 3] {
+        let from = repo.path().join(CANARY).join("1");
+        let to = repo.path().join(CANARY).join(v.to_string());
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(from.join("model.onnx"), to.join("model.onnx")).unwrap();
+        let manifest = std::fs::read_to_string(from.join("model.toml")).unwrap();
+        std::fs::write(
+            to.join("model.toml"),
+            manifest.replace("version = 1", &format!("version = {v}")),
+        )
+        .unwrap();
+    }
+    let data = tempfile::tempdir().unwrap();
+    let start = || {
+        let (models, data) = (repo.path().to_path_buf(), data.path().to_path_buf());
+        TestServer::with(move |c| {
+            c.models_dir = models;
+            c.data_dir = data;
+        })
+    };
+    let mut s = start().await;
+    let traffic = format!("/api/v1/models/{CANARY}/traffic");
+    let put = |body: Value| {
+        let (client, url) = (s.client.clone(), s.url(&traffic));
+        async move {
+            let r = client.put(url).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) =
+        put(json!({"split": [{"version": 1, "percent": 90}, {"version": 2, "percent": 5}]})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("validation_error")),
+        "{body}"
+    );
+    let (status, body) =
+        put(json!({"split": [{"version": 1, "percent": 90}, {"version": 9, "percent": 10}]})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("version_not_found")),
+        "{body}"
+    );
+    let (status, body) =
+        put(json!({"split": [{"version": 1, "percent": 90}, {"version": 2, "percent": 10}], "shadow": 3})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = s
+        .delete(&format!("/api/v1/models/{CANARY}/versions/2"))
+        .await;
+    assert_eq!(status, 409, "a version in the split cannot be retired");
+
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (client, url) = (
+            s.client.clone(),
+            s.url(&format!("/v2/models/{CANARY}/infer")),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut versions = Vec::new();
+            for i in 0..250 {
+                let (request, expected) = price_rows(1, t * 250 + i);
+                let body: Value = client
+                    .post(&url)
+                    .json(&request)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_close(&floats(&body["outputs"][0]["data"]), &expected, "canary");
+                versions.push(body["model_version"].as_str().unwrap().to_string());
+            }
+            versions
+        }));
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    for t in tasks {
+        for v in t.await.unwrap() {
+            *counts.entry(v).or_insert(0) += 1;
+        }
+    }
+    assert!(
+        !counts.contains_key("3"),
+        "the shadow never answers: {counts:?}"
+    );
+    let canary = counts.get("2").copied().unwrap_or(0) as f64 / 2000.0;
+    assert!(
+        (canary - 0.10).abs() < 0.03,
+        "10% to the canary, got {canary}: {counts:?}"
+    );
+
+    let mut figures = Value::Null;
+    for _ in 0..400 {
+        figures = s.get(&format!("/api/v1/models/{CANARY}")).await.1["shadow"].clone();
+        if figures["requests"] == 2000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        (
+            &figures["version"],
+            &figures["requests"],
+            &figures["failures"]
+        ),
+        (&json!(3), &json!(2000), &json!(0)),
+        "{figures}"
+    );
+    assert_eq!(
+        figures["agreement_rate"], 1.0,
+        "a copy of the same model agrees: {figures}"
+    );
+
+    s.stop().await.unwrap();
+    let s = start().await;
+    let (_, model) = s.get(&format!("/api/v1/models/{CANARY}")).await;
+    assert_eq!(
+        model["traffic"],
+        json!({"split": [{"version": 1, "percent": 90}, {"version": 2, "percent": 10}], "shadow": 3}),
+        "the policy is as it was left"
+    );
+    let (status, model) = s
+        .post(
+            &format!("/api/v1/models/{CANARY}/versions/2/activate"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        model["traffic"],
+        json!({"split": [], "shadow": 3}),
+        "a full rollout ends the split"
+    );
+}

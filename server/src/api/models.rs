@@ -7,11 +7,12 @@ use axum::extract::{Path, State};
 use axum::Json;
 use mercator_engine::Model;
 use mercator_store::ModelPolicy;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::extract::ApiJson;
 use super::{audit, ErrorEnvelope};
 use crate::auth::{Admin, Auth, Owner};
 use crate::error::ApiError;
@@ -23,6 +24,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_model))
         .routes(routes!(activate))
         .routes(routes!(delete_version))
+        .routes(routes!(set_traffic))
         .routes(routes!(rollback))
 }
 
@@ -33,7 +35,29 @@ pub struct ModelView {
     pub active_version: u64,
     /// What rollback returns to.
     pub previous_version: Option<u64>,
+    /// How unnamed requests are shared, and the shadow version.
+    pub traffic: TrafficBody,
+    /// The shadow version's figures since this server started.
+    pub shadow: Option<crate::shadow::ShadowFigures>,
     pub versions: Vec<VersionView>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficBody {
+    /// Percent per version, adding up to 100; empty: everything to the active version.
+    #[serde(default)]
+    pub split: Vec<SplitEntry>,
+    /// A version that gets a copy of each unnamed request; its answers are compared, never returned.
+    #[serde(default)]
+    pub shadow: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitEntry {
+    pub version: u64,
+    pub percent: u32,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -69,10 +93,28 @@ pub struct VersionStats {
 fn view(app: &AppState, name: &str, policy: Option<ModelPolicy>) -> Result<ModelView, ApiError> {
     let versions = app.repository.versions(name)?;
     let active_version = app.repository.active(name).unwrap_or_default();
+    let traffic = app.repository.traffic(name);
+    let shadow = traffic
+        .as_ref()
+        .and_then(|t| t.shadow)
+        .and_then(|v| app.shadows.figures(name, v));
     Ok(ModelView {
         name: name.to_string(),
         active_version,
         previous_version: policy.and_then(|p| p.previous_version),
+        traffic: TrafficBody {
+            split: traffic
+                .as_ref()
+                .map(|t| {
+                    t.split
+                        .iter()
+                        .map(|&(version, percent)| SplitEntry { version, percent })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            shadow: traffic.as_ref().and_then(|t| t.shadow),
+        },
+        shadow,
         versions: versions.iter().map(|m| version_view(app, m)).collect(),
     })
 }
@@ -206,9 +248,13 @@ async fn delete_version(
     caller: Auth<Owner>,
     Path((name, version)): Path<(String, u64)>,
 ) -> Result<axum::http::StatusCode, ApiError> {
-    if app.repository.active(&name) == Some(version) {
+    let in_traffic = app
+        .repository
+        .traffic(&name)
+        .is_some_and(|t| t.split.iter().any(|(v, _)| *v == version) || t.shadow == Some(version));
+    if app.repository.active(&name) == Some(version) || in_traffic {
         return Err(ApiError::Conflict(format!(
-            "version {version} of {name} is active; activate another version first"
+            "version {version} of {name} takes traffic (active, in the split or the shadow); change that first"
         )));
     }
     let before = view(&app, &name, None)?;
@@ -225,6 +271,56 @@ async fn delete_version(
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
+/// Share the model's unnamed requests between ready versions (a 90/10 canary) and copy them to a shadow
+/// version whose answers are compared and never returned (platform owner). Kept across restarts; an
+/// activation or rollback ends the split (the shadow stays).
+#[utoipa::path(put, path = "/api/v1/models/{name}/traffic", tag = "models",
+    params(("name" = String, Path)), request_body = TrafficBody, security(("api_key" = [])),
+    responses((status = 200, body = ModelView), (status = "4XX", body = ErrorEnvelope)))]
+async fn set_traffic(
+    State(app): State<AppState>,
+    caller: Auth<Owner>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<TrafficBody>,
+) -> Result<Json<ModelView>, ApiError> {
+    let total: u32 = body.split.iter().map(|e| e.percent).sum();
+    if !body.split.is_empty() && total != 100 {
+        return Err(ApiError::Validation {
+            message: format!("the split adds up to {total}, not 100"),
+            details: mercator_store::FieldErrors::one("split", "the percents must add up to 100"),
+        });
+    }
+    let policy = mercator_store::TrafficPolicy {
+        split: body.split.iter().map(|e| (e.version, e.percent)).collect(),
+        shadow: body.shadow,
+    };
+    let before = view(&app, &name, None)?.traffic;
+    app.repository
+        .set_traffic(&name, policy.split.clone(), policy.shadow)?;
+    let active = app.repository.active(&name).unwrap_or_default();
+    app.store
+        .set_model_traffic(&name, active, &policy)
+        .await
+        .map_err(ApiError::store("model"))?;
+    let stored = app
+        .store
+        .model_policy(&name)
+        .await
+        .map_err(ApiError::store("model"))?;
+    let after = view(&app, &name, stored)?;
+    let target = ("model", name.as_str());
+    audit::record(
+        &app,
+        &caller,
+        "model.traffic",
+        target,
+        Some(before),
+        Some(&after.traffic),
+    )
+    .await;
+    Ok(Json(after))
+}
+
 /// Activates `version` in the engine and records it (and what it replaced) in the store and the audit log.
 async fn switch(
     app: &AppState,
@@ -239,7 +335,16 @@ async fn switch(
         active_version: version,
         previous_version: Some(previous).filter(|p| *p != version),
     };
-    if let Err(e) = app.store.set_model_policy(name, policy).await {
+    let shadow = app.repository.traffic(name).and_then(|t| t.shadow);
+    let traffic = mercator_store::TrafficPolicy {
+        split: Vec::new(),
+        shadow,
+    };
+    let stored = match app.store.set_model_policy(name, policy).await {
+        Ok(()) => app.store.set_model_traffic(name, version, &traffic).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = stored {
         // Serve what the store says, or the store and the engine disagree after a restart.
         let _ = app.repository.activate(name, previous);
         return Err(ApiError::store("model")(e));

@@ -326,7 +326,16 @@ async fn infer(
             binary.len()
         ))));
     }
+    // A request that names no version is copied to the model's shadow, if it has one.
+    let shadow = match path.version {
+        None => app.repository.shadow(&path.model),
+        Some(_) => None,
+    };
+    let copy = shadow.as_ref().map(|_| inputs.clone());
     let result = model.infer(inputs, deadline).await?;
+    if let (Some(shadow), Some(copy)) = (shadow, copy) {
+        app.shadows.mirror(shadow, copy, result.outputs.clone());
+    }
     Ok(encode(&model, request.id, result, &wants)?)
 }
 
