@@ -126,10 +126,14 @@ impl App {
             if !imported.is_empty() {
                 tracing::info!(?imported, from = %source.display(), "model versions imported");
             }
-            Repository::load(&runtime, &import::served_dir(&data)).map_err(|e| e.to_string())
+            let repository = Repository::load(&runtime, &import::served_dir(&data))
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((repository, imported))
         })
         .await
         .map_err(|e| e.to_string())??;
+        let (repository, imported) = repository;
+        api::models::record_imports(&store, &config.data_dir, &imported).await;
         // Serve each model's version as it was left (activations survive restarts).
         for (name, policy) in store.model_policies().await.map_err(|e| e.to_string())? {
             if let Err(e) = repository.activate(&name, policy.active_version) {

@@ -1156,6 +1156,7 @@ async fn the_openapi_document_covers_every_endpoint() {
         "DELETE /api/v1/models/{name}/versions/{version}",
         "POST /api/v1/models/{name}/versions",
         "PUT /api/v1/models/{name}/traffic",
+        "GET /api/v1/models/{name}/versions/{version}",
         "POST /api/v1/models/{name}/rollback",
         "GET /healthz",
         "GET /readyz",

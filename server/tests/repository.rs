@@ -612,6 +612,22 @@ async fn an_upload_is_validated_before_it_serves() {
     );
     let (_, log) = s.get("/api/v1/audit?action=model.upload").await;
     assert_eq!(log["total"], 2);
+
+    // Each version says what it is, and when and by whom it was registered.
+    let (_, keys) = s.get("/api/v1/api-keys").await;
+    let owner_key = keys["items"][0]["id"].as_str().unwrap().to_string();
+    let (status, v2) = s.get(&format!("/api/v1/models/{UP}/versions/2")).await;
+    assert_eq!(status, 200, "{v2}");
+    assert_eq!(
+        (&v2["manifest"]["name"], &v2["manifest"]["version"]),
+        (&json!(UP), &json!(2))
+    );
+    assert_eq!(v2["registered"]["created_by"], owner_key.as_str());
+    assert_eq!(v2["registered"]["sha256"], v2["sha256"]);
+    let (_, v1) = s.get(&format!("/api/v1/models/{UP}/versions/1")).await;
+    assert_eq!(v1["registered"]["created_by"], "import");
+    let (status, _) = s.get(&format!("/api/v1/models/{UP}/versions/9")).await;
+    assert_eq!(status, 404);
 }
 
 /// A 90/10 canary over 2,000 unnamed requests, with a shadow version that is copied every request and

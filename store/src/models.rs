@@ -32,7 +32,66 @@ impl<'r> FromRow<'r, AnyRow> for ModelPolicy {
     }
 }
 
+/// A registered version's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VersionRecord {
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// The API key that uploaded it, or `import` for a version imported from --models-dir.
+    pub created_by: String,
+}
+
 impl Store {
+    /// Records a registered version (once: a version number keeps its first record).
+    pub async fn record_model_version(
+        &self,
+        name: &str,
+        version: u64,
+        sha256: &str,
+        size_bytes: u64,
+        created_by: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO model_versions (name, version, sha256, size_bytes, created_at, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name, version) DO NOTHING",
+        )
+        .bind(name)
+        .bind(version as i64)
+        .bind(sha256)
+        .bind(size_bytes as i64)
+        .bind(now_ms())
+        .bind(created_by)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn model_version_record(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<Option<VersionRecord>> {
+        let row = sqlx::query(
+            "SELECT sha256, size_bytes, created_at, created_by FROM model_versions \
+             WHERE name = $1 AND version = $2",
+        )
+        .bind(name)
+        .bind(version as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(VersionRecord {
+                sha256: row.try_get("sha256")?,
+                size_bytes: row.try_get::<i64, _>("size_bytes")? as u64,
+                created_at: crate::from_ms(row.try_get("created_at")?),
+                created_by: row.try_get("created_by")?,
+            })
+        })
+        .transpose()
+    }
+
     pub async fn model_policy(&self, name: &str) -> Result<Option<ModelPolicy>> {
         Ok(sqlx::query_as(
             "SELECT active_version, previous_version FROM model_policies WHERE name = $1",

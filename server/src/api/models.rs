@@ -25,6 +25,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(activate))
         .routes(routes!(delete_version))
         .routes(routes!(set_traffic))
+        .routes(routes!(get_version))
         .routes(routes!(rollback))
 }
 
@@ -269,6 +270,60 @@ async fn delete_version(
     let target = ("model", name.as_str());
     audit::record(&app, &caller, "model.retire", target, before, None::<()>).await;
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// Records imported versions in the store's registry (who: `import`).
+pub async fn record_imports(
+    store: &mercator_store::Store,
+    data: &std::path::Path,
+    imported: &[(String, u64)],
+) {
+    for (name, version) in imported {
+        let dir = mercator_engine::import::served_dir(data)
+            .join(name)
+            .join(version.to_string());
+        if let Some((sha, size)) = mercator_engine::import::artifact_of(&dir) {
+            if let Err(e) = store
+                .record_model_version(name, *version, &sha, size, "import")
+                .await
+            {
+                tracing::warn!(model = %name, version, error = %e, "the version could not be recorded");
+            }
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VersionDetail {
+    #[serde(flatten)]
+    pub served: VersionView,
+    /// The manifest as served (model.toml, as JSON).
+    #[schema(value_type = Object)]
+    pub manifest: serde_json::Value,
+    /// When and by whom it was registered.
+    pub registered: Option<mercator_store::VersionRecord>,
+}
+
+/// One version: manifest, artifact, registration and live figures (admin).
+#[utoipa::path(get, path = "/api/v1/models/{name}/versions/{version}", tag = "models",
+    params(("name" = String, Path), ("version" = u64, Path)), security(("api_key" = [])),
+    responses((status = 200, body = VersionDetail), (status = "4XX", body = ErrorEnvelope)))]
+async fn get_version(
+    State(app): State<AppState>,
+    _: Auth<Admin>,
+    Path((name, version)): Path<(String, u64)>,
+) -> Result<Json<VersionDetail>, ApiError> {
+    let model = app.repository.get(&name, Some(&version.to_string()))?;
+    let registered = app
+        .store
+        .model_version_record(&name, version)
+        .await
+        .map_err(ApiError::store("model"))?;
+    Ok(Json(VersionDetail {
+        served: version_view(&app, &model),
+        manifest: serde_json::to_value(model.manifest()).unwrap_or_default(),
+        registered,
+    }))
 }
 
 /// Share the model's unnamed requests between ready versions (a 90/10 canary) and copy them to a shadow

@@ -106,6 +106,12 @@ async fn upload(
     let _ = std::fs::remove_dir_all(&staging);
     let model = outcome?;
     let view = version_view(&app, &model);
+    if let (Some(sha), Some(size)) = (&view.sha256, view.size_bytes) {
+        app.store
+            .record_model_version(&name, version, sha, size, &caller.key_id)
+            .await
+            .map_err(ApiError::store("model"))?;
+    }
     let target = ("model", name.as_str());
     audit::record(
         &app,

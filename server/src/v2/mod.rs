@@ -101,13 +101,14 @@ async fn load_model(
     let before = served_versions(&app, &name);
     let (repository, model) = (app.repository.clone(), name.clone());
     let (source, data) = (app.models_source.clone(), app.data_dir.clone());
-    tokio::task::spawn_blocking(move || {
+    let imported = tokio::task::spawn_blocking(move || {
         // New versions of the model in --models-dir join the served repository first.
-        mercator_engine::import::import(&source, &data, Some(&model))?;
-        repository.load_model(&model)
+        let imported = mercator_engine::import::import(&source, &data, Some(&model))?;
+        repository.load_model(&model).map(|()| imported)
     })
     .await
     .map_err(|e| ApiError::from(EngineError::Runtime(e.to_string())))??;
+    crate::api::models::record_imports(&app.store, &app.data_dir, &imported).await;
     let after = served_versions(&app, &name);
     audit::record(&app, &caller, "model.load", ("model", &name), before, after).await;
     Ok(Json(json!({})))
