@@ -772,3 +772,46 @@ async fn a_canary_splits_traffic_and_a_shadow_never_answers() {
         "a full rollout ends the split"
     );
 }
+
+/// A model made by another tool (scikit-learn's random forest through skl2onnx, built by the test's own
+/// Python) registers through the upload, passes its golden check, and serves through V2 with the answers
+/// scikit-learn gave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_from_another_tool_registers_and_serves() {
+    let python = tokio::task::spawn_blocking(common::venv_python)
+        .await
+        .unwrap();
+    let made = tempfile::tempdir().unwrap();
+    let script = common::repo_root().join("server/tests/sklearn_model.py");
+    let dir = made.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        common::run(std::process::Command::new(python).arg(script).arg(dir))
+    })
+    .await
+    .unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let s = TestServer::with(|c| c.models_dir = empty.path().to_path_buf()).await;
+    let read = |f: &str| std::fs::read(made.path().join(f)).unwrap();
+    let (status, body) = upload(
+        &s,
+        "forest",
+        vec![
+            ("model", read("model.onnx")),
+            ("manifest", read("model.toml")),
+            ("golden", read("golden.json")),
+        ],
+    )
+    .await;
+    assert_eq!((status, body["version"].as_u64()), (201, Some(1)), "{body}");
+
+    let golden: Value = serde_json::from_slice(&read("golden.json")).unwrap();
+    let request = json!({ "inputs": golden["inputs"] });
+    let (status, answer) = s.post("/v2/models/forest/infer", &request).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outputs"][0]["name"], golden["outputs"][0]["name"]);
+    assert_close(
+        &floats(&answer["outputs"][0]["data"]),
+        &floats(&golden["outputs"][0]["data"]),
+        "forest",
+    );
+}

@@ -6,35 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{repo_root, TestServer, ADMIN_KEY};
-
-fn venv_python() -> std::path::PathBuf {
-    let root = repo_root();
-    let venv = root.join(".venv-test");
-    let requirements = root.join("server/tests/requirements.txt");
-    let stamp = venv.join(".requirements");
-    let wanted = std::fs::read_to_string(&requirements).unwrap();
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
-        run(Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "-r"])
-            .arg(&requirements));
-        std::fs::write(&stamp, wanted).unwrap();
-    }
-    venv.join("bin/python")
-}
-
-fn run(command: &mut Command) {
-    let out = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{command:?}\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::{repo_root, venv_python, TestServer, ADMIN_KEY};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tritonclient_infers_reads_config_and_statistics() {

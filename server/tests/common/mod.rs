@@ -344,3 +344,34 @@ pub fn price_rows(rows: usize, offset: usize) -> (Value, Vec<f64>) {
     let request = serde_json::json!({ "inputs": [{ "name": "features", "datatype": "FP32", "shape": [rows, 20], "data": data }] });
     (request, expected)
 }
+
+/// The tests' own Python (`.venv-test`, made from server/tests/requirements.txt when that file changes).
+pub fn venv_python() -> std::path::PathBuf {
+    let root = repo_root();
+    let venv = root.join(".venv-test");
+    let requirements = root.join("server/tests/requirements.txt");
+    let stamp = venv.join(".requirements");
+    let wanted = std::fs::read_to_string(&requirements).unwrap();
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        run(std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv));
+        run(std::process::Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "-r"])
+            .arg(&requirements));
+        std::fs::write(&stamp, wanted).unwrap();
+    }
+    venv.join("bin/python")
+}
+
+pub fn run(command: &mut std::process::Command) {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
