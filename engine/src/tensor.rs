@@ -80,6 +80,17 @@ macro_rules! each {
 }
 
 impl TensorData {
+    /// The values as f64, whatever the type (for comparing answers).
+    pub fn to_f64(&self) -> Vec<f64> {
+        match self {
+            TensorData::Fp32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            TensorData::Fp64(v) => v.clone(),
+            TensorData::Int32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            TensorData::Int64(v) => v.iter().map(|&x| x as f64).collect(),
+            TensorData::Bool(v) => v.iter().map(|&x| f64::from(u8::from(x))).collect(),
+        }
+    }
+
     pub fn datatype(&self) -> DataType {
         match self {
             TensorData::Fp32(_) => DataType::Fp32,

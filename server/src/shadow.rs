@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use mercator_engine::{Model, Tensor, TensorData};
+use mercator_engine::{Model, Tensor};
 use serde::Serialize;
 
 /// Two answers agree when every value is within this relative tolerance (absolute below 1).
@@ -100,21 +100,11 @@ fn agree(shadow: &[Tensor], returned: &[Tensor]) -> bool {
     returned.iter().all(|r| {
         shadow.iter().any(|s| {
             s.name == r.name && s.shape == r.shape && {
-                let (a, b) = (floats(&s.data), floats(&r.data));
+                let (a, b) = (s.data.to_f64(), r.data.to_f64());
                 a.iter()
                     .zip(&b)
                     .all(|(x, y)| (x - y).abs() <= AGREEMENT_TOLERANCE * y.abs().max(1.0))
             }
         })
     })
-}
-
-fn floats(data: &TensorData) -> Vec<f64> {
-    match data {
-        TensorData::Fp32(v) => v.iter().map(|&x| f64::from(x)).collect(),
-        TensorData::Fp64(v) => v.clone(),
-        TensorData::Int32(v) => v.iter().map(|&x| f64::from(x)).collect(),
-        TensorData::Int64(v) => v.iter().map(|&x| x as f64).collect(),
-        TensorData::Bool(v) => v.iter().map(|&x| f64::from(u8::from(x))).collect(),
-    }
 }

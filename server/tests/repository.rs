@@ -13,10 +13,10 @@ use serde_json::{json, Value};
 
 const MODEL: &str = "price-swap";
 
-/// Copies version 1 of the model to version `v` in the repository folder.
-fn add_version(repo: &std::path::Path, v: u64) {
-    let from = repo.join(MODEL).join("1");
-    let to = repo.join(MODEL).join(v.to_string());
+/// Copies version 1 of `model` to version `v` in the repository folder.
+fn add_version(repo: &std::path::Path, model: &str, v: u64) {
+    let from = repo.join(model).join("1");
+    let to = repo.join(model).join(v.to_string());
     std::fs::create_dir_all(&to).unwrap();
     std::fs::copy(from.join("model.onnx"), to.join("model.onnx")).unwrap();
     let manifest = std::fs::read_to_string(from.join("model.toml"))
@@ -78,7 +78,7 @@ async fn versions_swap_under_load_with_no_failed_request() {
 
     // A version 2 appears on disk and is loaded beside version 1, which stays active; then it is activated,
     // and rolled back, while the clients run.
-    add_version(repo.path(), 2);
+    add_version(repo.path(), MODEL, 2);
     let (status, body) = s
         .post(&format!("/v2/repository/models/{MODEL}/load"), &json!({}))
         .await;
@@ -344,16 +344,7 @@ async fn unloading_frees_the_sessions() {
 async fn activations_survive_a_restart() {
     const KEPT: &str = "price-kept";
     let repo = price_repository(KEPT, 64, 4096, 0);
-    let from = repo.path().join(KEPT).join("1");
-    let to = repo.path().join(KEPT).join("2");
-    std::fs::create_dir_all(&to).unwrap();
-    std::fs::copy(from.join("model.onnx"), to.join("model.onnx")).unwrap();
-    let manifest = std::fs::read_to_string(from.join("model.toml")).unwrap();
-    std::fs::write(
-        to.join("model.toml"),
-        manifest.replace("version = 1", "version = 2"),
-    )
-    .unwrap();
+    add_version(repo.path(), KEPT, 2);
     let data = tempfile::tempdir().unwrap();
     let start = || {
         let (models, data) = (repo.path().to_path_buf(), data.path().to_path_buf());
@@ -637,16 +628,7 @@ async fn a_canary_splits_traffic_and_a_shadow_never_answers() {
     const CANARY: &str = "price-canary";
     let repo = price_repository(CANARY, 64, 4096, 0);
     for v in [2, 3] {
-        let from = repo.path().join(CANARY).join("1");
-        let to = repo.path().join(CANARY).join(v.to_string());
-        std::fs::create_dir_all(&to).unwrap();
-        std::fs::copy(from.join("model.onnx"), to.join("model.onnx")).unwrap();
-        let manifest = std::fs::read_to_string(from.join("model.toml")).unwrap();
-        std::fs::write(
-            to.join("model.toml"),
-            manifest.replace("version = 1", &format!("version = {v}")),
-        )
-        .unwrap();
+        add_version(repo.path(), CANARY, v);
     }
     let data = tempfile::tempdir().unwrap();
     let start = || {

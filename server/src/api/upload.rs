@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::http::StatusCode;
 use axum::Json;
-use mercator_engine::{import, EngineError, Manifest, Model, TensorData};
+use mercator_engine::{import, EngineError, Manifest, Model};
 use mercator_store::FieldErrors;
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
@@ -225,7 +225,7 @@ async fn check_golden(model: &Model, golden: Golden) -> Result<(), ApiError> {
             problems.add("golden", format!("the model has no output `{}`", want.name));
             continue;
         };
-        let got = floats(&got.data);
+        let got = got.data.to_f64();
         if got.len() != want.data.len() {
             problems.add(
                 "golden",
@@ -313,16 +313,6 @@ fn next_version(model_dir: &FsPath) -> u64 {
         })
         .unwrap_or(0)
         + 1
-}
-
-fn floats(data: &TensorData) -> Vec<f64> {
-    match data {
-        TensorData::Fp32(v) => v.iter().map(|&x| f64::from(x)).collect(),
-        TensorData::Fp64(v) => v.clone(),
-        TensorData::Int32(v) => v.iter().map(|&x| f64::from(x)).collect(),
-        TensorData::Int64(v) => v.iter().map(|&x| x as f64).collect(),
-        TensorData::Bool(v) => v.iter().map(|&x| f64::from(u8::from(x))).collect(),
-    }
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ApiError {
