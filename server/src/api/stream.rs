@@ -60,27 +60,12 @@ async fn notification_stream(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let org: Arc<str> = Arc::from(caller.organization_id.as_str());
-    let mut events = app.notifications.subscribe();
-    Ok(upgrade.on_upgrade(move |mut socket| async move {
-        loop {
-            let message = tokio::select! {
-                event = events.recv() => match event {
-                    Ok(event) => match &event.0 {
-                        Some(to) if *to != org => continue,
-                        _ => event.1.clone(),
-                    },
-                    Err(RecvError::Lagged(missed)) => serde_json::json!({ "type": "lagged", "missed": missed }),
-                    Err(RecvError::Closed) => return,
-                },
-                incoming = socket.recv() => match incoming {
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                    Some(Ok(_)) => continue,
-                },
-            };
-            if socket.send(Message::Text(message.to_string().into())).await.is_err() {
-                return;
-            }
-        }
+    let events = app.notifications.subscribe();
+    Ok(upgrade.on_upgrade(move |socket| {
+        forward(socket, events, move |event: &Notification| match &event.0 {
+            Some(to) if *to != org => None,
+            _ => Some(event.1.clone()),
+        })
     }))
 }
 
@@ -105,26 +90,32 @@ async fn price_stream(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let org = caller.organization_id.clone();
+    let material = q.material_id;
     let events = app.prices.subscribe();
-    Ok(upgrade.on_upgrade(move |socket| forward(socket, events, org, q.material_id)))
+    Ok(upgrade.on_upgrade(move |socket| {
+        forward(socket, events, move |event: &PriceEvent| {
+            let (event_org, price) = &**event;
+            let wanted =
+                **event_org == *org && material.as_ref().is_none_or(|m| *m == price.material_id);
+            wanted.then(|| serde_json::json!({ "type": "price", "price": price }))
+        })
+    }))
 }
 
-async fn forward(
+/// Sends the events `pick` keeps (as the JSON it makes of them) until the client goes away or the
+/// stream ends; a listener that falls behind is told how many it missed.
+async fn forward<T: Clone>(
     mut socket: WebSocket,
-    mut events: tokio::sync::broadcast::Receiver<PriceEvent>,
-    org: String,
-    material: Option<String>,
+    mut events: tokio::sync::broadcast::Receiver<T>,
+    pick: impl Fn(&T) -> Option<serde_json::Value>,
 ) {
     loop {
         let message = tokio::select! {
             event = events.recv() => match event {
-                Ok(event) => {
-                    let (event_org, price) = &*event;
-                    if **event_org != *org || material.as_ref().is_some_and(|m| *m != price.material_id) {
-                        continue;
-                    }
-                    serde_json::json!({ "type": "price", "price": price })
-                }
+                Ok(event) => match pick(&event) {
+                    Some(message) => message,
+                    None => continue,
+                },
                 Err(RecvError::Lagged(missed)) => serde_json::json!({ "type": "lagged", "missed": missed }),
                 Err(RecvError::Closed) => return,
             },
