@@ -20,11 +20,12 @@ fn artifacts_dir(data: &Path) -> PathBuf {
 }
 
 /// Imports every version of every model (or of `only`) found in `source` that the data directory does not
-/// hold yet. Returns what it imported, as (name, version).
+/// hold yet, but those `skip` names (the retired ones). Returns what it imported, as (name, version).
 pub fn import(
     source: &Path,
     data: &Path,
     only: Option<&str>,
+    skip: &dyn Fn(&str, u64) -> bool,
 ) -> Result<Vec<(String, u64)>, EngineError> {
     let io = |path: &Path, e: std::io::Error| EngineError::InvalidModel {
         path: path.to_path_buf(),
@@ -63,6 +64,9 @@ pub fn import(
             else {
                 continue;
             };
+            if skip(&name, version) {
+                continue;
+            }
             let target = served_dir(data).join(&name).join(version.to_string());
             if !toml.is_file() || !onnx.is_file() || target.join("model.toml").is_file() {
                 continue;

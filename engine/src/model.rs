@@ -165,7 +165,9 @@ impl Model {
         let s = &self.shared;
         match &result {
             Ok(_) => {
-                s.stats.success.record(1, started.elapsed());
+                let elapsed = started.elapsed();
+                s.stats.success.record(1, elapsed);
+                s.stats.latency.record(elapsed);
                 s.metrics.count(Outcome::Success, 1);
             }
             Err(e) => {

@@ -109,6 +109,16 @@ impl Repository {
     /// Loads, checks and warms up every model version under `dir`. Any error stops the start: a server that
     /// silently serves fewer models than its repository holds is worse than one that says why it won't start.
     pub fn load(runtime: &Runtime, dir: &Path) -> Result<Repository, EngineError> {
+        Self::load_except(runtime, dir, &|_, _| false)
+    }
+
+    /// As `load`, leaving out the versions `skip` names (the ones recorded as unloaded); a model with every
+    /// version left out is not served (the index shows it unavailable).
+    pub fn load_except(
+        runtime: &Runtime,
+        dir: &Path,
+        skip: &dyn Fn(&str, u64) -> bool,
+    ) -> Result<Repository, EngineError> {
         let repo = Repository {
             served: ArcSwap::from_pointee(Catalog::new()),
             source: Some((runtime.clone(), dir.to_path_buf())),
@@ -116,7 +126,10 @@ impl Repository {
         };
         let mut catalog = Catalog::new();
         for name in model_names(dir)? {
-            catalog.insert(name.clone(), Served::new(repo.build(&name)?));
+            let versions = repo.build(&name, skip)?;
+            if !versions.is_empty() {
+                catalog.insert(name.clone(), Served::new(versions));
+            }
         }
         repo.served.store(Arc::new(catalog));
         Ok(repo)
@@ -261,7 +274,7 @@ impl Repository {
             .collect()
     }
 
-    /// Every model in the directory, with the versions served marked READY and the rest UNAVAILABLE.
+    /// Every model version in the directory, with the ones served marked READY and the rest UNAVAILABLE.
     pub fn index(&self) -> Result<Vec<IndexEntry>, EngineError> {
         let served = self.served.load();
         let mut entries = Vec::new();
@@ -270,20 +283,26 @@ impl Repository {
             None => served.keys().cloned().collect(),
         };
         for name in names {
-            match served.get(&name) {
-                Some(model) => entries.extend(model.versions.keys().map(|v| IndexEntry {
-                    name: name.clone(),
-                    version: Some(*v),
-                    state: "READY",
-                    reason: String::new(),
-                })),
-                None => entries.push(IndexEntry {
-                    name,
-                    version: None,
-                    state: "UNAVAILABLE",
-                    reason: "unloaded".into(),
-                }),
+            let mut versions: Vec<u64> = match &self.source {
+                Some((_, dir)) => version_numbers(&dir.join(&name)),
+                None => Vec::new(),
+            };
+            if let Some(model) = served.get(&name) {
+                versions.extend(model.versions.keys());
             }
+            versions.sort();
+            versions.dedup();
+            entries.extend(versions.into_iter().map(|v| {
+                let ready = served
+                    .get(&name)
+                    .is_some_and(|m| m.versions.contains_key(&v));
+                IndexEntry {
+                    name: name.clone(),
+                    version: Some(v),
+                    state: if ready { "READY" } else { "UNAVAILABLE" },
+                    reason: if ready { "" } else { "unloaded" }.into(),
+                }
+            }));
         }
         Ok(entries)
     }
@@ -293,7 +312,11 @@ impl Repository {
     /// Blocking (sessions are built here): call it off the async runtime.
     pub fn load_model(&self, name: &str) -> Result<(), EngineError> {
         let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
-        let mut fresh = Served::new(self.build(name)?);
+        let versions = self.build(name, &|_, _| false)?;
+        if versions.is_empty() {
+            return Err(EngineError::ModelNotFound(name.to_string()));
+        }
+        let mut fresh = Served::new(versions);
         let mut catalog = (**self.served.load()).clone();
         if let Some(old) = catalog.get(name) {
             if fresh.versions.contains_key(&old.active) {
@@ -387,8 +410,34 @@ impl Repository {
         Ok(())
     }
 
-    /// Builds every version of `name` found in the directory.
-    fn build(&self, name: &str) -> Result<BTreeMap<u64, Model>, EngineError> {
+    /// Loads one version from the directory, checks and warms it, and serves it beside the model's others
+    /// (active only when the model had none). Blocking: call it off the async runtime.
+    pub fn load_version(&self, name: &str, version: u64) -> Result<(), EngineError> {
+        if self.get(name, Some(&version.to_string())).is_ok() {
+            return Ok(());
+        }
+        let Some((runtime, dir)) = &self.source else {
+            return Err(EngineError::InvalidRequest(
+                "this repository has no directory to load from".into(),
+            ));
+        };
+        let version_dir = dir.join(name).join(version.to_string());
+        if name.contains(['/', '\\']) || name.starts_with('.') || !version_dir.is_dir() {
+            return Err(EngineError::VersionNotFound {
+                model: name.to_string(),
+                version: version.to_string(),
+            });
+        }
+        self.insert_version(start(runtime, &version_dir)?);
+        Ok(())
+    }
+
+    /// Builds the versions of `name` found in the directory, but those `skip` names.
+    fn build(
+        &self,
+        name: &str,
+        skip: &dyn Fn(&str, u64) -> bool,
+    ) -> Result<BTreeMap<u64, Model>, EngineError> {
         let Some((runtime, dir)) = &self.source else {
             return Err(EngineError::InvalidRequest(
                 "this repository has no directory to load from".into(),
@@ -406,18 +455,16 @@ impl Repository {
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.join("model.toml").is_file())
+            .filter(|p| {
+                let version = p.file_name().and_then(|v| v.to_str()?.parse::<u64>().ok());
+                !version.is_some_and(|v| skip(name, v))
+            })
             .collect();
         version_dirs.sort();
         let mut versions = BTreeMap::new();
         for version_dir in version_dirs {
             let model = start(runtime, &version_dir)?;
             versions.insert(model.manifest().version, model);
-        }
-        if versions.is_empty() {
-            return Err(EngineError::InvalidModel {
-                path: model_dir,
-                reason: "no version folder with a model.toml".into(),
-            });
         }
         Ok(versions)
     }
@@ -454,6 +501,19 @@ fn model_names(dir: &Path) -> Result<Vec<String>, EngineError> {
         .collect();
     names.sort();
     Ok(names)
+}
+
+/// The version numbers of the folders under a model's folder that hold a model.toml.
+fn version_numbers(model_dir: &Path) -> Vec<u64> {
+    std::fs::read_dir(model_dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().join("model.toml").is_file())
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn has_versions(model_dir: &Path) -> bool {

@@ -58,7 +58,7 @@ pub enum ApiError {
     #[error("the server is shutting down")]
     Draining,
     /// An uploaded model that does not pass validation; nothing was registered.
-    #[error("the model was not registered: {0}")]
+    #[error("the upload failed validation: {0}")]
     InvalidModel(String),
     #[error("store: {0}")]
     Store(StoreError),

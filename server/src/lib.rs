@@ -17,6 +17,7 @@ pub mod request_id;
 pub mod shadow;
 pub mod v2;
 
+use std::collections::HashSet;
 use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use axum::http::{Method, Uri};
 use axum::routing::get;
 use axum::Router;
 use mercator_engine::{import, Repository, Runtime};
-use mercator_store::Store;
+use mercator_store::{Store, VersionState};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
@@ -113,6 +114,21 @@ impl App {
         })?;
         tracing::info!(backend = store.backend(), "store open");
         auth::bootstrap(&store, config.admin_key.as_deref()).await?;
+        // The registry says which versions are retired (never imported again) and which are unloaded.
+        let records = store
+            .model_versions(None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let retired: HashSet<(String, u64)> = records
+            .iter()
+            .filter(|r| r.state == VersionState::Retired)
+            .map(|r| (r.name.clone(), r.version))
+            .collect();
+        let unloaded: HashSet<(String, u64)> = records
+            .iter()
+            .filter(|r| !r.loaded)
+            .map(|r| (r.name.clone(), r.version))
+            .collect();
         let (ort_lib, source, data) = (
             config.ort_lib.clone(),
             config.models_dir.clone(),
@@ -122,12 +138,16 @@ impl App {
             let runtime = Runtime::load(ort_lib.as_deref()).map_err(|e| e.to_string())?;
             tracing::info!(library = %runtime.library.display(), "ONNX Runtime loaded");
             // Versions in --models-dir not yet in the data directory are imported, then served from there.
-            let imported = import::import(&source, &data, None).map_err(|e| e.to_string())?;
+            let retired = |name: &str, v: u64| retired.contains(&(name.to_string(), v));
+            let imported =
+                import::import(&source, &data, None, &retired).map_err(|e| e.to_string())?;
             if !imported.is_empty() {
                 tracing::info!(?imported, from = %source.display(), "model versions imported");
             }
-            let repository = Repository::load(&runtime, &import::served_dir(&data))
-                .map_err(|e| e.to_string())?;
+            let unloaded = |name: &str, v: u64| unloaded.contains(&(name.to_string(), v));
+            let repository =
+                Repository::load_except(&runtime, &import::served_dir(&data), &unloaded)
+                    .map_err(|e| e.to_string())?;
             Ok::<_, String>((repository, imported))
         })
         .await

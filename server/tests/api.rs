@@ -1153,6 +1153,8 @@ async fn the_openapi_document_covers_every_endpoint() {
         "GET /api/v1/models",
         "GET /api/v1/models/{name}",
         "POST /api/v1/models/{name}/versions/{version}/activate",
+        "POST /api/v1/models/{name}/versions/{version}/load",
+        "POST /api/v1/models/{name}/versions/{version}/unload",
         "DELETE /api/v1/models/{name}/versions/{version}",
         "POST /api/v1/models/{name}/versions",
         "PUT /api/v1/models/{name}/traffic",

@@ -138,7 +138,14 @@ async fn versions_swap_under_load_with_no_failed_request() {
         .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
-        (404, Some("version_not_found")),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("retired"),
         "{body}"
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -175,7 +182,7 @@ async fn versions_swap_under_load_with_no_failed_request() {
     let (_, index) = s.post("/v2/repository/index", &json!({})).await;
     assert_eq!(
         index,
-        json!([{ "name": MODEL, "version": null, "state": "UNAVAILABLE", "reason": "unloaded" }])
+        json!([{ "name": MODEL, "version": "1", "state": "UNAVAILABLE", "reason": "unloaded" }])
     );
     let (status, body) = s.get("/readyz").await;
     assert_eq!(
@@ -459,7 +466,7 @@ async fn upload(s: &TestServer, model: &str, parts: Vec<(&'static str, Vec<u8>)>
 
 /// An uploaded version is checked before anything serves it (parses, matches its manifest, warms up,
 /// reproduces its golden outputs); a good one gets the next number and serves beside the active one until
-/// activated; a bad one answers 422 and leaves nothing behind.
+/// activated; a bad one answers 422, serves nothing, and stays in the registry as failed with its reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_is_validated_before_it_serves() {
     const UP: &str = "price-up";
@@ -584,22 +591,71 @@ async fn an_upload_is_validated_before_it_serves() {
     assert_eq!(
         meta["versions"],
         json!(["1", "2"]),
-        "no failed upload registered"
+        "no failed upload serves"
     );
+    // The registry keeps the three uploads that reached validation as failed, each with its reason.
+    let (_, model) = s.get(&format!("/api/v1/models/{UP}")).await;
+    let states: Vec<(u64, &str, bool)> = model["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let reason = v["reason"].as_str().unwrap_or_default();
+            (
+                v["version"].as_u64().unwrap(),
+                v["state"].as_str().unwrap(),
+                !reason.is_empty(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (1, "ready", false),
+            (2, "ready", false),
+            (3, "failed", true),
+            (4, "failed", true),
+            (5, "failed", true)
+        ],
+        "{model}"
+    );
+    for action in ["activate", "load"] {
+        let (status, body) = s
+            .post(
+                &format!("/api/v1/models/{UP}/versions/4/{action}"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (409, Some("conflict")),
+            "{body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("failed"),
+            "{body}"
+        );
+    }
+    let split = json!({"split": [{"version": 1, "percent": 90}, {"version": 5, "percent": 10}]});
+    let (status, body) = s.put(&format!("/api/v1/models/{UP}/traffic"), &split).await;
+    assert_eq!(status, 409, "a split may not name a failed version: {body}");
 
-    // The next good upload is version 3; activating it moves the traffic.
+    // The next good upload is version 6; activating it moves the traffic.
     let (status, body) = upload(&s, UP, vec![("model", onnx), ("manifest", manifest)]).await;
-    assert_eq!((status, body["version"].as_u64()), (201, Some(3)));
+    assert_eq!((status, body["version"].as_u64()), (201, Some(6)));
     let (status, _) = s
         .post(
-            &format!("/api/v1/models/{UP}/versions/3/activate"),
+            &format!("/api/v1/models/{UP}/versions/6/activate"),
             &json!({}),
         )
         .await;
     assert_eq!(status, 200);
     assert_eq!(
         s.post(&format!("/v2/models/{UP}/infer"), &request).await.1["model_version"],
-        "3"
+        "6"
     );
     let (_, log) = s.get("/api/v1/audit?action=model.upload").await;
     assert_eq!(log["total"], 2);
@@ -796,4 +852,146 @@ async fn a_model_from_another_tool_registers_and_serves() {
         &floats(&golden["outputs"][0]["data"]),
         "forest",
     );
+}
+
+/// A version's life in the registry across restarts: unloaded (its sessions freed, requests naming it
+/// 404) and loaded again; retired, and not brought back by the import of the --models-dir that holds it;
+/// and the live figures (p50/p99, batch sizes) of a loaded version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_unload_load_and_retire_across_restarts() {
+    const LIFE: &str = "price-life";
+    let repo = price_repository(LIFE, 64, 4096, 0);
+    for v in [2, 3] {
+        add_version(repo.path(), LIFE, v);
+    }
+    let data = tempfile::tempdir().unwrap();
+    let start = || {
+        let (models, data) = (repo.path().to_path_buf(), data.path().to_path_buf());
+        TestServer::with(move |c| {
+            c.models_dir = models;
+            c.data_dir = data;
+        })
+    };
+    let (request, _) = price_rows(2, 0);
+    let named = |v: u64| format!("/v2/models/{LIFE}/versions/{v}/infer");
+    let model_path = format!("/api/v1/models/{LIFE}");
+    let version_of = |model: &Value, v: u64| {
+        model["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["version"] == v)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+
+    let mut s = start().await;
+    for _ in 0..20 {
+        assert_eq!(s.post(&named(3), &request).await.0, 200);
+    }
+    let (_, model) = s.get(&model_path).await;
+    let stats = &version_of(&model, 3)["stats"];
+    let (p50, p99) = (
+        stats["p50_us"].as_f64().unwrap(),
+        stats["p99_us"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p99, "{stats}");
+    let batches: u64 = stats["batch_sizes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        (batches, &stats["batch_sizes"]["2"]),
+        (20, &json!(20)),
+        "{stats}"
+    );
+
+    let (status, body) = s
+        .post(&format!("{model_path}/versions/3/unload"), &json!({}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "the active one stays: {body}"
+    );
+    let (status, body) = s
+        .post(&format!("{model_path}/versions/2/unload"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let v2 = version_of(&body, 2);
+    assert_eq!(
+        (&v2["state"], &v2["loaded"], &v2["stats"]),
+        (&json!("ready"), &json!(false), &Value::Null)
+    );
+    assert_eq!(s.post(&named(2), &request).await.0, 404);
+    let (status, _) = s.delete(&format!("{model_path}/versions/1")).await;
+    assert_eq!(status, 204);
+    let (_, index) = s.post("/v2/repository/index", &json!({})).await;
+    let index: Vec<(String, String)> = index
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"] == LIFE)
+        .map(|e| {
+            (
+                e["version"].as_str().unwrap().to_string(),
+                e["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        index,
+        [
+            ("2".into(), "UNAVAILABLE".into()),
+            ("3".into(), "READY".into())
+        ]
+    );
+    s.stop().await.unwrap();
+
+    // A restart keeps 2 unloaded and 1 retired, though --models-dir still holds version 1.
+    let mut s = start().await;
+    assert_eq!(s.post(&named(1), &request).await.0, 404);
+    assert_eq!(s.post(&named(2), &request).await.0, 404);
+    let (_, model) = s.get(&model_path).await;
+    assert_eq!(
+        (
+            &version_of(&model, 1)["state"],
+            &version_of(&model, 2)["loaded"]
+        ),
+        (&json!("retired"), &json!(false)),
+        "{model}"
+    );
+    let (status, body) = s
+        .post(&format!("{model_path}/versions/1/load"), &json!({}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    let (status, body) = s
+        .post(&format!("{model_path}/versions/2/load"), &json!({}))
+        .await;
+    assert_eq!((status, &body["loaded"]), (200, &json!(true)), "{body}");
+    assert_eq!(s.post(&named(2), &request).await.1["model_version"], "2");
+    s.stop().await.unwrap();
+
+    let s = start().await;
+    assert_eq!(
+        s.post(&named(2), &request).await.0,
+        200,
+        "loaded is kept too"
+    );
+    let (_, log) = s.get("/api/v1/audit?target_type=model").await;
+    let actions: Vec<&str> = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in ["model.unload", "model.load", "model.retire"] {
+        assert!(actions.contains(&action), "{actions:?}");
+    }
 }

@@ -35,7 +35,7 @@ pub use catalog::{
     Material, MaterialFilter, MaterialPatch, NewMaterial, NewSupplier, Supplier, SupplierFilter,
     SupplierPatch,
 };
-pub use models::{ModelPolicy, TrafficPolicy, VersionRecord};
+pub use models::{ModelPolicy, TrafficPolicy, VersionRecord, VersionState};
 pub use prices::{NewPrice, Price, PricePatch, PriceQuery, PriceType};
 pub use tenants::{ApiKey, Organization, Role};
 pub use validate::{parse_time, FieldErrors, RowError};

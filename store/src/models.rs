@@ -32,19 +32,83 @@ impl<'r> FromRow<'r, AnyRow> for ModelPolicy {
     }
 }
 
+/// Where a version is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum VersionState {
+    /// An upload being checked.
+    Validating,
+    Ready,
+    /// An upload that did not pass its checks (the reason is kept).
+    Failed,
+    /// Deleted: it serves no more and an import does not bring it back.
+    Retired,
+}
+
+impl VersionState {
+    fn as_str(self) -> &'static str {
+        match self {
+            VersionState::Validating => "validating",
+            VersionState::Ready => "ready",
+            VersionState::Failed => "failed",
+            VersionState::Retired => "retired",
+        }
+    }
+
+    fn parse(text: &str) -> VersionState {
+        match text {
+            "validating" => VersionState::Validating,
+            "failed" => VersionState::Failed,
+            "retired" => VersionState::Retired,
+            _ => VersionState::Ready,
+        }
+    }
+}
+
 /// A registered version's record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VersionRecord {
-    pub sha256: String,
+    #[serde(skip)]
+    pub name: String,
+    #[serde(skip)]
+    pub version: u64,
+    pub state: VersionState,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// Whether the engine should hold it (a ready version can be unloaded and loaded again).
+    pub loaded: bool,
+    /// The artifact's SHA-256 and size; none until an upload passed its checks.
+    pub sha256: Option<String>,
     pub size_bytes: u64,
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// The API key that uploaded it, or `import` for a version imported from --models-dir.
     pub created_by: String,
 }
 
+impl<'r> FromRow<'r, AnyRow> for VersionRecord {
+    fn from_row(row: &'r AnyRow) -> sqlx::Result<Self> {
+        let sha: String = row.try_get("sha256")?;
+        Ok(VersionRecord {
+            name: row.try_get("name")?,
+            version: row.try_get::<i64, _>("version")? as u64,
+            state: VersionState::parse(&row.try_get::<String, _>("state")?),
+            reason: row.try_get("reason")?,
+            loaded: row.try_get::<i64, _>("loaded")? != 0,
+            sha256: (!sha.is_empty()).then_some(sha),
+            size_bytes: row.try_get::<i64, _>("size_bytes")? as u64,
+            created_at: crate::from_ms(row.try_get("created_at")?),
+            created_by: row.try_get("created_by")?,
+        })
+    }
+}
+
+const VERSION_COLUMNS: &str =
+    "name, version, state, reason, loaded, sha256, size_bytes, created_at, created_by";
+
 impl Store {
-    /// Records a registered version (once: a version number keeps its first record).
+    /// Records a ready version (once: a version number keeps its first record).
     pub async fn record_model_version(
         &self,
         name: &str,
@@ -68,28 +132,115 @@ impl Store {
         Ok(())
     }
 
+    /// Claims the next version number of `name` for an upload, at least `at_least`, recorded as validating.
+    /// Two uploads at once get two numbers.
+    pub async fn claim_model_version(
+        &self,
+        name: &str,
+        at_least: u64,
+        created_by: &str,
+    ) -> Result<u64> {
+        loop {
+            let highest: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(version) FROM model_versions WHERE name = $1")
+                    .bind(name)
+                    .fetch_one(&self.pool)
+                    .await?;
+            let version = (highest.unwrap_or(0) as u64 + 1).max(at_least);
+            let claimed = sqlx::query(
+                "INSERT INTO model_versions (name, version, sha256, size_bytes, created_at, created_by, state) \
+                 VALUES ($1, $2, '', 0, $3, $4, 'validating') ON CONFLICT (name, version) DO NOTHING",
+            )
+            .bind(name)
+            .bind(version as i64)
+            .bind(now_ms())
+            .bind(created_by)
+            .execute(&self.pool)
+            .await?;
+            if claimed.rows_affected() == 1 {
+                return Ok(version);
+            }
+        }
+    }
+
+    /// Ends a claimed version's validation: ready with its artifact, or failed with the reason.
+    pub async fn finish_model_version(
+        &self,
+        name: &str,
+        version: u64,
+        outcome: std::result::Result<(&str, u64), &str>,
+    ) -> Result<()> {
+        let (state, sha, size, reason) = match outcome {
+            Ok((sha, size)) => (VersionState::Ready, sha, size, None),
+            Err(reason) => (VersionState::Failed, "", 0, Some(reason)),
+        };
+        sqlx::query(
+            "UPDATE model_versions SET state = $3, sha256 = $4, size_bytes = $5, reason = $6, \
+             loaded = $7 WHERE name = $1 AND version = $2",
+        )
+        .bind(name)
+        .bind(version as i64)
+        .bind(state.as_str())
+        .bind(sha)
+        .bind(size as i64)
+        .bind(reason)
+        .bind(i64::from(state == VersionState::Ready))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks a version retired (it stays as a tombstone) and not loaded.
+    pub async fn retire_model_version(&self, name: &str, version: u64) -> Result<()> {
+        sqlx::query(
+            "UPDATE model_versions SET state = 'retired', loaded = 0 WHERE name = $1 AND version = $2",
+        )
+        .bind(name)
+        .bind(version as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records whether the engine should hold a version (kept across restarts).
+    pub async fn set_model_version_loaded(
+        &self,
+        name: &str,
+        version: u64,
+        loaded: bool,
+    ) -> Result<()> {
+        sqlx::query("UPDATE model_versions SET loaded = $3 WHERE name = $1 AND version = $2")
+            .bind(name)
+            .bind(version as i64)
+            .bind(i64::from(loaded))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn model_version_record(
         &self,
         name: &str,
         version: u64,
     ) -> Result<Option<VersionRecord>> {
-        let row = sqlx::query(
-            "SELECT sha256, size_bytes, created_at, created_by FROM model_versions \
-             WHERE name = $1 AND version = $2",
-        )
+        Ok(sqlx::query_as(&format!(
+            "SELECT {VERSION_COLUMNS} FROM model_versions WHERE name = $1 AND version = $2"
+        ))
         .bind(name)
         .bind(version as i64)
         .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            Ok(VersionRecord {
-                sha256: row.try_get("sha256")?,
-                size_bytes: row.try_get::<i64, _>("size_bytes")? as u64,
-                created_at: crate::from_ms(row.try_get("created_at")?),
-                created_by: row.try_get("created_by")?,
-            })
-        })
-        .transpose()
+        .await?)
+    }
+
+    /// Every recorded version (of one model, or of all), by name then version.
+    pub async fn model_versions(&self, name: Option<&str>) -> Result<Vec<VersionRecord>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {VERSION_COLUMNS} FROM model_versions WHERE ($1 IS NULL OR name = $1) \
+             ORDER BY name, version"
+        ))
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub async fn model_policy(&self, name: &str) -> Result<Option<ModelPolicy>> {

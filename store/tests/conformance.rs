@@ -141,8 +141,70 @@ on_both!(
     keys_authenticate_by_secret_and_stay_in_their_organization,
     organizations_are_listed_and_found,
     materials_are_scoped_unique_filtered_sorted_and_patched,
-    prices_land_all_or_nothing_and_query_by_material_and_time
+    prices_land_all_or_nothing_and_query_by_material_and_time,
+    model_versions_are_claimed_once_and_keep_their_state
 );
+
+/// Concurrent uploads claim distinct numbers; each ends ready or failed (with the reason); retiring keeps a
+/// tombstone; the loaded flag is kept.
+async fn model_versions_are_claimed_once_and_keep_their_state(store: Store) {
+    use mercator_store::VersionState;
+    store
+        .record_model_version("m", 1, "aa", 10, "import")
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let store = store.clone();
+        tasks.spawn(async move { store.claim_model_version("m", 1, "k").await.unwrap() });
+    }
+    let claims: std::collections::BTreeSet<u64> = tasks.join_all().await.into_iter().collect();
+    assert_eq!(claims.into_iter().collect::<Vec<_>>(), [2, 3, 4, 5]);
+    assert_eq!(
+        store.claim_model_version("m", 9, "k").await.unwrap(),
+        9,
+        "at least the folder's next"
+    );
+    store
+        .finish_model_version("m", 2, Ok(("bb", 20)))
+        .await
+        .unwrap();
+    store
+        .finish_model_version("m", 3, Err("does not parse"))
+        .await
+        .unwrap();
+    store.retire_model_version("m", 1).await.unwrap();
+    store.set_model_version_loaded("m", 2, false).await.unwrap();
+    let all = store.model_versions(None).await.unwrap();
+    type Row<'a> = (u64, VersionState, Option<&'a str>, bool, Option<&'a str>);
+    let got: Vec<Row> = all
+        .iter()
+        .take(3)
+        .map(|r| {
+            (
+                r.version,
+                r.state,
+                r.reason.as_deref(),
+                r.loaded,
+                r.sha256.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, VersionState::Retired, None, false, Some("aa")),
+            (2, VersionState::Ready, None, false, Some("bb")),
+            (3, VersionState::Failed, Some("does not parse"), false, None),
+        ]
+    );
+    assert_eq!(all[3].state, VersionState::Validating);
+    assert!(store
+        .model_versions(Some("other"))
+        .await
+        .unwrap()
+        .is_empty());
+}
 
 #[tokio::test]
 async fn a_reopened_sqlite_file_keeps_its_rows_and_migrates_once() {

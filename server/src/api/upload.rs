@@ -7,7 +7,8 @@
 //! staging folder: the file must parse, its signature must match the manifest, a warm-up inference must
 //! run, and the golden outputs must match within 1e-4 (relative). Only then is the artifact stored by its
 //! SHA-256 and the version served beside the others; it answers requests that name it until it is
-//! activated (or at once, for a new model). A failed upload answers 422 and leaves nothing behind.
+//! activated (or at once, for a new model). A failed upload answers 422 and changes nothing that serves;
+//! the registry keeps the version number as `failed`, with the reason.
 
 use std::path::Path as FsPath;
 use std::time::Duration;
@@ -88,9 +89,14 @@ async fn upload(
         .transpose()?;
 
     let served = import::served_dir(&app.data_dir);
-    let version = next_version(&served.join(&name));
     let mut manifest =
         Manifest::parse(&manifest_text, FsPath::new("manifest")).map_err(model_error)?;
+    // The number is claimed in the registry (validating), so two uploads at once get two.
+    let version = app
+        .store
+        .claim_model_version(&name, next_version(&served.join(&name)), &caller.key_id)
+        .await
+        .map_err(ApiError::store("model"))?;
     manifest.name = name.clone();
     manifest.version = version;
     let staging =
@@ -104,14 +110,27 @@ async fn upload(
         Err(e) => Err(e),
     };
     let _ = std::fs::remove_dir_all(&staging);
-    let model = outcome?;
-    let view = version_view(&app, &model);
-    if let (Some(sha), Some(size)) = (&view.sha256, view.size_bytes) {
-        app.store
-            .record_model_version(&name, version, sha, size, &caller.key_id)
-            .await
-            .map_err(ApiError::store("model"))?;
-    }
+    let view = outcome.map(|model| version_view(&app, &model));
+    let finished = match &view {
+        Ok(v) => {
+            let artifact = (
+                v.sha256.as_deref().unwrap_or_default(),
+                v.size_bytes.unwrap_or(0),
+            );
+            app.store
+                .finish_model_version(&name, version, Ok(artifact))
+                .await
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            app.store
+                .finish_model_version(&name, version, Err(&reason))
+                .await
+        }
+    };
+    finished.map_err(ApiError::store("model"))?;
+    let mut view = view?;
+    view.state = mercator_store::VersionState::Ready;
     let target = ("model", name.as_str());
     audit::record(
         &app,

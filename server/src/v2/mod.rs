@@ -99,29 +99,59 @@ async fn load_model(
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, V2Error> {
     let before = served_versions(&app, &name);
+    let records = app
+        .store
+        .model_versions(Some(&name))
+        .await
+        .map_err(ApiError::store("model"))?;
+    let retired: std::collections::HashSet<u64> = records
+        .iter()
+        .filter(|r| r.state == mercator_store::VersionState::Retired)
+        .map(|r| r.version)
+        .collect();
     let (repository, model) = (app.repository.clone(), name.clone());
     let (source, data) = (app.models_source.clone(), app.data_dir.clone());
     let imported = tokio::task::spawn_blocking(move || {
-        // New versions of the model in --models-dir join the served repository first.
-        let imported = mercator_engine::import::import(&source, &data, Some(&model))?;
+        // New versions of the model in --models-dir join the served repository first (not retired ones).
+        let skip = |_: &str, v: u64| retired.contains(&v);
+        let imported = mercator_engine::import::import(&source, &data, Some(&model), &skip)?;
         repository.load_model(&model).map(|()| imported)
     })
     .await
     .map_err(|e| ApiError::from(EngineError::Runtime(e.to_string())))??;
     crate::api::models::record_imports(&app.store, &app.data_dir, &imported).await;
+    remember_loaded(&app, &name).await?;
     let after = served_versions(&app, &name);
     audit::record(&app, &caller, "model.load", ("model", &name), before, after).await;
     Ok(Json(json!({})))
 }
 
-/// Stops serving a model; requests in flight finish, later ones get 404.
+/// Records every served version of `name` as loaded, so a restart serves it again.
+async fn remember_loaded(app: &AppState, name: &str) -> Result<(), ApiError> {
+    for model in app.repository.versions(name).unwrap_or_default() {
+        app.store
+            .set_model_version_loaded(name, model.manifest().version, true)
+            .await
+            .map_err(ApiError::store("model"))?;
+    }
+    Ok(())
+}
+
+/// Stops serving a model; requests in flight finish, later ones get 404. Kept across restarts.
 async fn unload_model(
     State(app): State<AppState>,
     caller: Auth<Owner>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, V2Error> {
     let before = served_versions(&app, &name);
+    let versions = app.repository.versions(&name)?;
     app.repository.unload_model(&name)?;
+    for model in versions {
+        app.store
+            .set_model_version_loaded(&name, model.manifest().version, false)
+            .await
+            .map_err(ApiError::store("model"))?;
+    }
     audit::record(
         &app,
         &caller,

@@ -204,6 +204,18 @@ impl TestServer {
         (status, r.json().await.unwrap())
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .client
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
+    }
+
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         let r = self.client.delete(self.url(path)).send().await.unwrap();
         let status = r.status().as_u16();
