@@ -40,9 +40,11 @@ bench-load: runtime
 bench-store: runtime
 	benches/store.sh
 
-## Regenerate fixtures/prices.csv and retrain the shipped models (not needed to run or test).
+## Regenerate fixtures/prices.csv and retrain the shipped models (not needed to run or test). Version 1
+## computed its features in numpy; price version 2 goes through `mercator features materialize`.
 train:
 	python3 -m venv .venv-train
 	.venv-train/bin/pip install --quiet -r models/train/requirements.txt
 	.venv-train/bin/python models/train/generate_data.py
 	.venv-train/bin/python models/train/train.py
+	.venv-train/bin/python models/train/price.py

@@ -41,7 +41,7 @@ RUST_LOG=warn MERCATOR_ADMIN_KEY="$API_KEY" "$target/release/mercator" serve --a
 for port in 8101 8102 8103; do
   for _ in $(seq 1 200); do
     code=$(curl -s -o /dev/null -w '%{http_code}' -XPOST -H 'content-type: application/json' -H "authorization: Bearer $API_KEY" \
-      --data-binary @"$out/price-row.json" "http://127.0.0.1:$port/v2/models/price/infer" || true)
+      --data-binary @"$out/price-row.json" "http://127.0.0.1:$port/v2/models/price/versions/1/infer" || true)
     [ "$code" = 200 ] && break; sleep 0.1
   done
   [ "$code" = 200 ] || { echo "server on $port never answered"; exit 1; }
@@ -55,7 +55,7 @@ for c in $CONCURRENCY; do
   for server in echo naive mercator; do
     case $server in echo) port=8101 pid=$echo_pid;; naive) port=8102 pid=$naive_pid;; mercator) port=8103 pid=$mercator_pid;; esac
     line=$(BODY_FILE="$out/price-row.json" wrk -t"$threads" -c"$c" -d"${DURATION}s" --timeout 5s -s benches/post.lua \
-      "http://127.0.0.1:$port/v2/models/price/infer" | tail -n 1)
+      "http://127.0.0.1:$port/v2/models/price/versions/1/infer" | tail -n 1)
     echo "{\"server\":\"$server\",\"concurrency\":$c,\"rss_kib\":$(rss_kib "$pid"),\"result\":$line}" | tee -a "$results"
   done
 done

@@ -16,7 +16,7 @@ fi
 cudart="$("$venv/bin/python" -c 'import nvidia.cuda_runtime, os; print(os.path.join(list(nvidia.cuda_runtime.__path__)[0], "lib"))')"
 for c in 1 64; do
   echo "## perf_analyzer concurrency $c"
-  LD_LIBRARY_PATH="$cudart:${LD_LIBRARY_PATH:-}" "$venv/bin/perf_analyzer" -m price -u "$url" -i http \
+  LD_LIBRARY_PATH="$cudart:${LD_LIBRARY_PATH:-}" "$venv/bin/perf_analyzer" -m price -x 1 -u "$url" -i http \
     -H "Authorization: Bearer ${API_KEY:?the API key to send}" \
     --concurrency-range "$c" -b 1 --measurement-interval 5000 --stability-percentage 30 --max-trials 20 2>&1 | grep -E "Throughput|p50|p99|Avg request|Failed|rror" || true
 done

@@ -74,6 +74,7 @@ pub fn import(
             let sha = store_artifact(data, &onnx)?;
             std::fs::create_dir_all(&target).map_err(|e| io(&target, e))?;
             link_artifact(data, &target, &sha)?;
+            copy_companions(&version_dir, &target)?;
             // The manifest last: a version folder counts once its model.toml is there.
             std::fs::copy(&toml, target.join("model.toml")).map_err(|e| io(&toml, e))?;
             imported.push((name.clone(), version));
@@ -81,6 +82,28 @@ pub fn import(
     }
     imported.sort();
     Ok(imported)
+}
+
+/// Files a version keeps beside its manifest (the feature spec).
+pub const COMPANIONS: &[&str] = &["features.toml"];
+
+/// Copies the companion files of a version folder that has them.
+pub fn copy_companions(from: &Path, to: &Path) -> Result<(), EngineError> {
+    for name in COMPANIONS {
+        let source = from.join(name);
+        if source.is_file() {
+            std::fs::copy(&source, to.join(name)).map_err(|e| EngineError::InvalidModel {
+                path: source.clone(),
+                reason: format!("cannot import: {e}"),
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The SHA-256 of some bytes, as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 /// Copies an ONNX file into the artifact store under its SHA-256 (once) and returns the digest.

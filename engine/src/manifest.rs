@@ -93,9 +93,39 @@ pub struct Manifest {
     pub batching: Batching,
     #[serde(default)]
     pub instances: Instances,
+    /// The feature spec the model's input is computed by (a file beside model.toml), for models that
+    /// answer business predictions rather than raw tensors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<FeaturesRef>,
+    /// How prediction intervals are made from the model's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Interval>,
     /// Training metrics, kept for people: the engine does not read them.
     #[serde(default)]
     pub metrics: toml::Table,
+}
+
+/// `[features]`: the spec file and its SHA-256; a version whose file does not match is refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesRef {
+    pub spec: String,
+    pub sha256: String,
+}
+
+/// `[interval]`: split-conformal calibration. At level `levels[i]`, the interval is
+/// `prediction · exp(±quantiles[i] · scale)` with `scale = feature[scale_std] / feature[scale_mean] +
+/// scale_floor`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interval {
+    pub method: String,
+    pub levels: Vec<f64>,
+    pub quantiles: Vec<f64>,
+    pub scale_std: String,
+    pub scale_mean: String,
+    pub scale_floor: f64,
+    pub calibration_rows: u64,
 }
 
 impl Manifest {
@@ -144,6 +174,11 @@ impl Manifest {
             return Err(
                 "batching.max_batch_size and batching.queue_capacity must be at least 1".into(),
             );
+        }
+        if let Some(i) = &self.interval {
+            if i.levels.len() != i.quantiles.len() || i.levels.is_empty() {
+                return Err("interval.levels and interval.quantiles must pair up".into());
+            }
         }
         if self.instances.count == 0 || self.instances.intra_op_threads == 0 {
             return Err("instances.count and instances.intra_op_threads must be at least 1".into());

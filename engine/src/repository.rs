@@ -545,6 +545,26 @@ fn start(runtime: &Runtime, version_dir: &Path) -> Result<Model, EngineError> {
             ),
         });
     }
+    if let Some(features) = &manifest.features {
+        let path = version_dir.join(&features.spec);
+        let invalid = |reason: String| EngineError::InvalidModel {
+            path: path.clone(),
+            reason,
+        };
+        if features.spec.contains(['/', '\\']) {
+            return Err(invalid(
+                "features.spec names a file beside model.toml".into(),
+            ));
+        }
+        let bytes = std::fs::read(&path).map_err(|e| invalid(format!("the feature spec: {e}")))?;
+        let sha = crate::import::sha256_hex(&bytes);
+        if sha != features.sha256 {
+            return Err(invalid(format!(
+                "the feature spec's SHA-256 is {sha}, the manifest says {}: a changed spec is a new version",
+                features.sha256
+            )));
+        }
+    }
     let onnx = version_dir.join("model.onnx");
     let backends = (0..manifest.instances.count)
         .map(|_| {

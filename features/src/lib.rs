@@ -1,3 +1,53 @@
-//! The feature pipeline: one implementation of every feature, shared by training and serving.
+//! The feature pipeline: one implementation of every feature, used to materialise training frames and to
+//! serve predictions, so the two can never disagree.
 //!
-//! Empty on purpose for now: the feature pipeline issue fills it with Polars expressions.
+//! - [`spec`]: `features.toml`, the declarative list of a model's input features.
+//! - [`history`]: price series as exact integer day tiles, folded price by price (serving) or built by a
+//!   Polars group-by (materialising); equal either way.
+//! - [`row`]: the one function that turns tiles and a request into a feature row.
+//! - [`materialize`]: `mercator features materialize`, Polars from file to training frame.
+//!
+//! The "as of" rule: a row's history features read only days strictly before its as-of day (the
+//! observation's day in training, the request's day when serving); the delivery date feeds calendar and
+//! lead-time features and never moves that cut-off.
+
+pub mod history;
+pub mod materialize;
+pub mod online;
+pub mod row;
+pub mod spec;
+
+pub use history::{day_of, Day, Series};
+/// The Polars this crate builds its frames with, for readers of them.
+pub use polars;
+pub use row::{assemble, RowHistory, RowInput};
+pub use spec::{Feature, FeatureSpec};
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum FeatureError {
+    #[error("feature spec: {0}")]
+    Spec(String),
+    #[error("quantity must be a positive number, got {0}")]
+    Quantity(f64),
+    #[error("the delivery is {lead_days} days after the as-of date; the model covers 0 to {max}")]
+    Lead { lead_days: i64, max: u32 },
+    #[error(
+        "too little price history: {days} days with prices in the {window} days before, {needed} needed"
+    )]
+    TooLittleHistory {
+        days: usize,
+        needed: u32,
+        window: u32,
+    },
+    #[error("materialize: {0}")]
+    Materialize(String),
+}
+
+/// The SHA-256 of a spec file's bytes, as the manifest records it.
+pub fn spec_sha256(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -20,9 +20,28 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum FeaturesCommand {
+    /// Computes a training frame from a price history with the code that serves predictions.
+    Materialize {
+        /// The model's features.toml.
+        #[arg(long)]
+        spec: PathBuf,
+        /// Price observations, .csv or .parquet.
+        #[arg(long)]
+        input: PathBuf,
+        /// The frame to write: .parquet (or .csv).
+        #[arg(long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the model repository over HTTP (Open Inference Protocol, health, metrics).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// The feature pipeline: `mercator features materialize`.
+    #[command(subcommand)]
+    Features(FeaturesCommand),
 }
 
 /// Every flag may also be set in the TOML file given with --config, under the same name with underscores.

@@ -62,6 +62,9 @@ pub enum ApiError {
     InvalidModel(String),
     #[error("store: {0}")]
     Store(StoreError),
+    /// A prediction the model cannot make honestly (too little history, beyond its horizon, ...).
+    #[error("{0}")]
+    Prediction(#[from] mercator_features::FeatureError),
 }
 
 impl ApiError {
@@ -117,6 +120,19 @@ impl ApiError {
             ApiError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::InvalidModel(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model"),
             ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Prediction(e) => {
+                use mercator_features::FeatureError as F;
+                match e {
+                    F::Quantity(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_quantity"),
+                    F::Lead { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "beyond_horizon"),
+                    F::TooLittleHistory { .. } => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_history")
+                    }
+                    F::Spec(_) | F::Materialize(_) => {
+                        (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                    }
+                }
+            }
         }
     }
 

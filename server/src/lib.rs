@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 mod health;
 pub mod metrics;
+pub mod predict;
 pub mod request_id;
 pub mod shadow;
 pub mod v2;
@@ -73,6 +74,8 @@ pub struct Shared {
     pub shadows: Arc<shadow::Shadows>,
     /// Notifications, for `/ws/notifications`.
     pub notifications: broadcast::Sender<api::stream::Notification>,
+    /// Business predictions and the price history they read.
+    pub predictor: Arc<predict::Predictor>,
     draining: Arc<AtomicBool>,
 }
 
@@ -170,7 +173,16 @@ impl App {
                 }
             }
         }
+        let predictor = Arc::new(predict::Predictor::default());
+        let started = std::time::Instant::now();
+        let prices = predictor.rebuild(&store).await?;
+        tracing::info!(
+            prices,
+            seconds = started.elapsed().as_secs_f64(),
+            "price history rebuilt"
+        );
         let state = AppState(Arc::new(Shared {
+            predictor,
             repository: Arc::new(repository),
             prometheus,
             limits: Limits {

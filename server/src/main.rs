@@ -1,5 +1,5 @@
 use clap::Parser;
-use mercator_server::config::{Cli, Command};
+use mercator_server::config::{Cli, Command, FeaturesCommand};
 use mercator_server::{App, Config};
 use tracing_subscriber::EnvFilter;
 
@@ -10,16 +10,45 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging();
-    match cli.command {
-        Command::Serve(args) => match serve(args) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("mercator: {e}");
-                std::process::ExitCode::FAILURE
-            }
-        },
+    let result = match cli.command {
+        Command::Serve(args) => serve(*args),
+        Command::Features(FeaturesCommand::Materialize {
+            spec,
+            input,
+            output,
+        }) => materialize(&spec, &input, &output),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("mercator: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
+}
+
+fn materialize(
+    spec: &std::path::Path,
+    input: &std::path::Path,
+    output: &std::path::Path,
+) -> Result<(), String> {
+    use mercator_features::{materialize, FeatureSpec};
+    let started = std::time::Instant::now();
+    let spec = FeatureSpec::from_file(spec).map_err(|e| e.to_string())?;
+    let mut m = materialize::materialize(&spec, input).map_err(|e| e.to_string())?;
+    materialize::write(&mut m.frame, output).map_err(|e| e.to_string())?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{} rows in, {} rows out, dropped {:?}; {:.2} s, {:.0} input rows/s -> {}",
+        m.rows_in,
+        m.frame.height(),
+        m.dropped,
+        seconds,
+        m.rows_in as f64 / seconds,
+        output.display()
+    );
+    Ok(())
 }
 
 fn serve(args: mercator_server::config::ServeArgs) -> Result<(), String> {

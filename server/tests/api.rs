@@ -1147,6 +1147,7 @@ async fn the_openapi_document_covers_every_endpoint() {
         "GET /api/v1/prices/{id}",
         "PATCH /api/v1/prices/{id}",
         "DELETE /api/v1/prices/{id}",
+        "POST /api/v1/predictions/price",
         "GET /ws/prices",
         "GET /api/v1/audit",
         "GET /ws/notifications",

@@ -12,7 +12,7 @@ async fn concurrent_requests_are_batched_and_each_gets_its_own_answer() {
     let s = TestServer::start().await;
     let mut tasks = Vec::new();
     for client in 0..64 {
-        let (client_http, url) = (s.client.clone(), s.url("/v2/models/price/infer"));
+        let (client_http, url) = (s.client.clone(), s.url("/v2/models/price/versions/1/infer"));
         tasks.push(tokio::spawn(async move {
             for i in 0..20 {
                 // Each request is 1 to 3 rows starting at a different golden row, so a mixed-up answer shows.
@@ -31,7 +31,7 @@ async fn concurrent_requests_are_batched_and_each_gets_its_own_answer() {
     for t in tasks {
         t.await.unwrap();
     }
-    let (_, stats) = s.get("/v2/models/price/stats").await;
+    let (_, stats) = s.get("/v2/models/price/versions/1/stats").await;
     let batches = stats["model_stats"][0]["batch_stats"]
         .as_array()
         .unwrap()

@@ -30,10 +30,10 @@ assert "statistics" in meta["extensions"], meta
 sent = {}
 for model in ["price", "anomaly", "forecast"]:
     golden = json.loads((golden_dir / f"{model}.json").read_text())
-    config = client.get_model_config(model, headers=H)
+    config = client.get_model_config(model, model_version="1", headers=H)
     assert config["max_batch_size"] >= 1, config
     assert [i["dims"] for i in config["input"]] == [[g["shape"][1]] for g in golden["inputs"]], config
-    before = client.get_inference_statistics(model, headers=H)["model_stats"][0]["inference_stats"]["success"]["count"]
+    before = client.get_inference_statistics(model, model_version="1", headers=H)["model_stats"][0]["inference_stats"]["success"]["count"]
     for binary in (False, True):
         inputs = []
         for g in golden["inputs"]:
@@ -47,7 +47,7 @@ for model in ["price", "anomaly", "forecast"]:
             want = np.asarray(o["data"], dtype=np.float32).reshape(o["shape"])
             assert got.shape == want.shape, (model, got.shape, want.shape)
             np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=f"{model} binary={binary}")
-    stats = client.get_inference_statistics(model, headers=H)["model_stats"][0]
+    stats = client.get_inference_statistics(model, model_version="1", headers=H)["model_stats"][0]
     after = stats["inference_stats"]["success"]["count"]
     assert after - before == 2, (model, before, after)
     sent[model] = after - before

@@ -55,7 +55,14 @@ async fn model_metadata_and_config_describe_each_shipped_model() {
         let (status, meta) = s.get(&format!("/v2/models/{model}")).await;
         assert_eq!(status, 200);
         assert_eq!(meta["name"], model);
-        assert_eq!(meta["versions"], json!(["1"]));
+        let versions = if model == "price" {
+            json!(["1", "2"])
+        } else {
+            json!(["1"])
+        };
+        assert_eq!(meta["versions"], versions);
+        // The golden vectors are version 1's: its metadata, named.
+        let (_, meta) = s.get(&format!("/v2/models/{model}/versions/1")).await;
         assert_eq!(meta["platform"], "onnxruntime_onnx");
         for (spec, golden_input) in meta["inputs"].as_array().unwrap().iter().zip(&g.inputs) {
             assert_eq!(spec["name"], golden_input["name"]);
@@ -65,7 +72,9 @@ async fn model_metadata_and_config_describe_each_shipped_model() {
         let (status, same) = s.get(&format!("/v2/models/{model}/versions/1")).await;
         assert_eq!((status, &same["inputs"]), (200, &meta["inputs"]));
 
-        let (status, config) = s.get(&format!("/v2/models/{model}/config")).await;
+        let (status, config) = s
+            .get(&format!("/v2/models/{model}/versions/1/config"))
+            .await;
         assert_eq!(status, 200);
         assert!(config["max_batch_size"].as_u64().unwrap() >= 1);
         let dims: Vec<Value> = config["input"]
@@ -88,7 +97,10 @@ async fn each_shipped_model_reproduces_its_golden_vectors() {
         let n = g.rows();
         // The whole golden batch in one request.
         let (status, body) = s
-            .post(&format!("/v2/models/{model}/infer"), &g.request(0, n))
+            .post(
+                &format!("/v2/models/{model}/versions/1/infer"),
+                &g.request(0, n),
+            )
             .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["model_name"], model);
@@ -124,6 +136,21 @@ async fn each_shipped_model_reproduces_its_golden_vectors() {
             );
         }
     }
+    // Price version 2 (the active one: unnamed requests reach it) and its own golden vectors.
+    let g = golden("price-v2");
+    let (status, body) = s
+        .post("/v2/models/price/infer", &g.request(0, g.rows()))
+        .await;
+    assert_eq!(
+        (status, &body["model_version"]),
+        (200, &json!("2")),
+        "{body}"
+    );
+    assert_close(
+        &floats(&body["outputs"][0]["data"]),
+        &g.expected("price", 0, g.rows()),
+        "price v2",
+    );
 }
 
 #[tokio::test]
@@ -175,7 +202,7 @@ async fn binary_tensor_data_in_and_out() {
     body.extend(data.iter().flat_map(|x| x.to_le_bytes()));
     let r = s
         .client
-        .post(s.url("/v2/models/price/infer"))
+        .post(s.url("/v2/models/price/versions/1/infer"))
         .header("inference-header-content-length", header.len())
         .body(body)
         .send()
@@ -235,7 +262,7 @@ async fn bad_requests_get_a_clear_4xx_in_the_one_error_format() {
     let ok = |datatype: &str, shape: Value| {
         json!({ "inputs": [{ "name": "features", "datatype": datatype, "shape": shape, "data": row }] }).to_string()
     };
-    let price = "/v2/models/price/infer";
+    let price = "/v2/models/price/versions/1/infer";
     expect_error(
         &s,
         price,
@@ -357,7 +384,11 @@ async fn metrics_and_statistics_count_what_was_served() {
         .iter()
         .any(|b| b["batch_size"] == 2));
     let (_, all) = s.get("/v2/models/stats").await;
-    assert_eq!(all["model_stats"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        all["model_stats"].as_array().unwrap().len(),
+        4,
+        "price 1 and 2, anomaly, forecast"
+    );
 
     let text = s.metrics().await;
     for metric in [

@@ -44,6 +44,17 @@ impl PriceType {
     }
 }
 
+/// What the feature history keeps of an observation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PricePoint {
+    pub id: String,
+    pub organization_id: String,
+    pub material_id: String,
+    pub supplier_id: Option<String>,
+    pub observed_at_ms: i64,
+    pub price: f64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Price {
@@ -352,6 +363,31 @@ impl Store {
         self.update("prices", org, id, sets, "conflicting price")
             .await?;
         self.price(org, id).await
+    }
+
+    /// A page of every organization's observations as the feature history needs them, in id order after
+    /// `after` (how the server rebuilds its history at start).
+    pub async fn price_points(&self, after: &str, limit: usize) -> Result<Vec<PricePoint>> {
+        let rows = sqlx::query(
+            "SELECT id, organization_id, material_id, supplier_id, observed_at, price FROM prices \
+             WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PricePoint {
+                    id: row.try_get("id")?,
+                    organization_id: row.try_get("organization_id")?,
+                    material_id: row.try_get("material_id")?,
+                    supplier_id: row.try_get("supplier_id")?,
+                    observed_at_ms: row.try_get("observed_at")?,
+                    price: row.try_get("price")?,
+                })
+            })
+            .collect()
     }
 
     pub async fn delete_price(&self, org: &str, id: &str) -> Result<()> {

@@ -18,7 +18,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
-    let app = Router::new().route("/v2/models/price/infer", post(infer));
+    let app = Router::new()
+        .route("/v2/models/price/infer", post(infer))
+        .route("/v2/models/price/versions/1/infer", post(infer));
     let listener = tokio::net::TcpListener::bind(mercator_benches::addr())
         .await
         .unwrap();

@@ -46,6 +46,7 @@ async fn main() {
         .unwrap();
     let app = Router::new()
         .route("/v2/models/price/infer", post(infer))
+        .route("/v2/models/price/versions/1/infer", post(infer))
         .with_state(Arc::new(Mutex::new(session)));
     let listener = tokio::net::TcpListener::bind(mercator_benches::addr())
         .await

@@ -128,6 +128,7 @@ async fn update_material(
         .update_material(org, &id, patch)
         .await
         .map_err(ApiError::store("material"))?;
+    app.predictor.forget_material(&id);
     let target = ("material", id.as_str());
     audit::record(
         &app,
@@ -160,6 +161,7 @@ async fn delete_material(
         .delete_material(org, &id)
         .await
         .map_err(ApiError::store("material"))?;
+    app.predictor.forget_material(&id);
     let target = ("material", id.as_str());
     audit::record(
         &app,
@@ -274,6 +276,7 @@ async fn update_supplier(
         .update_supplier(org, &id, patch)
         .await
         .map_err(ApiError::store("supplier"))?;
+    app.predictor.forget_supplier(&id);
     let target = ("supplier", id.as_str());
     audit::record(
         &app,
@@ -306,6 +309,7 @@ async fn delete_supplier(
         .delete_supplier(org, &id)
         .await
         .map_err(ApiError::store("supplier"))?;
+    app.predictor.forget_supplier(&id);
     let target = ("supplier", id.as_str());
     audit::record(
         &app,

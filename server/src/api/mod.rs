@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod extract;
 pub mod models;
 pub mod openapi;
+pub mod predictions;
 pub mod prices;
 pub mod stream;
 pub mod tenants;
@@ -28,6 +29,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(upload::routes())
         .merge(catalog::routes())
         .merge(prices::routes())
+        .merge(predictions::routes())
         .merge(stream::routes())
 }
 

@@ -187,6 +187,9 @@ async fn ingest(app: &AppState, org: &str, rows: Vec<NewPrice>) -> Result<Vec<Pr
             }
         });
     }
+    app.predictor
+        .history
+        .add(written.iter().map(|p| observation(org, p)));
     let org: Arc<str> = Arc::from(org);
     for price in &written {
         // No listener is not an error.
@@ -327,11 +330,20 @@ async fn update_price(
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<PricePatch>,
 ) -> Result<Json<Price>, ApiError> {
-    let price = app
+    let org = &caller.organization_id;
+    let before = app
         .store
-        .update_price(&caller.organization_id, &id, patch)
+        .price(org, &id)
         .await
         .map_err(ApiError::store("price"))?;
+    let price = app
+        .store
+        .update_price(org, &id, patch)
+        .await
+        .map_err(ApiError::store("price"))?;
+    // The history follows the correction: the old price out, the new one in.
+    app.predictor.history.remove(observation(org, &before));
+    app.predictor.history.add([observation(org, &price)]);
     Ok(Json(price))
 }
 
@@ -344,9 +356,27 @@ async fn delete_price(
     caller: Auth<Analyst>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.store
-        .delete_price(&caller.organization_id, &id)
+    let org = &caller.organization_id;
+    let before = app
+        .store
+        .price(org, &id)
         .await
         .map_err(ApiError::store("price"))?;
+    app.store
+        .delete_price(org, &id)
+        .await
+        .map_err(ApiError::store("price"))?;
+    app.predictor.history.remove(observation(org, &before));
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// An observation as the feature history keeps it.
+fn observation<'a>(org: &'a str, p: &'a Price) -> mercator_features::online::Observation<'a> {
+    mercator_features::online::Observation {
+        organization: org,
+        material: &p.material_id,
+        supplier: p.supplier_id.as_deref(),
+        observed_at_ms: p.time.timestamp_millis(),
+        price: p.price,
+    }
 }

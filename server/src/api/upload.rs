@@ -1,7 +1,8 @@
 //! `POST /api/v1/models/{name}/versions`: register a new version from a multipart upload, validated before
 //! anything serves it.
 //!
-//! Parts: `model` (the ONNX file), `manifest` (model.toml) and optionally `golden` (inputs and expected
+//! Parts: `model` (the ONNX file), `manifest` (model.toml), `features` (the feature spec, when the manifest
+//! names one in `[features]`) and optionally `golden` (inputs and expected
 //! outputs as V2 JSON tensors: `{"inputs": [...], "outputs": [{"name", "data"}]}`). The server gives the
 //! next version number (a name or version in the manifest is overridden). The version is built in a
 //! staging folder: the file must parse, its signature must match the manifest, a warm-up inference must
@@ -104,7 +105,24 @@ async fn upload(
             .join("staging")
             .join(format!("{}-{}", std::process::id(), rand_suffix()));
     let staged_dir = staging.join(&name).join(version.to_string());
-    let result = stage_and_check(&app, &staged_dir, &model_bytes, &manifest, golden).await;
+    let result = match (&parts.features, &manifest.features) {
+        (Some(spec), Some(reference)) => std::fs::create_dir_all(&staged_dir)
+            .and_then(|()| std::fs::write(staged_dir.join(&reference.spec), spec))
+            .map_err(|e| ApiError::Engine(EngineError::Runtime(format!("staging: {e}")))),
+        (Some(_), None) => Err(invalid(
+            "features",
+            "the manifest names no feature spec ([features] spec, sha256)",
+        )),
+        (None, Some(_)) => Err(invalid(
+            "features",
+            "the manifest names a feature spec: send it as the `features` part",
+        )),
+        (None, None) => Ok(()),
+    };
+    let result = match result {
+        Ok(()) => stage_and_check(&app, &staged_dir, &model_bytes, &manifest, golden).await,
+        Err(e) => Err(e),
+    };
     let outcome = match result {
         Ok(model) => commit(&app, &staged_dir, &served, model).await,
         Err(e) => Err(e),
@@ -148,6 +166,7 @@ struct Parts {
     model: Option<Vec<u8>>,
     manifest: Option<Vec<u8>>,
     golden: Option<Vec<u8>>,
+    features: Option<Vec<u8>>,
 }
 
 async fn read_parts(request: Request, limit: usize) -> Result<Parts, ApiError> {
@@ -161,6 +180,7 @@ async fn read_parts(request: Request, limit: usize) -> Result<Parts, ApiError> {
         model: None,
         manifest: None,
         golden: None,
+        features: None,
     };
     let mut total = 0usize;
     while let Some(mut field) = multipart
@@ -188,10 +208,11 @@ async fn read_parts(request: Request, limit: usize) -> Result<Parts, ApiError> {
             "model" => parts.model = Some(bytes),
             "manifest" => parts.manifest = Some(bytes),
             "golden" => parts.golden = Some(bytes),
+            "features" => parts.features = Some(bytes),
             other => {
                 return Err(invalid(
                     other,
-                    "unknown part; the parts are model, manifest and golden",
+                    "unknown part; the parts are model, manifest, features and golden",
                 ))
             }
         }
@@ -302,6 +323,7 @@ async fn commit(
         let sha = import::store_artifact(&data, &staged.join("model.onnx"))?;
         std::fs::create_dir_all(&target).map_err(|e| EngineError::Runtime(e.to_string()))?;
         import::link_artifact(&data, &target, &sha)?;
+        import::copy_companions(staged, &target)?;
         std::fs::copy(staged.join("model.toml"), target.join("model.toml"))
             .map_err(|e| EngineError::Runtime(e.to_string()))?;
         Ok(())

@@ -1,0 +1,358 @@
+//! Business predictions: what a purchase should cost. The request names a material, a quantity and maybe a
+//! supplier and a delivery date; the feature row is assembled from the organization's price history kept
+//! in memory ([`mercator_features::online`]) by the code that made the training frame, the active price
+//! model runs it through the batching scheduler, and the manifest's calibration gives the interval.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use chrono::NaiveDate;
+use mercator_engine::{EngineError, Model, Repository, Tensor, TensorData};
+use mercator_features::online::{Observation, OnlineHistory};
+use mercator_features::{day_of, FeatureError, FeatureSpec, RowInput};
+use mercator_store::{PricePoint, Store};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+
+/// The model that answers price predictions (its active version, or the traffic split's pick).
+pub const PRICE_MODEL: &str = "price";
+/// The interval level when a request names none.
+pub const DEFAULT_LEVEL: f64 = 0.8;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceRequest {
+    pub material_id: String,
+    /// In the material's unit; must be positive.
+    pub quantity: f64,
+    pub supplier_id: Option<String>,
+    /// Default: the spec's default lead time after `as_of`.
+    pub delivery_date: Option<NaiveDate>,
+    /// The day the price is asked on (history up to the day before is used); default today (UTC). For
+    /// backtests.
+    pub as_of: Option<NaiveDate>,
+    /// One of the calibrated levels (see the model's manifest); default 0.8.
+    pub interval_level: Option<f64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Interval {
+    pub lower: f64,
+    pub upper: f64,
+    pub level: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PricePrediction {
+    pub predicted_price: f64,
+    /// Split-conformal, from the calibration residuals recorded in the manifest.
+    pub prediction_interval: Interval,
+    /// 1 / (1 + relative width of the interval): 1 for a point, falling as the interval widens.
+    pub confidence_score: f64,
+    pub model: ModelRef,
+    pub as_of: NaiveDate,
+    /// The row the model saw, by feature name.
+    #[schema(value_type = Object)]
+    pub features_used: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Clone)]
+struct MaterialInfo {
+    organization: String,
+    category: String,
+    list_price: Option<f64>,
+}
+
+#[derive(Clone)]
+struct SupplierInfo {
+    organization: String,
+    code: String,
+    reliability: f64,
+}
+
+/// The price history, the material and supplier attributes features need (cached, dropped on change),
+/// and the parsed feature specs of the model versions.
+#[derive(Default)]
+pub struct Predictor {
+    pub history: OnlineHistory,
+    materials: RwLock<HashMap<String, MaterialInfo>>,
+    suppliers: RwLock<HashMap<String, SupplierInfo>>,
+    specs: Mutex<HashMap<(String, u64), Arc<FeatureSpec>>>,
+}
+
+/// Prices read per page when the history is rebuilt from the store.
+const REBUILD_PAGE: usize = 50_000;
+
+impl Predictor {
+    /// Rebuilds every organization's history from the store. Returns the prices read.
+    pub async fn rebuild(&self, store: &Store) -> Result<usize, String> {
+        let mut after = String::new();
+        let mut total = 0;
+        loop {
+            let page: Vec<PricePoint> = store
+                .price_points(&after, REBUILD_PAGE)
+                .await
+                .map_err(|e| format!("rebuilding the price history: {e}"))?;
+            let Some(last) = page.last() else {
+                return Ok(total);
+            };
+            after = last.id.clone();
+            total += page.len();
+            self.history.add(page.iter().map(observation));
+        }
+    }
+
+    /// Forgets a material's cached attributes (it changed or is gone).
+    pub fn forget_material(&self, id: &str) {
+        self.materials
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    pub fn forget_supplier(&self, id: &str) {
+        self.suppliers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    async fn material(&self, store: &Store, org: &str, id: &str) -> Result<MaterialInfo, ApiError> {
+        let cached = self
+            .materials
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        let info = match cached {
+            Some(info) => info,
+            None => {
+                let m = store
+                    .material(org, id)
+                    .await
+                    .map_err(ApiError::store("material"))?;
+                let info = MaterialInfo {
+                    organization: org.to_string(),
+                    category: m.category,
+                    list_price: m.list_price,
+                };
+                self.materials
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.to_string(), info.clone());
+                info
+            }
+        };
+        if info.organization != org {
+            return Err(ApiError::NotFound("material"));
+        }
+        Ok(info)
+    }
+
+    async fn supplier(&self, store: &Store, org: &str, id: &str) -> Result<SupplierInfo, ApiError> {
+        let cached = self
+            .suppliers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        let info = match cached {
+            Some(info) => info,
+            None => {
+                let s = store
+                    .supplier(org, id)
+                    .await
+                    .map_err(ApiError::store("supplier"))?;
+                let info = SupplierInfo {
+                    organization: org.to_string(),
+                    code: s.code,
+                    reliability: s.reliability,
+                };
+                self.suppliers
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.to_string(), info.clone());
+                info
+            }
+        };
+        if info.organization != org {
+            return Err(ApiError::NotFound("supplier"));
+        }
+        Ok(info)
+    }
+
+    /// The feature spec of a model version (parsed once).
+    fn spec(
+        &self,
+        data_dir: &std::path::Path,
+        model: &Model,
+    ) -> Result<Arc<FeatureSpec>, ApiError> {
+        let m = model.manifest();
+        let key = (m.name.clone(), m.version);
+        if let Some(spec) = self
+            .specs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(spec.clone());
+        }
+        let Some(features) = &m.features else {
+            return Err(ApiError::Conflict(format!(
+                "version {} of {} takes raw feature tensors (no [features] spec); activate a version with one",
+                m.version, m.name
+            )));
+        };
+        let path = mercator_engine::import::served_dir(data_dir)
+            .join(&m.name)
+            .join(m.version.to_string())
+            .join(&features.spec);
+        let spec = Arc::new(
+            FeatureSpec::from_file(&path)
+                .map_err(|e| ApiError::Engine(EngineError::Runtime(e.to_string())))?,
+        );
+        self.specs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, spec.clone());
+        Ok(spec)
+    }
+
+    /// What `request` should cost, for organization `org`.
+    pub async fn price(
+        &self,
+        store: &Store,
+        repository: &Repository,
+        data_dir: &std::path::Path,
+        org: &str,
+        request: PriceRequest,
+    ) -> Result<PricePrediction, ApiError> {
+        if !(request.quantity > 0.0 && request.quantity.is_finite()) {
+            return Err(FeatureError::Quantity(request.quantity).into());
+        }
+        let material = self.material(store, org, &request.material_id).await?;
+        let supplier = match &request.supplier_id {
+            Some(id) => Some(self.supplier(store, org, id).await?),
+            None => None,
+        };
+        let model = repository.get(PRICE_MODEL, None)?;
+        let spec = self.spec(data_dir, &model)?;
+        let manifest = model.manifest();
+        let as_of = request
+            .as_of
+            .unwrap_or_else(|| chrono::Utc::now().date_naive());
+        let input = RowInput {
+            as_of: day_of(as_of),
+            quantity: request.quantity,
+            delivery: request.delivery_date.map(day_of),
+            category: &material.category,
+            supplier_code: supplier.as_ref().map(|s| s.code.as_str()),
+            list_price: material.list_price,
+            supplier_reliability: supplier.as_ref().map(|s| s.reliability),
+        };
+        let row = self.history.row(
+            &spec,
+            org,
+            &request.material_id,
+            request.supplier_id.as_deref(),
+            &input,
+        )?;
+        let names = spec.names();
+        let tensor = Tensor {
+            name: manifest.inputs[0].name.clone(),
+            shape: vec![1, row.len()],
+            data: TensorData::Fp32(row.iter().map(|v| *v as f32).collect()),
+        };
+        let output = model.infer(vec![tensor], None).await?;
+        let predicted = output
+            .outputs
+            .first()
+            .map(|t| t.data.to_f64())
+            .and_then(|v| v.first().copied())
+            .ok_or_else(|| {
+                ApiError::Engine(EngineError::Inference("the model gave no price".into()))
+            })?;
+        let level = request.interval_level.unwrap_or(DEFAULT_LEVEL);
+        let (lower, upper) = interval(manifest, &names, &row, predicted, level)?;
+        let features_used = names
+            .iter()
+            .zip(&row)
+            .map(|(n, v)| (n.clone(), serde_json::json!(v)))
+            .collect();
+        Ok(PricePrediction {
+            predicted_price: predicted,
+            prediction_interval: Interval {
+                lower,
+                upper,
+                level,
+            },
+            confidence_score: 1.0 / (1.0 + (upper - lower) / predicted),
+            model: ModelRef {
+                name: manifest.name.clone(),
+                version: manifest.version,
+            },
+            as_of,
+            features_used,
+        })
+    }
+}
+
+/// `prediction · exp(±q · scale)`, q the calibrated quantile at `level`, scale the row's volatility.
+fn interval(
+    manifest: &mercator_engine::Manifest,
+    names: &[String],
+    row: &[f64],
+    predicted: f64,
+    level: f64,
+) -> Result<(f64, f64), ApiError> {
+    let Some(cal) = &manifest.interval else {
+        return Err(ApiError::Conflict(format!(
+            "version {} of {} has no interval calibration",
+            manifest.version, manifest.name
+        )));
+    };
+    let Some(i) = cal.levels.iter().position(|l| (l - level).abs() < 1e-9) else {
+        return Err(ApiError::Validation {
+            message: format!(
+                "interval_level {level} is not calibrated; use one of {:?}",
+                cal.levels
+            ),
+            details: mercator_store::FieldErrors::one(
+                "interval_level",
+                format!("one of {:?}", cal.levels),
+            ),
+        });
+    };
+    let feature = |name: &str| {
+        names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| row[i])
+            .ok_or_else(|| {
+                ApiError::Engine(EngineError::Runtime(format!(
+                    "the interval needs feature {name}"
+                )))
+            })
+    };
+    let scale = feature(&cal.scale_std)? / feature(&cal.scale_mean)? + cal.scale_floor;
+    let half = cal.quantiles[i] * scale;
+    Ok((predicted * (-half).exp(), predicted * half.exp()))
+}
+
+pub fn observation(p: &PricePoint) -> Observation<'_> {
+    Observation {
+        organization: &p.organization_id,
+        material: &p.material_id,
+        supplier: p.supplier_id.as_deref(),
+        observed_at_ms: p.observed_at_ms,
+        price: p.price,
+    }
+}
