@@ -85,7 +85,14 @@ pub struct Predictor {
     pub history: OnlineHistory,
     materials: RwLock<HashMap<String, MaterialInfo>>,
     suppliers: RwLock<HashMap<String, SupplierInfo>>,
-    specs: Mutex<HashMap<(String, u64), Arc<FeatureSpec>>>,
+    /// The price model's feature specs by version, with their column names.
+    specs: Mutex<HashMap<u64, Arc<Prepared>>>,
+}
+
+/// A parsed spec and its column names, made once per model version.
+struct Prepared {
+    spec: FeatureSpec,
+    names: Vec<String>,
 }
 
 /// Prices read per page when the history is rebuilt from the store.
@@ -189,21 +196,16 @@ impl Predictor {
         Ok(info)
     }
 
-    /// The feature spec of a model version (parsed once).
-    fn spec(
-        &self,
-        data_dir: &std::path::Path,
-        model: &Model,
-    ) -> Result<Arc<FeatureSpec>, ApiError> {
+    /// The feature spec of a price model version (parsed once).
+    fn spec(&self, data_dir: &std::path::Path, model: &Model) -> Result<Arc<Prepared>, ApiError> {
         let m = model.manifest();
-        let key = (m.name.clone(), m.version);
-        if let Some(spec) = self
+        if let Some(prepared) = self
             .specs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+            .get(&m.version)
         {
-            return Ok(spec.clone());
+            return Ok(prepared.clone());
         }
         let Some(features) = &m.features else {
             return Err(ApiError::Conflict(format!(
@@ -215,15 +217,17 @@ impl Predictor {
             .join(&m.name)
             .join(m.version.to_string())
             .join(&features.spec);
-        let spec = Arc::new(
-            FeatureSpec::from_file(&path)
-                .map_err(|e| ApiError::Engine(EngineError::Runtime(e.to_string())))?,
-        );
+        let spec = FeatureSpec::from_file(&path)
+            .map_err(|e| ApiError::Engine(EngineError::Runtime(e.to_string())))?;
+        let prepared = Arc::new(Prepared {
+            names: spec.names(),
+            spec,
+        });
         self.specs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, spec.clone());
-        Ok(spec)
+            .insert(m.version, prepared.clone());
+        Ok(prepared)
     }
 
     /// What `request` should cost, for organization `org`.
@@ -244,7 +248,8 @@ impl Predictor {
             None => None,
         };
         let model = repository.get(PRICE_MODEL, None)?;
-        let spec = self.spec(data_dir, &model)?;
+        let prepared = self.spec(data_dir, &model)?;
+        let (spec, names) = (&prepared.spec, &prepared.names);
         let manifest = model.manifest();
         let as_of = request
             .as_of
@@ -259,13 +264,12 @@ impl Predictor {
             supplier_reliability: supplier.as_ref().map(|s| s.reliability),
         };
         let row = self.history.row(
-            &spec,
+            spec,
             org,
             &request.material_id,
             request.supplier_id.as_deref(),
             &input,
         )?;
-        let names = spec.names();
         let tensor = Tensor {
             name: manifest.inputs[0].name.clone(),
             shape: vec![1, row.len()],
@@ -281,7 +285,7 @@ impl Predictor {
                 ApiError::Engine(EngineError::Inference("the model gave no price".into()))
             })?;
         let level = request.interval_level.unwrap_or(DEFAULT_LEVEL);
-        let (lower, upper) = interval(manifest, &names, &row, predicted, level)?;
+        let (lower, upper) = interval(manifest, names, &row, predicted, level)?;
         let features_used = names
             .iter()
             .zip(&row)

@@ -193,10 +193,7 @@ fn describe(
         .join(name)
         .join(version.to_string());
     let artifact = mercator_engine::import::artifact_of(&dir);
-    let manifest = match model {
-        Some(m) => Some(m.manifest().clone()),
-        None => mercator_engine::Manifest::from_file(&dir.join("model.toml")).ok(),
-    };
+    let manifest = manifest_of(&dir, model);
     VersionView {
         version,
         state: record.map_or(VersionState::Ready, |r| r.state),
@@ -216,6 +213,14 @@ fn describe(
             .map(|a| a.1)
             .or_else(|| record.filter(|r| r.sha256.is_some()).map(|r| r.size_bytes)),
         stats: model.map(stats),
+    }
+}
+
+/// A version's manifest: the served one, or its folder's while it is not loaded.
+fn manifest_of(dir: &std::path::Path, model: Option<&Model>) -> Option<mercator_engine::Manifest> {
+    match model {
+        Some(m) => Some(m.manifest().clone()),
+        None => mercator_engine::Manifest::from_file(&dir.join("model.toml")).ok(),
     }
 }
 
@@ -552,10 +557,7 @@ async fn get_version(
     let dir = mercator_engine::import::served_dir(&app.data_dir)
         .join(&name)
         .join(version.to_string());
-    let manifest = match &model {
-        Some(m) => Some(m.manifest().clone()),
-        None => mercator_engine::Manifest::from_file(&dir.join("model.toml")).ok(),
-    };
+    let manifest = manifest_of(&dir, model.as_ref());
     Ok(Json(VersionDetail {
         served,
         manifest: manifest.and_then(|m| serde_json::to_value(m).ok()),
