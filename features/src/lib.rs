@@ -16,6 +16,7 @@ pub mod materialize;
 pub mod online;
 pub mod row;
 pub mod spec;
+pub mod trend;
 
 pub use history::{day_of, Day, Series};
 /// The Polars this crate builds its frames with, for readers of them.

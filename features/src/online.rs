@@ -104,11 +104,18 @@ impl OnlineHistory {
         assemble(spec, input, history)
     }
 
-    /// The material's market series (a copy), for analytics over it.
-    pub fn market(&self, organization: &str, material: &str) -> Option<Series> {
+    /// Runs `f` on the material's market series (empty when it has no prices), under the shared lock.
+    pub fn with_market<T>(
+        &self,
+        organization: &str,
+        material: &str,
+        f: impl FnOnce(&Series) -> T,
+    ) -> T {
         let orgs = self.orgs.read().unwrap_or_else(|e| e.into_inner());
-        orgs.get(organization)?
-            .get(material)
-            .map(|h| h.market.clone())
+        let empty = Series::default();
+        f(orgs
+            .get(organization)
+            .and_then(|m| m.get(material))
+            .map_or(&empty, |h| &h.market))
     }
 }

@@ -475,3 +475,89 @@ async fn predictions_refuse_what_they_cannot_answer_honestly() {
         (&after["features_used"], &after["predicted_price"])
     );
 }
+
+/// The trend is the least-squares line through the daily mean prices of the window before as-of: checked
+/// against the closed form computed here from the fixture file; the direction follows the stated rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trends_are_the_line_through_the_daily_means() {
+    let s = TestServer::start().await;
+    let fixture = ingest_fixture(&s, &s.client).await;
+    let text = std::fs::read_to_string(repo_root().join("fixtures/prices.csv")).unwrap();
+    let as_of: chrono::NaiveDate = "2025-06-02".parse().unwrap();
+    for (code, window) in [("ALU-001", 90), ("COP-002", 30), ("ELE-003", 365)] {
+        // Daily means of the window, by hand.
+        let from = as_of - chrono::Duration::days(window);
+        let mut days: std::collections::BTreeMap<chrono::NaiveDate, (f64, f64)> =
+            Default::default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split(',').collect();
+            let d: chrono::NaiveDate = f[0].parse().unwrap();
+            if f[1] == code && d >= from && d < as_of {
+                let e = days.entry(d).or_default();
+                // Prices are kept in fixed point, 1/10000 of the currency unit.
+                e.0 += (f[8].parse::<f64>().unwrap() * 10_000.0).round();
+                e.1 += 1.0;
+            }
+        }
+        let points: Vec<(f64, f64)> = days
+            .iter()
+            .map(|(d, (sum, n))| ((*d - from).num_days() as f64, sum / n / 10_000.0))
+            .collect();
+        let n = points.len() as f64;
+        let (mx, my) = (
+            points.iter().map(|p| p.0).sum::<f64>() / n,
+            points.iter().map(|p| p.1).sum::<f64>() / n,
+        );
+        let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+        let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+        let slope = sxy / sxx;
+        let request =
+            json!({"material_id": fixture.materials[code], "window_days": window, "as_of": as_of});
+        let (status, body) = post(&s, &s.client, "/api/v1/analytics/trends", &request).await;
+        assert_eq!(status, 200, "{body}");
+        let got = body["slope_per_day"].as_f64().unwrap();
+        assert!(
+            (got - slope).abs() <= 1e-9 * slope.abs().max(1e-6),
+            "{code}: {got} vs {slope}"
+        );
+        assert_eq!(body["points"], points.len());
+        let (pct, r2) = (
+            body["pct_change"].as_f64().unwrap(),
+            body["r2"].as_f64().unwrap(),
+        );
+        let expected = if pct.abs() < 0.02 || r2 < 0.3 {
+            "stable"
+        } else if slope > 0.0 {
+            "rising"
+        } else {
+            "falling"
+        };
+        assert_eq!(body["direction"], expected, "{body}");
+        println!("trend {code} {window} days: {body}");
+    }
+    let alu = &fixture.materials["ALU-001"];
+    for (request, status_want, code_want) in [
+        (
+            json!({"material_id": alu, "window_days": 3}),
+            400,
+            "validation_error",
+        ),
+        (
+            json!({"material_id": "nope", "window_days": 30}),
+            404,
+            "not_found",
+        ),
+        (
+            json!({"material_id": alu, "window_days": 30, "as_of": "2024-01-02"}),
+            422,
+            "insufficient_history",
+        ),
+    ] {
+        let (status, body) = post(&s, &s.client, "/api/v1/analytics/trends", &request).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (status_want, Some(code_want)),
+            "{body}"
+        );
+    }
+}

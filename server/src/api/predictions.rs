@@ -1,5 +1,5 @@
-//! `/api/v1/predictions`: business predictions in the caller's organization. The handler translates; the
-//! [`crate::predict::Predictor`] decides.
+//! `/api/v1/predictions` and `/api/v1/analytics`: business predictions in the caller's organization. The
+//! handlers translate; the [`crate::predict::Predictor`] decides.
 
 use axum::extract::State;
 use axum::Json;
@@ -10,11 +10,13 @@ use super::extract::ApiJson;
 use super::ErrorEnvelope;
 use crate::auth::{Analyst, Auth};
 use crate::error::ApiError;
-use crate::predict::{PricePrediction, PriceRequest};
+use crate::predict::{PricePrediction, PriceRequest, TrendAnswer, TrendRequest};
 use crate::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(predict_price))
+    OpenApiRouter::new()
+        .routes(routes!(predict_price))
+        .routes(routes!(trends))
 }
 
 /// What a purchase should cost: the active price model on features computed from the organization's price
@@ -36,6 +38,23 @@ async fn predict_price(
             &caller.organization_id,
             request,
         )
+        .await
+        .map(Json)
+}
+
+/// The material's price trend: a linfa least-squares line through the daily mean prices of the window
+/// before `as_of` (analyst). `direction` is stable when the fitted change is within ±2% or r² < 0.3, else
+/// rising or falling. 422 `insufficient_history` below 3 days with prices.
+#[utoipa::path(post, path = "/api/v1/analytics/trends", tag = "analytics",
+    request_body = TrendRequest, security(("api_key" = [])),
+    responses((status = 200, body = TrendAnswer), (status = "4XX", body = ErrorEnvelope)))]
+async fn trends(
+    State(app): State<AppState>,
+    caller: Auth<Analyst>,
+    ApiJson(request): ApiJson<TrendRequest>,
+) -> Result<Json<TrendAnswer>, ApiError> {
+    app.predictor
+        .trend(&app.store, &caller.organization_id, request)
         .await
         .map(Json)
 }

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# End-to-end price predictions under load: POST /api/v1/predictions/price (feature row from the in-memory
+# history, the price model through its batching queue, the interval) with wrk on loopback, against the
+# axum echo of the same request (the ceiling), in one run. The fixture history (43,678 prices) is ingested
+# through the bulk API first.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+DURATION="${DURATION:-15}"
+CONCURRENCY="${CONCURRENCY:-1 64}"
+out="$root/benches/out"
+mkdir -p "$out"
+target="${CARGO_TARGET_DIR:-$root/target}"
+if ! command -v wrk >/dev/null; then
+  echo "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+fi
+scripts/install-runtime.sh
+cargo build --release --quiet --bin mercator --bin bench-echo
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+export API_KEY="mk_benchadmin_0123456789abcdef0123456789abcdef"
+rm -rf "$out/predict-data"
+"$target/release/bench-echo" 127.0.0.1:8111 & pids+=($!); echo_pid=$!
+RUST_LOG=warn MERCATOR_ADMIN_KEY="$API_KEY" "$target/release/mercator" serve --addr 127.0.0.1:8113 \
+  --data-dir "$out/predict-data" & pids+=($!); mercator_pid=$!
+for _ in $(seq 1 300); do
+  curl -sf http://127.0.0.1:8113/readyz >/dev/null && break; sleep 0.1
+done
+
+# Materials, suppliers and the fixture's prices, through the API; the request body for ALU-001.
+python3 - "$out/predict-row.json" <<'PY'
+import csv, json, sys, urllib.request
+base, key = "http://127.0.0.1:8113", "mk_benchadmin_0123456789abcdef0123456789abcdef"
+def call(path, body, kind="application/json"):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, headers={"content-type": kind, "authorization": f"Bearer {key}"})
+    return json.load(urllib.request.urlopen(req))
+rows = list(csv.DictReader(open("fixtures/prices.csv")))
+materials, suppliers = {}, {}
+for r in rows:
+    if r["material_code"] not in materials:
+        materials[r["material_code"]] = call("/api/v1/materials", {"code": r["material_code"], "name": r["material_code"],
+            "category": r["category"], "unit": r["unit"], "list_price": float(r["list_price"]), "specifications": {}})["id"]
+    if r["supplier_code"] not in suppliers:
+        suppliers[r["supplier_code"]] = call("/api/v1/suppliers", {"code": r["supplier_code"], "name": r["supplier_code"],
+            "country": "DE", "reliability": float(r["supplier_reliability"])})["id"]
+lines = ["time,material_id,supplier_id,price,currency,quantity,price_type"]
+lines += [f'{r["observed_on"]}T00:00:00Z,{materials[r["material_code"]]},{suppliers[r["supplier_code"]]},{r["unit_price"]},EUR,{r["quantity"]},quote' for r in rows]
+print(call("/api/v1/prices/bulk", ("\n".join(lines) + "\n").encode(), "text/csv")["inserted"], "prices ingested", file=sys.stderr)
+json.dump({"material_id": materials["ALU-001"], "supplier_id": suppliers["SUP-004"], "quantity": 500,
+           "as_of": "2025-06-02", "delivery_date": "2025-06-20"}, open(sys.argv[1], "w"))
+PY
+curl -sf -H "authorization: Bearer $API_KEY" -H 'content-type: application/json' \
+  --data-binary @"$out/predict-row.json" http://127.0.0.1:8113/api/v1/predictions/price | head -c 300; echo
+
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+results="$out/predictions.jsonl"
+: > "$results"
+for c in $CONCURRENCY; do
+  threads=$(( c < 2 ? 1 : 2 ))
+  for server in echo mercator; do
+    case $server in echo) port=8111 pid=$echo_pid;; mercator) port=8113 pid=$mercator_pid;; esac
+    line=$(BODY_FILE="$out/predict-row.json" wrk -t"$threads" -c"$c" -d"${DURATION}s" --timeout 5s -s benches/post.lua \
+      "http://127.0.0.1:$port/api/v1/predictions/price" | tail -n 1)
+    echo "{\"server\":\"$server\",\"concurrency\":$c,\"rss_kib\":$(rss_kib "$pid"),\"result\":$line}" | tee -a "$results"
+  done
+done
