@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run build runtime test lint bench bench-load bench-store train fmt
+.PHONY: run build runtime test lint bench bench-load bench-predictions bench-store train fmt
 
 ## Serve the shipped models on 127.0.0.1:8000 (flags: make run ARGS="--addr 0.0.0.0:8000").
 run: build
@@ -35,6 +35,10 @@ bench: runtime
 ## The load benchmark (wrk on loopback) against Mercator, the echo ceiling and the naive mutex server.
 bench-load: runtime
 	benches/load.sh
+
+## End-to-end price predictions under load (wrk on loopback) against the echo ceiling.
+bench-predictions: runtime
+	benches/predictions.sh
 
 ## The store benchmark: bulk ingest rows/s and list/range query latency on 1,000,000 prices, SQLite and PostgreSQL.
 bench-store: runtime
