@@ -66,16 +66,61 @@ pub struct PricePrediction {
 
 #[derive(Clone)]
 struct MaterialInfo {
-    organization: String,
     category: String,
     list_price: Option<f64>,
 }
 
 #[derive(Clone)]
 struct SupplierInfo {
-    organization: String,
     code: String,
     reliability: f64,
+}
+
+/// Rows' attributes by id, with the organization that owns each: read from the store on a miss, dropped
+/// when the row changes.
+struct Cache<T>(RwLock<HashMap<String, (String, T)>>);
+
+impl<T> Default for Cache<T> {
+    fn default() -> Self {
+        Cache(RwLock::default())
+    }
+}
+
+impl<T: Clone> Cache<T> {
+    fn forget(&self, id: &str) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+
+    /// The attributes of `id` if `org` owns it: 404 `what` otherwise, as the store answers.
+    async fn get<F: std::future::Future<Output = Result<T, ApiError>>>(
+        &self,
+        org: &str,
+        id: &str,
+        what: &'static str,
+        load: impl FnOnce() -> F,
+    ) -> Result<T, ApiError> {
+        let cached = self
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        let (owner, info) = match cached {
+            Some(entry) => entry,
+            None => {
+                let info = load().await?;
+                self.0
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.to_string(), (org.to_string(), info.clone()));
+                (org.to_string(), info)
+            }
+        };
+        if owner != org {
+            return Err(ApiError::NotFound(what));
+        }
+        Ok(info)
+    }
 }
 
 /// The price history, the material and supplier attributes features need (cached, dropped on change),
@@ -83,8 +128,8 @@ struct SupplierInfo {
 #[derive(Default)]
 pub struct Predictor {
     pub history: OnlineHistory,
-    materials: RwLock<HashMap<String, MaterialInfo>>,
-    suppliers: RwLock<HashMap<String, SupplierInfo>>,
+    materials: Cache<MaterialInfo>,
+    suppliers: Cache<SupplierInfo>,
     /// The price model's feature specs by version, with their column names.
     specs: Mutex<HashMap<u64, Arc<Prepared>>>,
 }
@@ -119,81 +164,41 @@ impl Predictor {
 
     /// Forgets a material's cached attributes (it changed or is gone).
     pub fn forget_material(&self, id: &str) {
-        self.materials
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        self.materials.forget(id);
     }
 
     pub fn forget_supplier(&self, id: &str) {
-        self.suppliers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        self.suppliers.forget(id);
     }
 
     async fn material(&self, store: &Store, org: &str, id: &str) -> Result<MaterialInfo, ApiError> {
-        let cached = self
-            .materials
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned();
-        let info = match cached {
-            Some(info) => info,
-            None => {
+        self.materials
+            .get(org, id, "material", || async {
                 let m = store
                     .material(org, id)
                     .await
                     .map_err(ApiError::store("material"))?;
-                let info = MaterialInfo {
-                    organization: org.to_string(),
+                Ok(MaterialInfo {
                     category: m.category,
                     list_price: m.list_price,
-                };
-                self.materials
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id.to_string(), info.clone());
-                info
-            }
-        };
-        if info.organization != org {
-            return Err(ApiError::NotFound("material"));
-        }
-        Ok(info)
+                })
+            })
+            .await
     }
 
     async fn supplier(&self, store: &Store, org: &str, id: &str) -> Result<SupplierInfo, ApiError> {
-        let cached = self
-            .suppliers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned();
-        let info = match cached {
-            Some(info) => info,
-            None => {
+        self.suppliers
+            .get(org, id, "supplier", || async {
                 let s = store
                     .supplier(org, id)
                     .await
                     .map_err(ApiError::store("supplier"))?;
-                let info = SupplierInfo {
-                    organization: org.to_string(),
+                Ok(SupplierInfo {
                     code: s.code,
                     reliability: s.reliability,
-                };
-                self.suppliers
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id.to_string(), info.clone());
-                info
-            }
-        };
-        if info.organization != org {
-            return Err(ApiError::NotFound("supplier"));
-        }
-        Ok(info)
+                })
+            })
+            .await
     }
 
     /// The feature spec of a price model version (parsed once).
