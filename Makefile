@@ -45,10 +45,12 @@ bench-store: runtime
 	benches/store.sh
 
 ## Regenerate fixtures/prices.csv and retrain the shipped models (not needed to run or test). Version 1
-## computed its features in numpy; price version 2 goes through `mercator features materialize`.
+## computed its features in numpy; version 2 of each goes through `mercator features materialize`.
 train:
 	python3 -m venv .venv-train
 	.venv-train/bin/pip install --quiet -r models/train/requirements.txt
 	.venv-train/bin/python models/train/generate_data.py
 	.venv-train/bin/python models/train/train.py
 	.venv-train/bin/python models/train/price.py
+	.venv-train/bin/python models/train/anomaly.py
+	.venv-train/bin/python models/train/forecast.py

@@ -59,6 +59,7 @@ fn bench(c: &mut Criterion) {
         supplier_code: Some("SUP-004"),
         list_price: Some(4.04),
         supplier_reliability: Some(0.77),
+        price: None,
     };
     let mut group = c.benchmark_group("online");
     group.throughput(Throughput::Elements(1));

@@ -20,7 +20,7 @@ mod tensor;
 
 pub use backend::{Backend, OrtBackend};
 pub use error::EngineError;
-pub use manifest::{Manifest, ModelKind, TensorSpec};
+pub use manifest::{AnomalyThresholds, Manifest, ModelKind, TensorSpec};
 pub use model::{InferOutput, Model, Timing, WARMUP};
 pub use repository::{IndexEntry, Repository, Traffic};
 pub use runtime::{Runtime, ORT_VERSION};

@@ -100,6 +100,9 @@ pub struct Manifest {
     /// How prediction intervals are made from the model's output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Interval>,
+    /// How an anomaly model's score becomes a flag and a severity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<AnomalyThresholds>,
     /// Training metrics, kept for people: the engine does not read them.
     #[serde(default)]
     pub metrics: toml::Table,
@@ -122,9 +125,25 @@ pub struct Interval {
     pub method: String,
     pub levels: Vec<f64>,
     pub quantiles: Vec<f64>,
+    /// For a model with one output per step ahead (a forecast): the quantiles by level, then by output
+    /// column, used instead of `quantiles`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_quantiles: Vec<Vec<f64>>,
     pub scale_std: String,
     pub scale_mean: String,
     pub scale_floor: f64,
+    pub calibration_rows: u64,
+}
+
+/// `[anomaly]`: a score at or above `low` is an anomaly, of severity low, medium or high by the highest
+/// threshold it reaches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnomalyThresholds {
+    pub method: String,
+    pub low: f64,
+    pub medium: f64,
+    pub high: f64,
     pub calibration_rows: u64,
 }
 
@@ -178,6 +197,14 @@ impl Manifest {
         if let Some(i) = &self.interval {
             if i.levels.len() != i.quantiles.len() || i.levels.is_empty() {
                 return Err("interval.levels and interval.quantiles must pair up".into());
+            }
+            if !i.output_quantiles.is_empty() && i.output_quantiles.len() != i.levels.len() {
+                return Err("interval.output_quantiles has one list per level".into());
+            }
+        }
+        if let Some(a) = &self.anomaly {
+            if !(a.low <= a.medium && a.medium <= a.high) {
+                return Err("anomaly thresholds must keep low <= medium <= high".into());
             }
         }
         if self.instances.count == 0 || self.instances.intra_op_threads == 0 {

@@ -30,8 +30,14 @@ pub enum FeatureError {
     Spec(String),
     #[error("quantity must be a positive number, got {0}")]
     Quantity(f64),
+    #[error("the observed price must be a positive number, got {0}")]
+    Price(f64),
+    #[error("these features describe an observed price, and the row has none")]
+    NoPrice,
     #[error("the delivery is {lead_days} days after the as-of date; the model covers 0 to {max}")]
     Lead { lead_days: i64, max: u32 },
+    #[error("{days} days ahead asked; the model forecasts 1 to {max}")]
+    Horizon { days: u32, max: usize },
     #[error(
         "too little price history: {days} days with prices in the {window} days before, {needed} needed"
     )]

@@ -255,7 +255,7 @@ pub fn materialize(spec: &FeatureSpec, input: &Path) -> Result<Materialized, Fea
             }
             current = Some(d);
         }
-        let (Some(m), Some(c), Some(q), Some(l), Some(_)) = (
+        let (Some(m), Some(c), Some(q), Some(l), Some(p)) = (
             material.get(i),
             category.get(i),
             quantity.get(i),
@@ -274,6 +274,7 @@ pub fn materialize(spec: &FeatureSpec, input: &Path) -> Result<Materialized, Fea
             supplier_code: s,
             list_price: list_price.get(i),
             supplier_reliability: reliability.get(i),
+            price: Some(p),
         };
         let history = RowHistory {
             market: market.get(m).unwrap_or(&empty),
@@ -291,6 +292,7 @@ pub fn materialize(spec: &FeatureSpec, input: &Path) -> Result<Materialized, Fea
                     FeatureError::TooLittleHistory { .. } => "too little history".to_string(),
                     FeatureError::Lead { .. } => "delivery beyond the horizon".to_string(),
                     FeatureError::Quantity(_) => "quantity not positive".to_string(),
+                    FeatureError::Price(_) => "price not positive".to_string(),
                     e => e.to_string(),
                 };
                 *dropped.entry(reason).or_default() += 1;

@@ -4,7 +4,7 @@
 
 use chrono::Datelike;
 
-use crate::history::{date_of, Agg, Day, Series};
+use crate::history::{date_of, to_units, Agg, Day, Series};
 use crate::spec::{Feature, FeatureSpec, Stat, HISTORY_DAYS};
 use crate::FeatureError;
 
@@ -13,6 +13,7 @@ use crate::FeatureError;
 pub struct RowInput<'a> {
     /// History features read only days strictly before this one.
     pub as_of: Day,
+    /// Read by `log_quantity` only (and must then be positive).
     pub quantity: f64,
     /// None: `as_of + default_lead_days`.
     pub delivery: Option<Day>,
@@ -20,6 +21,8 @@ pub struct RowInput<'a> {
     pub supplier_code: Option<&'a str>,
     pub list_price: Option<f64>,
     pub supplier_reliability: Option<f64>,
+    /// The observed unit price, for the features that describe one (anomaly scoring); None otherwise.
+    pub price: Option<f64>,
 }
 
 /// The price series a row reads: the material's market, and the material from the row's supplier.
@@ -35,9 +38,19 @@ pub fn assemble(
     input: &RowInput,
     history: RowHistory,
 ) -> Result<Vec<f64>, FeatureError> {
-    if !(input.quantity > 0.0 && input.quantity.is_finite()) {
+    let uses_quantity = spec.features.contains(&Feature::LogQuantity);
+    if uses_quantity && !(input.quantity > 0.0 && input.quantity.is_finite()) {
         return Err(FeatureError::Quantity(input.quantity));
     }
+    // An observed price counts in the history's fixed point, like every price the windows hold.
+    let price = match input.price {
+        _ if !spec.needs_price() => 0.0,
+        None => return Err(FeatureError::NoPrice),
+        Some(p) => match to_units(p, spec.units_per_price) {
+            units if units > 0 && p.is_finite() => units as f64 / spec.units_per_price as f64,
+            _ => return Err(FeatureError::Price(p)),
+        },
+    };
     let as_of = input.as_of;
     let delivery = input
         .delivery
@@ -110,6 +123,26 @@ pub fn assemble(
                 match (own, market) {
                     (Some(own), Some(market)) => own / market - 1.0,
                     _ => 0.0,
+                }
+            }
+            Feature::PriceToRolling { stat, days } => {
+                let w = k.window(k.market, *days);
+                let reference = match stat {
+                    Stat::Min => k.price(w.min).filter(|_| w.n > 0),
+                    Stat::Max => k.price(w.max).filter(|_| w.n > 0),
+                    _ => k.mean(&w),
+                };
+                (price / reference.unwrap_or(lag1)).ln()
+            }
+            Feature::PriceToLag { days } => (price / k.lag(*days).unwrap_or(lag1)).ln(),
+            Feature::PriceToList => (price / input.list_price.unwrap_or(lag1)).ln(),
+            Feature::PriceZscore { days } => {
+                let w = k.window(k.market, *days);
+                let std = k.std(&w);
+                if std == 0.0 {
+                    0.0
+                } else {
+                    (price - k.mean(&w).unwrap_or(lag1)) / std
                 }
             }
         })

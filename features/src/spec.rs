@@ -101,6 +101,22 @@ pub enum Feature {
     SupplierPremium {
         days: u32,
     },
+    /// ln(observed price / rolling `stat` over `days`), the stat falling back to the last price as above.
+    /// This and the next three describe an observed price (anomaly scoring): they need the row's price.
+    PriceToRolling {
+        stat: Stat,
+        days: u32,
+    },
+    /// ln(observed price / lag `days`).
+    PriceToLag {
+        days: u32,
+    },
+    /// ln(observed price / list price), the last price standing in for a missing list price.
+    PriceToList,
+    /// (observed price − rolling mean) / rolling std over `days`; 0 when the std is 0.
+    PriceZscore {
+        days: u32,
+    },
 }
 
 impl Feature {
@@ -122,7 +138,24 @@ impl Feature {
             Feature::PctChange { days } => format!("pct_change_{days}"),
             Feature::Zscore { days } => format!("zscore_{days}"),
             Feature::SupplierPremium { days } => format!("supplier_premium_{days}"),
+            Feature::PriceToRolling { stat, days } => {
+                format!("log_price_to_{}_{days}", format!("{stat:?}").to_lowercase())
+            }
+            Feature::PriceToLag { days } => format!("log_price_to_lag_{days}"),
+            Feature::PriceToList => "log_price_to_list".into(),
+            Feature::PriceZscore { days } => format!("price_zscore_{days}"),
         }
+    }
+
+    /// Whether the feature describes an observed price (the row needs one).
+    pub fn needs_price(&self) -> bool {
+        matches!(
+            self,
+            Feature::PriceToRolling { .. }
+                | Feature::PriceToLag { .. }
+                | Feature::PriceToList
+                | Feature::PriceZscore { .. }
+        )
     }
 
     /// Whether the value is an integer code (compared exactly in parity checks).
@@ -156,6 +189,11 @@ impl FeatureSpec {
             .map_err(|e| FeatureError::Spec(format!("{}: {e}", path.display())))
     }
 
+    /// Whether rows need the observed price (an anomaly model's spec).
+    pub fn needs_price(&self) -> bool {
+        self.features.iter().any(Feature::needs_price)
+    }
+
     /// Column names in input order.
     pub fn names(&self) -> Vec<String> {
         self.features.iter().map(Feature::name).collect()
@@ -181,12 +219,29 @@ impl FeatureSpec {
                 | Feature::Rolling { days, .. }
                 | Feature::PctChange { days }
                 | Feature::Zscore { days }
-                | Feature::SupplierPremium { days } => *days,
+                | Feature::SupplierPremium { days }
+                | Feature::PriceToRolling { days, .. }
+                | Feature::PriceToLag { days }
+                | Feature::PriceZscore { days } => *days,
                 _ => 1,
             };
             if days == 0 || days > HISTORY_DAYS {
                 return fail(format!("{}: days must be 1 to {HISTORY_DAYS}", f.name()));
             }
+        }
+        if let Some(f) = self.features.iter().find(|f| {
+            matches!(
+                f,
+                Feature::PriceToRolling {
+                    stat: Stat::Std,
+                    ..
+                }
+            )
+        }) {
+            return fail(format!(
+                "{}: a price is compared to a mean, min or max",
+                f.name()
+            ));
         }
         let mut names = self.names();
         names.sort();

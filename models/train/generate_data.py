@@ -5,9 +5,12 @@ premium and differ in reliability; unit prices fall with quantity (price breaks)
 observations are injected anomalies (fat-finger prices, unit mix-ups, opportunistic quotes), flagged in the
 `is_anomaly` column so the anomaly model can be evaluated.
 
-Writes fixtures/prices.csv. Same seed, same file: the shipped models and golden vectors depend on it.
+Writes fixtures/prices.csv (two years). Same seed, same file: the shipped models and golden vectors depend
+on it. `--days 1095 --out /tmp/prices-3y.csv` writes a longer history from the same generator (the
+materialisation benchmark's three years); other lengths draw other random numbers, so a different history.
 """
 
+import argparse
 import csv
 import datetime as dt
 import math
@@ -45,6 +48,11 @@ def break_factor(quantity: float) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--days", type=int, default=DAYS)
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "fixtures" / "prices.csv")
+    args = parser.parse_args()
+    days = args.days
     rng = np.random.default_rng(SEED)
     suppliers = [
         {
@@ -58,15 +66,15 @@ def main() -> None:
     for c_idx, (category, unit, (lo, hi), trend, season) in enumerate(CATEGORIES):
         phase = rng.uniform(0, 2 * math.pi)
         # A shared category shock (a random walk) moves all its materials together.
-        shock = np.cumsum(rng.normal(0, 0.004, DAYS))
+        shock = np.cumsum(rng.normal(0, 0.004, days))
         for m in range(MATERIALS_PER_CATEGORY):
             code = f"{category[:3].upper()}-{m + 1:03d}"
             base = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
             list_price = round(base * 1.15, 4)
             own_trend = trend + rng.normal(0, 0.02)
-            noise = np.cumsum(rng.normal(0, 0.002, DAYS))
+            noise = np.cumsum(rng.normal(0, 0.002, days))
             carried = rng.choice(SUPPLIERS, size=3, replace=False)
-            for day in range(DAYS):
+            for day in range(days):
                 # About 1.5 observations a day for each material.
                 for _ in range(rng.poisson(1.5)):
                     date = START + dt.timedelta(days=day)
@@ -98,7 +106,7 @@ def main() -> None:
                         ]
                     )
     rows.sort(key=lambda r: (r[0], r[1], r[4]))
-    out = ROOT / "fixtures" / "prices.csv"
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:
         w = csv.writer(f)

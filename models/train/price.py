@@ -14,28 +14,20 @@
 Set MERCATOR to the command that runs the binary (default: `cargo run --release --quiet --bin mercator --`).
 """
 
-import datetime as dt
-import hashlib
 import json
-import os
-import pathlib
-import subprocess
-import tempfile
 
 import lightgbm as lgb
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pyarrow.parquet as pq
 from onnx import TensorProto, helper, numpy_helper
 from onnxmltools import convert_lightgbm
 from onnxmltools.convert.common.data_types import FloatTensorType
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-SEED = 7
+from pipeline import (ROOT, SEED, conformal_quantile, fixture_rows, manifest_head, materialize, spec_sha256,
+                      split_dates, write_golden, write_spec)
+
 VERSION = 2
-HOLDOUT_DAYS = 120
-CALIBRATION_DAYS = 60
 LEVELS = [0.5, 0.8, 0.9, 0.95]
 SCALE_FLOOR = 0.01
 
@@ -75,53 +67,18 @@ FEATURES = [
 ]
 
 
-def toml_value(v):
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    return repr(v)
-
-
-def write_spec(path, categories, suppliers):
-    lines = [SPEC_HEAD]
-    for f in FEATURES:
-        f = dict(f)
-        if f["kind"] == "category":
-            f["vocabulary"] = categories
-        if f["kind"] == "supplier":
-            f["vocabulary"] = suppliers
-        lines.append("[[features]]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in f.items()]
-        lines.append("")
-    path.write_text("\n".join(lines))
-
-
 def main():
     out = ROOT / "models" / "price" / str(VERSION)
     out.mkdir(parents=True, exist_ok=True)
-    prices = ROOT / "fixtures" / "prices.csv"
-    import csv
-
-    with prices.open() as f:
-        rows = list(csv.DictReader(f))
-    last = max(dt.date.fromisoformat(r["observed_on"]) for r in rows)
-    holdout_start = last - dt.timedelta(days=HOLDOUT_DAYS - 1)
-    calibration_start = holdout_start - dt.timedelta(days=CALIBRATION_DAYS)
-    train_rows = [r for r in rows if dt.date.fromisoformat(r["observed_on"]) < calibration_start]
-    categories = sorted({r["category"] for r in train_rows})
-    suppliers = sorted({r["supplier_code"] for r in train_rows})
+    rows = fixture_rows()
+    calibration_start, holdout_start = split_dates(rows)
+    train_rows = [r for r in rows if r["observed_on"] < calibration_start.isoformat()]
+    vocabularies = {"category": sorted({r["category"] for r in train_rows}),
+                    "supplier": sorted({r["supplier_code"] for r in train_rows})}
     spec = out / "features.toml"
-    write_spec(spec, categories, suppliers)
-
-    binary = os.environ.get("MERCATOR", "cargo run --release --quiet --bin mercator --").split()
-    with tempfile.TemporaryDirectory() as tmp:
-        frame_path = pathlib.Path(tmp) / "train.parquet"
-        subprocess.run(binary + ["features", "materialize", "--spec", str(spec), "--input", str(prices),
-                        "--output", str(frame_path)], check=True)
-        table = pq.read_table(frame_path)
-    names = [n for n in table.column_names if n not in ("observed_on", "material_code", "supplier_code", "unit_price", "is_anomaly")]
-    X = np.column_stack([table.column(n).to_numpy() for n in names]).astype(np.float64)
+    write_spec(spec, SPEC_HEAD, [dict(f, vocabulary=vocabularies[f["kind"]]) if f["kind"] in vocabularies else f
+                                 for f in FEATURES])
+    names, X, table = materialize(spec)
     y = table.column("unit_price").to_numpy()
     days = np.array([d for d in table.column("observed_on").to_pylist()])
     clean = table.column("is_anomaly").to_numpy() == 0  # the fair price is learnt from clean observations
@@ -154,8 +111,7 @@ def main():
     # Split-conformal, normalised by volatility: score = |ln(y / pred)| / (std28 / mean28 + floor).
     scale = lambda rows: X[rows, names.index("roll_std_28")] / X[rows, ref_idx] + SCALE_FLOOR
     cal_scores = np.abs(np.log(y[cal] / predict(cal))) / scale(cal)
-    n = len(cal_scores)
-    quantiles = [float(np.quantile(cal_scores, min(1.0, np.ceil((n + 1) * lv) / n), method="higher")) for lv in LEVELS]
+    quantiles = [conformal_quantile(cal_scores, lv) for lv in LEVELS]
 
     pred = predict(test)
     actual = y[test]
@@ -176,15 +132,11 @@ def main():
     }
 
     (out / "model.onnx").write_bytes(onx.SerializeToString())
-    sha = hashlib.sha256(spec.read_bytes()).hexdigest()
-    lines = [
-        'name = "price"', f"version = {VERSION}", 'kind = "price"',
-        f'description = "Fair unit price of a purchase: LightGBM, 300 trees, {len(names)} features from the feature pipeline."', "",
-        "[batching]", "max_batch_size = 256", "max_queue_delay_us = 0", "queue_capacity = 8192", "",
-        "[instances]", "count = 1", "intra_op_threads = 1", "",
-        "[[inputs]]", 'name = "features"', 'datatype = "FP32"', f"shape = [-1, {len(names)}]", "",
-        "[[outputs]]", 'name = "price"', 'datatype = "FP32"', "shape = [-1, 1]", "",
-        "[features]", 'spec = "features.toml"', f'sha256 = "{sha}"', "",
+    lines = manifest_head("price", VERSION, "price",
+                          f"Fair unit price of a purchase: LightGBM, 300 trees, {len(names)} features from the feature pipeline.",
+                          [("features", len(names))], [("price", 1)])
+    lines += [
+        "[features]", 'spec = "features.toml"', f'sha256 = "{spec_sha256(spec)}"', "",
         "[interval]", 'method = "split-conformal, normalised by 28-day volatility"',
         f"levels = {json.dumps(LEVELS)}", f"quantiles = {json.dumps([round(q, 6) for q in quantiles])}",
         'scale_std = "roll_std_28"', 'scale_mean = "roll_mean_28"', f"scale_floor = {SCALE_FLOOR}",
@@ -194,12 +146,8 @@ def main():
     (out / "model.toml").write_text("\n".join(lines) + "\n")
 
     sample = np.where(test)[0][:8]
-    golden = {
-        "model": "price", "version": str(VERSION), "tolerance": {"relative": 1e-5},
-        "inputs": [{"name": "features", "datatype": "FP32", "shape": [len(sample), len(names)], "data": Xf[sample].ravel().tolist()}],
-        "outputs": [{"name": "price", "datatype": "FP32", "shape": [len(sample), 1], "data": predict(sample).tolist()}],
-    }
-    (ROOT / "fixtures" / "golden" / "price-v2.json").write_text(json.dumps(golden, indent=1) + "\n")
+    write_golden("price", VERSION, {"features": Xf[sample]}, {"price": predict(sample)[:, None].astype(np.float32)},
+                 "price-v2.json")
     print("price", VERSION, metrics, "quantiles", dict(zip(LEVELS, quantiles)))
 
 

@@ -68,6 +68,29 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// 422 about one field.
+    pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+        let message = message.into();
+        ApiError::Validation {
+            details: FieldErrors::one(field, message.clone()),
+            message,
+        }
+    }
+
+    /// A time parameter: RFC 3339 or a date; 422 naming the field otherwise.
+    pub fn parse_time(
+        field: &str,
+        text: Option<String>,
+    ) -> Result<Option<mercator_store::Time>, ApiError> {
+        text.map(|t| {
+            mercator_store::parse_time(&t).ok_or_else(|| ApiError::Validation {
+                message: format!("`{field}` is not a time"),
+                details: FieldErrors::one(field, "use RFC 3339 (2025-03-01T12:00:00Z) or a date"),
+            })
+        })
+        .transpose()
+    }
+
     /// Maps a store error for a resource (`NotFound` names it).
     pub fn store(resource: &'static str) -> impl FnOnce(StoreError) -> ApiError {
         move |e| match e {
@@ -124,11 +147,14 @@ impl ApiError {
                 use mercator_features::FeatureError as F;
                 match e {
                     F::Quantity(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_quantity"),
-                    F::Lead { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "beyond_horizon"),
+                    F::Lead { .. } | F::Horizon { .. } => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, "beyond_horizon")
+                    }
+                    F::Price(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_price"),
                     F::TooLittleHistory { .. } => {
                         (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_history")
                     }
-                    F::Spec(_) | F::Materialize(_) => {
+                    F::Spec(_) | F::Materialize(_) | F::NoPrice => {
                         (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                     }
                 }

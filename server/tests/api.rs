@@ -1149,6 +1149,8 @@ async fn the_openapi_document_covers_every_endpoint() {
         "DELETE /api/v1/prices/{id}",
         "POST /api/v1/predictions/price",
         "POST /api/v1/analytics/trends",
+        "POST /api/v1/analytics/forecast",
+        "POST /api/v1/analytics/anomalies",
         "GET /ws/prices",
         "GET /api/v1/audit",
         "GET /ws/notifications",

@@ -97,14 +97,61 @@ async fn ingest_fixture(s: &TestServer, client: &Client) -> Fixture {
     }
 }
 
+/// The feature spec of version 2 of `model`.
+fn spec_of(model: &str) -> FeatureSpec {
+    FeatureSpec::from_file(&repo_root().join(format!("models/{model}/2/features.toml"))).unwrap()
+}
+
 fn spec() -> FeatureSpec {
-    FeatureSpec::from_file(&repo_root().join("models/price/2/features.toml")).unwrap()
+    spec_of("price")
+}
+
+/// The training frame of version 2 of `model`, materialised from the fixture. Polars drives its own
+/// runtime: call it off the test's.
+fn frame_of(model: &str) -> DataFrame {
+    materialize::materialize(&spec_of(model), &repo_root().join("fixtures/prices.csv"))
+        .unwrap()
+        .frame
 }
 
 fn frame() -> DataFrame {
-    materialize::materialize(&spec(), &repo_root().join("fixtures/prices.csv"))
+    frame_of("price")
+}
+
+fn manifest_of(model: &str) -> mercator_engine::Manifest {
+    mercator_engine::Manifest::from_file(&repo_root().join(format!("models/{model}/2/model.toml")))
         .unwrap()
-        .frame
+}
+
+fn holdout_from(manifest: &mercator_engine::Manifest) -> chrono::NaiveDate {
+    manifest.metrics["holdout_from"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// ONNX Runtime's outputs on feature rows, through V2 in chunks: one Vec per row.
+async fn infer_rows(s: &TestServer, path: &str, rows: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    let mut out = Vec::new();
+    for chunk in rows.chunks(256) {
+        let width = chunk[0].len();
+        let data: Vec<f64> = chunk.iter().flatten().copied().collect();
+        let infer = json!({"inputs": [{"name": "features", "datatype": "FP32",
+            "shape": [chunk.len(), width], "data": data}]});
+        let (status, body) = post(s, &s.client, path, &infer).await;
+        assert_eq!(status, 200, "{body}");
+        let o = &body["outputs"][0];
+        let per_row = o["shape"][1].as_u64().unwrap() as usize;
+        let values: Vec<f64> = o["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        out.extend(values.chunks(per_row).map(<[f64]>::to_vec));
+    }
+    out
 }
 
 fn strings(frame: &DataFrame, name: &str) -> Vec<String> {
@@ -237,14 +284,8 @@ async fn served_rows_equal_training_rows_and_the_model_beats_the_baseline() {
 
     // Held-out quality of the shipped model, recomputed here through the server: the last 120 days of clean
     // observations, in batches through V2.
-    let manifest =
-        mercator_engine::Manifest::from_file(&repo_root().join("models/price/2/model.toml"))
-            .unwrap();
-    let from: chrono::NaiveDate = manifest.metrics["holdout_from"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let manifest = manifest_of("price");
+    let from = holdout_from(&manifest);
     let anomaly = floats(&frame, "is_anomaly");
     let label = floats(&frame, "unit_price");
     let holdout: Vec<usize> = (0..frame.height())
@@ -558,6 +599,438 @@ async fn trends_are_the_line_through_the_daily_means() {
             (status, body["error"]["code"].as_str()),
             (status_want, Some(code_want)),
             "{body}"
+        );
+    }
+}
+
+/// A clean fixture price: its material, supplier, day and price text.
+type PriceKey = (String, String, chrono::NaiveDate, String);
+
+/// Every price the fixture ingested was scored at ingest against the history before its day: the score the
+/// anomalies endpoint gives for the held-out period equals ONNX Runtime on the materialised training row,
+/// the stored score equals it, and the flags find the injected anomalies at the rate the issue asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prices_are_scored_like_training_rows_and_injected_anomalies_are_found() {
+    let s = TestServer::with(|c| c.max_bulk_rows = 50_000).await;
+    let fixture = ingest_fixture(&s, &s.client).await;
+    let frame = tokio::task::spawn_blocking(|| frame_of("anomaly"))
+        .await
+        .unwrap();
+    let spec = spec_of("anomaly");
+    let manifest = manifest_of("anomaly");
+    let from = holdout_from(&manifest);
+    let supplier_code: HashMap<&str, &str> = fixture
+        .suppliers
+        .iter()
+        .map(|(code, id)| (id.as_str(), code.as_str()))
+        .collect();
+    let key = |material: &str, supplier: &str, day: chrono::NaiveDate, price: f64| -> PriceKey {
+        (material.into(), supplier.into(), day, format!("{price}"))
+    };
+
+    // Stored mode: every material's observations of the held-out period.
+    let mut judged: HashMap<PriceKey, Value> = HashMap::new();
+    let mut codes: Vec<&String> = fixture.materials.keys().collect();
+    codes.sort();
+    for code in codes {
+        let request =
+            json!({"material_id": fixture.materials[code], "from": from, "to": "2026-01-01"});
+        let (status, body) = post(&s, &s.client, "/api/v1/analytics/anomalies", &request).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["model"], json!({"name": "anomaly", "version": 2}));
+        for j in body["results"].as_array().unwrap() {
+            let day: chrono::NaiveDate = j["observed_on"].as_str().unwrap().parse().unwrap();
+            let supplier = supplier_code[j["supplier_id"].as_str().unwrap()];
+            judged.insert(
+                key(code, supplier, day, j["price"].as_f64().unwrap()),
+                j.clone(),
+            );
+        }
+    }
+
+    // The training frame's held-out rows, scored by ONNX Runtime through V2.
+    let names = spec.names();
+    let columns: Vec<Vec<f64>> = names.iter().map(|n| floats(&frame, n)).collect();
+    let (material, supplier, day, price, label) = (
+        strings(&frame, "material_code"),
+        strings(&frame, "supplier_code"),
+        dates(&frame),
+        floats(&frame, "unit_price"),
+        floats(&frame, "is_anomaly"),
+    );
+    let holdout: Vec<usize> = (0..frame.height()).filter(|&i| day[i] >= from).collect();
+    let rows: Vec<Vec<f64>> = holdout
+        .iter()
+        .map(|&i| columns.iter().map(|c| c[i]).collect())
+        .collect();
+    let onnx = infer_rows(&s, "/v2/models/anomaly/versions/2/infer", &rows).await;
+    let t = manifest.anomaly.as_ref().unwrap();
+    let (mut tp, mut fp, mut positives, mut negatives) = (0, 0, 0, 0);
+    for (k, &i) in holdout.iter().enumerate() {
+        let j = &judged[&key(&material[i], &supplier[i], day[i], price[i])];
+        let score = j["score"].as_f64().unwrap();
+        assert!(
+            (score - onnx[k][0]).abs() <= 1e-6,
+            "row {i}: served {score}, ONNX on the training row {}",
+            onnx[k][0]
+        );
+        let flagged = j["is_anomaly"].as_bool().unwrap();
+        assert_eq!(flagged, score >= t.low, "{j}");
+        if label[i] == 1.0 {
+            positives += 1;
+            tp += flagged as usize;
+        } else {
+            negatives += 1;
+            fp += flagged as usize;
+        }
+    }
+    let (recall, fpr) = (tp as f64 / positives as f64, fp as f64 / negatives as f64);
+    println!(
+        "held out: {} prices, {positives} injected anomalies: recall {recall:.4}, false positives {fpr:.4} ({fp})",
+        holdout.len()
+    );
+    assert!(
+        recall >= 0.8 && fpr <= 0.05,
+        "recall {recall}, false-positive rate {fpr}"
+    );
+
+    // The score stored at ingest is the same, and a decimal slip is flagged high with its reasons.
+    let slip = holdout
+        .iter()
+        .copied()
+        .find(|&i| label[i] == 1.0 && columns[0][i].abs() > 1.5)
+        .expect("a decimal slip in the held-out period");
+    let j = &judged[&key(&material[slip], &supplier[slip], day[slip], price[slip])];
+    let r = s
+        .client
+        .get(s.url(&format!(
+            "/api/v1/prices/{}",
+            j["price_id"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    let stored: Value = r.json().await.unwrap();
+    assert_eq!(stored["anomaly"]["score"], j["score"], "{stored}");
+    assert_eq!(stored["anomaly"]["model"], "anomaly:2");
+    assert_eq!(
+        (&j["severity"], &stored["anomaly"]["severity"]),
+        (&json!("high"), &json!("high"))
+    );
+    // A tenfold slip is ~90% off (or 900%) every reference: the 28-day mean among the reasons, in words.
+    let reasons = j["reasons"].as_array().unwrap();
+    let mean28 = reasons
+        .iter()
+        .find(|r| r["feature"] == "log_price_to_mean_28")
+        .unwrap_or_else(|| panic!("{j}"));
+    let message = mean28["message"].as_str().unwrap();
+    assert!(
+        message.contains("the 28-day mean")
+            && (message.contains("% above") || message.contains("% below")),
+        "{j}"
+    );
+
+    // Observations in the body are judged as stored ones are, and not stored.
+    let normal = holdout
+        .iter()
+        .copied()
+        .find(|&i| {
+            label[i] == 0.0
+                && !judged[&key(&material[i], &supplier[i], day[i], price[i])]["is_anomaly"]
+                    .as_bool()
+                    .unwrap()
+        })
+        .unwrap();
+    let (m_id, s_id) = (
+        &fixture.materials[&material[normal]],
+        &fixture.suppliers[&supplier[normal]],
+    );
+    let body = json!({"material_id": m_id, "observations": [
+        {"supplier_id": s_id, "price": price[normal], "observed_on": day[normal]},
+        {"supplier_id": s_id, "price": price[normal] * 10.0, "observed_on": day[normal]},
+    ]});
+    let (status, answer) = post(&s, &s.client, "/api/v1/analytics/anomalies", &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(
+        results[0]["score"],
+        judged[&key(
+            &material[normal],
+            &supplier[normal],
+            day[normal],
+            price[normal]
+        )]["score"]
+    );
+    assert_eq!(results[0]["is_anomaly"], false);
+    assert_eq!(results[1]["severity"], "high", "{answer}");
+    assert!(results[1]["price_id"].is_null());
+
+    // A price ingested now is scored as it lands; a correction rescores it.
+    let new = json!({"time": format!("{}T09:00:00Z", day[normal]), "material_id": m_id,
+                     "supplier_id": s_id, "price": price[normal] * 10.0, "currency": "EUR",
+                     "price_type": "quote"});
+    let (status, created) = post(&s, &s.client, "/api/v1/prices", &new).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(
+        (
+            &created["anomaly"]["is_anomaly"],
+            &created["anomaly"]["severity"]
+        ),
+        (&json!(true), &json!("high")),
+        "{created}"
+    );
+    let r = s
+        .client
+        .patch(s.url(&format!(
+            "/api/v1/prices/{}",
+            created["id"].as_str().unwrap()
+        )))
+        .json(&json!({"price": price[normal]}))
+        .send()
+        .await
+        .unwrap();
+    let corrected: Value = r.json().await.unwrap();
+    assert_eq!(corrected["anomaly"]["is_anomaly"], false, "{corrected}");
+
+    // Refusals, and a second organization that reaches nothing of the first.
+    let (status, org) = post(
+        &s,
+        &s.client,
+        "/api/v1/organizations",
+        &json!({"name": "B"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let b_client = client_with(org["api_key"]["secret"].as_str().unwrap());
+    let too_many: Vec<Value> = (0..50_001).map(|_| json!({"price": 1.0})).collect();
+    for (client, request, status_want, code_want) in [
+        (&b_client, json!({"material_id": m_id}), 404, "not_found"),
+        (
+            &b_client,
+            json!({"material_id": m_id, "observations": [{"price": 1.0}]}),
+            404,
+            "not_found",
+        ),
+        (
+            &s.client,
+            json!({"from": "2025-01-01"}),
+            400,
+            "validation_error",
+        ),
+        (
+            &s.client,
+            json!({"material_id": m_id, "from": "2025-01-01", "observations": []}),
+            400,
+            "validation_error",
+        ),
+        (
+            &s.client,
+            json!({"material_id": m_id, "from": "yesterday"}),
+            400,
+            "validation_error",
+        ),
+        (
+            &s.client,
+            json!({"material_id": m_id, "observations": [{"price": -2.0}]}),
+            422,
+            "invalid_price",
+        ),
+        (
+            &s.client,
+            json!({"material_id": m_id, "observations": too_many}),
+            413,
+            "too_many_rows",
+        ),
+    ] {
+        let (status, body) = post(&s, client, "/api/v1/analytics/anomalies", &request).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (status_want, Some(code_want)),
+            "{body}"
+        );
+    }
+    // Too little history before the day: no score, and the reason.
+    let (status, body) = post(&s, &s.client, "/api/v1/analytics/anomalies",
+        &json!({"material_id": m_id, "observations": [{"price": 1.0, "observed_on": "2024-01-03"}]})).await;
+    assert_eq!(status, 200);
+    assert!(body["results"][0]["score"].is_null());
+    assert!(
+        body["results"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("history"),
+        "{body}"
+    );
+}
+
+/// The forecast is the model's output on the training row of its as-of day, day by day; over the held-out
+/// period it beats the last price, and its 80% intervals cover about 80% of the daily means.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forecasts_follow_the_model_and_beat_the_last_price() {
+    let s = TestServer::start().await;
+    let fixture = ingest_fixture(&s, &s.client).await;
+    let frame = tokio::task::spawn_blocking(|| frame_of("forecast"))
+        .await
+        .unwrap();
+    let spec = spec_of("forecast");
+    let manifest = manifest_of("forecast");
+    let from = holdout_from(&manifest);
+    let horizon = manifest.outputs[0].shape[1] as usize;
+
+    // The clean daily means of the fixture: the targets.
+    let text = std::fs::read_to_string(repo_root().join("fixtures/prices.csv")).unwrap();
+    let mut daily: HashMap<(String, chrono::NaiveDate), (f64, f64)> = HashMap::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f[10] == "0" {
+            let e = daily
+                .entry((f[1].to_string(), f[0].parse().unwrap()))
+                .or_default();
+            e.0 += f[8].parse::<f64>().unwrap();
+            e.1 += 1.0;
+        }
+    }
+    let names = spec.names();
+    let columns: Vec<Vec<f64>> = names.iter().map(|n| floats(&frame, n)).collect();
+    let (material, day) = (strings(&frame, "material_code"), dates(&frame));
+    let lag1 = names.iter().position(|n| n == "lag_1").unwrap();
+    // One as-of day in seven per material in the held-out period (a day the material has a row).
+    let mut seen = std::collections::HashSet::new();
+    let sample: Vec<usize> = (0..frame.height())
+        .filter(|&i| day[i] >= from && (day[i] - from).num_days() % 7 == 0)
+        .filter(|&i| seen.insert((material[i].clone(), day[i])))
+        .collect();
+    assert!(sample.len() > 100, "{}", sample.len());
+    let rows: Vec<Vec<f64>> = sample
+        .iter()
+        .map(|&i| columns.iter().map(|c| c[i]).collect())
+        .collect();
+    let onnx = infer_rows(&s, "/v2/models/forecast/versions/2/infer", &rows).await;
+    let (mut ape, mut naive_ape, mut covered, mut n) = (0.0, 0.0, 0usize, 0usize);
+    for (k, &i) in sample.iter().enumerate() {
+        let request = json!({"material_id": fixture.materials[&material[i]],
+                             "horizon_days": horizon, "as_of": day[i]});
+        let (status, body) = post(&s, &s.client, "/api/v1/analytics/forecast", &request).await;
+        assert_eq!(status, 200, "{body}");
+        let points = body["points"].as_array().unwrap();
+        assert_eq!(points.len(), horizon);
+        for (h, p) in points.iter().enumerate() {
+            let date = day[i] + chrono::Duration::days(h as i64);
+            assert_eq!(p["date"], json!(date));
+            let (value, lower, upper) = (
+                p["value"].as_f64().unwrap(),
+                p["lower"].as_f64().unwrap(),
+                p["upper"].as_f64().unwrap(),
+            );
+            assert!(
+                (value - onnx[k][h]).abs() <= 1e-6 * value,
+                "{}: day {h}: served {value}, ONNX on the training row {}",
+                material[i],
+                onnx[k][h]
+            );
+            assert!(lower < value && value < upper, "{p}");
+            if let Some((sum, count)) = daily.get(&(material[i].clone(), date)) {
+                let actual = sum / count;
+                ape += (value - actual).abs() / actual;
+                naive_ape += (columns[lag1][i] - actual).abs() / actual;
+                covered += (lower <= actual && actual <= upper) as usize;
+                n += 1;
+            }
+        }
+    }
+    let (mape, naive, coverage) = (
+        ape / n as f64,
+        naive_ape / n as f64,
+        covered as f64 / n as f64,
+    );
+    println!(
+        "forecast held out: {} forecasts, {n} daily means: MAPE {mape:.4} vs last price {naive:.4}, 80% interval covers {coverage:.4}",
+        sample.len()
+    );
+    assert!(mape < naive, "MAPE {mape} against the last price {naive}");
+    assert!((0.72..=0.88).contains(&coverage), "coverage {coverage}");
+
+    // A supplier's forecast is the market's scaled by its premium.
+    let alu = &fixture.materials["ALU-001"];
+    let market = json!({"material_id": alu, "horizon_days": 7, "as_of": "2025-10-01"});
+    let (_, m) = post(&s, &s.client, "/api/v1/analytics/forecast", &market).await;
+    let mut with_supplier = market.clone();
+    let mut premiums = Vec::new();
+    for id in fixture.suppliers.values() {
+        with_supplier["supplier_id"] = json!(id);
+        let (status, b) = post(&s, &s.client, "/api/v1/analytics/forecast", &with_supplier).await;
+        assert_eq!(status, 200, "{b}");
+        let p = b["supplier_premium"].as_f64().unwrap();
+        let (v, base) = (
+            b["points"][3]["value"].as_f64().unwrap(),
+            m["points"][3]["value"].as_f64().unwrap(),
+        );
+        assert!((v - base * (1.0 + p)).abs() <= 1e-9 * v, "{b}");
+        premiums.push(p);
+    }
+    assert!(
+        premiums.iter().any(|p| *p != 0.0),
+        "the suppliers carrying ALU-001 have a premium: {premiums:?}"
+    );
+
+    let (status, org) = post(
+        &s,
+        &s.client,
+        "/api/v1/organizations",
+        &json!({"name": "B"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let b_client = client_with(org["api_key"]["secret"].as_str().unwrap());
+    for (client, request, status_want, code_want) in [
+        (
+            &s.client,
+            json!({"material_id": alu, "horizon_days": 0, "as_of": "2025-10-01"}),
+            422,
+            "beyond_horizon",
+        ),
+        (
+            &s.client,
+            json!({"material_id": alu, "horizon_days": horizon + 1, "as_of": "2025-10-01"}),
+            422,
+            "beyond_horizon",
+        ),
+        (
+            &s.client,
+            json!({"material_id": alu, "horizon_days": 7, "as_of": "2024-01-05"}),
+            422,
+            "insufficient_history",
+        ),
+        (
+            &s.client,
+            json!({"material_id": "nope", "horizon_days": 7}),
+            404,
+            "not_found",
+        ),
+        (
+            &s.client,
+            json!({"material_id": alu, "horizon_days": 7, "supplier_id": "nope"}),
+            404,
+            "not_found",
+        ),
+        (
+            &s.client,
+            json!({"material_id": alu, "horizon_days": 7, "interval_level": 0.33, "as_of": "2025-10-01"}),
+            400,
+            "validation_error",
+        ),
+        (
+            &b_client,
+            json!({"material_id": alu, "horizon_days": 7}),
+            404,
+            "not_found",
+        ),
+    ] {
+        let (status, body) = post(&s, client, "/api/v1/analytics/forecast", &request).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (status_want, Some(code_want)),
+            "{request} -> {body}"
         );
     }
 }

@@ -55,12 +55,7 @@ async fn model_metadata_and_config_describe_each_shipped_model() {
         let (status, meta) = s.get(&format!("/v2/models/{model}")).await;
         assert_eq!(status, 200);
         assert_eq!(meta["name"], model);
-        let versions = if model == "price" {
-            json!(["1", "2"])
-        } else {
-            json!(["1"])
-        };
-        assert_eq!(meta["versions"], versions);
+        assert_eq!(meta["versions"], json!(["1", "2"]));
         // The golden vectors are version 1's: its metadata, named.
         let (_, meta) = s.get(&format!("/v2/models/{model}/versions/1")).await;
         assert_eq!(meta["platform"], "onnxruntime_onnx");
@@ -136,21 +131,28 @@ async fn each_shipped_model_reproduces_its_golden_vectors() {
             );
         }
     }
-    // Price version 2 (the active one: unnamed requests reach it) and its own golden vectors.
-    let g = golden("price-v2");
-    let (status, body) = s
-        .post("/v2/models/price/infer", &g.request(0, g.rows()))
-        .await;
-    assert_eq!(
-        (status, &body["model_version"]),
-        (200, &json!("2")),
-        "{body}"
-    );
-    assert_close(
-        &floats(&body["outputs"][0]["data"]),
-        &g.expected("price", 0, g.rows()),
-        "price v2",
-    );
+    // The version 2 of each (the active ones: unnamed requests reach them) and their own golden vectors.
+    for model in MODELS {
+        let g = golden(&format!("{model}-v2"));
+        let (status, body) = s
+            .post(
+                &format!("/v2/models/{model}/infer"),
+                &g.request(0, g.rows()),
+            )
+            .await;
+        assert_eq!(
+            (status, &body["model_version"]),
+            (200, &json!("2")),
+            "{model}: {body}"
+        );
+        let out = &body["outputs"][0];
+        let name = out["name"].as_str().unwrap();
+        assert_close(
+            &floats(&out["data"]),
+            &g.expected(name, 0, g.rows()),
+            &format!("{model} v2"),
+        );
+    }
 }
 
 #[tokio::test]
@@ -163,7 +165,9 @@ async fn nested_data_requested_outputs_and_ids_are_honoured() {
     request["inputs"][0]["data"] = json!([flat[..28], flat[28..]]);
     request["id"] = json!("req-7");
     request["outputs"] = json!([{ "name": "forecast" }]);
-    let (status, body) = s.post("/v2/models/forecast/infer", &request).await;
+    let (status, body) = s
+        .post("/v2/models/forecast/versions/1/infer", &request)
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["id"], "req-7");
     assert_close(
@@ -173,7 +177,9 @@ async fn nested_data_requested_outputs_and_ids_are_honoured() {
     );
 
     request["outputs"] = json!([{ "name": "nope" }]);
-    let (status, body) = s.post("/v2/models/forecast/infer", &request).await;
+    let (status, body) = s
+        .post("/v2/models/forecast/versions/1/infer", &request)
+        .await;
     assert_eq!(status, 400);
     assert!(
         body["error"].as_str().unwrap().contains("output `nope`"),
@@ -364,11 +370,13 @@ async fn metrics_and_statistics_count_what_was_served() {
     let g = golden("anomaly");
     for _ in 0..3 {
         assert_eq!(
-            s.post("/v2/models/anomaly/infer", &g.request(0, 2)).await.0,
+            s.post("/v2/models/anomaly/versions/1/infer", &g.request(0, 2))
+                .await
+                .0,
             200
         );
     }
-    let (status, stats) = s.get("/v2/models/anomaly/stats").await;
+    let (status, stats) = s.get("/v2/models/anomaly/versions/1/stats").await;
     assert_eq!(status, 200);
     let m = &stats["model_stats"][0];
     assert_eq!(m["name"], "anomaly");
@@ -386,8 +394,8 @@ async fn metrics_and_statistics_count_what_was_served() {
     let (_, all) = s.get("/v2/models/stats").await;
     assert_eq!(
         all["model_stats"].as_array().unwrap().len(),
-        4,
-        "price 1 and 2, anomaly, forecast"
+        6,
+        "versions 1 and 2 of price, anomaly and forecast"
     );
 
     let text = s.metrics().await;
@@ -397,8 +405,8 @@ async fn metrics_and_statistics_count_what_was_served() {
         "mercator_inference_queue_duration_seconds_bucket{model=\"anomaly\"",
         "mercator_inference_batch_size_bucket{model=\"anomaly\"",
         "mercator_inference_queue_depth_rows{model=\"anomaly\"",
-        "mercator_http_requests_total{route=\"/v2/models/{model}/infer\",method=\"POST\",status=\"200\"}",
-        "mercator_http_request_duration_seconds_bucket{route=\"/v2/models/{model}/infer\"",
+        "mercator_http_requests_total{route=\"/v2/models/{model}/versions/{version}/infer\",method=\"POST\",status=\"200\"}",
+        "mercator_http_request_duration_seconds_bucket{route=\"/v2/models/{model}/versions/{version}/infer\"",
     ] {
         assert!(text.contains(metric), "/metrics lacks {metric}");
     }

@@ -36,7 +36,9 @@ pub use catalog::{
     SupplierPatch,
 };
 pub use models::{ModelPolicy, TrafficPolicy, VersionRecord, VersionState};
-pub use prices::{NewPrice, Price, PricePatch, PricePoint, PriceQuery, PriceType};
+pub use prices::{
+    NewPrice, Price, PriceAnomaly, PricePatch, PricePoint, PriceQuery, PriceType, Severity,
+};
 pub use tenants::{ApiKey, Organization, Role};
 pub use validate::{parse_time, FieldErrors, RowError};
 

@@ -71,6 +71,50 @@ pub struct Price {
     pub price_type: PriceType,
     pub source: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// The anomaly model's judgement at ingest (or the last correction); null when not scored.
+    pub anomaly: Option<PriceAnomaly>,
+}
+
+/// How unusual a price is, as the anomaly model scored it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Severity> {
+        Some(match s {
+            "low" => Severity::Low,
+            "medium" => Severity::Medium,
+            "high" => Severity::High,
+            _ => return None,
+        })
+    }
+}
+
+/// An observation's anomaly score as stored with it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PriceAnomaly {
+    /// 0 to 1, higher is stranger.
+    pub score: f64,
+    pub is_anomaly: bool,
+    /// Set when flagged.
+    pub severity: Option<Severity>,
+    /// The model version that scored it, `name:version`.
+    pub model: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +163,27 @@ pub struct PriceQuery {
     pub to: Option<Time>,
 }
 
+fn anomaly(row: &AnyRow) -> sqlx::Result<Option<PriceAnomaly>> {
+    let Some(score) = row.try_get::<Option<f64>, _>("anomaly_score")? else {
+        return Ok(None);
+    };
+    let severity: Option<String> = row.try_get("anomaly_severity")?;
+    let severity = severity
+        .map(|s| {
+            Severity::parse(&s)
+                .ok_or_else(|| sqlx::Error::Decode(format!("unknown severity {s}").into()))
+        })
+        .transpose()?;
+    Ok(Some(PriceAnomaly {
+        score,
+        is_anomaly: severity.is_some(),
+        severity,
+        model: row
+            .try_get::<Option<String>, _>("anomaly_model")?
+            .unwrap_or_default(),
+    }))
+}
+
 impl<'r> FromRow<'r, AnyRow> for Price {
     fn from_row(row: &'r AnyRow) -> sqlx::Result<Self> {
         let price_type: String = row.try_get("price_type")?;
@@ -135,12 +200,13 @@ impl<'r> FromRow<'r, AnyRow> for Price {
             })?,
             source: row.try_get("source")?,
             created_at: from_ms(row.try_get("created_at")?),
+            anomaly: anomaly(row)?,
         })
     }
 }
 
 const COLUMNS: &str = "id, observed_at, material_id, supplier_id, price, currency, quantity, \
-                       price_type, source, created_at";
+                       price_type, source, created_at, anomaly_score, anomaly_severity, anomaly_model";
 const SORTS: &[(&str, &str)] = &[
     ("time", "observed_at"),
     ("price", "price"),
@@ -239,6 +305,7 @@ impl Store {
                 price_type: r.price_type,
                 source: r.source,
                 created_at,
+                anomaly: None,
             })
             .collect();
         let mut tx = self.pool.begin().await?;
@@ -388,6 +455,43 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Records the anomaly scores of observations (None clears one: a corrected price that cannot be scored).
+    pub async fn set_price_anomalies(
+        &self,
+        org: &str,
+        scores: &[(String, Option<PriceAnomaly>)],
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        // One statement per chunk: UPDATE .. FROM (VALUES ..), which both databases run (VALUES columns are
+        // column1, column2, .. in both).
+        for chunk in scores.chunks(200) {
+            let mut sql = Sql::new(
+                "UPDATE prices SET anomaly_score = v.column2, anomaly_severity = v.column3, \
+                 anomaly_model = v.column4 FROM (VALUES ",
+            );
+            for (i, (id, a)) in chunk.iter().enumerate() {
+                sql.push(if i == 0 { "(" } else { ", (" });
+                sql.bind(Value::Text(Some(id.clone())));
+                sql.push(", ");
+                sql.bind(Value::Real(a.as_ref().map(|a| a.score)));
+                sql.push(", ");
+                sql.bind(Value::Text(
+                    a.as_ref()
+                        .and_then(|a| a.severity)
+                        .map(|s| s.as_str().to_string()),
+                ));
+                sql.push(", ");
+                sql.bind(Value::Text(a.as_ref().map(|a| a.model.clone())));
+                sql.push(")");
+            }
+            sql.push(") AS v WHERE prices.id = v.column1 AND prices.organization_id = ");
+            sql.bind(Value::Text(Some(org.to_string())));
+            sql.query().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn delete_price(&self, org: &str, id: &str) -> Result<()> {

@@ -3,8 +3,8 @@
 //! it, so that every run applies the migrations from nothing.
 
 use mercator_store::{
-    ListParams, MaterialFilter, MaterialPatch, NewMaterial, NewPrice, NewSupplier, PricePatch,
-    PriceQuery, PriceType, Role, Store, StoreError,
+    ListParams, MaterialFilter, MaterialPatch, NewMaterial, NewPrice, NewSupplier, PriceAnomaly,
+    PricePatch, PriceQuery, PriceType, Role, Severity, Store, StoreError,
 };
 
 async fn sqlite() -> (Store, tempfile::TempDir) {
@@ -416,6 +416,47 @@ async fn prices_land_all_or_nothing_and_query_by_material_and_time(store: Store)
     rows[9].material_id = m.clone();
     let written = store.insert_prices(&acme, rows).await.unwrap();
     assert_eq!(written.len(), 20);
+    assert!(
+        written.iter().all(|p| p.anomaly.is_none()),
+        "written unscored"
+    );
+
+    // Anomaly scores are stored with their prices, cleared with None, and only in the organization's rows.
+    let judged = |score: f64, severity: Option<Severity>| PriceAnomaly {
+        score,
+        is_anomaly: severity.is_some(),
+        severity,
+        model: "anomaly:2".into(),
+    };
+    let scores = vec![
+        (
+            written[1].id.clone(),
+            Some(judged(0.71, Some(Severity::High))),
+        ),
+        (written[2].id.clone(), Some(judged(0.41, None))),
+        (written[3].id.clone(), None),
+    ];
+    store.set_price_anomalies(&acme, &scores).await.unwrap();
+    for (id, want) in &scores {
+        assert_eq!(&store.price(&acme, id).await.unwrap().anomaly, want);
+    }
+    store
+        .set_price_anomalies(&acme, &[(written[1].id.clone(), None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.price(&acme, &written[1].id).await.unwrap().anomaly,
+        None
+    );
+    store
+        .set_price_anomalies(&other, &[(written[2].id.clone(), None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.price(&acme, &written[2].id).await.unwrap().anomaly,
+        Some(judged(0.41, None)),
+        "another organization's write touches nothing"
+    );
 
     let query = PriceQuery {
         material_id: Some(m.clone()),

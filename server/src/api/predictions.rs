@@ -10,13 +10,18 @@ use super::extract::ApiJson;
 use super::ErrorEnvelope;
 use crate::auth::{Analyst, Auth};
 use crate::error::ApiError;
-use crate::predict::{PricePrediction, PriceRequest, TrendAnswer, TrendRequest};
+use crate::predict::{
+    AnomalyAnswer, AnomalyRequest, ForecastAnswer, ForecastRequest, PricePrediction, PriceRequest,
+    TrendAnswer, TrendRequest,
+};
 use crate::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(predict_price))
         .routes(routes!(trends))
+        .routes(routes!(forecast))
+        .routes(routes!(anomalies))
 }
 
 /// What a purchase should cost: the active price model on features computed from the organization's price
@@ -55,6 +60,56 @@ async fn trends(
 ) -> Result<Json<TrendAnswer>, ApiError> {
     app.predictor
         .trend(&app.store, &caller.organization_id, request)
+        .await
+        .map(Json)
+}
+
+/// A material's daily price for `horizon_days` from `as_of` on (analyst): the active forecast model on
+/// features of the price history before `as_of`, an interval per day from split-conformal calibration per
+/// day ahead, scaled by the supplier's premium when `supplier_id` is given. 404 for a material or supplier
+/// not in the organization; 422 `beyond_horizon` past the model's horizon, `insufficient_history`.
+#[utoipa::path(post, path = "/api/v1/analytics/forecast", tag = "analytics",
+    request_body = ForecastRequest, security(("api_key" = [])),
+    responses((status = 200, body = ForecastAnswer), (status = "4XX", body = ErrorEnvelope)))]
+async fn forecast(
+    State(app): State<AppState>,
+    caller: Auth<Analyst>,
+    ApiJson(request): ApiJson<ForecastRequest>,
+) -> Result<Json<ForecastAnswer>, ApiError> {
+    app.predictor
+        .forecast(
+            &app.store,
+            &app.repository,
+            &app.data_dir,
+            &caller.organization_id,
+            request,
+        )
+        .await
+        .map(Json)
+}
+
+/// How unusual prices are (analyst): the stored observations of `material_id` in [`from`, `to`) (default the
+/// last 30 days), or the `observations` of the body (not stored), each scored by the active anomaly model
+/// against the history before its day: score, is_anomaly, severity (low, medium, high by the model's
+/// thresholds) and the features that stand out. At most --max-bulk-rows observations; one without enough
+/// history before it has no score and says why.
+#[utoipa::path(post, path = "/api/v1/analytics/anomalies", tag = "analytics",
+    request_body = AnomalyRequest, security(("api_key" = [])),
+    responses((status = 200, body = AnomalyAnswer), (status = "4XX", body = ErrorEnvelope)))]
+async fn anomalies(
+    State(app): State<AppState>,
+    caller: Auth<Analyst>,
+    ApiJson(request): ApiJson<AnomalyRequest>,
+) -> Result<Json<AnomalyAnswer>, ApiError> {
+    app.predictor
+        .anomalies(
+            &app.store,
+            &app.repository,
+            &app.data_dir,
+            &caller.organization_id,
+            app.limits.max_bulk_rows,
+            request,
+        )
         .await
         .map(Json)
 }

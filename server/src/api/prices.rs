@@ -57,16 +57,6 @@ pub struct PriceListQuery {
     pub count: Option<bool>,
 }
 
-fn time(field: &str, text: Option<String>) -> Result<Option<mercator_store::Time>, ApiError> {
-    text.map(|t| {
-        mercator_store::parse_time(&t).ok_or_else(|| ApiError::Validation {
-            message: format!("`{field}` is not a time"),
-            details: FieldErrors::one(field, "use RFC 3339 (2025-03-01T12:00:00Z) or a date"),
-        })
-    })
-    .transpose()
-}
-
 /// Observations by material, supplier, type and time range (backed by an index on organization,
 /// material and time).
 #[utoipa::path(get, path = "/api/v1/prices", tag = "prices", params(PriceListQuery),
@@ -78,8 +68,8 @@ async fn list_prices(
     ApiQuery(q): ApiQuery<PriceListQuery>,
 ) -> Result<Json<Page<Price>>, ApiError> {
     let query = PriceQuery {
-        from: time("from", q.from)?,
-        to: time("to", q.to)?,
+        from: ApiError::parse_time("from", q.from)?,
+        to: ApiError::parse_time("to", q.to)?,
         material_id: q.material_id,
         supplier_id: q.supplier_id,
         price_type: q.price_type,
@@ -170,7 +160,37 @@ async fn bulk_create_prices(
 /// A write this large refreshes the query planner's statistics (in the background).
 const ANALYZE_AFTER_ROWS: usize = 10_000;
 
-/// Writes observations and announces them to the organization's `/ws/prices` listeners.
+/// Scores prices just written (or corrected) with the active anomaly model, against the history before
+/// their day, and stores each score with its price. A price is never refused for its score: when scoring
+/// fails it stays unscored, and the failure is logged.
+async fn score(app: &AppState, org: &str, prices: &mut [Price]) {
+    let scores = match app
+        .predictor
+        .score_prices(&app.store, &app.repository, &app.data_dir, org, prices)
+        .await
+    {
+        Ok(Some(scores)) => scores,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, prices = prices.len(), "anomaly scoring failed; prices stored unscored");
+            return;
+        }
+    };
+    let updates: Vec<_> = prices
+        .iter()
+        .zip(&scores)
+        .map(|(p, s)| (p.id.clone(), s.clone()))
+        .collect();
+    if let Err(e) = app.store.set_price_anomalies(org, &updates).await {
+        tracing::warn!(error = %e, "storing anomaly scores failed; prices stored unscored");
+        return;
+    }
+    for (p, s) in prices.iter_mut().zip(scores) {
+        p.anomaly = s;
+    }
+}
+
+/// Writes observations, scores them, and announces them to the organization's `/ws/prices` listeners.
 async fn ingest(app: &AppState, org: &str, rows: Vec<NewPrice>) -> Result<Vec<Price>, ApiError> {
     let total = rows.len();
     let written = app.store.insert_prices(org, rows).await.map_err(|e| {
@@ -190,6 +210,8 @@ async fn ingest(app: &AppState, org: &str, rows: Vec<NewPrice>) -> Result<Vec<Pr
     app.predictor
         .history
         .add(written.iter().map(|p| observation(org, p)));
+    let mut written = written;
+    score(app, org, &mut written).await;
     let org: Arc<str> = Arc::from(org);
     for price in &written {
         // No listener is not an error.
@@ -341,9 +363,12 @@ async fn update_price(
         .update_price(org, &id, patch)
         .await
         .map_err(ApiError::store("price"))?;
-    // The history follows the correction: the old price out, the new one in.
+    // The history follows the correction: the old price out, the new one in; and the score is redone.
     app.predictor.history.remove(observation(org, &before));
     app.predictor.history.add([observation(org, &price)]);
+    let mut price = [price];
+    score(&app, org, &mut price).await;
+    let [price] = price;
     Ok(Json(price))
 }
 

@@ -1,0 +1,133 @@
+//! `POST /api/v1/predictions/price`: what a purchase should cost, with a split-conformal interval.
+
+use chrono::NaiveDate;
+use mercator_engine::{EngineError, Repository, Tensor, TensorData};
+use mercator_features::{day_of, FeatureError, RowInput};
+use mercator_store::Store;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{half_widths, ModelRef, Predictor, PRICE_MODEL};
+use crate::error::ApiError;
+
+/// The interval level when a request names none.
+pub const DEFAULT_LEVEL: f64 = 0.8;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceRequest {
+    pub material_id: String,
+    /// In the material's unit; must be positive.
+    pub quantity: f64,
+    pub supplier_id: Option<String>,
+    /// Default: the spec's default lead time after `as_of`.
+    pub delivery_date: Option<NaiveDate>,
+    /// The day the price is asked on (history up to the day before is used); default today (UTC). For
+    /// backtests.
+    pub as_of: Option<NaiveDate>,
+    /// One of the calibrated levels (see the model's manifest); default 0.8.
+    pub interval_level: Option<f64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Interval {
+    pub lower: f64,
+    pub upper: f64,
+    pub level: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PricePrediction {
+    pub predicted_price: f64,
+    /// Split-conformal, from the calibration residuals recorded in the manifest.
+    pub prediction_interval: Interval,
+    /// 1 / (1 + relative width of the interval): 1 for a point, falling as the interval widens.
+    pub confidence_score: f64,
+    pub model: ModelRef,
+    pub as_of: NaiveDate,
+    /// The row the model saw, by feature name.
+    #[schema(value_type = Object)]
+    pub features_used: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Predictor {
+    /// What `request` should cost, for organization `org`.
+    pub async fn price(
+        &self,
+        store: &Store,
+        repository: &Repository,
+        data_dir: &std::path::Path,
+        org: &str,
+        request: PriceRequest,
+    ) -> Result<PricePrediction, ApiError> {
+        if !(request.quantity > 0.0 && request.quantity.is_finite()) {
+            return Err(FeatureError::Quantity(request.quantity).into());
+        }
+        let material = self.material(store, org, &request.material_id).await?;
+        let supplier = match &request.supplier_id {
+            Some(id) => Some(self.supplier(store, org, id).await?),
+            None => None,
+        };
+        let model = repository.get(PRICE_MODEL, None)?;
+        let prepared = self.spec(data_dir, &model)?;
+        let (spec, names) = (&prepared.spec, &prepared.names);
+        let manifest = model.manifest();
+        let as_of = request
+            .as_of
+            .unwrap_or_else(|| chrono::Utc::now().date_naive());
+        let input = RowInput {
+            as_of: day_of(as_of),
+            quantity: request.quantity,
+            delivery: request.delivery_date.map(day_of),
+            category: &material.category,
+            supplier_code: supplier.as_ref().map(|s| s.code.as_str()),
+            list_price: material.list_price,
+            supplier_reliability: supplier.as_ref().map(|s| s.reliability),
+            price: None,
+        };
+        let row = self.history.row(
+            spec,
+            org,
+            &request.material_id,
+            request.supplier_id.as_deref(),
+            &input,
+        )?;
+        let tensor = Tensor {
+            name: manifest.inputs[0].name.clone(),
+            shape: vec![1, row.len()],
+            data: TensorData::Fp32(row.iter().map(|v| *v as f32).collect()),
+        };
+        let output = model.infer(vec![tensor], None).await?;
+        let predicted = output
+            .outputs
+            .first()
+            .map(|t| t.data.to_f64())
+            .and_then(|v| v.first().copied())
+            .ok_or_else(|| {
+                ApiError::Engine(EngineError::Inference("the model gave no price".into()))
+            })?;
+        let level = request.interval_level.unwrap_or(DEFAULT_LEVEL);
+        let half = half_widths(manifest, names, &row, level)?[0];
+        let (lower, upper) = (predicted * (-half).exp(), predicted * half.exp());
+        let features_used = names
+            .iter()
+            .zip(&row)
+            .map(|(n, v)| (n.clone(), serde_json::json!(v)))
+            .collect();
+        Ok(PricePrediction {
+            predicted_price: predicted,
+            prediction_interval: Interval {
+                lower,
+                upper,
+                level,
+            },
+            confidence_score: 1.0 / (1.0 + (upper - lower) / predicted),
+            model: ModelRef {
+                name: manifest.name.clone(),
+                version: manifest.version,
+            },
+            as_of,
+            features_used,
+        })
+    }
+}
