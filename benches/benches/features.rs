@@ -2,6 +2,9 @@
 //! assembly of one request's feature row from the in-memory history (µs per request).
 //!
 //!     cargo bench -p mercator-benches --bench features
+//!
+//! MERCATOR_BENCH_PRICES=<csv> materialises another history (the three-year one: `python
+//! models/train/generate_data.py --days 1095 --out /tmp/prices-3y.csv`).
 
 use std::path::PathBuf;
 
@@ -16,7 +19,9 @@ fn root() -> PathBuf {
 
 fn bench(c: &mut Criterion) {
     let spec = FeatureSpec::from_file(&root().join("models/price/2/features.toml")).unwrap();
-    let input = root().join("fixtures/prices.csv");
+    let input = std::env::var_os("MERCATOR_BENCH_PRICES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("fixtures/prices.csv"));
 
     let rows = materialize::materialize(&spec, &input).unwrap().rows_in;
     let mut group = c.benchmark_group("materialize");

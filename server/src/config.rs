@@ -95,6 +95,10 @@ pub struct ServeArgs {
     /// Largest `limit` of a list [default: 1000].
     #[arg(long, env = "MERCATOR_MAX_PAGE_SIZE")]
     pub max_page_size: Option<u32>,
+    /// Score every ingested price with the active anomaly model and store the score with it; `false` for
+    /// a back-fill that should land at the store's own pace [default: true].
+    #[arg(long, env = "MERCATOR_SCORE_ON_INGEST")]
+    pub score_on_ingest: Option<bool>,
 }
 
 /// The settings in force.
@@ -114,6 +118,7 @@ pub struct Config {
     pub max_bulk_body_bytes: usize,
     pub max_page_size: u32,
     pub max_model_bytes: usize,
+    pub score_on_ingest: bool,
 }
 
 impl Config {
@@ -141,6 +146,7 @@ impl Default for Config {
             max_bulk_body_bytes: 64 * 1024 * 1024,
             max_page_size: 1000,
             max_model_bytes: 512 * 1024 * 1024,
+            score_on_ingest: true,
         }
     }
 }
@@ -190,6 +196,10 @@ impl Config {
                 .max_model_bytes
                 .or(file.max_model_bytes)
                 .unwrap_or(d.max_model_bytes),
+            score_on_ingest: args
+                .score_on_ingest
+                .or(file.score_on_ingest)
+                .unwrap_or(d.score_on_ingest),
         })
     }
 }
@@ -221,6 +231,7 @@ impl std::fmt::Debug for Config {
             .field("max_bulk_body_bytes", &self.max_bulk_body_bytes)
             .field("max_page_size", &self.max_page_size)
             .field("max_model_bytes", &self.max_model_bytes)
+            .field("score_on_ingest", &self.score_on_ingest)
             .field("key_cache", &self.key_cache)
             .field("drain_timeout", &self.drain_timeout)
             .field("ort_lib", &self.ort_lib)

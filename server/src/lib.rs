@@ -76,6 +76,8 @@ pub struct Shared {
     pub notifications: broadcast::Sender<api::stream::Notification>,
     /// Business predictions and the price history they read.
     pub predictor: Arc<predict::Predictor>,
+    /// Whether ingested prices are scored by the anomaly model (--score-on-ingest).
+    pub score_on_ingest: bool,
     draining: Arc<AtomicBool>,
 }
 
@@ -183,6 +185,7 @@ impl App {
         );
         let state = AppState(Arc::new(Shared {
             predictor,
+            score_on_ingest: config.score_on_ingest,
             repository: Arc::new(repository),
             prometheus,
             limits: Limits {

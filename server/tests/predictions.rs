@@ -1034,3 +1034,53 @@ async fn forecasts_follow_the_model_and_beat_the_last_price() {
         );
     }
 }
+
+/// Scoring on ingest on PostgreSQL, as on SQLite: a steady month of prices, then a tenfold one flagged high;
+/// and with --score-on-ingest false, prices land unscored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_scores_on_postgres_and_can_be_turned_off() {
+    for (postgres, scoring) in [(true, true), (false, false)] {
+        let database = if postgres {
+            Some(common::PgDatabase::create().await)
+        } else {
+            None
+        };
+        let url = database.as_ref().map(|d| d.url.clone());
+        let mut s = TestServer::with(move |c| {
+            c.database_url = url;
+            c.score_on_ingest = scoring;
+        })
+        .await;
+        s.database = database;
+        let (status, m) = post(&s, &s.client, "/api/v1/materials", &json!({"code": "STE-1",
+            "name": "Steel", "category": "steel", "unit": "kg", "list_price": 2.4, "specifications": {}}))
+        .await;
+        assert_eq!(status, 201, "{m}");
+        let material = m["id"].as_str().unwrap();
+        let month: Vec<Value> = (1..=30)
+            .map(|d| json!({"time": format!("2025-03-{d:02}"), "material_id": material,
+                            "price": 2.0 + 0.01 * (d % 5) as f64, "currency": "EUR", "price_type": "quote"}))
+            .collect();
+        let (status, body) = post(&s, &s.client, "/api/v1/prices/bulk", &json!(month)).await;
+        assert_eq!(status, 201, "{body}");
+        let slip = json!({"time": "2025-03-31T10:00:00Z", "material_id": material, "price": 20.0,
+                          "currency": "EUR", "price_type": "quote"});
+        let (status, price) = post(&s, &s.client, "/api/v1/prices", &slip).await;
+        assert_eq!(status, 201, "{price}");
+        if scoring {
+            assert_eq!(price["anomaly"]["severity"], "high", "{price}");
+            // Stored: read back from the database.
+            let r = s
+                .client
+                .get(s.url(&format!("/api/v1/prices/{}", price["id"].as_str().unwrap())))
+                .send()
+                .await
+                .unwrap();
+            let stored: Value = r.json().await.unwrap();
+            assert_eq!(stored["anomaly"], price["anomaly"]);
+        } else {
+            assert!(price["anomaly"].is_null(), "{price}");
+        }
+        s.stop().await.unwrap();
+    }
+}

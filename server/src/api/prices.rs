@@ -162,8 +162,11 @@ const ANALYZE_AFTER_ROWS: usize = 10_000;
 
 /// Scores prices just written (or corrected) with the active anomaly model, against the history before
 /// their day, and stores each score with its price. A price is never refused for its score: when scoring
-/// fails it stays unscored, and the failure is logged.
+/// fails it stays unscored, and the failure is logged. Off with --score-on-ingest false.
 async fn score(app: &AppState, org: &str, prices: &mut [Price]) {
+    if !app.score_on_ingest {
+        return;
+    }
     let scores = match app
         .predictor
         .score_prices(&app.store, &app.repository, &app.data_dir, org, prices)

@@ -107,8 +107,8 @@ pub struct Predictor {
     pub history: OnlineHistory,
     materials: Cache<MaterialInfo>,
     suppliers: Cache<SupplierInfo>,
-    /// The feature specs of model versions, with their column names, by (model, version).
-    specs: Mutex<HashMap<(String, u64), Arc<Prepared>>>,
+    /// The feature specs of model versions, with their column names, by model and version.
+    specs: Mutex<HashMap<String, HashMap<u64, Arc<Prepared>>>>,
 }
 
 /// A parsed spec and its column names, made once per model version.
@@ -185,7 +185,8 @@ impl Predictor {
             .specs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&(m.name.clone(), m.version))
+            .get(m.name.as_str())
+            .and_then(|versions| versions.get(&m.version))
         {
             return Ok(prepared.clone());
         }
@@ -208,7 +209,9 @@ impl Predictor {
         self.specs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((m.name.clone(), m.version), prepared.clone());
+            .entry(m.name.clone())
+            .or_default()
+            .insert(m.version, prepared.clone());
         Ok(prepared)
     }
 }
