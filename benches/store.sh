@@ -2,6 +2,8 @@
 # The store benchmark: target/release/mercator on SQLite (a file under a fresh data dir) and on PostgreSQL
 # (a fresh database on 127.0.0.1:5432), each bulk-ingesting ROWS price observations over HTTP by CSV and
 # then answering list and range queries on them (benches/src/bin/store.rs). Prints one JSON line each.
+# SCORING=1 instead: SQLite with the shipped models, ingest with anomaly scoring on and off in one run (the
+# cost of --score-on-ingest).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -15,11 +17,11 @@ cargo build --release --quiet --bin mercator --bin bench-store
 key="mk_benchadmin_0123456789abcdef0123456789abcdef"
 empty_models="$out/no-models"; mkdir -p "$empty_models"
 
-run() {  # backend, database url or ""
+run() {  # label, database url or "", models dir, more flags
   local data="$out/store-$1"; rm -rf "$data"
   local url_flag=(); [ -n "$2" ] && url_flag=(--database-url "$2")
   RUST_LOG=warn MERCATOR_ADMIN_KEY="$key" "$target/release/mercator" serve --addr 127.0.0.1:8104 \
-    --data-dir "$data" --models-dir "$empty_models" --max-bulk-body-bytes 268435456 "${url_flag[@]}" &
+    --data-dir "$data" --models-dir "$3" --max-bulk-body-bytes 268435456 "${url_flag[@]}" "${@:4}" &
   local pid=$!
   for _ in $(seq 1 300); do curl -sf -o /dev/null http://127.0.0.1:8104/readyz && break; sleep 0.1; done
   echo "## $1"
@@ -28,7 +30,12 @@ run() {  # backend, database url or ""
 }
 
 : > "$out/store.jsonl"
-run sqlite ""
+if [ "${SCORING:-0}" = 1 ]; then
+  run sqlite-scoring "" "$root/models" --score-on-ingest true
+  run sqlite-no-scoring "" "$root/models" --score-on-ingest false
+  exit 0
+fi
+run sqlite "" "$empty_models"
 psql "$PG/test" -qc "DROP DATABASE IF EXISTS mercator_bench WITH (FORCE)" -c "CREATE DATABASE mercator_bench"
-run postgres "$PG/mercator_bench"
+run postgres "$PG/mercator_bench" "$empty_models"
 psql "$PG/test" -qc "DROP DATABASE IF EXISTS mercator_bench WITH (FORCE)"

@@ -99,6 +99,10 @@ pub struct ServeArgs {
     /// a back-fill that should land at the store's own pace [default: true].
     #[arg(long, env = "MERCATOR_SCORE_ON_INGEST")]
     pub score_on_ingest: Option<bool>,
+    /// Prices observed longer ago than this many days are not evaluated by alert rules: loading history
+    /// alerts nobody [default: 7].
+    #[arg(long, env = "MERCATOR_ALERT_MAX_AGE_DAYS")]
+    pub alert_max_age_days: Option<u32>,
 }
 
 /// The settings in force.
@@ -119,6 +123,7 @@ pub struct Config {
     pub max_page_size: u32,
     pub max_model_bytes: usize,
     pub score_on_ingest: bool,
+    pub alert_max_age_days: u32,
 }
 
 impl Config {
@@ -147,6 +152,7 @@ impl Default for Config {
             max_page_size: 1000,
             max_model_bytes: 512 * 1024 * 1024,
             score_on_ingest: true,
+            alert_max_age_days: 7,
         }
     }
 }
@@ -200,6 +206,10 @@ impl Config {
                 .score_on_ingest
                 .or(file.score_on_ingest)
                 .unwrap_or(d.score_on_ingest),
+            alert_max_age_days: args
+                .alert_max_age_days
+                .or(file.alert_max_age_days)
+                .unwrap_or(d.alert_max_age_days),
         })
     }
 }
@@ -232,6 +242,7 @@ impl std::fmt::Debug for Config {
             .field("max_page_size", &self.max_page_size)
             .field("max_model_bytes", &self.max_model_bytes)
             .field("score_on_ingest", &self.score_on_ingest)
+            .field("alert_max_age_days", &self.alert_max_age_days)
             .field("key_cache", &self.key_cache)
             .field("drain_timeout", &self.drain_timeout)
             .field("ort_lib", &self.ort_lib)

@@ -7,6 +7,7 @@
 //! - `health.rs`: `/healthz`, `/readyz`.  `metrics.rs`: `/metrics` and HTTP metrics.
 //! - `config.rs`: flags, environment, TOML file.  `error.rs`: the one error format.
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -76,6 +77,8 @@ pub struct Shared {
     pub notifications: broadcast::Sender<api::stream::Notification>,
     /// Business predictions and the price history they read.
     pub predictor: Arc<predict::Predictor>,
+    /// Alert rules by scope, evaluated on ingest.
+    pub alerting: Arc<alerts::Alerting>,
     /// Whether ingested prices are scored by the anomaly model (--score-on-ingest).
     pub score_on_ingest: bool,
     draining: Arc<AtomicBool>,
@@ -175,6 +178,9 @@ impl App {
                 }
             }
         }
+        let alerting = Arc::new(alerts::Alerting::new(config.alert_max_age_days));
+        let rules = alerting.load(&store).await?;
+        tracing::info!(rules, "alert rules indexed");
         let predictor = Arc::new(predict::Predictor::default());
         let started = std::time::Instant::now();
         let prices = predictor.rebuild(&store).await?;
@@ -186,6 +192,7 @@ impl App {
         let state = AppState(Arc::new(Shared {
             predictor,
             score_on_ingest: config.score_on_ingest,
+            alerting,
             repository: Arc::new(repository),
             prometheus,
             limits: Limits {

@@ -15,6 +15,7 @@
 //! The types here are the API's shapes too (serde; utoipa schemas with the `openapi` feature): a material
 //! is the same thing in the database, in the server and on the wire.
 
+mod alerts;
 mod audit;
 mod catalog;
 mod models;
@@ -30,6 +31,10 @@ use sqlx::any::{AnyArguments, AnyPoolOptions};
 use sqlx::query::Query;
 use sqlx::{Any, AnyPool};
 
+pub use alerts::{
+    AlertEvent, AlertRule, AlertRulePatch, Breach, Channel, Condition, EventQuery, EventStatus,
+    NewAlertRule, OwnedRule, Scope, Webhook,
+};
 pub use audit::{AuditEvent, AuditQuery, NewAuditEvent};
 pub use catalog::{
     Material, MaterialFilter, MaterialPatch, NewMaterial, NewSupplier, Supplier, SupplierFilter,

@@ -1,8 +1,9 @@
 //! The REST API under `/api/v1`: organizations and keys (`tenants.rs`), materials and suppliers
-//! (`catalog.rs`), price observations (`prices.rs`), and the OpenAPI document that describes them all
+//! (`catalog.rs`), price observations (`prices.rs`), alert rules and events (`alerts.rs`), and the OpenAPI document that describes them all
 //! (`openapi.rs`). Handlers translate: an `Auth<Role>` extractor gives the caller's organization, the store
 //! does the work scoped to it, `ApiError` maps what went wrong.
 
+pub mod alerts;
 pub mod audit;
 pub mod catalog;
 pub mod extract;
@@ -30,6 +31,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(catalog::routes())
         .merge(prices::routes())
         .merge(predictions::routes())
+        .merge(alerts::routes())
         .merge(stream::routes())
 }
 

@@ -193,7 +193,8 @@ async fn score(app: &AppState, org: &str, prices: &mut [Price]) {
     }
 }
 
-/// Writes observations, scores them, and announces them to the organization's `/ws/prices` listeners.
+/// Writes observations, scores them, evaluates the alert rules on them, and announces them to the
+/// organization's `/ws/prices` listeners.
 async fn ingest(app: &AppState, org: &str, rows: Vec<NewPrice>) -> Result<Vec<Price>, ApiError> {
     let total = rows.len();
     let written = app.store.insert_prices(org, rows).await.map_err(|e| {
@@ -215,6 +216,7 @@ async fn ingest(app: &AppState, org: &str, rows: Vec<NewPrice>) -> Result<Vec<Pr
         .add(written.iter().map(|p| observation(org, p)));
     let mut written = written;
     score(app, org, &mut written).await;
+    crate::alerts::on_ingest(app, org, &written).await;
     let org: Arc<str> = Arc::from(org);
     for price in &written {
         // No listener is not an error.

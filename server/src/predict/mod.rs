@@ -148,6 +148,11 @@ impl Predictor {
         self.suppliers.forget(id);
     }
 
+    /// The category of the organization's material `id` (cached).
+    pub async fn category(&self, store: &Store, org: &str, id: &str) -> Result<String, ApiError> {
+        Ok(self.material(store, org, id).await?.category)
+    }
+
     async fn material(&self, store: &Store, org: &str, id: &str) -> Result<MaterialInfo, ApiError> {
         self.materials
             .get(org, id, "material", || async {

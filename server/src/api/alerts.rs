@@ -1,0 +1,274 @@
+//! `/api/v1/alerts`: alert rules (analyst or admin) and the events they open. The handlers translate;
+//! [`crate::alerts`] evaluates.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use mercator_store::{
+    AlertEvent, AlertRule, AlertRulePatch, EventQuery, EventStatus, NewAlertRule,
+};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::audit;
+use super::extract::{ApiJson, ApiQuery};
+use super::{page, ErrorEnvelope, Page};
+use crate::auth::{Analyst, Auth};
+use crate::error::ApiError;
+use crate::AppState;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_rules, create_rule))
+        .routes(routes!(list_events))
+        .routes(routes!(get_event))
+        .routes(routes!(acknowledge_event))
+        .routes(routes!(resolve_event))
+        .routes(routes!(get_rule, update_rule, delete_rule))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RuleListQuery {
+    pub limit: Option<u32>,
+    pub offset: Option<u64>,
+}
+
+/// The organization's alert rules, oldest first.
+#[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", params(RuleListQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = Page<AlertRule>), (status = "4XX", body = ErrorEnvelope)))]
+async fn list_rules(
+    State(app): State<AppState>,
+    caller: Auth<Analyst>,
+    ApiQuery(q): ApiQuery<RuleListQuery>,
+) -> Result<Json<Page<AlertRule>>, ApiError> {
+    let page = page(&app, q.limit, q.offset, None, true)?;
+    let listed = app
+        .store
+        .alert_rules(&caller.organization_id, &page)
+        .await
+        .map_err(ApiError::store("alert rule"))?;
+    Ok(Json(listed.into()))
+}
+
+/// Create a rule: a scope (`material_id`, `category` or `supplier_id`; none for everything), a condition
+/// (`price_above`, `price_below`, `pct_change`, `anomaly`, `forecast_change`, `quote_above_prediction`), a
+/// cooldown, channels (`"websocket"`, `{"webhook": {"url", "secret"}}`). It judges prices ingested from now
+/// on.
+#[utoipa::path(post, path = "/api/v1/alerts", tag = "alerts", request_body = NewAlertRule,
+    security(("api_key" = [])),
+    responses((status = 201, body = AlertRule), (status = "4XX", body = ErrorEnvelope)))]
+async fn create_rule(
+    State(app): State<AppState>,
+    caller: Auth<Analyst>,
+    ApiJson(new): ApiJson<NewAlertRule>,
+) -> Result<(StatusCode, Json<AlertRule>), ApiError> {
+    let org = &caller.organization_id;
+    let rule = app
+        .store
+        .create_alert_rule(org, new)
+        .await
+        .map_err(ApiError::store("alert rule"))?;
+    refresh(&app, org).await?;
+    audit::record(
+        &app,
+        &caller,
+        "alert_rule.create",
+        ("alert_rule", &rule.id),
+        None::<()>,
+        Some(&rule),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(rule)))
+}
+
+#[utoipa::path(get, path = "/api/v1/alerts/{id}", tag = "alerts", params(("id" = String, Path)),
+    security(("api_key" = [])),
+    responses((status = 200, body = AlertRule), (status = "4XX", body = ErrorEnvelope)))]
+async fn get_rule(
+    State(app): State<AppState>,
+    caller: Auth<Analyst>,
+    Path(id): Path<String>,
+) -> Result<Json<AlertRule>, ApiError> {
+    app.store
+        .alert_rule(&caller.organization_id, &id)
+        .await
+        .map(Json)
+        .map_err(ApiError::store("alert rule"))
+}
+
+/// Change a rule: the fields given. Events already opened stay.
+#[utoipa::path(patch, path = "/api/v1/alerts/{id}", tag = "alerts", params(("id" = String, Path)),
+    request_body = AlertRulePatch, security(("api_key" = [])),
+    responses((status = 200, body = AlertRule), (status = "4XX", body = ErrorEnvelope)))]
+async fn update_rule(
+    State(app): State<AppState>,
+    caller: Auth<Analyst>,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<AlertRulePatch>,
+) -> Result<Json<AlertRule>, ApiError> {
+    let org = &caller.organization_id;
+    let before = app
+        .store
+        .alert_rule(org, &id)
+        .await
+        .map_err(ApiError::store("alert rule"))?;
+    let rule = app
+        .store
+        .update_alert_rule(org, &id, patch)
+        .await
+        .map_err(ApiError::store("alert rule"))?;
+    refresh(&app, org).await?;
+    audit::record(
+        &app,
+        &caller,
+        "alert_rule.update",
+        ("alert_rule", &id),
+        Some(&before),
+        Some(&rule),
+    )
+    .await;
+    Ok(Json(rule))
+}
+
+/// Delete a rule and its events.
+#[utoipa::path(delete, path = "/api/v1/alerts/{id}", tag = "alerts", params(("id" = String, Path)),
+    security(("api_key" = [])),
+    responses((status = 204), (status = "4XX", body = ErrorEnvelope)))]
+async fn delete_rule(
+    State(app): State<AppState>,
+    caller: Auth<Analyst>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let org = &caller.organization_id;
+    let before = app
+        .store
+        .alert_rule(org, &id)
+        .await
+        .map_err(ApiError::store("alert rule"))?;
+    app.store
+        .delete_alert_rule(org, &id)
+        .await
+        .map_err(ApiError::store("alert rule"))?;
+    refresh(&app, org).await?;
+    audit::record(
+        &app,
+        &caller,
+        "alert_rule.delete",
+        ("alert_rule", &id),
+        Some(&before),
+        None::<()>,
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn refresh(app: &AppState, org: &str) -> Result<(), ApiError> {
+    app.alerting
+        .refresh(&app.store, org)
+        .await
+        .map_err(ApiError::store("alert rule"))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventListQuery {
+    /// open, acknowledged or resolved.
+    pub status: Option<EventStatus>,
+    pub rule_id: Option<String>,
+    pub material_id: Option<String>,
+    pub supplier_id: Option<String>,
+    /// Opened at or after (RFC 3339 or a date).
+    pub from: Option<String>,
+    /// Opened before.
+    pub to: Option<String>,
+    pub limit: Option<u32>,
+    pub offset: Option<u64>,
+}
+
+/// The organization's alert events, newest first.
+#[utoipa::path(get, path = "/api/v1/alerts/events", tag = "alerts", params(EventListQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = Page<AlertEvent>), (status = "4XX", body = ErrorEnvelope)))]
+async fn list_events(
+    State(app): State<AppState>,
+    caller: Auth<Analyst>,
+    ApiQuery(q): ApiQuery<EventListQuery>,
+) -> Result<Json<Page<AlertEvent>>, ApiError> {
+    let query = EventQuery {
+        status: q.status,
+        rule_id: q.rule_id,
+        material_id: q.material_id,
+        supplier_id: q.supplier_id,
+        from: ApiError::parse_time("from", q.from)?,
+        to: ApiError::parse_time("to", q.to)?,
+    };
+    let page = page(&app, q.limit, q.offset, None, false)?;
+    let listed = app
+        .store
+        .alert_events(&caller.organization_id, &query, &page)
+        .await
+        .map_err(ApiError::store("alert event"))?;
+    Ok(Json(listed.into()))
+}
+
+#[utoipa::path(get, path = "/api/v1/alerts/events/{id}", tag = "alerts",
+    params(("id" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, body = AlertEvent), (status = "4XX", body = ErrorEnvelope)))]
+async fn get_event(
+    State(app): State<AppState>,
+    caller: Auth<Analyst>,
+    Path(id): Path<String>,
+) -> Result<Json<AlertEvent>, ApiError> {
+    app.store
+        .alert_event(&caller.organization_id, &id)
+        .await
+        .map(Json)
+        .map_err(ApiError::store("alert event"))
+}
+
+/// Someone is on it. 409 for a resolved event.
+#[utoipa::path(post, path = "/api/v1/alerts/events/{id}/acknowledge", tag = "alerts",
+    params(("id" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, body = AlertEvent), (status = "4XX", body = ErrorEnvelope)))]
+async fn acknowledge_event(
+    State(app): State<AppState>,
+    caller: Auth<Analyst>,
+    Path(id): Path<String>,
+) -> Result<Json<AlertEvent>, ApiError> {
+    set_status(
+        &app,
+        &caller.organization_id,
+        &id,
+        EventStatus::Acknowledged,
+    )
+    .await
+}
+
+/// Done with it; final. 409 for a resolved event.
+#[utoipa::path(post, path = "/api/v1/alerts/events/{id}/resolve", tag = "alerts",
+    params(("id" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, body = AlertEvent), (status = "4XX", body = ErrorEnvelope)))]
+async fn resolve_event(
+    State(app): State<AppState>,
+    caller: Auth<Analyst>,
+    Path(id): Path<String>,
+) -> Result<Json<AlertEvent>, ApiError> {
+    set_status(&app, &caller.organization_id, &id, EventStatus::Resolved).await
+}
+
+async fn set_status(
+    app: &AppState,
+    org: &str,
+    id: &str,
+    status: EventStatus,
+) -> Result<Json<AlertEvent>, ApiError> {
+    app.store
+        .set_alert_event_status(org, id, status)
+        .await
+        .map(Json)
+        .map_err(ApiError::store("alert event"))
+}
