@@ -3,7 +3,8 @@
 # (a fresh database on 127.0.0.1:5432), each bulk-ingesting ROWS price observations over HTTP by CSV and
 # then answering list and range queries on them (benches/src/bin/store.rs). Prints one JSON line each.
 # SCORING=1 instead: SQLite with the shipped models, ingest with anomaly scoring on and off in one run (the
-# cost of --score-on-ingest).
+# cost of --score-on-ingest). ALERTS=1 instead: SQLite, ingest with no alert rules and with 1,000 (every
+# price evaluated: --alert-max-age-days covers the bench's dates).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -25,11 +26,16 @@ run() {  # label, database url or "", models dir, more flags
   local pid=$!
   for _ in $(seq 1 300); do curl -sf -o /dev/null http://127.0.0.1:8104/readyz && break; sleep 0.1; done
   echo "## $1"
-  "$target/release/bench-store" http://127.0.0.1:8104 "$key" "$ROWS" | tee -a "$out/store.jsonl"
+  "$target/release/bench-store" http://127.0.0.1:8104 "$key" "$ROWS" "${RULES:-0}" | tee -a "$out/store.jsonl"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
 : > "$out/store.jsonl"
+if [ "${ALERTS:-0}" = 1 ]; then
+  RULES=0 run sqlite-no-rules "" "$empty_models" --alert-max-age-days 100000
+  RULES=1000 run sqlite-1000-rules "" "$empty_models" --alert-max-age-days 100000
+  exit 0
+fi
 if [ "${SCORING:-0}" = 1 ]; then
   run sqlite-scoring "" "$root/models" --score-on-ingest true
   run sqlite-no-scoring "" "$root/models" --score-on-ingest false

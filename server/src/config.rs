@@ -103,6 +103,13 @@ pub struct ServeArgs {
     /// alerts nobody [default: 7].
     #[arg(long, env = "MERCATOR_ALERT_MAX_AGE_DAYS")]
     pub alert_max_age_days: Option<u32>,
+    /// Delays before each webhook retry, in milliseconds, comma-separated; after the last, a delivery has
+    /// failed [default: 5000,300000,1800000,7200000,18000000,36000000,36000000: 5 s to 10 h, ~27.6 h in all].
+    #[arg(long, env = "MERCATOR_WEBHOOK_RETRY_MS", value_delimiter = ',')]
+    pub webhook_retry_ms: Option<Vec<u64>>,
+    /// How often forecast rules are evaluated, in seconds [default: 3600].
+    #[arg(long, env = "MERCATOR_FORECAST_ALERT_INTERVAL_SECS")]
+    pub forecast_alert_interval_secs: Option<u64>,
 }
 
 /// The settings in force.
@@ -124,6 +131,8 @@ pub struct Config {
     pub max_model_bytes: usize,
     pub score_on_ingest: bool,
     pub alert_max_age_days: u32,
+    pub webhook_retry_ms: Vec<u64>,
+    pub forecast_alert_interval: Duration,
 }
 
 impl Config {
@@ -153,6 +162,10 @@ impl Default for Config {
             max_model_bytes: 512 * 1024 * 1024,
             score_on_ingest: true,
             alert_max_age_days: 7,
+            webhook_retry_ms: vec![
+                5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000,
+            ],
+            forecast_alert_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -210,6 +223,15 @@ impl Config {
                 .alert_max_age_days
                 .or(file.alert_max_age_days)
                 .unwrap_or(d.alert_max_age_days),
+            webhook_retry_ms: args
+                .webhook_retry_ms
+                .or(file.webhook_retry_ms)
+                .unwrap_or(d.webhook_retry_ms),
+            forecast_alert_interval: args
+                .forecast_alert_interval_secs
+                .or(file.forecast_alert_interval_secs)
+                .map(Duration::from_secs)
+                .unwrap_or(d.forecast_alert_interval),
         })
     }
 }
@@ -243,6 +265,8 @@ impl std::fmt::Debug for Config {
             .field("max_model_bytes", &self.max_model_bytes)
             .field("score_on_ingest", &self.score_on_ingest)
             .field("alert_max_age_days", &self.alert_max_age_days)
+            .field("webhook_retry_ms", &self.webhook_retry_ms)
+            .field("forecast_alert_interval", &self.forecast_alert_interval)
             .field("key_cache", &self.key_cache)
             .field("drain_timeout", &self.drain_timeout)
             .field("ort_lib", &self.ort_lib)

@@ -79,6 +79,8 @@ pub struct Shared {
     pub predictor: Arc<predict::Predictor>,
     /// Alert rules by scope, evaluated on ingest.
     pub alerting: Arc<alerts::Alerting>,
+    /// The webhook dispatcher's settings and wake-up call.
+    pub webhooks: Arc<alerts::webhook::Webhooks>,
     /// Whether ingested prices are scored by the anomaly model (--score-on-ingest).
     pub score_on_ingest: bool,
     draining: Arc<AtomicBool>,
@@ -179,6 +181,14 @@ impl App {
             }
         }
         let alerting = Arc::new(alerts::Alerting::new(config.alert_max_age_days));
+        let webhooks = Arc::new(alerts::webhook::Webhooks::new(
+            config
+                .webhook_retry_ms
+                .iter()
+                .map(|ms| std::time::Duration::from_millis(*ms))
+                .collect(),
+        ));
+        tokio::spawn(webhooks.clone().run(store.clone()));
         let rules = alerting.load(&store).await?;
         tracing::info!(rules, "alert rules indexed");
         let predictor = Arc::new(predict::Predictor::default());
@@ -193,6 +203,7 @@ impl App {
             predictor,
             score_on_ingest: config.score_on_ingest,
             alerting,
+            webhooks: webhooks.clone(),
             repository: Arc::new(repository),
             prometheus,
             limits: Limits {
@@ -211,6 +222,10 @@ impl App {
             data_dir: config.data_dir.clone(),
             draining: Arc::new(AtomicBool::new(false)),
         }));
+        tokio::spawn(alerts::schedule::run(
+            state.clone(),
+            config.forecast_alert_interval,
+        ));
         Ok(App { state, config })
     }
 

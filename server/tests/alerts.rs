@@ -525,3 +525,228 @@ async fn rules_are_checked_and_organizations_never_cross() {
     let (_, b_rules) = get(&s, &b, "/api/v1/alerts").await;
     assert_eq!(b_rules["items"].as_array().unwrap().len(), 1);
 }
+
+/// What a webhook receiver got: headers and body of every request, by path.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, axum::http::HeaderMap, String)>>>;
+
+/// A receiver on loopback: `/good` answers 200, `/flaky` 500 the first time and 200 after, `/down` always
+/// 500.
+async fn receiver() -> (String, Received) {
+    use axum::extract::{Path, State};
+    let got: Received = Default::default();
+    let app = axum::Router::new()
+        .route(
+            "/{which}",
+            axum::routing::post(
+                |State(got): State<Received>,
+                 Path(which): Path<String>,
+                 headers: axum::http::HeaderMap,
+                 body: String| async move {
+                    let mut got = got.lock().unwrap();
+                    let before = got.iter().filter(|(p, _, _)| *p == which).count();
+                    got.push((which.clone(), headers, body));
+                    match (which.as_str(), before) {
+                        ("good", _) | ("flaky", 1..) => axum::http::StatusCode::OK,
+                        _ => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    }
+                },
+            ),
+        )
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
+/// Standard Webhooks' check, written here from the specification: v1,base64(HMAC-SHA256(key, id.ts.body)).
+fn verifies(secret: &str, headers: &axum::http::HeaderMap, body: &str) -> bool {
+    use base64::Engine;
+    use hmac::Mac;
+    let key = match secret.strip_prefix("whsec_") {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+        None => secret.as_bytes().to_vec(),
+    };
+    let (id, ts) = (
+        headers["webhook-id"].to_str().unwrap(),
+        headers["webhook-timestamp"].to_str().unwrap(),
+    );
+    let age = chrono::Utc::now().timestamp() - ts.parse::<i64>().unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.{body}").as_bytes());
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    age.abs() <= 300
+        && headers["webhook-signature"]
+            .to_str()
+            .unwrap()
+            .split(' ')
+            .any(|s| s == expected)
+}
+
+/// Each rule's webhook gets its event signed; a receiver answering 500 gets the same message again after the
+/// retry delay; one that keeps failing runs out of retries, recorded, without holding up the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_retried_and_a_failing_one_blocks_nothing() {
+    let s = TestServer::with(|c| c.webhook_retry_ms = vec![100, 200]).await;
+    let setup = history(&s, &s.client).await;
+    let (url, got) = receiver().await;
+    let secrets = [
+        ("good", "plain-secret-0123456789"),
+        ("flaky", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
+        ("down", "another-secret-0123456789"),
+    ];
+    let mut rules = Vec::new();
+    for (i, (path, secret)) in secrets.iter().enumerate() {
+        let (status, rule) = post(
+            &s,
+            &s.client,
+            "/api/v1/alerts",
+            &json!({"name": path,
+            "condition": {"type": "price_above", "threshold": 15.0 + i as f64},
+            "channels": [{"webhook": {"url": format!("{url}/{path}"), "secret": secret}}]}),
+        )
+        .await;
+        assert_eq!(status, 201, "{rule}");
+        rules.push(rule["id"].as_str().unwrap().to_string());
+    }
+    let sent = Instant::now();
+    quote(&s, &s.client, &setup, 100.0, chrono::Utc::now()).await;
+    // Good at once, flaky on its retry, down after its two retries.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut good_after = None;
+    loop {
+        let counts: Vec<usize> = ["good", "flaky", "down"]
+            .iter()
+            .map(|p| {
+                got.lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(w, _, _)| w == p)
+                    .count()
+            })
+            .collect();
+        if counts[0] == 1 && good_after.is_none() {
+            good_after = Some(sent.elapsed());
+        }
+        if counts == [1, 2, 3] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deliveries by receiver: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("good receiver reached after {:?}", good_after.unwrap());
+    let got = got.lock().unwrap().clone();
+    for (path, secret) in secrets {
+        let requests: Vec<_> = got.iter().filter(|(p, _, _)| p == path).collect();
+        let ids: std::collections::HashSet<_> = requests
+            .iter()
+            .map(|(_, h, _)| h["webhook-id"].clone())
+            .collect();
+        assert_eq!(ids.len(), 1, "{path}: one message id across attempts");
+        for (_, headers, body) in &requests {
+            assert!(
+                verifies(secret, headers, body),
+                "{path}: the signature verifies"
+            );
+            assert!(!verifies("not-the-secret-000000", headers, body));
+            let body: Value = serde_json::from_str(body).unwrap();
+            assert_eq!(body["type"], "alert.fired");
+            assert_eq!(body["rule"]["name"], path);
+        }
+    }
+    // The delivery log: delivered after 1 and 2 attempts, failed after 3.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for (rule, (status_want, attempts, code)) in rules.iter().zip([
+        ("delivered", 1, 200),
+        ("delivered", 2, 200),
+        ("failed", 3, 500),
+    ]) {
+        let event = &events_of(&s, &s.client, rule).await[0];
+        let (status, log) = get(
+            &s,
+            &s.client,
+            &format!(
+                "/api/v1/alerts/events/{}/deliveries",
+                event["id"].as_str().unwrap()
+            ),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let d = &log[0];
+        assert_eq!(
+            (&d["status"], &d["attempts"], &d["last_status_code"]),
+            (&json!(status_want), &json!(attempts), &json!(code)),
+            "{log}"
+        );
+    }
+}
+
+/// Forecast rules run on the schedule: one whose threshold the forecast's move exceeds opens an event (once,
+/// within the cooldown), one whose threshold it does not stays quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forecast_rules_fire_on_the_schedule() {
+    let s = TestServer::with(|c| c.forecast_alert_interval = Duration::from_millis(500)).await;
+    let setup = history(&s, &s.client).await;
+    let horizon = 14;
+    let (status, forecast) = post(
+        &s,
+        &s.client,
+        "/api/v1/analytics/forecast",
+        &json!({"material_id": setup.material, "horizon_days": horizon}),
+    )
+    .await;
+    assert_eq!(status, 200, "{forecast}");
+    let points = forecast["points"].as_array().unwrap();
+    let first = points[0]["value"].as_f64().unwrap();
+    let last = points[horizon - 1]["value"].as_f64().unwrap();
+    let moves = ((last / first - 1.0) * 100.0).abs();
+    assert!(moves > 0.0);
+    let mut ids = Vec::new();
+    for (name, threshold) in [("moves", moves * 0.5), ("still", moves * 2.0)] {
+        let (status, rule) = post(&s, &s.client, "/api/v1/alerts", &json!({"name": name,
+            "scope": {"category": "steel"},
+            "condition": {"type": "forecast_change", "threshold": threshold, "horizon_days": horizon}})).await;
+        assert_eq!(status, 201, "{rule}");
+        ids.push(rule["id"].as_str().unwrap().to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let events = events_of(&s, &s.client, &ids[0]).await;
+        if events
+            .first()
+            .is_some_and(|e| e["breach_count"].as_u64().unwrap() >= 2)
+        {
+            assert_eq!(events.len(), 1, "one event inside the cooldown");
+            assert!(
+                (events[0]["value"].as_f64().unwrap().abs() - moves).abs() < 1e-6 * moves.max(1.0),
+                "{events:?}"
+            );
+            assert!(events[0]["price_id"].is_null());
+            break;
+        }
+        assert!(Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(events_of(&s, &s.client, &ids[1]).await.len(), 0);
+    let (status, body) = post(
+        &s,
+        &s.client,
+        "/api/v1/alerts",
+        &json!({"name": "too far",
+        "condition": {"type": "forecast_change", "threshold": 5.0, "horizon_days": 40}}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("validation_error")),
+        "{body}"
+    );
+}

@@ -32,8 +32,8 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyPool};
 
 pub use alerts::{
-    AlertEvent, AlertRule, AlertRulePatch, Breach, Channel, Condition, EventQuery, EventStatus,
-    NewAlertRule, OwnedRule, Scope, Webhook,
+    AlertEvent, AlertRule, AlertRulePatch, Breach, Channel, Condition, Delivery, DueDelivery,
+    EventQuery, EventStatus, NewAlertRule, OwnedRule, Scope, Webhook,
 };
 pub use audit::{AuditEvent, AuditQuery, NewAuditEvent};
 pub use catalog::{

@@ -2,7 +2,12 @@
 //! (in requests of 100,000 rows) and reports rows/s, then times list and range queries on the result one
 //! at a time (latency, not throughput) and reports p50/p99.
 //!
-//!     bench-store http://127.0.0.1:8104 <admin key> 1000000
+//!     bench-store http://127.0.0.1:8104 <admin key> 1000000 [alert rules]
+//!
+//! With a rule count, that many alert rules are made first: all but ten scoped to categories no price
+//! has (they cannot match), ten that look at every price and never fire (the work of evaluation without
+//! the writes of events), to show what evaluation on ingest costs and that rules which cannot match cost
+//! nothing.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +25,7 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (base, key) = (args[1].clone(), args[2].clone());
     let rows: usize = args.get(3).map_or(1_000_000, |r| r.parse().unwrap());
+    let rules: usize = args.get(4).map_or(0, |r| r.parse().unwrap());
     let client = reqwest::Client::builder()
         .default_headers(
             [(
@@ -56,6 +62,21 @@ async fn main() {
     .await
     .unwrap();
     let supplier = supplier["id"].as_str().unwrap().to_string();
+    for i in 0..rules {
+        let scope = if i < rules.saturating_sub(10) {
+            json!({"category": format!("unused-{i}")})
+        } else {
+            json!({})
+        };
+        let r = post(
+            "/api/v1/alerts",
+            json!({"name": format!("rule {i}"), "scope": scope,
+                   "condition": {"type": "price_above", "threshold": 1.0e9}}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
 
     // One observation per material every 5 minutes from 2024-01-01, so each material's series is dense.
     let start = chrono::DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z").unwrap();
@@ -125,7 +146,8 @@ async fn main() {
             Box::new(|_| "/api/v1/materials?limit=50".to_string()),
         ),
     ];
-    let mut report = json!({ "rows": rows, "ingest_rows_per_s": rate.round() });
+    let mut report =
+        json!({ "rows": rows, "alert_rules": rules, "ingest_rows_per_s": rate.round() });
     for (name, path) in &queries {
         let mut took = Vec::with_capacity(SAMPLES);
         for i in 0..SAMPLES {

@@ -5,7 +5,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use mercator_store::{
-    AlertEvent, AlertRule, AlertRulePatch, EventQuery, EventStatus, NewAlertRule,
+    AlertEvent, AlertRule, AlertRulePatch, Condition, Delivery, EventQuery, EventStatus,
+    NewAlertRule,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -26,6 +27,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_event))
         .routes(routes!(acknowledge_event))
         .routes(routes!(resolve_event))
+        .routes(routes!(event_deliveries))
         .routes(routes!(get_rule, update_rule, delete_rule))
 }
 
@@ -67,6 +69,7 @@ async fn create_rule(
     ApiJson(new): ApiJson<NewAlertRule>,
 ) -> Result<(StatusCode, Json<AlertRule>), ApiError> {
     let org = &caller.organization_id;
+    check_horizon(&app, Some(&new.condition))?;
     let rule = app
         .store
         .create_alert_rule(org, new)
@@ -111,6 +114,7 @@ async fn update_rule(
     ApiJson(patch): ApiJson<AlertRulePatch>,
 ) -> Result<Json<AlertRule>, ApiError> {
     let org = &caller.organization_id;
+    check_horizon(&app, patch.condition.as_ref())?;
     let before = app
         .store
         .alert_rule(org, &id)
@@ -271,4 +275,46 @@ async fn set_status(
         .await
         .map(Json)
         .map_err(ApiError::store("alert event"))
+}
+
+/// The webhook deliveries of an event: status (pending, delivered, failed), attempts, the receiver's last
+/// answer, the next attempt's time.
+#[utoipa::path(get, path = "/api/v1/alerts/events/{id}/deliveries", tag = "alerts",
+    params(("id" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, body = Vec<Delivery>), (status = "4XX", body = ErrorEnvelope)))]
+async fn event_deliveries(
+    State(app): State<AppState>,
+    caller: Auth<Analyst>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Delivery>>, ApiError> {
+    let org = &caller.organization_id;
+    app.store
+        .alert_event(org, &id)
+        .await
+        .map_err(ApiError::store("alert event"))?;
+    app.store
+        .deliveries(org, &id)
+        .await
+        .map(Json)
+        .map_err(ApiError::store("alert event"))
+}
+
+/// A forecast rule's horizon must be one the active forecast model covers.
+fn check_horizon(app: &AppState, condition: Option<&Condition>) -> Result<(), ApiError> {
+    let Some(Condition::ForecastChange { horizon_days, .. }) = condition else {
+        return Ok(());
+    };
+    let max = app
+        .repository
+        .get(crate::predict::FORECAST_MODEL, None)
+        .ok()
+        .and_then(|m| m.manifest().outputs.first().and_then(|o| o.fixed_row_len()))
+        .unwrap_or(0);
+    if *horizon_days as usize > max {
+        return Err(ApiError::invalid(
+            "condition.horizon_days",
+            format!("the active forecast model covers 1 to {max} days"),
+        ));
+    }
+    Ok(())
 }

@@ -4,7 +4,8 @@
 //!   material: `{"type": "price", "price": {...}}`.
 //! - `/ws/notifications`: events for the caller's organization: model events (a model loaded, unloaded,
 //!   activated, rolled back; models are shared, so every organization hears them) as
-//!   `{"type": "model", "action", "model", "before", "after", "at"}`; alerts will come here too.
+//!   `{"type": "model", "action", "model", "before", "after", "at"}`; and alert events,
+//!   `{"type": "alert.fired", ...}` (see [`crate::alerts`]).
 //!
 //! A listener too slow for a stream gets `{"type": "lagged", "missed": n}` and carries on with the newest.
 
@@ -48,7 +49,7 @@ pub struct NotificationQuery {
     pub api_key: Option<String>,
 }
 
-/// A WebSocket of the organization's notifications: model events now, alerts later.
+/// A WebSocket of the organization's notifications: alert events and model events.
 #[utoipa::path(get, path = "/ws/notifications", tag = "notifications", params(NotificationQuery),
     security(("api_key" = [])),
     responses((status = 101, description = "Switching to the WebSocket protocol"),

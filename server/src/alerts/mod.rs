@@ -1,6 +1,7 @@
 //! Price alerting: the rules of every organization indexed by scope, evaluated on every price ingest (after
 //! anomaly scoring), the events they open recorded in the store (one per rule and subject within the
-//! cooldown), and announced on `/ws/notifications` and to webhooks.
+//! cooldown), and announced on `/ws/notifications` and to webhooks ([`webhook`]). Forecast rules run on a
+//! schedule ([`schedule`]).
 //!
 //! Evaluation cost follows the rules that can match: a price looks up the rules of its material, its
 //! category, its supplier and the organization-wide ones (four hash lookups), never the others. Prices older
@@ -16,6 +17,9 @@ use serde_json::json;
 
 use crate::predict::PriceRequest;
 use crate::AppState;
+
+pub mod schedule;
+pub mod webhook;
 
 /// One organization's enabled rules, by what they watch.
 #[derive(Default)]
@@ -125,6 +129,26 @@ impl Alerting {
         Ok(())
     }
 
+    /// Every organization's enabled forecast rules (for the schedule).
+    pub fn forecast_rules(&self) -> Vec<(String, Arc<AlertRule>)> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for (org, rules) in index.iter() {
+            let all = rules
+                .by_material
+                .values()
+                .chain(rules.by_category.values())
+                .flatten()
+                .chain(&rules.everything);
+            for rule in all {
+                if matches!(rule.condition, Condition::ForecastChange { .. }) {
+                    out.push((org.clone(), rule.clone()));
+                }
+            }
+        }
+        out
+    }
+
     fn rules_of(&self, org: &str) -> Option<Arc<OrgRules>> {
         self.index
             .read()
@@ -181,7 +205,7 @@ pub async fn on_ingest(app: &AppState, org: &str, prices: &[Price]) {
             .record_breach(org, &breach, rule.cooldown_seconds)
             .await
         {
-            Ok(Some(event)) => announce(app, org, &rule, &event),
+            Ok(Some(event)) => announce(app, org, &rule, &event).await,
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, rule = %rule.id, "recording an alert failed"),
         }
@@ -328,10 +352,11 @@ fn window_mean(app: &AppState, org: &str, price: &Price, category: &str, days: u
     row.first().copied()
 }
 
-/// Sends an event opened to the rule's channels.
-fn announce(app: &AppState, org: &str, rule: &AlertRule, event: &AlertEvent) {
+/// Sends an event opened to the rule's channels: the WebSocket at once, webhooks through the outbox.
+pub(crate) async fn announce(app: &AppState, org: &str, rule: &AlertRule, event: &AlertEvent) {
     let body = json!({
         "type": "alert.fired",
+        "timestamp": event.opened_at,
         "event": event,
         "rule": {"id": rule.id, "name": rule.name, "condition": rule.condition},
     });
@@ -342,7 +367,18 @@ fn announce(app: &AppState, org: &str, rule: &AlertRule, event: &AlertEvent) {
                     .notifications
                     .send(Arc::new((Some(Arc::from(org)), body.clone())));
             }
-            Channel::Webhook(_) => {}
+            Channel::Webhook(hook) => {
+                match app
+                    .store
+                    .enqueue_delivery(org, &event.id, hook, &body.to_string())
+                    .await
+                {
+                    Ok(_) => app.webhooks.wake(),
+                    Err(e) => {
+                        tracing::error!(error = %e, event = %event.id, url = %hook.url, "queueing a webhook delivery failed")
+                    }
+                }
+            }
         }
     }
 }
