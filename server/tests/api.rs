@@ -1158,6 +1158,7 @@ async fn the_openapi_document_covers_every_endpoint() {
         "DELETE /api/v1/alerts/{id}",
         "GET /api/v1/alerts/events",
         "GET /api/v1/alerts/events/{id}",
+        "GET /api/v1/alerts/events/{id}/deliveries",
         "POST /api/v1/alerts/events/{id}/acknowledge",
         "POST /api/v1/alerts/events/{id}/resolve",
         "GET /ws/prices",
