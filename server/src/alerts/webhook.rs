@@ -56,28 +56,37 @@ impl Webhooks {
             .expect("an HTTP client");
         let permits = Arc::new(Semaphore::new(IN_FLIGHT));
         loop {
-            match store.claim_deliveries(CLAIM, LEASE_MS).await {
-                Ok(due) if !due.is_empty() => {
-                    for delivery in due {
-                        let permit = permits.clone().acquire_owned().await.expect("open");
-                        let (this, store, client) = (self.clone(), store.clone(), client.clone());
-                        tokio::spawn(async move {
-                            this.attempt(&store, &client, delivery).await;
-                            drop(permit);
-                        });
-                    }
-                    continue;
+            // A read first: claiming is a write, and on SQLite an idle poll would queue behind every bulk
+            // ingest's transaction for the write lock.
+            let due = match store.next_delivery_due().await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the webhook outbox failed");
+                    None
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "claiming webhook deliveries failed"),
-            }
-            let wait = match store.next_delivery_due().await {
-                Ok(Some(at)) => (at - chrono::Utc::now())
-                    .to_std()
-                    .unwrap_or_default()
-                    .min(Duration::from_secs(5)),
-                _ => Duration::from_secs(5),
             };
+            let now = chrono::Utc::now();
+            if due.is_some_and(|at| at <= now) {
+                match store.claim_deliveries(CLAIM, LEASE_MS).await {
+                    Ok(claimed) => {
+                        for delivery in claimed {
+                            let permit = permits.clone().acquire_owned().await.expect("open");
+                            let (this, store, client) =
+                                (self.clone(), store.clone(), client.clone());
+                            tokio::spawn(async move {
+                                this.attempt(&store, &client, delivery).await;
+                                drop(permit);
+                            });
+                        }
+                        continue;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "claiming webhook deliveries failed"),
+                }
+            }
+            let wait = due
+                .and_then(|at| (at - now).to_std().ok())
+                .unwrap_or(Duration::from_secs(5))
+                .min(Duration::from_secs(5));
             let _ = tokio::time::timeout(wait, self.wake.notified()).await;
         }
     }
