@@ -142,7 +142,8 @@ on_both!(
     organizations_are_listed_and_found,
     materials_are_scoped_unique_filtered_sorted_and_patched,
     prices_land_all_or_nothing_and_query_by_material_and_time,
-    model_versions_are_claimed_once_and_keep_their_state
+    model_versions_are_claimed_once_and_keep_their_state,
+    alert_events_open_once_per_cooldown_and_deliveries_are_claimed_once
 );
 
 /// Concurrent uploads claim distinct numbers; each ends ready or failed (with the reason); retiring keeps a
@@ -519,6 +520,160 @@ async fn prices_land_all_or_nothing_and_query_by_material_and_time(store: Store)
     store.delete_price(&acme, &first.id).await.unwrap();
     assert!(matches!(
         store.price(&acme, &first.id).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+/// Alert rules are the organization's; a breach opens an event once per cooldown and subject (the
+/// conditional upsert), later ones count on it; events are acknowledged and resolved once; webhook deliveries
+/// are claimed by one dispatcher, retried on schedule and recorded.
+async fn alert_events_open_once_per_cooldown_and_deliveries_are_claimed_once(store: Store) {
+    use mercator_store::{Breach, EventQuery, EventStatus, NewAlertRule, Severity, Webhook};
+    let acme = store.create_organization("Acme", false).await.unwrap().id;
+    let other = store.create_organization("Other", false).await.unwrap().id;
+    let m = store
+        .create_material(&acme, material("ALU-1", "aluminium"))
+        .await
+        .unwrap()
+        .id;
+    let rule = |name: &str, scope: serde_json::Value| -> NewAlertRule {
+        serde_json::from_value(serde_json::json!({"name": name, "scope": scope,
+            "condition": {"type": "price_above", "threshold": 5.0},
+            "channels": ["websocket", {"webhook": {"url": "https://example.com/h", "secret": "0123456789abcdef"}}]}))
+        .unwrap()
+    };
+    let held = store
+        .create_alert_rule(&acme, rule("held", serde_json::json!({"material_id": m})))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create_alert_rule(
+                &other,
+                rule("foreign", serde_json::json!({"material_id": m}))
+            )
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store
+            .create_alert_rule(&acme, rule("held", serde_json::json!({})))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.all_alert_rules().await.unwrap().len(), 1);
+    assert!(matches!(
+        store.alert_rule(&other, &held.id).await,
+        Err(StoreError::NotFound)
+    ));
+
+    let breach = |value: f64| Breach {
+        rule_id: held.id.clone(),
+        material_id: Some(m.clone()),
+        supplier_id: None,
+        price_id: None,
+        value,
+        threshold: 5.0,
+        message: format!("price {value} is above 5"),
+        severity: Severity::Medium,
+        count: 1,
+    };
+    let first = store
+        .record_breach(&acme, &breach(6.0), 3600)
+        .await
+        .unwrap()
+        .expect("the first breach opens an event");
+    assert!(store
+        .record_breach(&acme, &breach(7.0), 3600)
+        .await
+        .unwrap()
+        .is_none());
+    let folded = store.alert_event(&acme, &first.id).await.unwrap();
+    assert_eq!((folded.breach_count, folded.last_value), (2, 7.0));
+    // A zero cooldown opens an event per breach.
+    let second = store.record_breach(&acme, &breach(8.0), 0).await.unwrap();
+    assert!(second.is_some_and(|e| e.id != first.id));
+    let listed = store
+        .alert_events(&acme, &EventQuery::default(), &page(10, 0, None))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 2);
+    assert!(store
+        .alert_events(&other, &EventQuery::default(), &page(10, 0, None))
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    let acked = store
+        .set_alert_event_status(&acme, &first.id, EventStatus::Acknowledged)
+        .await
+        .unwrap();
+    assert_eq!(acked.status, EventStatus::Acknowledged);
+    store
+        .set_alert_event_status(&acme, &first.id, EventStatus::Resolved)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .set_alert_event_status(&acme, &first.id, EventStatus::Resolved)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // Deliveries: claimed once, retried when due, recorded.
+    let hook = Webhook {
+        url: "https://example.com/h".into(),
+        secret: "0123456789abcdef".into(),
+    };
+    let id = store
+        .enqueue_delivery(&acme, &first.id, &hook, "{}")
+        .await
+        .unwrap();
+    let claimed = store.claim_deliveries(10, 60_000).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        (claimed[0].id.as_str(), claimed[0].attempt),
+        (id.as_str(), 1)
+    );
+    assert!(
+        store.claim_deliveries(10, 60_000).await.unwrap().is_empty(),
+        "leased"
+    );
+    store
+        .finish_attempt(
+            &id,
+            Some(500),
+            Some("the receiver answered 500"),
+            false,
+            Some(0),
+        )
+        .await
+        .unwrap();
+    let again = store.claim_deliveries(10, 60_000).await.unwrap();
+    assert_eq!(again[0].attempt, 2);
+    store
+        .finish_attempt(&id, Some(200), None, true, None)
+        .await
+        .unwrap();
+    let log = store.deliveries(&acme, &first.id).await.unwrap();
+    assert_eq!(
+        (
+            log[0].status.as_str(),
+            log[0].attempts,
+            log[0].last_status_code
+        ),
+        ("delivered", 2, Some(200))
+    );
+    assert!(store
+        .deliveries(&other, &first.id)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.next_delivery_due().await.unwrap().is_none());
+
+    store.delete_alert_rule(&acme, &held.id).await.unwrap();
+    assert!(matches!(
+        store.alert_event(&acme, &first.id).await,
         Err(StoreError::NotFound)
     ));
 }
