@@ -110,6 +110,9 @@ pub struct ServeArgs {
     /// How often forecast rules are evaluated, in seconds [default: 3600].
     #[arg(long, env = "MERCATOR_FORECAST_ALERT_INTERVAL_SECS")]
     pub forecast_alert_interval_secs: Option<u64>,
+    /// Most rows in one POST /api/v1/predictions/batch [default: 10000].
+    #[arg(long, env = "MERCATOR_BATCH_INLINE_MAX_ROWS")]
+    pub batch_inline_max_rows: Option<usize>,
 }
 
 /// The settings in force.
@@ -133,6 +136,7 @@ pub struct Config {
     pub alert_max_age_days: u32,
     pub webhook_retry_ms: Vec<u64>,
     pub forecast_alert_interval: Duration,
+    pub batch_inline_max_rows: usize,
 }
 
 impl Config {
@@ -166,6 +170,7 @@ impl Default for Config {
                 5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000,
             ],
             forecast_alert_interval: Duration::from_secs(3600),
+            batch_inline_max_rows: 10_000,
         }
     }
 }
@@ -232,6 +237,10 @@ impl Config {
                 .or(file.forecast_alert_interval_secs)
                 .map(Duration::from_secs)
                 .unwrap_or(d.forecast_alert_interval),
+            batch_inline_max_rows: args
+                .batch_inline_max_rows
+                .or(file.batch_inline_max_rows)
+                .unwrap_or(d.batch_inline_max_rows),
         })
     }
 }
@@ -267,6 +276,7 @@ impl std::fmt::Debug for Config {
             .field("alert_max_age_days", &self.alert_max_age_days)
             .field("webhook_retry_ms", &self.webhook_retry_ms)
             .field("forecast_alert_interval", &self.forecast_alert_interval)
+            .field("batch_inline_max_rows", &self.batch_inline_max_rows)
             .field("key_cache", &self.key_cache)
             .field("drain_timeout", &self.drain_timeout)
             .field("ort_lib", &self.ort_lib)

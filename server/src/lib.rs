@@ -46,6 +46,7 @@ pub struct Limits {
     pub max_bulk_body_bytes: usize,
     pub max_page_size: u32,
     pub max_model_bytes: usize,
+    pub batch_inline_max_rows: usize,
 }
 
 /// What every handler can reach: one `Arc`, so that handing it to a handler is one atomic increment
@@ -212,6 +213,7 @@ impl App {
                 max_bulk_body_bytes: config.max_bulk_body_bytes,
                 max_page_size: config.max_page_size,
                 max_model_bytes: config.max_model_bytes,
+                batch_inline_max_rows: config.batch_inline_max_rows,
             },
             keys: Arc::new(Keys::new(store.clone(), config.key_cache)),
             store,

@@ -1148,6 +1148,7 @@ async fn the_openapi_document_covers_every_endpoint() {
         "PATCH /api/v1/prices/{id}",
         "DELETE /api/v1/prices/{id}",
         "POST /api/v1/predictions/price",
+        "POST /api/v1/predictions/batch",
         "POST /api/v1/analytics/trends",
         "POST /api/v1/analytics/forecast",
         "POST /api/v1/analytics/anomalies",

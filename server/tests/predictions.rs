@@ -1084,3 +1084,181 @@ async fn ingest_scores_on_postgres_and_can_be_turned_off() {
         s.stop().await.unwrap();
     }
 }
+
+/// A batch answers every row in input order: the same prediction as the single endpoint for rows it can
+/// answer, the row's own error for the others; malformed files and oversized batches are refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_answer_each_row_in_order_like_the_single_endpoint() {
+    let s = TestServer::with(|c| c.batch_inline_max_rows = 200).await;
+    let fixture = ingest_fixture(&s, &s.client).await;
+    let frame = tokio::task::spawn_blocking(frame).await.unwrap();
+    let names = spec().names();
+    let (material, supplier, day) = (
+        strings(&frame, "material_code"),
+        strings(&frame, "supplier_code"),
+        dates(&frame),
+    );
+    let col = |n: &str| floats(&frame, &names[names.iter().position(|x| x == n).unwrap()]);
+    let (log_q, lead) = (col("log_quantity"), col("lead_days"));
+    let mut csv = String::from("material_id,quantity,supplier_id,delivery_date,as_of\n");
+    let mut singles = Vec::new();
+    for i in (1000..frame.height()).step_by(331).take(60) {
+        let request = json!({
+            "material_id": fixture.materials[&material[i]],
+            "supplier_id": fixture.suppliers[&supplier[i]],
+            "quantity": log_q[i].exp().round(),
+            "as_of": day[i],
+            "delivery_date": day[i] + chrono::Duration::days(lead[i] as i64),
+        });
+        csv.push_str(&format!(
+            "{},{},{},{},{}\n",
+            request["material_id"].as_str().unwrap(),
+            request["quantity"],
+            request["supplier_id"].as_str().unwrap(),
+            request["delivery_date"].as_str().unwrap(),
+            request["as_of"].as_str().unwrap()
+        ));
+        singles.push(Some(request));
+    }
+    let alu = &fixture.materials["ALU-001"];
+    // Rows that cannot be answered, each for its own reason (checked below).
+    for line in [
+        "nope,5,,,2025-06-02".to_string(),
+        format!("{alu},abc,,,2025-06-02"),
+        format!("{alu},-1,,,2025-06-02"),
+        format!("{alu},5,,,2024-01-03"),
+        format!("{alu},5,,someday,2025-06-02"),
+    ] {
+        csv.push_str(&line);
+        csv.push('\n');
+        singles.push(None);
+    }
+    let send = |body: String, kind: &'static str, path: &'static str| {
+        s.client
+            .post(s.url(path))
+            .header("content-type", kind)
+            .body(body)
+            .send()
+    };
+    let r = send(csv.clone(), "text/csv", "/api/v1/predictions/batch")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(
+        (answer["rows"].as_u64(), answer["failed"].as_u64()),
+        (Some(65), Some(5)),
+        "{answer}"
+    );
+    let results = answer["results"].as_array().unwrap();
+    for (k, (result, single)) in results.iter().zip(&singles).enumerate() {
+        assert_eq!(result["row"], k + 1);
+        match single {
+            Some(request) => {
+                let (status, one) = post(&s, &s.client, "/api/v1/predictions/price", request).await;
+                assert_eq!(status, 200, "{one}");
+                let (batch, alone) = (
+                    result["prediction"]["predicted_price"].as_f64().unwrap(),
+                    one["predicted_price"].as_f64().unwrap(),
+                );
+                assert!(
+                    (batch - alone).abs() <= 1e-6 * alone,
+                    "row {}: {batch} vs {alone}",
+                    k + 1
+                );
+                assert_eq!(result["prediction"]["features_used"], one["features_used"]);
+            }
+            None => assert!(result["prediction"].is_null(), "{result}"),
+        }
+    }
+    let codes: Vec<&str> = results[60..]
+        .iter()
+        .map(|r| r["error"]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "not_found",
+            "validation_error",
+            "invalid_quantity",
+            "insufficient_history",
+            "validation_error"
+        ]
+    );
+
+    // CSV out: a header and one line per input row, in order.
+    let r = send(
+        csv.clone(),
+        "text/csv",
+        "/api/v1/predictions/batch?format=csv",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 66);
+    assert!(lines[0].starts_with("row,predicted_price"));
+    assert!(
+        lines[61].starts_with("61,") && lines[61].contains("not_found"),
+        "{}",
+        lines[61]
+    );
+
+    // JSON in: a malformed element is its row's error.
+    let body = json!([
+        {"material_id": alu, "quantity": 500.0, "as_of": "2025-06-02"},
+        {"material_id": alu, "quantity": "lots", "as_of": "2025-06-02"},
+    ]);
+    let (status, answer) = post(&s, &s.client, "/api/v1/predictions/batch", &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["results"][0]["prediction"]["predicted_price"].is_number());
+    assert_eq!(answer["results"][1]["error"]["code"], "validation_error");
+
+    // Refused whole: not an array, a CSV without the required columns, more rows than the limit.
+    let (status, body) = post(
+        &s,
+        &s.client,
+        "/api/v1/predictions/batch",
+        &json!({"rows": []}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("bad_request")),
+        "{body}"
+    );
+    let r = send(
+        "material_id,price\nx,1\n".into(),
+        "text/csv",
+        "/api/v1/predictions/batch",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let big = format!("material_id,quantity\n{}", format!("{alu},5\n").repeat(201));
+    let r = send(big, "text/csv", "/api/v1/predictions/batch")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+
+    // Another organization's batch naming these materials: each row is not found.
+    let (_, org) = post(
+        &s,
+        &s.client,
+        "/api/v1/organizations",
+        &json!({"name": "B"}),
+    )
+    .await;
+    let b = client_with(org["api_key"]["secret"].as_str().unwrap());
+    let r = b
+        .post(s.url("/api/v1/predictions/batch"))
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["failed"], 65, "{answer}");
+    assert_eq!(answer["results"][0]["error"]["code"], "not_found");
+}

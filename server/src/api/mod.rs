@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod batch;
 pub mod catalog;
 pub mod extract;
 pub mod models;
@@ -31,6 +32,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(catalog::routes())
         .merge(prices::routes())
         .merge(predictions::routes())
+        .merge(batch::routes())
         .merge(alerts::routes())
         .merge(stream::routes())
 }

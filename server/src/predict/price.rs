@@ -13,7 +13,7 @@ use crate::error::ApiError;
 /// The interval level when a request names none.
 pub const DEFAULT_LEVEL: f64 = 0.8;
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PriceRequest {
     pub material_id: String,
@@ -60,6 +60,84 @@ impl Predictor {
         org: &str,
         request: PriceRequest,
     ) -> Result<PricePrediction, ApiError> {
+        let model = repository.get(PRICE_MODEL, None)?;
+        let prepared = self.spec(data_dir, &model)?;
+        let assembled = self
+            .assemble_request(store, org, &prepared.spec, &request)
+            .await?;
+        let manifest = model.manifest();
+        let tensor = Tensor {
+            name: manifest.inputs[0].name.clone(),
+            shape: vec![1, assembled.row.len()],
+            data: TensorData::Fp32(assembled.row.iter().map(|v| *v as f32).collect()),
+        };
+        let output = model.infer(vec![tensor], None).await?;
+        let predicted = prices(&output, 1)?[0];
+        answer(manifest, &prepared.names, &request, assembled, predicted)
+    }
+
+    /// Many requests on one model version (the one active when the batch began): rows assembled one by one,
+    /// run through the model's queue in chunks of its batch size, answers in request order; a request that
+    /// cannot be answered carries its own error.
+    pub async fn price_batch(
+        &self,
+        store: &Store,
+        repository: &Repository,
+        data_dir: &std::path::Path,
+        org: &str,
+        requests: &[PriceRequest],
+    ) -> Result<Vec<Result<PricePrediction, ApiError>>, ApiError> {
+        let model = repository.get(PRICE_MODEL, None)?;
+        let prepared = self.spec(data_dir, &model)?;
+        let manifest = model.manifest();
+        let mut assembled = Vec::with_capacity(requests.len());
+        for request in requests {
+            assembled.push(
+                self.assemble_request(store, org, &prepared.spec, request)
+                    .await,
+            );
+        }
+        let ready: Vec<&Assembled> = assembled.iter().filter_map(|a| a.as_ref().ok()).collect();
+        let width = prepared.names.len();
+        let mut predicted = Vec::with_capacity(ready.len());
+        for chunk in ready.chunks(manifest.batching.max_batch_size.max(1)) {
+            let tensor = Tensor {
+                name: manifest.inputs[0].name.clone(),
+                shape: vec![chunk.len(), width],
+                data: TensorData::Fp32(
+                    chunk
+                        .iter()
+                        .flat_map(|a| a.row.iter().map(|v| *v as f32))
+                        .collect(),
+                ),
+            };
+            let output = model.infer(vec![tensor], None).await?;
+            predicted.extend(prices(&output, chunk.len())?);
+        }
+        let mut predicted = predicted.into_iter();
+        Ok(requests
+            .iter()
+            .zip(assembled)
+            .map(|(request, a)| {
+                let a = a?;
+                let price = predicted.next().ok_or_else(|| {
+                    ApiError::Engine(EngineError::Inference(
+                        "the model gave too few prices".into(),
+                    ))
+                })?;
+                answer(manifest, &prepared.names, request, a, price)
+            })
+            .collect())
+    }
+
+    /// The request's feature row from the organization's history.
+    async fn assemble_request(
+        &self,
+        store: &Store,
+        org: &str,
+        spec: &mercator_features::FeatureSpec,
+        request: &PriceRequest,
+    ) -> Result<Assembled, ApiError> {
         if !(request.quantity > 0.0 && request.quantity.is_finite()) {
             return Err(FeatureError::Quantity(request.quantity).into());
         }
@@ -68,10 +146,6 @@ impl Predictor {
             Some(id) => Some(self.supplier(store, org, id).await?),
             None => None,
         };
-        let model = repository.get(PRICE_MODEL, None)?;
-        let prepared = self.spec(data_dir, &model)?;
-        let (spec, names) = (&prepared.spec, &prepared.names);
-        let manifest = model.manifest();
         let as_of = request
             .as_of
             .unwrap_or_else(|| chrono::Utc::now().date_naive());
@@ -92,42 +166,55 @@ impl Predictor {
             request.supplier_id.as_deref(),
             &input,
         )?;
-        let tensor = Tensor {
-            name: manifest.inputs[0].name.clone(),
-            shape: vec![1, row.len()],
-            data: TensorData::Fp32(row.iter().map(|v| *v as f32).collect()),
-        };
-        let output = model.infer(vec![tensor], None).await?;
-        let predicted = output
-            .outputs
-            .first()
-            .map(|t| t.data.to_f64())
-            .and_then(|v| v.first().copied())
-            .ok_or_else(|| {
-                ApiError::Engine(EngineError::Inference("the model gave no price".into()))
-            })?;
-        let level = request.interval_level.unwrap_or(DEFAULT_LEVEL);
-        let half = half_widths(manifest, names, &row, level)?[0];
-        let (lower, upper) = (predicted * (-half).exp(), predicted * half.exp());
-        let features_used = names
-            .iter()
-            .zip(&row)
-            .map(|(n, v)| (n.clone(), serde_json::json!(v)))
-            .collect();
-        Ok(PricePrediction {
-            predicted_price: predicted,
-            prediction_interval: Interval {
-                lower,
-                upper,
-                level,
-            },
-            confidence_score: 1.0 / (1.0 + (upper - lower) / predicted),
-            model: ModelRef {
-                name: manifest.name.clone(),
-                version: manifest.version,
-            },
-            as_of,
-            features_used,
-        })
+        Ok(Assembled { row, as_of })
     }
+}
+
+/// A request's feature row and the day it was assembled as of.
+struct Assembled {
+    row: Vec<f64>,
+    as_of: NaiveDate,
+}
+
+/// The model's price output, one per row.
+fn prices(output: &mercator_engine::InferOutput, rows: usize) -> Result<Vec<f64>, ApiError> {
+    output
+        .outputs
+        .first()
+        .map(|t| t.data.to_f64())
+        .filter(|v| v.len() == rows)
+        .ok_or_else(|| ApiError::Engine(EngineError::Inference("the model gave no price".into())))
+}
+
+/// The answer: the price, its interval at the request's level, the row the model saw.
+fn answer(
+    manifest: &mercator_engine::Manifest,
+    names: &[String],
+    request: &PriceRequest,
+    assembled: Assembled,
+    predicted: f64,
+) -> Result<PricePrediction, ApiError> {
+    let level = request.interval_level.unwrap_or(DEFAULT_LEVEL);
+    let half = half_widths(manifest, names, &assembled.row, level)?[0];
+    let (lower, upper) = (predicted * (-half).exp(), predicted * half.exp());
+    let features_used = names
+        .iter()
+        .zip(&assembled.row)
+        .map(|(n, v)| (n.clone(), serde_json::json!(v)))
+        .collect();
+    Ok(PricePrediction {
+        predicted_price: predicted,
+        prediction_interval: Interval {
+            lower,
+            upper,
+            level,
+        },
+        confidence_score: 1.0 / (1.0 + (upper - lower) / predicted),
+        model: ModelRef {
+            name: manifest.name.clone(),
+            version: manifest.version,
+        },
+        as_of: assembled.as_of,
+        features_used,
+    })
 }
