@@ -126,6 +126,10 @@ impl Webhooks {
         {
             tracing::warn!(error = %e, delivery = %d.id, "recording a webhook attempt failed; it will be retried");
         }
+        if retry.is_some() {
+            // The dispatcher may be asleep until a lease it saw ends: the retry may be due sooner.
+            self.wake();
+        }
     }
 }
 
