@@ -11,6 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::csv_body::{self, Columns};
 use super::extract::{content_type, ApiQuery};
 use super::ErrorEnvelope;
 use crate::auth::{Analyst, Auth};
@@ -206,80 +207,25 @@ fn from_json(bytes: &[u8], max_rows: usize) -> Result<Vec<Result<Parsed, ApiErro
 }
 
 fn from_csv(bytes: &[u8], max_rows: usize) -> Result<Vec<Result<Parsed, ApiError>>, ApiError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_reader(bytes);
-    let headers = reader
-        .headers()
-        .map_err(|e| ApiError::BadRequest(format!("the CSV header row cannot be read: {e}")))?
-        .clone();
-    let mut problems = mercator_store::FieldErrors::default();
-    for column in &headers {
-        if !CSV_COLUMNS.contains(&column) {
-            problems.add(
-                "columns",
-                format!(
-                    "unknown column `{column}`; columns are {}",
-                    CSV_COLUMNS.join(", ")
-                ),
-            );
-        }
-    }
-    for column in ["material_id", "quantity"] {
-        if !headers.iter().any(|h| h == column) {
-            problems.add(
-                "columns",
-                format!("the required column `{column}` is missing"),
-            );
-        }
-    }
-    if !problems.is_empty() {
-        return Err(ApiError::Validation {
-            message: "the CSV header row does not name the expected columns".into(),
-            details: problems,
-        });
-    }
+    let columns = Columns {
+        allowed: CSV_COLUMNS,
+        required: &["material_id", "quantity"],
+        numeric: &["quantity"],
+    };
+    let (headers, mut reader) = csv_body::open(bytes, &columns)?;
     let mut rows = Vec::new();
     for (i, record) in reader.records().enumerate() {
         if i >= max_rows {
             return Err(too_many(i + 1 + reader.records().count(), max_rows));
         }
         rows.push(match record {
-            Ok(record) => csv_row(&headers, &record),
+            Ok(record) => csv_body::record(&headers, &record, &columns)
+                .map(Parsed)
+                .map_err(|(field, message)| ApiError::invalid(&field, message)),
             Err(e) => Err(ApiError::invalid("row", e.to_string())),
         });
     }
     Ok(rows)
-}
-
-/// One CSV record as a request, read by the same rules as a JSON one (a problem names its column).
-fn csv_row(headers: &csv::StringRecord, record: &csv::StringRecord) -> Result<Parsed, ApiError> {
-    let mut object = serde_json::Map::new();
-    for (column, cell) in headers.iter().zip(record.iter()) {
-        if cell.is_empty() {
-            continue;
-        }
-        let value = if column == "quantity" {
-            match cell.parse::<f64>() {
-                Ok(n) => serde_json::json!(n),
-                Err(_) => {
-                    return Err(ApiError::invalid(
-                        column,
-                        format!("`{cell}` is not a number"),
-                    ))
-                }
-            }
-        } else {
-            serde_json::Value::String(cell.to_string())
-        };
-        object.insert(column.to_string(), value);
-    }
-    serde_path_to_error::deserialize(serde_json::Value::Object(object))
-        .map(Parsed)
-        .map_err(|e| {
-            let field = e.path().to_string();
-            ApiError::invalid(&field, e.into_inner().to_string())
-        })
 }
 
 fn to_csv(answer: &BatchAnswer) -> String {

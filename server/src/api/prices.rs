@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::csv_body::{self, Columns};
 use super::extract::{content_type, from_json, ApiJson, ApiQuery};
 use super::{page, ErrorEnvelope, Page};
 use crate::auth::{Analyst, Auth, Viewer};
@@ -227,39 +228,12 @@ async fn ingest(app: &AppState, org: &str, rows: Vec<NewPrice>) -> Result<Vec<Pr
 
 /// Rows of a CSV file: every row's problems are collected, so one answer names them all.
 fn from_csv(bytes: &Bytes, max_rows: usize) -> Result<Vec<NewPrice>, ApiError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_reader(&bytes[..]);
-    let headers = reader
-        .headers()
-        .map_err(|e| ApiError::BadRequest(format!("the CSV header row cannot be read: {e}")))?
-        .clone();
-    let mut problems = FieldErrors::default();
-    for column in &headers {
-        if !CSV_COLUMNS.contains(&column) {
-            problems.add(
-                "columns",
-                format!(
-                    "unknown column `{column}`; columns are {}",
-                    CSV_COLUMNS.join(", ")
-                ),
-            );
-        }
-    }
-    for column in CSV_REQUIRED {
-        if !headers.iter().any(|h| h == *column) {
-            problems.add(
-                "columns",
-                format!("the required column `{column}` is missing"),
-            );
-        }
-    }
-    if !problems.is_empty() {
-        return Err(ApiError::Validation {
-            message: "the CSV header row does not name the expected columns".into(),
-            details: problems,
-        });
-    }
+    let columns = Columns {
+        allowed: CSV_COLUMNS,
+        required: CSV_REQUIRED,
+        numeric: &["price", "quantity"],
+    };
+    let (headers, mut reader) = csv_body::open(&bytes[..], &columns)?;
     let mut rows = Vec::new();
     let mut bad = Vec::new();
     for (i, record) in reader.records().enumerate() {
@@ -270,7 +244,7 @@ fn from_csv(bytes: &Bytes, max_rows: usize) -> Result<Vec<NewPrice>, ApiError> {
             });
         }
         let errors = match record {
-            Ok(record) => match row(&headers, &record) {
+            Ok(record) => match csv_body::record::<NewPrice>(&headers, &record, &columns) {
                 Ok(price) => match price.check() {
                     errors if errors.is_empty() => {
                         rows.push(price);
@@ -278,7 +252,7 @@ fn from_csv(bytes: &Bytes, max_rows: usize) -> Result<Vec<NewPrice>, ApiError> {
                     }
                     errors => errors,
                 },
-                Err(errors) => errors,
+                Err((field, message)) => FieldErrors::one(&field, message),
             },
             Err(e) => FieldErrors::one("row", e.to_string()),
         };
@@ -289,46 +263,6 @@ fn from_csv(bytes: &Bytes, max_rows: usize) -> Result<Vec<NewPrice>, ApiError> {
         return Err(ApiError::InvalidRows { rows: bad, total });
     }
     Ok(rows)
-}
-
-/// One CSV record as a price: the cells become a JSON object (numbers where the column is numeric, empty
-/// cells left out), read by the same rules as a JSON body, so a problem names its column.
-fn row(headers: &csv::StringRecord, record: &csv::StringRecord) -> Result<NewPrice, FieldErrors> {
-    let mut object = serde_json::Map::new();
-    for (column, cell) in headers.iter().zip(record.iter()) {
-        if cell.is_empty() {
-            continue;
-        }
-        let value = match column {
-            "price" | "quantity" => match cell.parse::<f64>() {
-                Ok(number) => serde_json::json!(number),
-                Err(_) => {
-                    return Err(FieldErrors::one(
-                        column,
-                        format!("`{cell}` is not a number"),
-                    ))
-                }
-            },
-            _ => serde_json::Value::String(cell.to_string()),
-        };
-        object.insert(column.to_string(), value);
-    }
-    serde_path_to_error::deserialize(serde_json::Value::Object(object)).map_err(|e| {
-        let path = e.path().to_string();
-        let message = e.into_inner().to_string();
-        // A missing column is reported by serde at the top: name it from the message.
-        let field = if path == "." {
-            CSV_COLUMNS
-                .iter()
-                .find(|c| message.contains(&format!("`{c}`")))
-                .copied()
-                .unwrap_or("row")
-                .to_string()
-        } else {
-            path
-        };
-        FieldErrors::one(&field, message)
-    })
 }
 
 #[utoipa::path(get, path = "/api/v1/prices/{id}", tag = "prices", params(("id" = String, Path)),
