@@ -15,7 +15,7 @@ use mercator_features::{day_of, FeatureSpec, RowInput};
 use mercator_store::{AlertEvent, AlertRule, Breach, Channel, Condition, Price, PriceType, Store};
 use serde_json::json;
 
-use crate::predict::PriceRequest;
+use crate::predict::{PricePrediction, PriceRequest};
 use crate::AppState;
 
 pub mod schedule;
@@ -166,23 +166,75 @@ pub async fn on_ingest(app: &AppState, org: &str, prices: &[Price]) {
         return;
     };
     let oldest = chrono::Utc::now() - app.alerting.max_age;
-    // Breaches by (rule, subject): the first, and how many more in this batch.
-    let mut breaches: Vec<(Arc<AlertRule>, Breach)> = Vec::new();
-    let mut seen: HashMap<(String, String, Option<String>), usize> = HashMap::new();
+    // The prices to evaluate, with their material's category.
+    let mut fresh: Vec<(&Price, String)> = Vec::new();
     for price in prices.iter().filter(|p| p.time >= oldest) {
-        let category = match app
+        match app
             .predictor
             .category(&app.store, org, &price.material_id)
             .await
         {
-            Ok(c) => c,
+            Ok(category) => fresh.push((price, category)),
             Err(e) => {
-                tracing::warn!(error = %e, "alert evaluation: the material's category is unknown");
-                continue;
+                tracing::warn!(error = %e, "alert evaluation: the material's category is unknown")
             }
-        };
-        for rule in rules.candidates(&price.material_id, &category, price.supplier_id.as_deref()) {
-            let Some(breach) = judge(app, org, rule, price, &category).await else {
+        }
+    }
+    // Quotes a quote rule will compare with the price model: predicted together, in the model's batches.
+    let quoted: Vec<usize> = fresh
+        .iter()
+        .enumerate()
+        .filter(|(_, (price, category))| {
+            price.price_type == PriceType::Quote
+                && price.quantity.is_some()
+                && rules
+                    .candidates(&price.material_id, category, price.supplier_id.as_deref())
+                    .any(|r| matches!(r.condition, Condition::QuoteAbovePrediction { .. }))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let mut predictions: HashMap<usize, PricePrediction> = HashMap::new();
+    if !quoted.is_empty() {
+        let requests: Vec<PriceRequest> = quoted
+            .iter()
+            .map(|&i| {
+                let price = fresh[i].0;
+                PriceRequest {
+                    material_id: price.material_id.clone(),
+                    quantity: price.quantity.unwrap_or_default(),
+                    supplier_id: price.supplier_id.clone(),
+                    delivery_date: None,
+                    as_of: Some(price.time.date_naive()),
+                    interval_level: None,
+                }
+            })
+            .collect();
+        match app
+            .predictor
+            .price_batch(&app.store, &app.repository, &app.data_dir, org, &requests)
+            .await
+        {
+            Ok(answers) => {
+                for (&i, answer) in quoted.iter().zip(answers) {
+                    match answer {
+                        Ok(prediction) => {
+                            predictions.insert(i, prediction);
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "no prediction to compare a quote with")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "quote rules: predicting the quotes failed"),
+        }
+    }
+    // Breaches by (rule, subject): the first, and how many more in this batch.
+    let mut breaches: Vec<(Arc<AlertRule>, Breach)> = Vec::new();
+    let mut seen: HashMap<(String, String, Option<String>), usize> = HashMap::new();
+    for (i, (price, category)) in fresh.iter().enumerate() {
+        for rule in rules.candidates(&price.material_id, category, price.supplier_id.as_deref()) {
+            let Some(breach) = judge(app, org, rule, price, category, predictions.get(&i)) else {
                 continue;
             };
             let key = (
@@ -191,7 +243,7 @@ pub async fn on_ingest(app: &AppState, org: &str, prices: &[Price]) {
                 price.supplier_id.clone(),
             );
             match seen.get(&key) {
-                Some(&i) => breaches[i].1.count += 1,
+                Some(&k) => breaches[k].1.count += 1,
                 None => {
                     seen.insert(key, breaches.len());
                     breaches.push((rule.clone(), breach));
@@ -212,13 +264,14 @@ pub async fn on_ingest(app: &AppState, org: &str, prices: &[Price]) {
     }
 }
 
-/// The breach a price makes of a rule, if it does.
-async fn judge(
+/// The breach a price makes of a rule, if it does (`prediction`: the price model's answer for a quote).
+fn judge(
     app: &AppState,
     org: &str,
     rule: &AlertRule,
     price: &Price,
     category: &str,
+    prediction: Option<&PricePrediction>,
 ) -> Option<Breach> {
     let p = price.price;
     let (value, threshold, message, severity) = match &rule.condition {
@@ -270,24 +323,7 @@ async fn judge(
             )
         }
         Condition::QuoteAbovePrediction { threshold } => {
-            if price.price_type != PriceType::Quote {
-                return None;
-            }
-            let quantity = price.quantity?;
-            let request = PriceRequest {
-                material_id: price.material_id.clone(),
-                quantity,
-                supplier_id: price.supplier_id.clone(),
-                delivery_date: None,
-                as_of: Some(price.time.date_naive()),
-                interval_level: None,
-            };
-            let predicted = app
-                .predictor
-                .price(&app.store, &app.repository, &app.data_dir, org, request)
-                .await
-                .map_err(|e| tracing::debug!(error = %e, "no prediction to compare a quote with"))
-                .ok()?;
+            let predicted = prediction?;
             let upper = predicted.prediction_interval.upper;
             let over = (p / upper - 1.0) * 100.0;
             if over <= *threshold {
