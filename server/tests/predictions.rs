@@ -1220,12 +1220,29 @@ async fn batches_answer_each_row_in_order_like_the_single_endpoint() {
         &s,
         &s.client,
         "/api/v1/predictions/batch",
-        &json!({"rows": []}),
+        &json!("a sentence"),
     )
     .await;
     assert_eq!(
         (status, &body["error"]["code"]),
         (400, &json!("bad_request")),
+        "{body}"
+    );
+    // An object is a raw batch, and says what it lacks.
+    let (status, body) = post(
+        &s,
+        &s.client,
+        "/api/v1/predictions/batch",
+        &json!({"rows": []}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("validation_error")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("model"),
         "{body}"
     );
     let r = send(
@@ -1241,6 +1258,60 @@ async fn batches_answer_each_row_in_order_like_the_single_endpoint() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+
+    // Raw feature rows for a model version: its golden rows answer its golden outputs; a row of the wrong
+    // width is that row's error.
+    let g = common::golden("price");
+    let width = g.inputs[0]["shape"][1].as_u64().unwrap() as usize;
+    let data: Vec<f64> = g.inputs[0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let mut rows: Vec<Value> = data.chunks(width).map(|r| json!(r)).collect();
+    rows.push(json!([1.0, 2.0]));
+    let (status, answer) = post(
+        &s,
+        &s.client,
+        "/api/v1/predictions/batch",
+        &json!({"model": "price", "version": 1, "rows": rows}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["model"], json!({"name": "price", "version": 1}));
+    let expected = g.expected("price", 0, g.rows());
+    for (k, want) in expected.iter().enumerate() {
+        let got = answer["results"][k]["outputs"]["price"][0]
+            .as_f64()
+            .unwrap();
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs(),
+            "row {k}: {got} vs {want}"
+        );
+    }
+    let last = &answer["results"][g.rows()];
+    assert_eq!(
+        (&last["error"]["code"], answer["failed"].as_u64()),
+        (&json!("validation_error"), Some(1)),
+        "{answer}"
+    );
+    let (status, body) = post(
+        &s,
+        &s.client,
+        "/api/v1/predictions/batch",
+        &json!({"model": "nope", "rows": [[1.0]]}),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = post(
+        &s,
+        &s.client,
+        "/api/v1/predictions/batch?format=csv",
+        &json!({"model": "price", "rows": [[1.0]]}),
+    )
+    .await;
+    assert_eq!(status, 400);
 
     // Another organization's batch naming these materials: each row is not found.
     let (_, org) = post(

@@ -69,7 +69,8 @@ pub struct BatchAnswer {
 /// value, too little history) carries its own error and the others are answered. All rows run on the price
 /// model version active when the batch began. At most --batch-inline-max-rows rows (413 above it); a body
 /// that is not an array or a CSV without the required columns is refused whole (400). `?format=csv` or
-/// `Accept: text/csv` answers CSV.
+/// `Accept: text/csv` answers CSV. Or a JSON object `{model, version?, rows: [[...], ...]}`: raw feature
+/// rows for a model with one fixed-width FP32 input, answered as each output's values per row.
 #[utoipa::path(post, path = "/api/v1/predictions/batch", tag = "predictions", params(BatchQuery),
     request_body(content(
         (Vec<PriceRequest> = "application/json"),
@@ -106,6 +107,18 @@ async fn predict_batch(
             flag: "--max-bulk-body-bytes",
         })?;
     let max_rows = app.limits.batch_inline_max_rows;
+    if kind.as_deref() == Some("application/json") && bytes.trim_ascii_start().starts_with(b"{") {
+        if csv_out {
+            return Err(ApiError::invalid(
+                "format",
+                "a batch of raw feature rows answers JSON",
+            ));
+        }
+        let raw: RawBatch = super::extract::from_json(&bytes)?;
+        return raw_batch(&app, raw, max_rows)
+            .await
+            .map(|a| Json(a).into_response());
+    }
     let parsed = match kind.as_deref() {
         Some("application/json") => from_json(&bytes, max_rows)?,
         Some("text/csv") => from_csv(&bytes, max_rows)?,
@@ -175,6 +188,147 @@ async fn predict_batch(
     } else {
         Json(answer).into_response()
     })
+}
+
+/// A batch of raw feature rows for a model with one fixed-width FP32 input.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatch {
+    pub model: String,
+    /// Default: the active version (or the traffic split's pick, once for the whole batch).
+    pub version: Option<u64>,
+    /// One array of the input's width per row.
+    pub rows: Vec<Vec<f64>>,
+}
+
+/// One raw row's answer: each output's values for the row, by output name.
+#[derive(Serialize, ToSchema)]
+pub struct RawRow {
+    pub row: usize,
+    #[schema(value_type = Option<Object>)]
+    pub outputs: Option<serde_json::Map<String, serde_json::Value>>,
+    pub error: Option<RowError>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RawAnswer {
+    pub model: crate::predict::ModelRef,
+    pub rows: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub results: Vec<RawRow>,
+}
+
+/// Raw rows through the model's queue in chunks of its batch size; a row of the wrong width or with a
+/// value that is not finite carries its own error.
+async fn raw_batch(app: &AppState, raw: RawBatch, max_rows: usize) -> Result<RawAnswer, ApiError> {
+    if raw.rows.len() > max_rows {
+        return Err(too_many(raw.rows.len(), max_rows));
+    }
+    if raw.rows.is_empty() {
+        return Err(ApiError::BadRequest("there are no rows".into()));
+    }
+    let version = raw.version.map(|v| v.to_string());
+    let model = app.repository.get(&raw.model, version.as_deref())?;
+    let manifest = model.manifest();
+    let (input, width) = match manifest.inputs.as_slice() {
+        [only] if only.datatype == mercator_engine::DataType::Fp32 => match only.fixed_row_len() {
+            Some(width) => (only, width),
+            None => return Err(unsupported(&manifest.name)),
+        },
+        _ => return Err(unsupported(&manifest.name)),
+    };
+    let checked: Vec<Result<&Vec<f64>, ApiError>> = raw
+        .rows
+        .iter()
+        .map(|row| {
+            if row.len() != width {
+                Err(ApiError::invalid(
+                    "rows",
+                    format!("{} values; the model takes {width}", row.len()),
+                ))
+            } else if !row
+                .iter()
+                .all(|v| v.is_finite() && v.abs() <= f32::MAX as f64)
+            {
+                Err(ApiError::invalid(
+                    "rows",
+                    "every value must be a finite FP32 number",
+                ))
+            } else {
+                Ok(row)
+            }
+        })
+        .collect();
+    let ready: Vec<&Vec<f64>> = checked
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    let mut outputs: Vec<serde_json::Map<String, serde_json::Value>> =
+        Vec::with_capacity(ready.len());
+    for chunk in ready.chunks(manifest.batching.max_batch_size.max(1)) {
+        let tensor = mercator_engine::Tensor {
+            name: input.name.clone(),
+            shape: vec![chunk.len(), width],
+            data: mercator_engine::TensorData::Fp32(
+                chunk
+                    .iter()
+                    .flat_map(|r| r.iter().map(|v| *v as f32))
+                    .collect(),
+            ),
+        };
+        let answer = model.infer(vec![tensor], None).await?;
+        let mut per_row = vec![serde_json::Map::new(); chunk.len()];
+        for t in &answer.outputs {
+            let values = t.data.to_f64();
+            let w = values.len() / chunk.len().max(1);
+            for (k, row) in per_row.iter_mut().enumerate() {
+                row.insert(
+                    t.name.clone(),
+                    serde_json::json!(values[k * w..(k + 1) * w]),
+                );
+            }
+        }
+        outputs.extend(per_row);
+    }
+    let mut outputs = outputs.into_iter();
+    let results: Vec<RawRow> = checked
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| match r {
+            Ok(_) => RawRow {
+                row: i + 1,
+                outputs: outputs.next(),
+                error: None,
+            },
+            Err(e) => RawRow {
+                row: i + 1,
+                outputs: None,
+                error: Some(RowError {
+                    code: e.status_and_code().1.to_string(),
+                    message: e.to_string(),
+                }),
+            },
+        })
+        .collect();
+    let failed = results.iter().filter(|r| r.error.is_some()).count();
+    Ok(RawAnswer {
+        model: crate::predict::ModelRef {
+            name: manifest.name.clone(),
+            version: manifest.version,
+        },
+        rows: results.len(),
+        succeeded: results.len() - failed,
+        failed,
+        results,
+    })
+}
+
+fn unsupported(model: &str) -> ApiError {
+    ApiError::invalid(
+        "model",
+        format!("{model}: raw batches take models with one fixed-width FP32 input; use the V2 API"),
+    )
 }
 
 /// A parsed row: the request (cloned into the batch), or why it could not be read.
