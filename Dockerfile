@@ -13,7 +13,11 @@ RUN scripts/install-runtime.sh \
  && cp target/release/mercator .runtime/lib/libonnxruntime.so /tmp/
 
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --home-dir /data mercator \
+# CA certificates: webhook deliveries over https verify receivers against the system's roots.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /data mercator \
  && mkdir -p /data && chown mercator /data
 WORKDIR /app
 COPY --from=build /tmp/mercator /tmp/libonnxruntime.so /app/
