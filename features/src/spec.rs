@@ -189,6 +189,22 @@ impl FeatureSpec {
             .map_err(|e| FeatureError::Spec(format!("{}: {e}", path.display())))
     }
 
+    /// A spec of one history feature, for a figure the server computes with the kernel rather than a model
+    /// (a supplier's premium, a window's mean): one day with prices needed, lags looking back
+    /// `max_staleness_days`.
+    pub fn single(feature: Feature, max_staleness_days: u32) -> FeatureSpec {
+        FeatureSpec {
+            name: feature.name(),
+            kernel: KERNEL,
+            units_per_price: crate::online::UNITS_PER_PRICE,
+            min_history_days: 1,
+            max_staleness_days,
+            max_lead_days: 0,
+            default_lead_days: 0,
+            features: vec![feature],
+        }
+    }
+
     /// Whether rows need the observed price (an anomaly model's spec).
     pub fn needs_price(&self) -> bool {
         self.features.iter().any(Feature::needs_price)

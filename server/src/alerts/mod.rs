@@ -8,9 +8,9 @@
 //! than --alert-max-age-days are history being loaded, not news: they are not evaluated.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 
-use mercator_features::spec::{Feature, Stat, KERNEL};
+use mercator_features::spec::{Feature, Stat, HISTORY_DAYS};
 use mercator_features::{day_of, FeatureSpec, RowInput};
 use mercator_store::{AlertEvent, AlertRule, Breach, Channel, Condition, Price, PriceType, Store};
 use serde_json::json;
@@ -355,21 +355,25 @@ fn judge(
     })
 }
 
+/// One-feature specs of the window means pct_change rules compare with, by window (1 to 90 days): made
+/// once, not per price.
+static WINDOW_MEANS: LazyLock<Vec<FeatureSpec>> = LazyLock::new(|| {
+    (1..=HISTORY_DAYS)
+        .map(|days| {
+            FeatureSpec::single(
+                Feature::Rolling {
+                    stat: Stat::Mean,
+                    days,
+                },
+                days,
+            )
+        })
+        .collect()
+});
+
 /// The material's mean price over the `days` before the price's day, by the feature pipeline's kernel.
 fn window_mean(app: &AppState, org: &str, price: &Price, category: &str, days: u32) -> Option<f64> {
-    let spec = FeatureSpec {
-        name: "alert_window".into(),
-        kernel: KERNEL,
-        units_per_price: mercator_features::online::UNITS_PER_PRICE,
-        min_history_days: 1,
-        max_staleness_days: days,
-        max_lead_days: 0,
-        default_lead_days: 0,
-        features: vec![Feature::Rolling {
-            stat: Stat::Mean,
-            days,
-        }],
-    };
+    let spec = WINDOW_MEANS.get((days as usize).checked_sub(1)?)?;
     let input = RowInput {
         as_of: day_of(price.time.date_naive()),
         quantity: 1.0,
@@ -383,7 +387,7 @@ fn window_mean(app: &AppState, org: &str, price: &Price, category: &str, days: u
     let row = app
         .predictor
         .history
-        .row(&spec, org, &price.material_id, None, &input)
+        .row(spec, org, &price.material_id, None, &input)
         .ok()?;
     row.first().copied()
 }

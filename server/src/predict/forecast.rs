@@ -4,7 +4,7 @@ use std::sync::LazyLock;
 
 use chrono::NaiveDate;
 use mercator_engine::{EngineError, Repository, Tensor, TensorData};
-use mercator_features::spec::{Feature, KERNEL};
+use mercator_features::spec::Feature;
 use mercator_features::{day_of, FeatureError, FeatureSpec, RowInput};
 use mercator_store::Store;
 use serde::{Deserialize, Serialize};
@@ -55,15 +55,11 @@ pub struct ForecastAnswer {
 const PREMIUM_DAYS: u32 = 28;
 
 /// The supplier premium as a one-feature spec: the same kernel the models' rows are computed by.
-static PREMIUM: LazyLock<FeatureSpec> = LazyLock::new(|| FeatureSpec {
-    name: "supplier_premium".into(),
-    kernel: KERNEL,
-    units_per_price: mercator_features::online::UNITS_PER_PRICE,
-    min_history_days: 1,
-    max_staleness_days: PREMIUM_DAYS,
-    max_lead_days: 0,
-    default_lead_days: 0,
-    features: vec![Feature::SupplierPremium { days: PREMIUM_DAYS }],
+static PREMIUM: LazyLock<FeatureSpec> = LazyLock::new(|| {
+    FeatureSpec::single(
+        Feature::SupplierPremium { days: PREMIUM_DAYS },
+        PREMIUM_DAYS,
+    )
 });
 
 impl Predictor {
