@@ -156,8 +156,24 @@ impl Model {
         inputs: Vec<Tensor>,
         deadline: Option<Instant>,
     ) -> Result<InferOutput, EngineError> {
+        self.run(inputs, deadline, false).await
+    }
+
+    /// Runs a slice of a batch job in the background lane: it joins a batch only after every interactive
+    /// request waiting, never counts against the queue's capacity and never runs inline. The caller bounds
+    /// how many slices it has in flight.
+    pub async fn infer_background(&self, inputs: Vec<Tensor>) -> Result<InferOutput, EngineError> {
+        self.run(inputs, None, true).await
+    }
+
+    async fn run(
+        &self,
+        inputs: Vec<Tensor>,
+        deadline: Option<Instant>,
+        background: bool,
+    ) -> Result<InferOutput, EngineError> {
         let started = Instant::now();
-        let result = self.submit(inputs, deadline, started);
+        let result = self.submit(inputs, deadline, started, background);
         let result = match result {
             Ok(rx) => rx.await.unwrap_or(Err(EngineError::ShuttingDown)),
             Err(e) => Err(e),
@@ -193,6 +209,7 @@ impl Model {
         inputs: Vec<Tensor>,
         deadline: Option<Instant>,
         now: Instant,
+        background: bool,
     ) -> Result<oneshot::Receiver<Result<InferOutput, EngineError>>, EngineError> {
         if !self.is_ready() {
             return Err(EngineError::NotReady {
@@ -201,7 +218,7 @@ impl Model {
         }
         let (inputs, rows) = self.validate(inputs)?;
         let capacity = self.shared.manifest.batching.queue_capacity;
-        if rows > capacity {
+        if rows > capacity && !background {
             return Err(EngineError::InvalidRequest(format!(
                 "{rows} rows exceed the queue capacity of model `{}` ({capacity} rows)",
                 self.shared.manifest.name
@@ -215,6 +232,13 @@ impl Model {
             enqueued: now,
             deadline,
         };
+        if background {
+            if self.lock().push_background(entry).is_err() {
+                return Err(EngineError::ShuttingDown);
+            }
+            self.shared.wake.notify_one();
+            return Ok(rx);
+        }
         let entry = match self.try_inline(entry) {
             Ok(()) => return Ok(rx),
             Err(entry) => entry,
@@ -406,7 +430,8 @@ fn worker(shared: Arc<Shared>, slot: usize) {
                 }
                 state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
             }
-            if !delay.is_zero() {
+            // Only interactive work waits for company; background slices run as they come.
+            if !delay.is_zero() && !state.no_interactive() {
                 let until = state.oldest().expect("not empty") + delay;
                 while state.rows() < max_rows && !state.closed {
                     let now = Instant::now();

@@ -1,4 +1,9 @@
 //! The queue of one model version: bounded in rows, batch forming as a pure function of its state.
+//!
+//! Two lanes: interactive requests (bounded by the queue capacity, refused when it is full) and background
+//! slices of batch jobs (bounded by the job runner, which keeps only a few in flight). A batch takes
+//! interactive entries first and fills what room is left with background slices, so an interactive request
+//! waits for at most the one batch already running.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -31,6 +36,8 @@ pub(crate) struct Batch {
 pub(crate) struct State {
     entries: VecDeque<Entry>,
     rows: usize,
+    background: VecDeque<Entry>,
+    background_rows: usize,
     capacity: usize,
     pub closed: bool,
 }
@@ -40,17 +47,31 @@ impl State {
         State {
             entries: VecDeque::new(),
             rows: 0,
+            background: VecDeque::new(),
+            background_rows: 0,
             capacity,
             closed: false,
         }
     }
 
-    /// Rows waiting.
+    /// Interactive rows waiting.
     pub fn rows(&self) -> usize {
         self.rows
     }
 
+    /// Background rows waiting.
+    #[cfg(test)]
+    pub fn background_rows(&self) -> usize {
+        self.background_rows
+    }
+
+    /// No work of either lane.
     pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.background.is_empty()
+    }
+
+    /// No interactive work.
+    pub fn no_interactive(&self) -> bool {
         self.entries.is_empty()
     }
 
@@ -68,42 +89,64 @@ impl State {
         Ok(())
     }
 
-    /// Takes entries in arrival order while their rows fit in `max_rows`. An entry larger than
-    /// `max_rows` runs alone when it is first. Entries whose caller left or whose deadline passed are
-    /// taken out and reported, never run.
+    /// Admits a background slice (only a closed queue refuses one: the job runner bounds them).
+    pub fn push_background(&mut self, entry: Entry) -> Result<(), Entry> {
+        if self.closed {
+            return Err(entry);
+        }
+        self.background_rows += entry.rows;
+        self.background.push_back(entry);
+        Ok(())
+    }
+
+    /// Takes interactive entries in arrival order while their rows fit in `max_rows`, then background
+    /// slices while they fit in the room left. An entry larger than `max_rows` runs alone when it is first.
+    /// Entries whose caller left or whose deadline passed are taken out and reported, never run.
     pub fn next_batch(&mut self, max_rows: usize, now: Instant) -> Batch {
         let mut batch = Batch::default();
-        while let Some(front) = self.entries.front() {
-            if front.reply.is_closed() {
-                let gone = self.pop();
-                batch.cancelled += 1;
-                drop(gone);
-                continue;
-            }
-            if front.deadline.is_some_and(|d| d <= now) {
-                let late = self.pop();
-                batch.expired.push(late);
-                continue;
-            }
-            if !batch.entries.is_empty() && batch.rows + front.rows > max_rows {
-                break;
-            }
-            let entry = self.pop();
-            batch.rows += entry.rows;
-            batch.entries.push(entry);
-            if batch.rows >= max_rows {
-                break;
+        for background in [false, true] {
+            while let Some(front) = self.lane(background).front() {
+                if front.reply.is_closed() {
+                    let gone = self.pop(background);
+                    batch.cancelled += 1;
+                    drop(gone);
+                    continue;
+                }
+                if front.deadline.is_some_and(|d| d <= now) {
+                    let late = self.pop(background);
+                    batch.expired.push(late);
+                    continue;
+                }
+                if !batch.entries.is_empty() && batch.rows + front.rows > max_rows {
+                    break;
+                }
+                let entry = self.pop(background);
+                batch.rows += entry.rows;
+                batch.entries.push(entry);
+                if batch.rows >= max_rows {
+                    return batch;
+                }
             }
         }
         batch
     }
 
-    fn pop(&mut self) -> Entry {
-        let entry = self
-            .entries
-            .pop_front()
-            .expect("pop follows a successful front()");
-        self.rows -= entry.rows;
+    fn lane(&self, background: bool) -> &VecDeque<Entry> {
+        if background {
+            &self.background
+        } else {
+            &self.entries
+        }
+    }
+
+    fn pop(&mut self, background: bool) -> Entry {
+        let (lane, rows) = if background {
+            (&mut self.background, &mut self.background_rows)
+        } else {
+            (&mut self.entries, &mut self.rows)
+        };
+        let entry = lane.pop_front().expect("pop follows a successful front()");
+        *rows -= entry.rows;
         entry
     }
 }
@@ -196,6 +239,41 @@ mod tests {
         assert_eq!(batch.entries.len(), 1);
         assert_eq!(batch.entries[0].rows, 2);
         assert_eq!(state.rows(), 0);
+    }
+
+    #[test]
+    fn interactive_entries_go_first_and_background_fills_the_room_left() {
+        let mut state = State::new(100);
+        let mut receivers = Vec::new();
+        for rows in [6, 6] {
+            let (e, rx) = entry(rows);
+            receivers.push(rx);
+            state.push_background(e).ok().unwrap();
+        }
+        let (a, _ra) = entry(3);
+        state.push(a).ok().unwrap();
+        assert_eq!((state.rows(), state.background_rows()), (3, 12));
+        let batch = state.next_batch(10, Instant::now());
+        assert_eq!(
+            batch.entries.iter().map(|e| e.rows).collect::<Vec<_>>(),
+            vec![3, 6],
+            "the interactive entry first, then one background slice that fits"
+        );
+        let batch = state.next_batch(10, Instant::now());
+        assert_eq!(batch.rows, 6);
+        assert!(state.is_empty());
+    }
+
+    #[test]
+    fn background_slices_do_not_count_against_the_capacity() {
+        let mut state = State::new(10);
+        let (big, _rb) = entry(50);
+        assert!(state.push_background(big).is_ok());
+        let (a, _ra) = entry(10);
+        assert!(state.push(a).is_ok(), "interactive capacity is untouched");
+        state.closed = true;
+        let (late, _rl) = entry(1);
+        assert!(state.push_background(late).is_err());
     }
 
     #[test]
