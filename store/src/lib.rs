@@ -17,6 +17,7 @@
 
 mod alerts;
 mod audit;
+mod batches;
 mod catalog;
 mod models;
 mod prices;
@@ -36,6 +37,7 @@ pub use alerts::{
     EventQuery, EventStatus, NewAlertRule, OwnedRule, Scope, Webhook,
 };
 pub use audit::{AuditEvent, AuditQuery, NewAuditEvent};
+pub use batches::{new_batch_id, BatchJob, BatchState, Chunk, JobError, NewBatchJob};
 pub use catalog::{
     Material, MaterialFilter, MaterialPatch, NewMaterial, NewSupplier, Supplier, SupplierFilter,
     SupplierPatch,

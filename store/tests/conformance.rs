@@ -143,8 +143,128 @@ on_both!(
     materials_are_scoped_unique_filtered_sorted_and_patched,
     prices_land_all_or_nothing_and_query_by_material_and_time,
     model_versions_are_claimed_once_and_keep_their_state,
-    alert_events_open_once_per_cooldown_and_deliveries_are_claimed_once
+    alert_events_open_once_per_cooldown_and_deliveries_are_claimed_once,
+    batch_jobs_commit_each_chunk_once_and_stay_in_their_organization
 );
+
+/// A job runs on the node that holds its input; each chunk commits once, in order; a queued job cancels at
+/// once, a running one is marked; another organization never sees it.
+async fn batch_jobs_commit_each_chunk_once_and_stay_in_their_organization(store: Store) {
+    use mercator_store::{new_batch_id, BatchState, Chunk, NewBatchJob};
+    let a = store.create_organization("A", false).await.unwrap();
+    let b = store.create_organization("B", false).await.unwrap();
+    let chunks: Vec<Chunk> = (0..3)
+        .map(|i| Chunk {
+            first_row: i * 10,
+            rows: 10,
+            byte_start: 20 + i * 100,
+            byte_end: 120 + i * 100,
+        })
+        .collect();
+    let new = |node: &str| NewBatchJob {
+        id: new_batch_id(),
+        node: node.into(),
+        model: "price".into(),
+        model_version: 2,
+        input_format: "csv".into(),
+        input_bytes: 320,
+        chunks: chunks.clone(),
+    };
+    let job = store.create_batch_job(&a.id, new("n1")).await.unwrap();
+    assert_eq!(
+        (
+            job.state,
+            job.total_rows,
+            job.chunks_total,
+            job.chunks.clone()
+        ),
+        (BatchState::Queued, 30, 3, chunks.clone())
+    );
+    let other = store.create_batch_job(&a.id, new("n2")).await.unwrap();
+    let to_run = store.batch_jobs_to_run("n1").await.unwrap();
+    assert_eq!(to_run.iter().map(|j| &j.id).collect::<Vec<_>>(), [&job.id]);
+    assert!(matches!(
+        store.batch_job(&b.id, &job.id).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.active_batch_jobs(&a.id).await.unwrap(), 2);
+    assert_eq!(store.active_batch_jobs(&b.id).await.unwrap(), 0);
+
+    // Not running yet: nothing commits.
+    assert_eq!(
+        store.commit_batch_chunk(&job.id, 0, 10, 1).await.unwrap(),
+        (false, false)
+    );
+    let started = store.start_batch_job(&job.id).await.unwrap().unwrap();
+    assert_eq!((started.state, started.attempts), (BatchState::Running, 1));
+    assert!(started.started_at.is_some());
+    assert_eq!(
+        store.commit_batch_chunk(&job.id, 0, 10, 1).await.unwrap(),
+        (true, false)
+    );
+    // The same chunk again, or one out of order: refused.
+    assert_eq!(
+        store.commit_batch_chunk(&job.id, 0, 10, 1).await.unwrap(),
+        (false, false)
+    );
+    assert_eq!(
+        store.commit_batch_chunk(&job.id, 2, 10, 0).await.unwrap(),
+        (false, false)
+    );
+    // A restart resumes where the job was: one more attempt, the count kept.
+    let resumed = store.start_batch_job(&job.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            resumed.attempts,
+            resumed.chunks_done,
+            resumed.processed_rows,
+            resumed.failed_rows
+        ),
+        (2, 1, 10, 1)
+    );
+    // Cancel: marked while running, seen at the next commit.
+    let marked = store.cancel_batch_job(&a.id, &job.id).await.unwrap();
+    assert_eq!(marked.state, BatchState::Running);
+    assert!(marked.cancel_requested_at.is_some());
+    assert_eq!(
+        store.commit_batch_chunk(&job.id, 1, 10, 0).await.unwrap(),
+        (true, true)
+    );
+    assert!(store
+        .finish_batch_job(&job.id, BatchState::Cancelled, None)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .finish_batch_job(&job.id, BatchState::Succeeded, None)
+            .await
+            .unwrap(),
+        "an ended job stays ended"
+    );
+    // A queued job cancels at once, and cannot start after.
+    let cancelled = store.cancel_batch_job(&a.id, &other.id).await.unwrap();
+    assert_eq!(cancelled.state, BatchState::Cancelled);
+    assert!(store.start_batch_job(&other.id).await.unwrap().is_none());
+    assert!(matches!(
+        store.cancel_batch_job(&b.id, &other.id).await,
+        Err(StoreError::NotFound)
+    ));
+    let listed = store
+        .batch_jobs(
+            &a.id,
+            Some(BatchState::Cancelled),
+            &ListParams {
+                limit: 10,
+                ..ListParams::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 2);
+    let final_job = store.batch_job(&a.id, &job.id).await.unwrap();
+    assert_eq!((final_job.processed_rows, final_job.chunks_done), (20, 2));
+    assert_eq!(store.active_batch_jobs(&a.id).await.unwrap(), 0);
+}
 
 /// Concurrent uploads claim distinct numbers; each ends ready or failed (with the reason); retiring keeps a
 /// tombstone; the loaded flag is kept.
