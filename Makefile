@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run build runtime test lint bench bench-load bench-predictions bench-store train fmt
+.PHONY: run build runtime test lint bench bench-load bench-predictions bench-store bench-batch train fmt
 
 ## Serve the shipped models on 127.0.0.1:8000 (flags: make run ARGS="--addr 0.0.0.0:8000").
 run: build
@@ -43,6 +43,11 @@ bench-predictions: runtime
 ## The store benchmark: bulk ingest rows/s and list/range query latency on 1,000,000 prices, SQLite and PostgreSQL.
 bench-store: runtime
 	benches/store.sh
+
+## Batch jobs: rows/s of 100k- and 1M-row jobs against the raw ONNX Runtime ceiling, peak RSS, and
+## interactive p50/p99 with and without a job running.
+bench-batch: runtime
+	benches/batch.sh
 
 ## Regenerate fixtures/prices.csv and retrain the shipped models (not needed to run or test). Version 1
 ## computed its features in numpy; version 2 of each goes through `mercator features materialize`.

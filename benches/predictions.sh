@@ -30,28 +30,7 @@ for _ in $(seq 1 300); do
 done
 
 # Materials, suppliers and the fixture's prices, through the API; the request body for ALU-001.
-python3 - "$out/predict-row.json" <<'PY'
-import csv, json, sys, urllib.request
-base, key = "http://127.0.0.1:8113", "mk_benchadmin_0123456789abcdef0123456789abcdef"
-def call(path, body, kind="application/json"):
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, headers={"content-type": kind, "authorization": f"Bearer {key}"})
-    return json.load(urllib.request.urlopen(req))
-rows = list(csv.DictReader(open("fixtures/prices.csv")))
-materials, suppliers = {}, {}
-for r in rows:
-    if r["material_code"] not in materials:
-        materials[r["material_code"]] = call("/api/v1/materials", {"code": r["material_code"], "name": r["material_code"],
-            "category": r["category"], "unit": r["unit"], "list_price": float(r["list_price"]), "specifications": {}})["id"]
-    if r["supplier_code"] not in suppliers:
-        suppliers[r["supplier_code"]] = call("/api/v1/suppliers", {"code": r["supplier_code"], "name": r["supplier_code"],
-            "country": "DE", "reliability": float(r["supplier_reliability"])})["id"]
-lines = ["time,material_id,supplier_id,price,currency,quantity,price_type"]
-lines += [f'{r["observed_on"]}T00:00:00Z,{materials[r["material_code"]]},{suppliers[r["supplier_code"]]},{r["unit_price"]},EUR,{r["quantity"]},quote' for r in rows]
-print(call("/api/v1/prices/bulk", ("\n".join(lines) + "\n").encode(), "text/csv")["inserted"], "prices ingested", file=sys.stderr)
-json.dump({"material_id": materials["ALU-001"], "supplier_id": suppliers["SUP-004"], "quantity": 500,
-           "as_of": "2025-06-02", "delivery_date": "2025-06-20"}, open(sys.argv[1], "w"))
-PY
+python3 benches/fixture.py http://127.0.0.1:8113 "$out/predict-ids.json" "$out/predict-row.json"
 curl -sf -H "authorization: Bearer $API_KEY" -H 'content-type: application/json' \
   --data-binary @"$out/predict-row.json" http://127.0.0.1:8113/api/v1/predictions/price | head -c 300; echo
 

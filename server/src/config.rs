@@ -110,9 +110,25 @@ pub struct ServeArgs {
     /// How often forecast rules are evaluated, in seconds [default: 3600].
     #[arg(long, env = "MERCATOR_FORECAST_ALERT_INTERVAL_SECS")]
     pub forecast_alert_interval_secs: Option<u64>,
-    /// Most rows in one POST /api/v1/predictions/batch [default: 10000].
+    /// Most rows POST /api/v1/predictions/batch answers inline; a larger batch becomes a job [default: 10000].
     #[arg(long, env = "MERCATOR_BATCH_INLINE_MAX_ROWS")]
     pub batch_inline_max_rows: Option<usize>,
+    /// Most rows in one batch job [default: 10000000].
+    #[arg(long, env = "MERCATOR_BATCH_MAX_ROWS")]
+    pub batch_max_rows: Option<u64>,
+    /// Largest CSV or Parquet batch upload, in bytes [default: 2147483648]. JSON batches are bounded by
+    /// --max-bulk-body-bytes.
+    #[arg(long, env = "MERCATOR_BATCH_MAX_BODY_BYTES")]
+    pub batch_max_body_bytes: Option<usize>,
+    /// Rows per chunk of a batch job: what is committed at once, and redone after a crash [default: 16384].
+    #[arg(long, env = "MERCATOR_BATCH_CHUNK_ROWS")]
+    pub batch_chunk_rows: Option<usize>,
+    /// Batch jobs one server runs at once [default: 2].
+    #[arg(long, env = "MERCATOR_BATCH_MAX_RUNNING_JOBS")]
+    pub batch_max_running_jobs: Option<usize>,
+    /// Queued and running batch jobs an organization may have [default: 10].
+    #[arg(long, env = "MERCATOR_BATCH_MAX_ACTIVE_JOBS")]
+    pub batch_max_active_jobs: Option<u64>,
 }
 
 /// The settings in force.
@@ -137,6 +153,7 @@ pub struct Config {
     pub webhook_retry_ms: Vec<u64>,
     pub forecast_alert_interval: Duration,
     pub batch_inline_max_rows: usize,
+    pub batch: crate::jobs::Settings,
 }
 
 impl Config {
@@ -171,6 +188,13 @@ impl Default for Config {
             ],
             forecast_alert_interval: Duration::from_secs(3600),
             batch_inline_max_rows: 10_000,
+            batch: crate::jobs::Settings {
+                chunk_rows: 16_384,
+                max_rows: 10_000_000,
+                max_body_bytes: 2 * 1024 * 1024 * 1024,
+                max_running: 2,
+                max_active_per_org: 10,
+            },
         }
     }
 }
@@ -241,6 +265,30 @@ impl Config {
                 .batch_inline_max_rows
                 .or(file.batch_inline_max_rows)
                 .unwrap_or(d.batch_inline_max_rows),
+            batch: crate::jobs::Settings {
+                chunk_rows: args
+                    .batch_chunk_rows
+                    .or(file.batch_chunk_rows)
+                    .unwrap_or(d.batch.chunk_rows)
+                    .max(1),
+                max_rows: args
+                    .batch_max_rows
+                    .or(file.batch_max_rows)
+                    .unwrap_or(d.batch.max_rows),
+                max_body_bytes: args
+                    .batch_max_body_bytes
+                    .or(file.batch_max_body_bytes)
+                    .unwrap_or(d.batch.max_body_bytes),
+                max_running: args
+                    .batch_max_running_jobs
+                    .or(file.batch_max_running_jobs)
+                    .unwrap_or(d.batch.max_running)
+                    .max(1),
+                max_active_per_org: args
+                    .batch_max_active_jobs
+                    .or(file.batch_max_active_jobs)
+                    .unwrap_or(d.batch.max_active_per_org),
+            },
         })
     }
 }
@@ -277,6 +325,7 @@ impl std::fmt::Debug for Config {
             .field("webhook_retry_ms", &self.webhook_retry_ms)
             .field("forecast_alert_interval", &self.forecast_alert_interval)
             .field("batch_inline_max_rows", &self.batch_inline_max_rows)
+            .field("batch", &self.batch)
             .field("key_cache", &self.key_cache)
             .field("drain_timeout", &self.drain_timeout)
             .field("ort_lib", &self.ort_lib)

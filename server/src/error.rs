@@ -41,6 +41,14 @@ pub enum ApiError {
     TooManyRows { rows: usize, limit: usize },
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A batch larger than a job may be (rows or bytes).
+    #[error("the batch is too large: {0}")]
+    BatchTooLarge(String),
+    #[error("the organization has {limit} batch jobs queued or running, its limit (--batch-max-active-jobs); retry when one ends")]
+    TooManyBatchJobs { limit: u64 },
+    /// Results asked for before the job ended.
+    #[error("the job is {0}; its results are ready when it ends")]
+    ResultsNotReady(&'static str),
     #[error("an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")]
     MissingKey,
     #[error("the API key is not valid")]
@@ -132,6 +140,11 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            ApiError::BatchTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large"),
+            ApiError::TooManyBatchJobs { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_batch_jobs")
+            }
+            ApiError::ResultsNotReady(_) => (StatusCode::CONFLICT, "results_not_ready"),
             ApiError::MissingKey | ApiError::InvalidKey => {
                 (StatusCode::UNAUTHORIZED, "unauthorized")
             }

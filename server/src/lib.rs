@@ -5,6 +5,7 @@
 //!   `/ws/prices` stream, and the OpenAPI document.
 //! - `auth.rs`: API keys, roles, the organization a request is scoped to.
 //! - `health.rs`: `/healthz`, `/readyz`.  `metrics.rs`: `/metrics` and HTTP metrics.
+//! - `jobs/`: batch prediction jobs: input on disk, the runner, chunked results.
 //! - `config.rs`: flags, environment, TOML file.  `error.rs`: the one error format.
 
 pub mod alerts;
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 mod health;
+pub mod jobs;
 pub mod metrics;
 pub mod predict;
 pub mod request_id;
@@ -84,10 +86,17 @@ pub struct Shared {
     pub webhooks: Arc<alerts::webhook::Webhooks>,
     /// Whether ingested prices are scored by the anomaly model (--score-on-ingest).
     pub score_on_ingest: bool,
+    /// Batch prediction jobs: their runner, progress and limits.
+    pub jobs: Arc<jobs::Jobs>,
     draining: Arc<AtomicBool>,
 }
 
 impl AppState {
+    /// Whether the server is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     pub fn check_ready(&self) -> Result<(), ApiError> {
         if self.draining.load(Ordering::Acquire) {
             return Err(ApiError::Draining);
@@ -200,7 +209,12 @@ impl App {
             seconds = started.elapsed().as_secs_f64(),
             "price history rebuilt"
         );
+        let jobs = Arc::new(
+            jobs::Jobs::open(&config.data_dir, config.batch)
+                .map_err(|e| format!("--data-dir {}/batches: {e}", config.data_dir.display()))?,
+        );
         let state = AppState(Arc::new(Shared {
+            jobs: jobs.clone(),
             predictor,
             score_on_ingest: config.score_on_ingest,
             alerting,
@@ -228,6 +242,7 @@ impl App {
             state.clone(),
             config.forecast_alert_interval,
         ));
+        tokio::spawn(jobs.run(state.clone()));
         Ok(App { state, config })
     }
 

@@ -1,5 +1,6 @@
 //! Kill -9 the real binary in the middle of a bulk price write: after a restart the rows are all there or
-//! none are, never some.
+//! none are, never some. Kill it in the middle of a batch job: after a restart the job resumes and its
+//! results are byte for byte those of a run never interrupted.
 
 mod common;
 
@@ -7,12 +8,17 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{client_with, ADMIN_KEY};
+use common::{client_with, ingest_fixture_at, requests_csv, shipped_models, ADMIN_KEY};
 use serde_json::{json, Value};
 
 fn start(data: &Path, models: &Path, port: u16) -> Child {
+    start_with(data, models, port, &[])
+}
+
+fn start_with(data: &Path, models: &Path, port: u16, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_mercator"))
         .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .args(args)
         .arg("--data-dir")
         .arg(data)
         .arg("--models-dir")
@@ -119,4 +125,122 @@ async fn a_bulk_write_killed_midway_leaves_all_or_none() {
     server.wait().unwrap();
     let total = listed["total"].as_u64().unwrap();
     assert_eq!(total, 0, "a write killed before its commit leaves nothing");
+}
+
+async fn job(client: &reqwest::Client, base: &str, id: &str) -> Value {
+    client
+        .get(format!("{base}/api/v1/predictions/batch/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn submit(client: &reqwest::Client, base: &str, csv: &str) -> String {
+    let r = client
+        .post(format!("{base}/api/v1/predictions/batch"))
+        .header("content-type", "text/csv")
+        .header("prefer", "respond-async")
+        .body(csv.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    body["batch_id"].as_str().unwrap().to_string()
+}
+
+async fn wait_end(client: &reqwest::Client, base: &str, id: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let j = job(client, base, id).await;
+        if j["state"] != "queued" && j["state"] != "running" {
+            return j;
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "{j}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn results_csv(client: &reqwest::Client, base: &str, id: &str) -> String {
+    client
+        .get(format!(
+            "{base}/api/v1/predictions/batch/{id}/results?format=csv"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_job_killed_midway_resumes_and_loses_no_row() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = client_with(ADMIN_KEY);
+    let args = ["--batch-chunk-rows", "2000"];
+    let mut server = start_with(data.path(), &shipped_models(), port, &args);
+    wait_ready(&client, &base).await;
+    let fixture = ingest_fixture_at(&base, &client).await;
+    const ROWS: usize = 100_000;
+    let (csv, _) = requests_csv(&fixture, ROWS, 501);
+    let id = submit(&client, &base, &csv).await;
+
+    // Kill once a few chunks have committed, well before the end.
+    let started = Instant::now();
+    let before = loop {
+        let j = job(&client, &base, &id).await;
+        let processed = j["processed_rows"].as_u64().unwrap();
+        assert!(
+            processed < ROWS as u64,
+            "the job ended before it could be interrupted"
+        );
+        if processed >= 6000 {
+            break processed;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{j}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let mut server = start_with(data.path(), &shipped_models(), port, &args);
+    wait_ready(&client, &base).await;
+    let resumed = job(&client, &base, &id).await;
+    assert!(
+        resumed["processed_rows"].as_u64().unwrap() >= before,
+        "committed rows survive the kill: {resumed}"
+    );
+    let done = wait_end(&client, &base, &id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
+    assert_eq!(done["processed_rows"], ROWS);
+    let interrupted = results_csv(&client, &base, &id).await;
+
+    // The same input, never interrupted: the same bytes.
+    let clean = submit(&client, &base, &csv).await;
+    assert_eq!(wait_end(&client, &base, &clean).await["state"], "succeeded");
+    let uninterrupted = results_csv(&client, &base, &clean).await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!(interrupted.lines().count(), ROWS + 1);
+    let rows: Vec<usize> = interrupted
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        rows,
+        (1..=ROWS).collect::<Vec<_>>(),
+        "every row once, in order"
+    );
+    assert!(
+        interrupted == uninterrupted,
+        "an interrupted job's results equal a clean run's"
+    );
 }

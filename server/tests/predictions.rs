@@ -7,17 +7,11 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{client_with, repo_root, TestServer};
+use common::{client_with, ingest_fixture, repo_root, TestServer};
 use mercator_features::polars::prelude::*;
 use mercator_features::{materialize, FeatureSpec};
 use reqwest::Client;
 use serde_json::{json, Value};
-
-struct Fixture {
-    /// material code -> id, supplier code -> id.
-    materials: HashMap<String, String>,
-    suppliers: HashMap<String, String>,
-}
 
 /// POST, and the answer's `features_used` parsed exactly (serde_json's default float parsing may be one
 /// ulp off; Rust's `str::parse` is correctly rounded).
@@ -51,50 +45,6 @@ async fn post(s: &TestServer, client: &Client, path: &str, body: &Value) -> (u16
     let r = client.post(s.url(path)).json(body).send().await.unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap())
-}
-
-/// Creates the fixture's materials and suppliers in the caller's organization and ingests every price of
-/// fixtures/prices.csv through `POST /api/v1/prices/bulk` (CSV).
-async fn ingest_fixture(s: &TestServer, client: &Client) -> Fixture {
-    let text = std::fs::read_to_string(repo_root().join("fixtures/prices.csv")).unwrap();
-    let mut reader = csv::Reader::from_reader(text.as_bytes());
-    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
-    let (mut materials, mut suppliers) = (HashMap::new(), HashMap::new());
-    for r in &rows {
-        if !materials.contains_key(&r[1]) {
-            let body = json!({"code": &r[1], "name": &r[1], "category": &r[2], "unit": &r[3],
-                              "list_price": r[9].parse::<f64>().unwrap(), "specifications": {}});
-            let (status, m) = post(s, client, "/api/v1/materials", &body).await;
-            assert_eq!(status, 201, "{m}");
-            materials.insert(r[1].to_string(), m["id"].as_str().unwrap().to_string());
-        }
-        if !suppliers.contains_key(&r[4]) {
-            let body = json!({"code": &r[4], "name": &r[4], "country": "DE",
-                              "reliability": r[5].parse::<f64>().unwrap()});
-            let (status, m) = post(s, client, "/api/v1/suppliers", &body).await;
-            assert_eq!(status, 201, "{m}");
-            suppliers.insert(r[4].to_string(), m["id"].as_str().unwrap().to_string());
-        }
-    }
-    let mut csv = String::from("time,material_id,supplier_id,price,currency,quantity,price_type\n");
-    for r in &rows {
-        csv.push_str(&format!(
-            "{}T00:00:00Z,{},{},{},EUR,{},quote\n",
-            &r[0], materials[&r[1]], suppliers[&r[4]], &r[8], &r[6]
-        ));
-    }
-    let r = client
-        .post(s.url("/api/v1/prices/bulk"))
-        .header("content-type", "text/csv")
-        .body(csv)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    Fixture {
-        materials,
-        suppliers,
-    }
 }
 
 /// The feature spec of version 2 of `model`.
@@ -1089,7 +1039,11 @@ async fn ingest_scores_on_postgres_and_can_be_turned_off() {
 /// answer, the row's own error for the others; malformed files and oversized batches are refused whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_answer_each_row_in_order_like_the_single_endpoint() {
-    let s = TestServer::with(|c| c.batch_inline_max_rows = 200).await;
+    let s = TestServer::with(|c| {
+        c.batch_inline_max_rows = 200;
+        c.batch.max_rows = 1000;
+    })
+    .await;
     let fixture = ingest_fixture(&s, &s.client).await;
     let frame = tokio::task::spawn_blocking(frame).await.unwrap();
     let names = spec().names();
@@ -1253,11 +1207,22 @@ async fn batches_answer_each_row_in_order_like_the_single_endpoint() {
     .await
     .unwrap();
     assert_eq!(r.status(), 400);
+    // Above the inline limit a batch becomes a job; above --batch-max-rows it is refused.
     let big = format!("material_id,quantity\n{}", format!("{alu},5\n").repeat(201));
     let r = send(big, "text/csv", "/api/v1/predictions/batch")
         .await
         .unwrap();
+    assert_eq!(r.status(), 202);
+    let huge = format!(
+        "material_id,quantity\n{}",
+        format!("{alu},5\n").repeat(1001)
+    );
+    let r = send(huge, "text/csv", "/api/v1/predictions/batch")
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "batch_too_large", "{body}");
 
     // Raw feature rows for a model version: its golden rows answer its golden outputs; a row of the wrong
     // width is that row's error.

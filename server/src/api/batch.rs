@@ -1,36 +1,45 @@
-//! `POST /api/v1/predictions/batch`: many price predictions in one request, as a JSON array or CSV, answered
-//! inline in input order, each row with its prediction or its own error. The handler parses and renders;
-//! [`crate::predict::Predictor::price_batch`] decides.
+//! Batch predictions: `POST /api/v1/predictions/batch` answers a batch inline up to
+//! --batch-inline-max-rows rows, and makes a larger one (or one sent with `Prefer: respond-async`) a job;
+//! `GET`/`DELETE /api/v1/predictions/batch/{id}`, `GET .../results`, the organization's list, and
+//! `/ws/predictions/{batch_id}` for progress. The handlers parse and render; [`crate::jobs`] runs jobs and
+//! [`crate::predict::Predictor::price_batch`] prices.
 
-use axum::extract::{Request, State};
-use axum::http::header;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
+use mercator_store::{BatchJob, BatchState};
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::csv_body::{self, Columns};
+use super::csv_body;
 use super::extract::{content_type, ApiQuery};
-use super::ErrorEnvelope;
-use crate::auth::{Analyst, Auth};
+use super::{page, ErrorEnvelope, Page};
+use crate::auth::{Analyst, Auth, Viewer};
 use crate::error::ApiError;
+use crate::jobs::input::{self, PriceColumns};
+use crate::jobs::results::{self, Format};
+use crate::jobs::{Progress, Spooled};
 use crate::predict::{PricePrediction, PriceRequest};
 use crate::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(predict_batch))
+    OpenApiRouter::new()
+        .routes(routes!(predict_batch, list_jobs))
+        .routes(routes!(get_job, cancel_job))
+        .routes(routes!(job_results))
+        .routes(routes!(progress_stream))
 }
 
-/// The columns a batch CSV may have (a header row names them, in any order).
-const CSV_COLUMNS: &[&str] = &[
-    "material_id",
-    "quantity",
-    "supplier_id",
-    "delivery_date",
-    "as_of",
-];
+/// Parquet bodies' content types.
+const PARQUET: [&str; 2] = ["application/vnd.apache.parquet", "application/x-parquet"];
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -63,20 +72,37 @@ pub struct BatchAnswer {
     pub results: Vec<BatchRow>,
 }
 
-/// Price many purchases at once (analyst): a JSON array of price requests (the single endpoint's fields) or
+/// A job made of a batch: where to follow it.
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    pub batch_id: String,
+    pub state: BatchState,
+    pub total_rows: u64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub status_url: String,
+    pub results_url: String,
+    pub ws_url: String,
+}
+
+/// Price many purchases at once (analyst): a JSON array of price requests (the single endpoint's fields),
 /// `text/csv` with a header row naming the columns (material_id, quantity, supplier_id, delivery_date,
-/// as_of). One answer per input row, in input order; a row that cannot be answered (unknown material, bad
-/// value, too little history) carries its own error and the others are answered. All rows run on the price
-/// model version active when the batch began. At most --batch-inline-max-rows rows (413 above it); a body
-/// that is not an array or a CSV without the required columns is refused whole (400). `?format=csv` or
-/// `Accept: text/csv` answers CSV. Or a JSON object `{model, version?, rows: [[...], ...]}`: raw feature
-/// rows for a model with one fixed-width FP32 input, answered as each output's values per row.
+/// as_of, interval_level) or a Parquet file with those columns. Up to --batch-inline-max-rows rows are
+/// answered inline (200): one answer per input row, in input order; a row that cannot be answered (unknown
+/// material, bad value, too little history) carries its own error and the others are answered; `?format=csv`
+/// or `Accept: text/csv` answers CSV. A larger batch, or any with `Prefer: respond-async`, becomes a job
+/// (202, `Location` its status): follow it at `status_url` or `ws_url`, fetch `results_url` when it ends. A
+/// body that cannot be read through (not an array, a CSV without the required columns or with a broken
+/// record) is refused whole (400); more than --batch-max-rows rows or bytes beyond the body limits, 413.
+/// Or a JSON object `{model, version?, rows: [[...], ...]}`: raw feature rows for a model with one
+/// fixed-width FP32 input, answered inline as each output's values per row.
 #[utoipa::path(post, path = "/api/v1/predictions/batch", tag = "predictions", params(BatchQuery),
     request_body(content(
         (Vec<PriceRequest> = "application/json"),
-        (String = "text/csv", example = "material_id,quantity,supplier_id,delivery_date\n<id>,500,<id>,2026-12-20\n"))),
+        (String = "text/csv", example = "material_id,quantity,supplier_id,delivery_date\n<id>,500,<id>,2026-12-20\n"),
+        (Vec<u8> = "application/vnd.apache.parquet"))),
     security(("api_key" = [])),
-    responses((status = 200, body = BatchAnswer), (status = "4XX", body = ErrorEnvelope)))]
+    responses((status = 200, body = BatchAnswer), (status = 202, body = Accepted),
+              (status = "4XX", body = ErrorEnvelope)))]
 async fn predict_batch(
     State(app): State<AppState>,
     caller: Auth<Analyst>,
@@ -92,71 +118,238 @@ async fn predict_batch(
                 format!("`{other}`: answer as json or csv"),
             ))
         }
-        None => request
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| a.contains("text/csv")),
+        None => accepts(request.headers(), "text/csv"),
     };
+    let respond_async = request
+        .headers()
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("respond-async"));
     let kind = content_type(request.headers()).map(str::to_owned);
-    let limit = app.limits.max_bulk_body_bytes;
-    let bytes = axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|_| ApiError::BodyTooLarge {
-            limit,
-            flag: "--max-bulk-body-bytes",
-        })?;
-    let max_rows = app.limits.batch_inline_max_rows;
-    if kind.as_deref() == Some("application/json") && bytes.trim_ascii_start().starts_with(b"{") {
-        if csv_out {
-            return Err(ApiError::invalid(
-                "format",
-                "a batch of raw feature rows answers JSON",
-            ));
+    let max_inline = app.limits.batch_inline_max_rows;
+    let org = caller.organization_id.clone();
+    let spooled = match kind.as_deref() {
+        Some("application/json") => {
+            let limit = app.limits.max_bulk_body_bytes;
+            let bytes = axum::body::to_bytes(request.into_body(), limit)
+                .await
+                .map_err(|_| ApiError::BodyTooLarge {
+                    limit,
+                    flag: "--max-bulk-body-bytes",
+                })?;
+            if bytes.trim_ascii_start().starts_with(b"{") {
+                if csv_out {
+                    return Err(ApiError::invalid(
+                        "format",
+                        "a batch of raw feature rows answers JSON",
+                    ));
+                }
+                let raw: RawBatch = super::extract::from_json(&bytes)?;
+                return raw_batch(&app, raw, max_inline)
+                    .await
+                    .map(|a| Json(a).into_response());
+            }
+            let values: Vec<serde_json::Value> = serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "the body is not a JSON array of price requests: {e}"
+                ))
+            })?;
+            if values.is_empty() {
+                return Err(ApiError::BadRequest("there are no rows".into()));
+            }
+            if values.len() <= max_inline && !respond_async {
+                let parsed = values
+                    .into_iter()
+                    .map(|v| {
+                        serde_path_to_error::deserialize(v).map_err(|e| {
+                            let field = e.path().to_string();
+                            ApiError::invalid(&field, e.into_inner().to_string())
+                        })
+                    })
+                    .collect();
+                return inline(&app, &org, parsed, csv_out).await;
+            }
+            let dir = app.jobs.spool().map_err(input::io)?;
+            let settings = app.jobs.settings;
+            blocking(move || {
+                let spooled = Spooled {
+                    dir,
+                    format: "json",
+                    bytes: bytes.len() as u64,
+                    chunks: Vec::new(),
+                    rows: 0,
+                };
+                input::json_to_csv(&values, &spooled.input())?;
+                index(spooled, settings.chunk_rows, settings.max_rows)
+            })
+            .await?
         }
-        let raw: RawBatch = super::extract::from_json(&bytes)?;
-        return raw_batch(&app, raw, max_rows)
-            .await
-            .map(|a| Json(a).into_response());
-    }
-    let parsed = match kind.as_deref() {
-        Some("application/json") => from_json(&bytes, max_rows)?,
-        Some("text/csv") => from_csv(&bytes, max_rows)?,
-        _ => {
-            return Err(ApiError::UnsupportedMediaType(
-                "send a JSON array of price requests (application/json) or CSV (text/csv)".into(),
-            ))
+        Some("text/csv") => {
+            let dir = app.jobs.spool().map_err(input::io)?;
+            let limit = app.jobs.settings.max_body_bytes;
+            let path = dir.join("input.csv");
+            let mut spooled = Spooled {
+                dir,
+                format: "csv",
+                bytes: 0,
+                chunks: Vec::new(),
+                rows: 0,
+            };
+            spooled.bytes = spool(request, &path, limit).await?;
+            let settings = app.jobs.settings;
+            blocking(move || index(spooled, settings.chunk_rows, settings.max_rows)).await?
         }
+        Some(k) if PARQUET.contains(&k) => {
+            let dir = app.jobs.spool().map_err(input::io)?;
+            let limit = app.jobs.settings.max_body_bytes;
+            let upload = dir.join("upload.parquet");
+            let mut spooled = Spooled {
+                dir,
+                format: "parquet",
+                bytes: 0,
+                chunks: Vec::new(),
+                rows: 0,
+            };
+            spooled.bytes = spool(request, &upload, limit).await?;
+            let settings = app.jobs.settings;
+            blocking(move || {
+                input::parquet_to_csv(&upload, &spooled.input())?;
+                let _ = std::fs::remove_file(&upload);
+                index(spooled, settings.chunk_rows, settings.max_rows)
+            })
+            .await?
+        }
+        _ => return Err(ApiError::UnsupportedMediaType(
+            "send a JSON array of price requests (application/json), CSV (text/csv) or Parquet \
+                 (application/vnd.apache.parquet)"
+                .into(),
+        )),
     };
-    if parsed.is_empty() {
+    if spooled.rows as usize <= max_inline && !respond_async {
+        let path = spooled.input();
+        let parsed = blocking(move || {
+            let bytes = std::fs::read(&path).map_err(input::io)?;
+            from_csv(&bytes)
+        })
+        .await?;
+        return inline(&app, &org, parsed, csv_out).await;
+    }
+    let version = app
+        .repository
+        .get(crate::predict::PRICE_MODEL, None)?
+        .manifest()
+        .version;
+    let job = app.jobs.submit(&app.store, &org, version, spooled).await?;
+    let accepted = Accepted {
+        status_url: format!("/api/v1/predictions/batch/{}", job.id),
+        results_url: format!("/api/v1/predictions/batch/{}/results", job.id),
+        ws_url: format!("/ws/predictions/{}", job.id),
+        batch_id: job.id,
+        state: job.state,
+        total_rows: job.total_rows,
+        created_at: job.created_at,
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, accepted.status_url.clone())],
+        Json(accepted),
+    )
+        .into_response())
+}
+
+/// Whether the request's `Accept` names `kind`.
+fn accepts(headers: &HeaderMap, kind: &str) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains(kind))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::Engine(mercator_engine::EngineError::Runtime(format!(
+            "a batch task failed: {e}"
+        )))
+    })?
+}
+
+/// Streams the body to `path`, at most `limit` bytes (413 beyond).
+async fn spool(request: Request, path: &std::path::Path, limit: usize) -> Result<u64, ApiError> {
+    let mut file = tokio::fs::File::create(path).await.map_err(input::io)?;
+    let mut stream = request.into_body().into_data_stream();
+    let mut written = 0u64;
+    while let Some(frame) = stream.next().await {
+        let frame = frame.map_err(|e| ApiError::BadRequest(format!("the body broke off: {e}")))?;
+        written += frame.len() as u64;
+        if written > limit as u64 {
+            return Err(ApiError::BodyTooLarge {
+                limit,
+                flag: "--batch-max-body-bytes",
+            });
+        }
+        file.write_all(&frame).await.map_err(input::io)?;
+    }
+    file.flush().await.map_err(input::io)?;
+    Ok(written)
+}
+
+/// The spooled CSV, indexed into chunks (a batch with no rows is refused).
+fn index(mut spooled: Spooled, chunk_rows: usize, max_rows: u64) -> Result<Spooled, ApiError> {
+    let indexed = input::index(&spooled.input(), chunk_rows, max_rows)?;
+    if indexed.rows == 0 {
         return Err(ApiError::BadRequest("there are no rows".into()));
     }
+    spooled.rows = indexed.rows;
+    spooled.chunks = indexed.chunks;
+    Ok(spooled)
+}
+
+/// A batch answered in the request: parsed rows priced together, each row's error in its place.
+async fn inline(
+    app: &AppState,
+    org: &str,
+    parsed: Vec<Result<PriceRequest, ApiError>>,
+    csv_out: bool,
+) -> Result<Response, ApiError> {
     // Rows that parsed go to the predictor together; the others keep their parse error in place.
     let requests: Vec<PriceRequest> = parsed
         .iter()
         .filter_map(|p| p.as_ref().ok())
-        .map(|r| r.0.clone())
+        .cloned()
         .collect();
     let mut answers = app
         .predictor
-        .price_batch(
-            &app.store,
-            &app.repository,
-            &app.data_dir,
-            &caller.organization_id,
-            &requests,
-        )
+        .price_batch(&app.store, &app.repository, &app.data_dir, org, &requests)
         .await?
         .into_iter();
-    let mut results = Vec::with_capacity(parsed.len());
-    for (i, p) in parsed.into_iter().enumerate() {
-        let outcome = match p {
+    let outcomes: Vec<Result<PricePrediction, ApiError>> = parsed
+        .into_iter()
+        .map(|p| match p {
             Ok(_) => answers
                 .next()
                 .unwrap_or_else(|| Err(ApiError::BadRequest("the row was not answered".into()))),
             Err(e) => Err(e),
-        };
-        results.push(match outcome {
+        })
+        .collect();
+    if csv_out {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let _ = w.write_record(results::COLUMNS);
+        for (i, outcome) in outcomes.iter().enumerate() {
+            let _ = results::write_row(&mut w, i as u64 + 1, outcome);
+        }
+        return Ok((
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            w.into_inner().unwrap_or_default(),
+        )
+            .into_response());
+    }
+    let results: Vec<BatchRow> = outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(i, outcome)| match outcome {
             Ok(prediction) => BatchRow {
                 row: i + 1,
                 prediction: Some(prediction),
@@ -170,24 +363,336 @@ async fn predict_batch(
                     message: e.to_string(),
                 }),
             },
-        });
-    }
+        })
+        .collect();
     let failed = results.iter().filter(|r| r.error.is_some()).count();
-    let answer = BatchAnswer {
+    Ok(Json(BatchAnswer {
         rows: results.len(),
         succeeded: results.len() - failed,
         failed,
         results,
-    };
-    Ok(if csv_out {
-        (
-            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            to_csv(&answer),
-        )
-            .into_response()
-    } else {
-        Json(answer).into_response()
     })
+    .into_response())
+}
+
+/// A job as the API shows it: the stored object, its rate and time left, where to follow it.
+#[derive(Serialize, ToSchema)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub job: BatchJob,
+    pub rows_per_sec: f64,
+    pub eta_seconds: Option<f64>,
+    pub status_url: String,
+    pub results_url: String,
+    pub ws_url: String,
+}
+
+impl JobView {
+    fn of(app: &AppState, job: BatchJob) -> JobView {
+        let progress = progress(app, &job);
+        JobView {
+            rows_per_sec: progress.rows_per_sec,
+            eta_seconds: progress.eta_seconds,
+            status_url: format!("/api/v1/predictions/batch/{}", job.id),
+            results_url: format!("/api/v1/predictions/batch/{}/results", job.id),
+            ws_url: format!("/ws/predictions/{}", job.id),
+            job,
+        }
+    }
+}
+
+/// A job's progress: the live rate while it runs here, else the average over its run.
+fn progress(app: &AppState, job: &BatchJob) -> Progress {
+    let rate = app.jobs.live_rate(&job.id).unwrap_or_else(|| {
+        let end = job.finished_at.unwrap_or_else(chrono::Utc::now);
+        match job.started_at {
+            Some(start) => {
+                let seconds = (end - start).num_milliseconds() as f64 / 1000.0;
+                if seconds > 0.0 {
+                    job.processed_rows as f64 / seconds
+                } else {
+                    0.0
+                }
+            }
+            None => 0.0,
+        }
+    });
+    Progress::of(job, rate)
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct JobListQuery {
+    /// queued, running, succeeded, failed or cancelled.
+    pub state: Option<String>,
+    pub limit: Option<u32>,
+    pub offset: Option<u64>,
+}
+
+/// The organization's batch jobs, newest first.
+#[utoipa::path(get, path = "/api/v1/predictions/batch", tag = "predictions", params(JobListQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = Page<JobView>), (status = "4XX", body = ErrorEnvelope)))]
+async fn list_jobs(
+    State(app): State<AppState>,
+    caller: Auth<Viewer>,
+    ApiQuery(q): ApiQuery<JobListQuery>,
+) -> Result<Json<Page<JobView>>, ApiError> {
+    let state = q
+        .state
+        .map(|s| {
+            BatchState::parse(&s).ok_or_else(|| {
+                ApiError::invalid(
+                    "state",
+                    "one of queued, running, succeeded, failed, cancelled",
+                )
+            })
+        })
+        .transpose()?;
+    let page = page(&app, q.limit, q.offset, None, false)?;
+    let listed = app
+        .store
+        .batch_jobs(&caller.organization_id, state, &page)
+        .await
+        .map_err(ApiError::store("batch job"))?;
+    Ok(Json(Page {
+        items: listed
+            .items
+            .into_iter()
+            .map(|j| JobView::of(&app, j))
+            .collect(),
+        has_more: listed.has_more,
+        total: listed.total,
+        limit: listed.limit,
+        offset: listed.offset,
+    }))
+}
+
+/// A batch job: state, processed and total rows, errors, rate, times.
+#[utoipa::path(get, path = "/api/v1/predictions/batch/{id}", tag = "predictions",
+    params(("id" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, body = JobView), (status = "4XX", body = ErrorEnvelope)))]
+async fn get_job(
+    State(app): State<AppState>,
+    caller: Auth<Viewer>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = app
+        .store
+        .batch_job(&caller.organization_id, &id)
+        .await
+        .map_err(ApiError::store("batch job"))?;
+    Ok(Json(JobView::of(&app, job)))
+}
+
+/// Cancel a batch job (analyst): a queued job at once; a running one stops before its next commit, keeping
+/// the rows committed (the rest answer `not_run`). Answers the job once it has stopped (200), or 202 with
+/// `cancel_requested_at` if it has not within 2 seconds. An ended job is left as it is.
+#[utoipa::path(delete, path = "/api/v1/predictions/batch/{id}", tag = "predictions",
+    params(("id" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, body = JobView), (status = 202, body = JobView),
+              (status = "4XX", body = ErrorEnvelope)))]
+async fn cancel_job(
+    State(app): State<AppState>,
+    caller: Auth<Analyst>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let org = &caller.organization_id;
+    let mut job = app
+        .store
+        .cancel_batch_job(org, &id)
+        .await
+        .map_err(ApiError::store("batch job"))?;
+    app.jobs.cancel(&id);
+    let until = Instant::now() + Duration::from_secs(2);
+    while !job.state.is_terminal() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        job = app
+            .store
+            .batch_job(org, &id)
+            .await
+            .map_err(ApiError::store("batch job"))?;
+    }
+    let status = if job.state.is_terminal() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(JobView::of(&app, job))).into_response())
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsQuery {
+    /// csv, json (an array), ndjson or parquet; else from `Accept`, else json.
+    pub format: Option<String>,
+}
+
+/// A job's results, once it has ended (409 before): one row per input row, in input order, streamed. CSV
+/// columns: row, predicted_price, lower, upper, level, confidence_score, model_version, as_of, error_code,
+/// error_message; JSON rows as the inline answer's; Parquet with the CSV's columns. Rows a cancelled or
+/// failed job never ran carry `not_run`. `X-Total-Rows` says how many rows follow.
+#[utoipa::path(get, path = "/api/v1/predictions/batch/{id}/results", tag = "predictions",
+    params(("id" = String, Path), ResultsQuery), security(("api_key" = [])),
+    responses((status = 200, description = "The rows, in the format asked for"),
+              (status = "4XX", body = ErrorEnvelope)))]
+async fn job_results(
+    State(app): State<AppState>,
+    caller: Auth<Viewer>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ResultsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let format = match q.format.as_deref() {
+        Some(f) => Format::parse(f).ok_or_else(|| {
+            ApiError::invalid("format", format!("`{f}`: csv, json, ndjson or parquet"))
+        })?,
+        None if accepts(&headers, "text/csv") => Format::Csv,
+        None if accepts(&headers, "ndjson") => Format::Ndjson,
+        None if accepts(&headers, "parquet") => Format::Parquet,
+        None => Format::Json,
+    };
+    let job = app
+        .store
+        .batch_job(&caller.organization_id, &id)
+        .await
+        .map_err(ApiError::store("batch job"))?;
+    if !job.state.is_terminal() {
+        return Err(ApiError::ResultsNotReady(job.state.as_str()));
+    }
+    let total = job.total_rows;
+    let rx = results::render(job, app.jobs.job_dir(&id), format);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, format.content_type().to_string()),
+            (
+                header::HeaderName::from_static("x-total-rows"),
+                total.to_string(),
+            ),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressQuery {
+    /// The API key, for clients that cannot set headers on a WebSocket handshake.
+    pub api_key: Option<String>,
+}
+
+/// A WebSocket of a batch job's progress: `{"type": "snapshot"}` first (the current state, however late the
+/// client comes), then `progress` at most every 250 ms as chunks commit (and at least every 10 s), then
+/// `final` with the summary, and a normal close. Each message: type, batch_id, seq, state, processed,
+/// total, succeeded, failed, rows_per_sec, eta_seconds, ts. Another organization's job is 404.
+#[utoipa::path(get, path = "/ws/predictions/{batch_id}", tag = "predictions",
+    params(("batch_id" = String, Path), ProgressQuery), security(("api_key" = [])),
+    responses((status = 101, description = "Switching to the WebSocket protocol"),
+              (status = "4XX", body = ErrorEnvelope)))]
+async fn progress_stream(
+    State(app): State<AppState>,
+    caller: Auth<Viewer>,
+    Path(batch_id): Path<String>,
+    ApiQuery(_): ApiQuery<ProgressQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let org = caller.organization_id.clone();
+    app.store
+        .batch_job(&org, &batch_id)
+        .await
+        .map_err(ApiError::store("batch job"))?;
+    Ok(upgrade.on_upgrade(move |socket| follow(socket, app, org, batch_id)))
+}
+
+/// Least time between two progress messages, and most between two messages of a job that moves slowly.
+const MIN_GAP: Duration = Duration::from_millis(250);
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+async fn follow(mut socket: WebSocket, app: AppState, org: String, id: String) {
+    let mut updates = app.jobs.subscribe(&id);
+    let mut seq = 0u64;
+    let mut kind = "snapshot";
+    let mut live = true;
+    let mut last: Option<(Instant, u64, BatchState)> = None;
+    loop {
+        let Ok(job) = app.store.batch_job(&org, &id).await else {
+            break;
+        };
+        let changed = last.is_none_or(|(_, processed, state)| {
+            processed != job.processed_rows || state != job.state
+        });
+        let due = last.is_none_or(|(at, _, _)| at.elapsed() >= HEARTBEAT);
+        if job.state.is_terminal() || changed || due {
+            let message = message(&app, &job, kind, seq);
+            seq += 1;
+            kind = "progress";
+            if socket
+                .send(Message::Text(message.to_string().into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            last = Some((Instant::now(), job.processed_rows, job.state));
+            if job.state.is_terminal() {
+                let _ = socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code: 1000,
+                        reason: "the job has ended".into(),
+                    })))
+                    .await;
+                break;
+            }
+            tokio::time::sleep(MIN_GAP).await;
+        }
+        tokio::select! {
+            changed = updates.changed(), if live => {
+                // The runner is gone: the job ended (or stopped); the store says which.
+                live = changed.is_ok();
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    drop(updates);
+    app.jobs.unsubscribe(&id);
+}
+
+/// One progress message; `final` adds the summary.
+fn message(app: &AppState, job: &BatchJob, kind: &str, seq: u64) -> serde_json::Value {
+    let progress = progress(app, job);
+    let terminal = job.state.is_terminal();
+    let mut m = serde_json::json!({
+        "type": if terminal { "final" } else { kind },
+        "batch_id": job.id,
+        "seq": seq,
+        "state": progress.state,
+        "processed": progress.processed,
+        "total": progress.total,
+        "succeeded": progress.succeeded,
+        "failed": progress.failed,
+        "rows_per_sec": progress.rows_per_sec,
+        "eta_seconds": progress.eta_seconds,
+        "ts": chrono::Utc::now(),
+    });
+    if terminal {
+        let duration = match (job.started_at, job.finished_at) {
+            (Some(s), Some(f)) => (f - s).num_milliseconds() as f64 / 1000.0,
+            _ => 0.0,
+        };
+        m["duration_seconds"] = serde_json::json!(duration);
+        m["results_url"] =
+            serde_json::json!(format!("/api/v1/predictions/batch/{}/results", job.id));
+        m["error"] = serde_json::json!(job.error);
+    }
+    m
 }
 
 /// A batch of raw feature rows for a model with one fixed-width FP32 input.
@@ -331,97 +836,19 @@ fn unsupported(model: &str) -> ApiError {
     )
 }
 
-/// A parsed row: the request (cloned into the batch), or why it could not be read.
-struct Parsed(PriceRequest);
-
 fn too_many(rows: usize, limit: usize) -> ApiError {
     ApiError::TooManyRows { rows, limit }
 }
 
-fn from_json(bytes: &[u8], max_rows: usize) -> Result<Vec<Result<Parsed, ApiError>>, ApiError> {
-    let values: Vec<serde_json::Value> = serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "the body is not a JSON array of price requests: {e}"
-        ))
-    })?;
-    if values.len() > max_rows {
-        return Err(too_many(values.len(), max_rows));
-    }
-    Ok(values
-        .into_iter()
-        .map(|v| {
-            serde_path_to_error::deserialize(v)
-                .map(Parsed)
-                .map_err(|e| {
-                    let field = e.path().to_string();
-                    ApiError::invalid(&field, e.into_inner().to_string())
-                })
+/// An inline CSV's rows, each a request or its own error.
+fn from_csv(bytes: &[u8]) -> Result<Vec<Result<PriceRequest, ApiError>>, ApiError> {
+    let (headers, mut reader) = csv_body::open(bytes, &input::COLUMNS)?;
+    let columns = PriceColumns::new(&headers);
+    Ok(reader
+        .records()
+        .map(|record| match record {
+            Ok(record) => columns.parse(&record),
+            Err(e) => Err(ApiError::invalid("row", e.to_string())),
         })
         .collect())
-}
-
-fn from_csv(bytes: &[u8], max_rows: usize) -> Result<Vec<Result<Parsed, ApiError>>, ApiError> {
-    let columns = Columns {
-        allowed: CSV_COLUMNS,
-        required: &["material_id", "quantity"],
-        numeric: &["quantity"],
-    };
-    let (headers, mut reader) = csv_body::open(bytes, &columns)?;
-    let mut rows = Vec::new();
-    for (i, record) in reader.records().enumerate() {
-        if i >= max_rows {
-            return Err(too_many(i + 1 + reader.records().count(), max_rows));
-        }
-        rows.push(match record {
-            Ok(record) => csv_body::record(&headers, &record, &columns)
-                .map(Parsed)
-                .map_err(|(field, message)| ApiError::invalid(&field, message)),
-            Err(e) => Err(ApiError::invalid("row", e.to_string())),
-        });
-    }
-    Ok(rows)
-}
-
-fn to_csv(answer: &BatchAnswer) -> String {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let _ = w.write_record([
-        "row",
-        "predicted_price",
-        "lower",
-        "upper",
-        "level",
-        "confidence_score",
-        "model_version",
-        "as_of",
-        "error_code",
-        "error_message",
-    ]);
-    for r in &answer.results {
-        let row = r.row.to_string();
-        let record: Vec<String> = match (&r.prediction, &r.error) {
-            (Some(p), _) => vec![
-                row,
-                p.predicted_price.to_string(),
-                p.prediction_interval.lower.to_string(),
-                p.prediction_interval.upper.to_string(),
-                p.prediction_interval.level.to_string(),
-                p.confidence_score.to_string(),
-                p.model.version.to_string(),
-                p.as_of.to_string(),
-                String::new(),
-                String::new(),
-            ],
-            (None, e) => {
-                let (code, message) = e.as_ref().map_or((String::new(), String::new()), |e| {
-                    (e.code.clone(), e.message.clone())
-                });
-                let mut v = vec![row];
-                v.extend(std::iter::repeat_n(String::new(), 7));
-                v.extend([code, message]);
-                v
-            }
-        };
-        let _ = w.write_record(&record);
-    }
-    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
 }

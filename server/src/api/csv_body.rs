@@ -27,8 +27,14 @@ pub fn open<'a>(
         .headers()
         .map_err(|e| ApiError::BadRequest(format!("the CSV header row cannot be read: {e}")))?
         .clone();
+    check_headers(&headers, columns)?;
+    Ok((headers, reader))
+}
+
+/// A header row must name only allowed columns and every required one (else 400, each problem named).
+pub fn check_headers(headers: &csv::StringRecord, columns: &Columns) -> Result<(), ApiError> {
     let mut problems = mercator_store::FieldErrors::default();
-    for column in &headers {
+    for column in headers {
         if !columns.allowed.contains(&column) {
             problems.add(
                 "columns",
@@ -53,7 +59,7 @@ pub fn open<'a>(
             details: problems,
         });
     }
-    Ok((headers, reader))
+    Ok(())
 }
 
 /// One record as `T`, or (the field, what is wrong with it).

@@ -1,7 +1,7 @@
 //! `POST /api/v1/predictions/price`: what a purchase should cost, with a split-conformal interval.
 
 use chrono::NaiveDate;
-use mercator_engine::{EngineError, Repository, Tensor, TensorData};
+use mercator_engine::{EngineError, Model, Repository, Tensor, TensorData};
 use mercator_features::{day_of, FeatureError, RowInput};
 use mercator_store::Store;
 use serde::{Deserialize, Serialize};
@@ -9,6 +9,15 @@ use utoipa::ToSchema;
 
 use super::{half_widths, ModelRef, Predictor, PRICE_MODEL};
 use crate::error::ApiError;
+
+/// Which lane of the model's queue a batch of requests takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Waiting callers: first in every batch.
+    Interactive,
+    /// A batch job's chunk: the room interactive requests leave.
+    Background,
+}
 
 /// The interval level when a request names none.
 pub const DEFAULT_LEVEL: f64 = 0.8;
@@ -88,31 +97,68 @@ impl Predictor {
         requests: &[PriceRequest],
     ) -> Result<Vec<Result<PricePrediction, ApiError>>, ApiError> {
         let model = repository.get(PRICE_MODEL, None)?;
-        let prepared = self.spec(data_dir, &model)?;
+        self.price_on(store, &model, data_dir, org, requests, Lane::Interactive)
+            .await
+    }
+
+    /// Many requests on `model` (a pinned price model version). In the background lane (a batch job's
+    /// chunk) the slices wait behind interactive requests, all of them are queued at once so every
+    /// instance can take one, the assembling loop yields now and then so interactive handlers on the same
+    /// runtime are not held up, and `features_used` is left empty (the job's results do not carry it).
+    pub async fn price_on(
+        &self,
+        store: &Store,
+        model: &Model,
+        data_dir: &std::path::Path,
+        org: &str,
+        requests: &[PriceRequest],
+        lane: Lane,
+    ) -> Result<Vec<Result<PricePrediction, ApiError>>, ApiError> {
+        let background = lane == Lane::Background;
+        let prepared = self.spec(data_dir, model)?;
         let manifest = model.manifest();
         let mut assembled = Vec::with_capacity(requests.len());
-        for request in requests {
+        for (i, request) in requests.iter().enumerate() {
             assembled.push(
                 self.assemble_request(store, org, &prepared.spec, request)
                     .await,
             );
+            if background && i % 512 == 511 {
+                tokio::task::yield_now().await;
+            }
         }
         let ready: Vec<&Assembled> = assembled.iter().filter_map(|a| a.as_ref().ok()).collect();
         let width = prepared.names.len();
+        let slice = manifest.batching.max_batch_size.max(1);
+        let tensors = ready.chunks(slice).map(|chunk| Tensor {
+            name: manifest.inputs[0].name.clone(),
+            shape: vec![chunk.len(), width],
+            data: TensorData::Fp32(
+                chunk
+                    .iter()
+                    .flat_map(|a| a.row.iter().map(|v| *v as f32))
+                    .collect(),
+            ),
+        });
         let mut predicted = Vec::with_capacity(ready.len());
-        for chunk in ready.chunks(manifest.batching.max_batch_size.max(1)) {
-            let tensor = Tensor {
-                name: manifest.inputs[0].name.clone(),
-                shape: vec![chunk.len(), width],
-                data: TensorData::Fp32(
-                    chunk
-                        .iter()
-                        .flat_map(|a| a.row.iter().map(|v| *v as f32))
-                        .collect(),
-                ),
-            };
-            let output = model.infer(vec![tensor], None).await?;
-            predicted.extend(prices(&output, chunk.len())?);
+        if background {
+            let running: Vec<_> = tensors
+                .map(|tensor| {
+                    let model = model.clone();
+                    tokio::spawn(async move { model.infer_background(vec![tensor]).await })
+                })
+                .collect();
+            for (task, chunk) in running.into_iter().zip(ready.chunks(slice)) {
+                let output = task.await.map_err(|e| {
+                    ApiError::Engine(EngineError::Runtime(format!("a slice's task failed: {e}")))
+                })??;
+                predicted.extend(prices(&output, chunk.len())?);
+            }
+        } else {
+            for (tensor, chunk) in tensors.zip(ready.chunks(slice)) {
+                let output = model.infer(vec![tensor], None).await?;
+                predicted.extend(prices(&output, chunk.len())?);
+            }
         }
         let mut predicted = predicted.into_iter();
         Ok(requests
@@ -125,7 +171,8 @@ impl Predictor {
                         "the model gave too few prices".into(),
                     ))
                 })?;
-                answer(manifest, &prepared.names, request, a, price)
+                let names: &[String] = if background { &[] } else { &prepared.names };
+                answer_with(manifest, &prepared.names, names, request, a, price)
             })
             .collect())
     }
@@ -194,10 +241,22 @@ fn answer(
     assembled: Assembled,
     predicted: f64,
 ) -> Result<PricePrediction, ApiError> {
+    answer_with(manifest, names, names, request, assembled, predicted)
+}
+
+/// The answer, with `features_used` named by `shown` (all of `names`, or none).
+fn answer_with(
+    manifest: &mercator_engine::Manifest,
+    names: &[String],
+    shown: &[String],
+    request: &PriceRequest,
+    assembled: Assembled,
+    predicted: f64,
+) -> Result<PricePrediction, ApiError> {
     let level = request.interval_level.unwrap_or(DEFAULT_LEVEL);
     let half = half_widths(manifest, names, &assembled.row, level)?[0];
     let (lower, upper) = (predicted * (-half).exp(), predicted * half.exp());
-    let features_used = names
+    let features_used = shown
         .iter()
         .zip(&assembled.row)
         .map(|(n, v)| (n.clone(), serde_json::json!(v)))

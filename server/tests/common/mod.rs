@@ -387,3 +387,96 @@ pub fn run(command: &mut std::process::Command) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The fixture's materials and suppliers as created: code -> id.
+pub struct Fixture {
+    pub materials: std::collections::HashMap<String, String>,
+    pub suppliers: std::collections::HashMap<String, String>,
+}
+
+/// Creates the fixture's materials and suppliers in the caller's organization and ingests every price of
+/// fixtures/prices.csv through `POST /api/v1/prices/bulk` (CSV).
+pub async fn ingest_fixture(s: &TestServer, client: &reqwest::Client) -> Fixture {
+    ingest_fixture_at(&s.base, client).await
+}
+
+/// `ingest_fixture` on the server at `base`.
+pub async fn ingest_fixture_at(base: &str, client: &reqwest::Client) -> Fixture {
+    use std::collections::HashMap;
+    let post = |path: &str, body: Value| {
+        let request = client.post(format!("{base}{path}")).json(&body);
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let text = std::fs::read_to_string(repo_root().join("fixtures/prices.csv")).unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let (mut materials, mut suppliers) = (HashMap::new(), HashMap::new());
+    for r in &rows {
+        if !materials.contains_key(&r[1]) {
+            let body = serde_json::json!({"code": &r[1], "name": &r[1], "category": &r[2], "unit": &r[3],
+                              "list_price": r[9].parse::<f64>().unwrap(), "specifications": {}});
+            let (status, m) = post("/api/v1/materials", body).await;
+            assert_eq!(status, 201, "{m}");
+            materials.insert(r[1].to_string(), m["id"].as_str().unwrap().to_string());
+        }
+        if !suppliers.contains_key(&r[4]) {
+            let body = serde_json::json!({"code": &r[4], "name": &r[4], "country": "DE",
+                              "reliability": r[5].parse::<f64>().unwrap()});
+            let (status, m) = post("/api/v1/suppliers", body).await;
+            assert_eq!(status, 201, "{m}");
+            suppliers.insert(r[4].to_string(), m["id"].as_str().unwrap().to_string());
+        }
+    }
+    let mut csv = String::from("time,material_id,supplier_id,price,currency,quantity,price_type\n");
+    for r in &rows {
+        csv.push_str(&format!(
+            "{}T00:00:00Z,{},{},{},EUR,{},quote\n",
+            &r[0], materials[&r[1]], suppliers[&r[4]], &r[8], &r[6]
+        ));
+    }
+    let r = client
+        .post(format!("{base}/api/v1/prices/bulk"))
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    Fixture {
+        materials,
+        suppliers,
+    }
+}
+
+/// `rows` price requests as CSV: the fixture's materials and suppliers in turn, days across the second half
+/// of 2025, quantities varying; every `bad_every`-th row names a material that does not exist. Also says
+/// which rows are bad.
+pub fn requests_csv(f: &Fixture, rows: usize, bad_every: usize) -> (String, Vec<bool>) {
+    let mut materials: Vec<&String> = f.materials.values().collect();
+    materials.sort();
+    let mut suppliers: Vec<&String> = f.suppliers.values().collect();
+    suppliers.sort();
+    let start = chrono::NaiveDate::from_ymd_opt(2025, 7, 1).unwrap();
+    let mut csv = String::from("material_id,quantity,supplier_id,as_of\n");
+    let mut bad = Vec::with_capacity(rows);
+    for i in 0..rows {
+        let is_bad = bad_every > 0 && i % bad_every == bad_every - 1;
+        let material = if is_bad {
+            "no-such-material"
+        } else {
+            materials[i % materials.len()].as_str()
+        };
+        let day = start + chrono::Duration::days((i / 7 % 150) as i64);
+        csv.push_str(&format!(
+            "{material},{},{},{day}\n",
+            50 + (i * 37) % 2000,
+            suppliers[(i / materials.len()) % suppliers.len()]
+        ));
+        bad.push(is_bad);
+    }
+    (csv, bad)
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Batch jobs: rows/s of 100,000- and 1,000,000-row price jobs (CSV in, features + inference + results
+# committed) against the raw ONNX Runtime ceiling of the same model on both cores (bench-ort-ceiling), peak
+# RSS of the server during each job, and interactive p50/p99 (wrk on POST /api/v1/predictions/price) with
+# and without a 1,000,000-row job running. One run, one machine; JSON lines in benches/out/batch.jsonl.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+DURATION="${DURATION:-10}"
+CONCURRENCY="${CONCURRENCY:-8}"
+out="$root/benches/out"
+mkdir -p "$out"
+target="${CARGO_TARGET_DIR:-$root/target}"
+if ! command -v wrk >/dev/null; then
+  echo "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+fi
+scripts/install-runtime.sh
+cargo build --release --quiet --bin mercator --bin bench-ort-ceiling
+
+results="$out/batch.jsonl"
+: > "$results"
+ceiling=$("$target/release/bench-ort-ceiling" 2 256 "$DURATION")
+echo "{\"ceiling\":$ceiling}" | tee -a "$results"
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+export API_KEY="mk_benchadmin_0123456789abcdef0123456789abcdef"
+port=8115
+base="http://127.0.0.1:$port"
+rm -rf "$out/batch-data"
+RUST_LOG=warn MERCATOR_ADMIN_KEY="$API_KEY" "$target/release/mercator" serve --addr 127.0.0.1:$port \
+  --data-dir "$out/batch-data" & pids+=($!); mercator_pid=$!
+for _ in $(seq 1 300); do
+  curl -sf "$base/readyz" >/dev/null && break; sleep 0.1
+done
+python3 benches/fixture.py "$base" "$out/batch-ids.json" "$out/predict-row.json"
+
+# Request files: the fixture's materials and suppliers in turn, days across the second half of 2025.
+python3 - "$out/batch-ids.json" "$out" <<'PY'
+import datetime, json, sys
+ids = json.load(open(sys.argv[1]))
+materials, suppliers = sorted(ids["materials"].values()), sorted(ids["suppliers"].values())
+start = datetime.date(2025, 7, 1)
+for rows in (100_000, 1_000_000):
+    with open(f"{sys.argv[2]}/batch-{rows}.csv", "w") as f:
+        f.write("material_id,quantity,supplier_id,as_of\n")
+        for i in range(rows):
+            day = start + datetime.timedelta(days=i // 7 % 150)
+            f.write(f"{materials[i % len(materials)]},{50 + (i * 37) % 2000},{suppliers[(i // len(materials)) % len(suppliers)]},{day}\n")
+PY
+
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+submit() {
+  curl -sf -H "authorization: Bearer $API_KEY" -H 'content-type: text/csv' -H 'prefer: respond-async' \
+    --data-binary @"$1" "$base/api/v1/predictions/batch" | python3 -c 'import json,sys; print(json.load(sys.stdin)["batch_id"])'
+}
+state() { curl -sf -H "authorization: Bearer $API_KEY" "$base/api/v1/predictions/batch/$1"; }
+# Waits for the job to end, sampling the server's RSS; prints the job and the peak as one JSON line.
+follow() {
+  local id=$1 peak=0 rss job
+  while :; do
+    rss=$(rss_kib "$mercator_pid"); (( rss > peak )) && peak=$rss
+    job=$(state "$id")
+    case "$job" in *'"state":"succeeded"'*|*'"state":"failed"'*|*'"state":"cancelled"'*) break;; esac
+    sleep 0.2
+  done
+  python3 -c 'import json,sys; j=json.loads(sys.argv[1]); print(json.dumps({"rows": j["total_rows"], "state": j["state"], "failed_rows": j["failed_rows"], "rows_per_sec": round(j["rows_per_sec"]), "peak_rss_kib": int(sys.argv[2]), "started_at": j["started_at"], "finished_at": j["finished_at"]}))' "$job" "$peak"
+}
+
+idle_rss=$(rss_kib "$mercator_pid")
+echo "{\"idle_rss_kib\":$idle_rss}" | tee -a "$results"
+for rows in 100000 1000000; do
+  id=$(submit "$out/batch-$rows.csv")
+  echo "{\"job\":$(follow "$id")}" | tee -a "$results"
+done
+
+# Interactive latency alone, then with a 1,000,000-row job running beside it.
+wrk_run() {
+  BODY_FILE="$out/predict-row.json" wrk -t2 -c"$CONCURRENCY" -d"${DURATION}s" --timeout 5s -s benches/post.lua \
+    "$base/api/v1/predictions/price" | tail -n 1
+}
+echo "{\"interactive\":\"alone\",\"concurrency\":$CONCURRENCY,\"result\":$(wrk_run)}" | tee -a "$results"
+id=$(submit "$out/batch-1000000.csv")
+sleep 1
+line=$(wrk_run)
+during=$(state "$id" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(json.dumps({"state": j["state"], "processed_rows": j["processed_rows"]}))')
+echo "{\"interactive\":\"with a job\",\"concurrency\":$CONCURRENCY,\"result\":$line,\"job_when_wrk_ended\":$during}" | tee -a "$results"
+echo "{\"job_beside_interactive\":$(follow "$id")}" | tee -a "$results"

@@ -1,0 +1,541 @@
+//! Batch prediction jobs end to end on the real server: a 200,000-row CSV job followed over a real
+//! WebSocket to its end, its results in every format and equal to the single endpoint's answers; cancel;
+//! jobs of two organizations that see only their own.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{client_with, ingest_fixture, requests_csv, TestServer};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn submit(s: &TestServer, client: &reqwest::Client, csv: String) -> Value {
+    let r = client
+        .post(s.url("/api/v1/predictions/batch"))
+        .header("content-type", "text/csv")
+        .header("prefer", "respond-async")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let location = r.headers().get("location").cloned();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        location.unwrap().to_str().unwrap(),
+        body["status_url"].as_str().unwrap()
+    );
+    body
+}
+
+async fn get(s: &TestServer, client: &reqwest::Client, path: &str) -> (u16, Value) {
+    let r = client.get(s.url(path)).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls the job until it has ended.
+async fn wait_end(s: &TestServer, client: &reqwest::Client, id: &str) -> Value {
+    let until = Instant::now() + Duration::from_secs(600);
+    loop {
+        let (status, job) = get(s, client, &format!("/api/v1/predictions/batch/{id}")).await;
+        assert_eq!(status, 200, "{job}");
+        if ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap()) {
+            return job;
+        }
+        assert!(Instant::now() < until, "the job never ended: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn results(
+    s: &TestServer,
+    client: &reqwest::Client,
+    id: &str,
+    format: &str,
+) -> reqwest::Response {
+    client
+        .get(s.url(&format!(
+            "/api/v1/predictions/batch/{id}/results?format={format}"
+        )))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200k_row_job_is_followed_over_a_websocket_and_answers_like_the_single_endpoint() {
+    let s = TestServer::start().await;
+    let fixture = ingest_fixture(&s, &s.client).await;
+    const ROWS: usize = 200_000;
+    let (csv, bad) = requests_csv(&fixture, ROWS, 997);
+    let accepted = submit(&s, &s.client, csv.clone()).await;
+    assert_eq!(accepted["total_rows"], ROWS);
+    let id = accepted["batch_id"].as_str().unwrap().to_string();
+
+    // Results before the end: 409.
+    let early = results(&s, &s.client, &id, "csv").await;
+    if early.status() != 200 {
+        assert_eq!(early.status(), 409);
+        let body: Value = early.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "results_not_ready");
+    }
+
+    // A WebSocket client, authenticated by its header: a snapshot, monotone progress, a final event.
+    let ws = s.base.replace("http://", "ws://");
+    let mut request = format!("{ws}{}", accepted["ws_url"].as_str().unwrap())
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", common::ADMIN_KEY).parse().unwrap(),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut events: Vec<Value> = Vec::new();
+    let mut closed = false;
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(120), socket.next())
+        .await
+        .expect("a message within 2 minutes")
+    {
+        match message.unwrap() {
+            Message::Text(text) => events.push(serde_json::from_str(&text).unwrap()),
+            Message::Close(frame) => {
+                assert_eq!(u16::from(frame.unwrap().code), 1000);
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(closed, "the server closes the stream after the final event");
+    assert_eq!(events[0]["type"], "snapshot", "{}", events[0]);
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "final", "{last}");
+    assert_eq!(
+        (
+            last["state"].as_str(),
+            last["processed"].as_u64(),
+            last["total"].as_u64()
+        ),
+        (Some("succeeded"), Some(ROWS as u64), Some(ROWS as u64))
+    );
+    let bad_rows = bad.iter().filter(|b| **b).count() as u64;
+    assert_eq!(last["failed"], bad_rows, "{last}");
+    assert!(last["results_url"].is_string());
+    let processed: Vec<u64> = events
+        .iter()
+        .map(|e| e["processed"].as_u64().unwrap())
+        .collect();
+    assert!(
+        processed.windows(2).all(|w| w[0] <= w[1]),
+        "progress never goes back: {processed:?}"
+    );
+    assert!(
+        events.iter().filter(|e| e["type"] == "progress").count() >= 2,
+        "progress is reported as chunks commit: {events:?}"
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..events.len() as u64).collect::<Vec<_>>());
+
+    // A client that comes after the end gets the final event at once.
+    let (mut late, _) = tokio_tungstenite::connect_async(format!(
+        "{ws}/ws/predictions/{id}?api_key={}",
+        common::ADMIN_KEY
+    ))
+    .await
+    .unwrap();
+    let first = late.next().await.unwrap().unwrap();
+    let first: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!(
+        (first["type"].as_str(), first["processed"].as_u64()),
+        (Some("final"), Some(ROWS as u64))
+    );
+
+    let job = wait_end(&s, &s.client, &id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 1);
+    assert!(job["rows_per_sec"].as_f64().unwrap() > 0.0);
+
+    // CSV: a header and every row in order; failed rows carry their error.
+    let r = results(&s, &s.client, &id, "csv").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["x-total-rows"].to_str().unwrap(),
+        ROWS.to_string()
+    );
+    let text = r.text().await.unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(records.len(), ROWS);
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(record[0].parse::<usize>().unwrap(), i + 1);
+        assert_eq!(record[8].is_empty(), !bad[i], "row {}: {record:?}", i + 1);
+    }
+    assert_eq!(&records[996][8], "not_found");
+
+    // A sample of rows: the single endpoint's answer.
+    let inputs: Vec<&str> = csv.lines().skip(1).collect();
+    for i in (0..ROWS).step_by(9973).filter(|i| !bad[*i]) {
+        let cells: Vec<&str> = inputs[i].split(',').collect();
+        let request = json!({"material_id": cells[0], "quantity": cells[1].parse::<f64>().unwrap(),
+                             "supplier_id": cells[2], "as_of": cells[3]});
+        let r = s
+            .client
+            .post(s.url("/api/v1/predictions/price"))
+            .json(&request)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let one: Value = r.json().await.unwrap();
+        let (batch, alone) = (
+            records[i][1].parse::<f64>().unwrap(),
+            one["predicted_price"].as_f64().unwrap(),
+        );
+        assert!(
+            (batch - alone).abs() <= 1e-9 * alone,
+            "row {}: {batch} vs {alone}",
+            i + 1
+        );
+        let upper = records[i][3].parse::<f64>().unwrap();
+        let single_upper = one["prediction_interval"]["upper"].as_f64().unwrap();
+        assert!((upper - single_upper).abs() <= 1e-9 * single_upper);
+    }
+
+    // JSON (an array) and NDJSON: the same rows.
+    let r = results(&s, &s.client, &id, "json").await;
+    let rows: Vec<Value> = r.json().await.unwrap();
+    assert_eq!(rows.len(), ROWS);
+    assert_eq!(rows[0]["row"], 1);
+    assert_eq!(
+        rows[0]["prediction"]["predicted_price"].as_f64().unwrap(),
+        records[0][1].parse::<f64>().unwrap()
+    );
+    assert_eq!(rows[996]["error"]["code"], "not_found");
+    let text = results(&s, &s.client, &id, "ndjson")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text.lines().count(), ROWS);
+
+    // Parquet: read back by Polars.
+    let r = results(&s, &s.client, &id, "parquet").await;
+    assert_eq!(r.status(), 200);
+    let bytes = r.bytes().await.unwrap();
+    use mercator_features::polars::prelude::{ParquetReader, SerReader};
+    let frame = ParquetReader::new(std::io::Cursor::new(bytes.to_vec()))
+        .finish()
+        .unwrap();
+    assert_eq!(frame.height(), ROWS);
+    let prices = frame
+        .column("predicted_price")
+        .unwrap()
+        .f64()
+        .unwrap()
+        .clone();
+    assert_eq!(prices.null_count() as u64, bad_rows);
+    assert_eq!(prices.get(0), Some(records[0][1].parse::<f64>().unwrap()));
+
+    // The organization's list has it.
+    let (status, list) = get(&s, &s.client, "/api/v1/predictions/batch?state=succeeded").await;
+    assert_eq!(status, 200);
+    assert!(list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|j| j["id"] == id.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_jobs_stop_and_still_answer_every_row() {
+    let s = TestServer::with(|c| {
+        c.batch.chunk_rows = 500;
+        c.batch.max_running = 1;
+        c.batch_inline_max_rows = 100;
+    })
+    .await;
+    let fixture = ingest_fixture(&s, &s.client).await;
+    const ROWS: usize = 60_000;
+    let (csv, _) = requests_csv(&fixture, ROWS, 0);
+    let running = submit(&s, &s.client, csv.clone()).await;
+    let queued = submit(&s, &s.client, csv).await;
+    let (running, queued) = (
+        running["batch_id"].as_str().unwrap().to_string(),
+        queued["batch_id"].as_str().unwrap().to_string(),
+    );
+    // The second waits behind the first (one job runs at a time here): cancelled at once.
+    let r = s
+        .client
+        .delete(s.url(&format!("/api/v1/predictions/batch/{queued}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(
+        (job["state"].as_str(), job["processed_rows"].as_u64()),
+        (Some("cancelled"), Some(0))
+    );
+
+    // The first, once it has committed some chunks.
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, job) = get(
+            &s,
+            &s.client,
+            &format!("/api/v1/predictions/batch/{running}"),
+        )
+        .await;
+        if job["processed_rows"].as_u64().unwrap() >= 1000 {
+            break;
+        }
+        assert!(Instant::now() < until, "{job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = s
+        .client
+        .delete(s.url(&format!("/api/v1/predictions/batch/{running}")))
+        .send()
+        .await
+        .unwrap();
+    assert!([200, 202].contains(&r.status().as_u16()));
+    let job = wait_end(&s, &s.client, &running).await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert!(job["cancel_requested_at"].is_string());
+    let processed = job["processed_rows"].as_u64().unwrap() as usize;
+    assert!((1000..ROWS).contains(&processed), "{job}");
+    assert_eq!(processed % 500, 0, "whole chunks only: {processed}");
+
+    // Every row is answered: the committed ones, then `not_run`.
+    let text = results(&s, &s.client, &running, "csv")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(records.len(), ROWS);
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(record[0].parse::<usize>().unwrap(), i + 1);
+        if i < processed {
+            assert!(!record[1].is_empty(), "row {}: {record:?}", i + 1);
+        } else {
+            assert_eq!(&record[8], "not_run", "row {}: {record:?}", i + 1);
+        }
+    }
+    // Cancelling an ended job changes nothing.
+    let r = s
+        .client
+        .delete(s.url(&format!("/api/v1/predictions/batch/{running}")))
+        .send()
+        .await
+        .unwrap();
+    let again: Value = r.json().await.unwrap();
+    assert_eq!(again["processed_rows"], job["processed_rows"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_concurrent_jobs_of_two_organizations_each_see_only_their_own() {
+    let s = TestServer::with(|c| {
+        c.batch.chunk_rows = 1000;
+        c.batch.max_active_per_org = 5;
+        c.batch_inline_max_rows = 100;
+    })
+    .await;
+    let fixture = ingest_fixture(&s, &s.client).await;
+    let r = s
+        .client
+        .post(s.url("/api/v1/organizations"))
+        .json(&json!({"name": "B"}))
+        .send()
+        .await
+        .unwrap();
+    let org: Value = r.json().await.unwrap();
+    let b = client_with(org["api_key"]["secret"].as_str().unwrap());
+    let (csv, _) = requests_csv(&fixture, 20_000, 0);
+    let mut submitted = Vec::new();
+    for client in [&s.client, &b] {
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let job = submit(&s, client, csv.clone()).await;
+            ids.push(job["batch_id"].as_str().unwrap().to_string());
+        }
+        submitted.push(ids);
+    }
+    // A sixth active job is one too many.
+    let r = b
+        .post(s.url("/api/v1/predictions/batch"))
+        .header("content-type", "text/csv")
+        .header("prefer", "respond-async")
+        .body(csv.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_batch_jobs");
+
+    let ws = s.base.replace("http://", "ws://");
+    for (client, mine, theirs) in [
+        (&s.client, &submitted[0], &submitted[1]),
+        (&b, &submitted[1], &submitted[0]),
+    ] {
+        for id in mine {
+            let job = wait_end(&s, client, id).await;
+            assert_eq!(job["state"], "succeeded", "{job}");
+            assert_eq!(job["processed_rows"], 20_000);
+        }
+        let (_, list) = get(&s, client, "/api/v1/predictions/batch").await;
+        let mut listed: Vec<String> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect();
+        listed.sort();
+        let mut expected = mine.clone();
+        expected.sort();
+        assert_eq!(listed, expected);
+        for id in theirs {
+            let (status, _) = get(&s, client, &format!("/api/v1/predictions/batch/{id}")).await;
+            assert_eq!(status, 404);
+            let r = results(&s, client, id, "csv").await;
+            assert_eq!(r.status(), 404);
+            let r = client
+                .delete(s.url(&format!("/api/v1/predictions/batch/{id}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 404);
+        }
+    }
+    // Organization B's key cannot follow A's job.
+    let b_key = org["api_key"]["secret"].as_str().unwrap();
+    let refused = tokio_tungstenite::connect_async(format!(
+        "{ws}/ws/predictions/{}?api_key={b_key}",
+        submitted[0][0]
+    ))
+    .await;
+    assert!(refused.is_err());
+    let refused =
+        tokio_tungstenite::connect_async(format!("{ws}/ws/predictions/{}", submitted[0][0])).await;
+    assert!(refused.is_err(), "no key, no stream");
+    // B's rows name A's materials: each is not found in B.
+    let text = results(&s, &b, &submitted[1][0], "csv")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(text.lines().skip(1).all(|l| l.contains("not_found")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_batches_are_refused_at_submit_and_json_and_parquet_become_jobs() {
+    let s = TestServer::with(|c| c.batch_inline_max_rows = 10).await;
+    let fixture = ingest_fixture(&s, &s.client).await;
+    let send = |body: Vec<u8>, kind: &'static str| {
+        s.client
+            .post(s.url("/api/v1/predictions/batch"))
+            .header("content-type", kind)
+            .body(body)
+            .send()
+    };
+    // A record with a cell too many: refused whole, naming the line.
+    let r = send(b"material_id,quantity\nA,1\nB,2,3\n".to_vec(), "text/csv")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 3"),
+        "{body}"
+    );
+    let r = send(b"not parquet".to_vec(), "application/vnd.apache.parquet")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = send(b"material_id,quantity\n".to_vec(), "text/csv")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = send(b"x".to_vec(), "text/plain").await.unwrap();
+    assert_eq!(r.status(), 415);
+
+    // JSON: 30 requests, one with a bad value, become a job; the bad row carries its error.
+    let (csv, _) = requests_csv(&fixture, 30, 0);
+    let objects: Vec<Value> = csv
+        .lines()
+        .skip(1)
+        .enumerate()
+        .map(|(i, l)| {
+            let c: Vec<&str> = l.split(',').collect();
+            let quantity = if i == 4 {
+                json!("lots")
+            } else {
+                json!(c[1].parse::<f64>().unwrap())
+            };
+            json!({"material_id": c[0], "quantity": quantity, "supplier_id": c[2], "as_of": c[3]})
+        })
+        .collect();
+    let r = send(serde_json::to_vec(&objects).unwrap(), "application/json")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["batch_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = wait_end(&s, &s.client, &id).await;
+    assert_eq!(
+        (job["state"].as_str(), job["failed_rows"].as_u64()),
+        (Some("succeeded"), Some(1))
+    );
+    let rows: Vec<Value> = results(&s, &s.client, &id, "json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rows[4]["error"]["code"], "validation_error");
+    let json_prices: Vec<Value> = rows
+        .iter()
+        .map(|r| r["prediction"]["predicted_price"].clone())
+        .collect();
+
+    // Parquet with the same rows: the same prices.
+    use mercator_features::polars::prelude::{CsvReader, ParquetWriter, SerReader};
+    let mut frame = CsvReader::new(std::io::Cursor::new(csv.into_bytes()))
+        .finish()
+        .unwrap();
+    let mut parquet = Vec::new();
+    ParquetWriter::new(&mut parquet).finish(&mut frame).unwrap();
+    let r = send(parquet, "application/vnd.apache.parquet")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["batch_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = wait_end(&s, &s.client, &id).await;
+    assert_eq!(
+        (job["state"].as_str(), job["input_format"].as_str()),
+        (Some("succeeded"), Some("parquet"))
+    );
+    let rows: Vec<Value> = results(&s, &s.client, &id, "json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    for (i, (row, want)) in rows.iter().zip(&json_prices).enumerate() {
+        if i != 4 {
+            assert_eq!(&row["prediction"]["predicted_price"], want, "row {}", i + 1);
+        }
+    }
+}
