@@ -4,7 +4,7 @@
 //! batch, one backend call, scatter) → oneshot → handler. The queue's lock is never held across a backend
 //! call; a lone small request on an idle model runs inline instead (`Model::try_inline`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -45,6 +45,11 @@ struct Shared {
     /// Inline only when the previous request came longer ago than this: several single-row runs'
     /// worth (measured at warm-up). Closer arrivals mean load, and load should batch on the worker.
     inline_gap: Duration,
+    /// What a row costs in a batch of many, in nanoseconds: a moving average over batches of 16 rows or
+    /// more (the full-batch warm-up run to begin with). Sizes background slices.
+    row_cost_ns: AtomicU64,
+    /// Workers running a background batch now.
+    background_running: AtomicUsize,
     state: Mutex<State>,
     wake: Condvar,
     ready: AtomicBool,
@@ -69,6 +74,7 @@ impl Model {
         let metrics = ModelMetrics::new(&manifest.name, manifest.version);
         let mut slots = Vec::with_capacity(backends.len());
         let mut single_row_costs = Vec::new();
+        let mut full_batch_costs = Vec::new();
         for mut backend in backends {
             // A single row, a full batch, then single rows again, timed: the fastest of those is what a
             // single-row run costs once allocations are primed.
@@ -85,6 +91,8 @@ impl Model {
                 })?;
                 if n >= 2 {
                     single_row_costs.push(started.elapsed());
+                } else if n == 1 {
+                    full_batch_costs.push(started.elapsed() / rows.max(1) as u32);
                 }
             }
             slots.push(Mutex::new(backend));
@@ -100,6 +108,14 @@ impl Model {
             born: Instant::now(),
             last_arrival_ns: AtomicU64::new(0),
             inline_gap: single_row_cost * INLINE_GAP_FACTOR,
+            background_running: AtomicUsize::new(0),
+            row_cost_ns: AtomicU64::new(
+                full_batch_costs
+                    .into_iter()
+                    .min()
+                    .unwrap_or_default()
+                    .as_nanos() as u64,
+            ),
             stats: Stats::default(),
             metrics,
             manifest,
@@ -159,11 +175,26 @@ impl Model {
         self.run(inputs, deadline, false).await
     }
 
-    /// Runs a slice of a batch job in the background lane: it joins a batch only after every interactive
+    /// Queues a slice of a batch job in the background lane: it joins a batch only after every interactive
     /// request waiting, never counts against the queue's capacity and never runs inline. The caller bounds
-    /// how many slices it has in flight.
-    pub async fn infer_background(&self, inputs: Vec<Tensor>) -> Result<InferOutput, EngineError> {
-        self.run(inputs, None, true).await
+    /// how many slices it has in flight and waits for each on its own thread (`Pending::wait`), so a job's
+    /// preparing thread can go on assembling the next slice while this one runs.
+    pub fn enqueue_background(&self, inputs: Vec<Tensor>) -> Result<Pending, EngineError> {
+        let started = Instant::now();
+        let rx = self.submit(inputs, None, started, true)?;
+        Ok(Pending {
+            model: self.clone(),
+            rx,
+            started,
+        })
+    }
+
+    /// Rows of a background slice: about a millisecond of this model's work (at least 16, at most its
+    /// batch size), the longest an interactive request arriving during a batch-only run waits.
+    pub fn background_slice_rows(&self) -> usize {
+        let max = self.shared.manifest.batching.max_batch_size.max(1);
+        let cost = self.shared.row_cost_ns.load(Ordering::Relaxed).max(1);
+        ((BACKGROUND_QUANTUM.as_nanos() as u64 / cost) as usize).clamp(16.min(max), max)
     }
 
     async fn run(
@@ -178,6 +209,12 @@ impl Model {
             Ok(rx) => rx.await.unwrap_or(Err(EngineError::ShuttingDown)),
             Err(e) => Err(e),
         };
+        self.record(&result, started);
+        result
+    }
+
+    /// Counts a request's outcome in the statistics and metrics.
+    fn record(&self, result: &Result<InferOutput, EngineError>, started: Instant) {
         let s = &self.shared;
         match &result {
             Ok(_) => {
@@ -201,7 +238,6 @@ impl Model {
                 s.metrics.count(outcome, 1);
             }
         }
-        result
     }
 
     fn submit(
@@ -270,7 +306,7 @@ impl Model {
         let quiet = Duration::from_nanos(now.saturating_sub(previous)) > shared.inline_gap;
         if !quiet
             || entry.rows > shared.manifest.batching.inline_max_rows
-            || !self.lock().is_empty()
+            || !self.lock().no_interactive()
         {
             return Err(entry);
         }
@@ -394,6 +430,29 @@ impl Model {
     }
 }
 
+/// A background slice queued by `Model::enqueue_background`.
+pub struct Pending {
+    model: Model,
+    rx: oneshot::Receiver<Result<InferOutput, EngineError>>,
+    started: Instant,
+}
+
+impl Pending {
+    /// Blocks the calling thread (never a runtime's) until the slice has run.
+    pub fn wait(self) -> Result<InferOutput, EngineError> {
+        let result = self
+            .rx
+            .blocking_recv()
+            .unwrap_or(Err(EngineError::ShuttingDown));
+        self.model.record(&result, self.started);
+        result
+    }
+}
+
+/// How long a background slice should run: an interactive request waits at most about this long for the
+/// model when a job has it.
+const BACKGROUND_QUANTUM: Duration = Duration::from_millis(1);
+
 /// The warm-up runs of each instance, in rows (`None`: `max_batch_size`).
 pub const WARMUP: [Option<usize>; 5] = [Some(1), None, Some(1), Some(1), Some(1)];
 
@@ -424,7 +483,22 @@ fn worker(shared: Arc<Shared>, slot: usize) {
     loop {
         let batch = {
             let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            while state.is_empty() {
+            loop {
+                if !state.no_interactive() {
+                    break;
+                }
+                if state.has_background() {
+                    if state.closed || may_run_background(&shared) {
+                        break;
+                    }
+                    // Held back for interactive traffic: look again when that may have passed.
+                    state = shared
+                        .wake
+                        .wait_timeout(state, INTERACTIVE_RESERVE)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    continue;
+                }
                 if state.closed {
                     return;
                 }
@@ -446,6 +520,9 @@ fn worker(shared: Arc<Shared>, slot: usize) {
                 }
             }
             let batch = state.next_batch(max_rows, Instant::now());
+            if batch.background {
+                shared.background_running.fetch_add(1, Ordering::AcqRel);
+            }
             shared.metrics.depth.set(state.rows() as f64);
             if !state.is_empty() {
                 // Another instance may take what is left while this one computes.
@@ -453,9 +530,30 @@ fn worker(shared: Arc<Shared>, slot: usize) {
             }
             batch
         };
+        let background = batch.background;
         let mut backend = shared.slots[slot].lock().unwrap_or_else(|e| e.into_inner());
         run_batch(&shared, backend.as_mut(), batch);
+        drop(backend);
+        if background {
+            shared.background_running.fetch_sub(1, Ordering::AcqRel);
+        }
     }
+}
+
+/// How recent interactive traffic keeps one instance free of background work.
+const INTERACTIVE_RESERVE: Duration = Duration::from_millis(50);
+
+/// Whether a worker may take background slices now: always with one instance (a job must move), and with
+/// several unless that would leave no instance free while interactive requests came in the last
+/// `INTERACTIVE_RESERVE`, so that interactive traffic always finds an instance not bound to a slice.
+fn may_run_background(shared: &Shared) -> bool {
+    let instances = shared.slots.len();
+    if instances == 1 || shared.background_running.load(Ordering::Acquire) + 1 < instances {
+        return true;
+    }
+    let now = shared.born.elapsed().as_nanos() as u64;
+    let last = shared.last_arrival_ns.load(Ordering::Relaxed);
+    last == 0 || Duration::from_nanos(now.saturating_sub(last)) > INTERACTIVE_RESERVE
 }
 
 fn run_batch(shared: &Shared, backend: &mut dyn Backend, batch: Batch) {
@@ -485,6 +583,18 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, batch: Batch) {
     }
     let result = backend.run(inputs);
     let infer_time = started.elapsed() - input_time;
+    if rows >= 16 {
+        let sample = infer_time.as_nanos() as u64 / rows as u64;
+        let old = shared.row_cost_ns.load(Ordering::Relaxed);
+        shared.row_cost_ns.store(
+            if old == 0 {
+                sample
+            } else {
+                (old * 7 + sample) / 8
+            },
+            Ordering::Relaxed,
+        );
+    }
     let requests = replies.len();
     let result = result.and_then(|outputs| scatter(outputs, &replies, rows));
     let output_time = started.elapsed() - input_time - infer_time;

@@ -1,9 +1,9 @@
 //! The queue of one model version: bounded in rows, batch forming as a pure function of its state.
 //!
 //! Two lanes: interactive requests (bounded by the queue capacity, refused when it is full) and background
-//! slices of batch jobs (bounded by the job runner, which keeps only a few in flight). A batch takes
-//! interactive entries first and fills what room is left with background slices, so an interactive request
-//! waits for at most the one batch already running.
+//! slices of batch jobs (bounded by the job runner, which keeps only a few in flight). A batch is made of
+//! interactive entries whenever any wait, and of background slices only when none do: an interactive
+//! request never pays for job rows in its own batch, and waits for at most the one slice already running.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -31,6 +31,8 @@ pub(crate) struct Batch {
     pub cancelled: usize,
     /// Entries whose deadline passed before they ran (answered with `DeadlineExceeded`).
     pub expired: Vec<Entry>,
+    /// Made of background slices.
+    pub background: bool,
 }
 
 pub(crate) struct State {
@@ -75,6 +77,11 @@ impl State {
         self.entries.is_empty()
     }
 
+    /// Background slices wait.
+    pub fn has_background(&self) -> bool {
+        !self.background.is_empty()
+    }
+
     pub fn oldest(&self) -> Option<Instant> {
         self.entries.front().map(|e| e.enqueued)
     }
@@ -99,12 +106,15 @@ impl State {
         Ok(())
     }
 
-    /// Takes interactive entries in arrival order while their rows fit in `max_rows`, then background
-    /// slices while they fit in the room left. An entry larger than `max_rows` runs alone when it is first.
-    /// Entries whose caller left or whose deadline passed are taken out and reported, never run.
+    /// Takes interactive entries in arrival order while their rows fit in `max_rows`; when there are none,
+    /// background slices the same way. An entry larger than `max_rows` runs alone when it is first. Entries
+    /// whose caller left or whose deadline passed are taken out and reported, never run.
     pub fn next_batch(&mut self, max_rows: usize, now: Instant) -> Batch {
         let mut batch = Batch::default();
         for background in [false, true] {
+            if background && !batch.entries.is_empty() {
+                break;
+            }
             while let Some(front) = self.lane(background).front() {
                 if front.reply.is_closed() {
                     let gone = self.pop(background);
@@ -121,6 +131,7 @@ impl State {
                     break;
                 }
                 let entry = self.pop(background);
+                batch.background = background;
                 batch.rows += entry.rows;
                 batch.entries.push(entry);
                 if batch.rows >= max_rows {
@@ -242,7 +253,7 @@ mod tests {
     }
 
     #[test]
-    fn interactive_entries_go_first_and_background_fills_the_room_left() {
+    fn interactive_entries_go_first_and_never_share_a_batch_with_background_slices() {
         let mut state = State::new(100);
         let mut receivers = Vec::new();
         for rows in [6, 6] {
@@ -256,11 +267,15 @@ mod tests {
         let batch = state.next_batch(10, Instant::now());
         assert_eq!(
             batch.entries.iter().map(|e| e.rows).collect::<Vec<_>>(),
-            vec![3, 6],
-            "the interactive entry first, then one background slice that fits"
+            vec![3],
+            "the interactive entry first, alone"
         );
-        let batch = state.next_batch(10, Instant::now());
-        assert_eq!(batch.rows, 6);
+        let batch = state.next_batch(13, Instant::now());
+        assert_eq!(
+            batch.entries.iter().map(|e| e.rows).collect::<Vec<_>>(),
+            vec![6, 6],
+            "then background slices, as many as fit"
+        );
         assert!(state.is_empty());
     }
 

@@ -428,3 +428,55 @@ async fn a_lone_small_request_on_an_idle_model_runs_inline_and_busy_models_queue
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_slices_wait_behind_interactive_requests_and_never_share_their_batch() {
+    let h = start(8, 100);
+    // The worker is busy with a first request while three job slices and then an interactive request queue.
+    let first = spawn_infer(&h.model, &[1.0], None);
+    assert_eq!(h.batches.recv_timeout(Duration::from_secs(10)).unwrap(), 1);
+    let slices: Vec<_> = (0..3)
+        .map(|k| {
+            let values: Vec<f32> = (0..4).map(|i| (k * 10 + i) as f32).collect();
+            (
+                values.clone(),
+                h.model.enqueue_background(rows(&values)).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        h.model.queue_rows(),
+        0,
+        "job rows do not count against the capacity"
+    );
+    let interactive = spawn_infer(&h.model, &[7.0, 8.0], None);
+    wait_for_queue(&h.model, 2);
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        h.permits.send(()).unwrap();
+        order.push(h.batches.recv_timeout(Duration::from_secs(10)).unwrap());
+    }
+    assert_eq!(
+        order,
+        [2, 8, 4],
+        "the interactive request alone first, then the slices as many as fit a batch"
+    );
+    h.permits.send(()).unwrap();
+    assert_eq!(
+        interactive.await.unwrap().unwrap().outputs[0].data,
+        TensorData::Fp32(vec![14.0, 16.0])
+    );
+    first.await.unwrap().unwrap();
+    let answers = tokio::task::spawn_blocking(move || {
+        slices
+            .into_iter()
+            .map(|(values, pending)| (values, pending.wait().unwrap()))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for (values, out) in answers {
+        let doubled: Vec<f32> = values.iter().map(|v| v * 2.0).collect();
+        assert_eq!(out.outputs[0].data, TensorData::Fp32(doubled));
+    }
+}
