@@ -19,7 +19,11 @@ cargo build --release --quiet --bin mercator --bin bench-ort-ceiling
 
 results="$out/batch.jsonl"
 : > "$results"
-ceiling=$("$target/release/bench-ort-ceiling" 2 256 "$DURATION")
+# The price model's feature rows of the fixture, computed by the serving code: the ceiling runs them, and the
+# jobs ask for the same purchases, so both cover the same 42,091 distinct rows.
+"$target/release/mercator" features materialize --spec models/price/2/features.toml \
+  --input fixtures/prices.csv --output "$out/batch-frame.csv"
+ceiling=$("$target/release/bench-ort-ceiling" 2 256 "$DURATION" "$out/batch-frame.csv")
 echo "{\"ceiling\":$ceiling}" | tee -a "$results"
 
 pids=()
@@ -36,18 +40,23 @@ for _ in $(seq 1 300); do
 done
 python3 benches/fixture.py "$base" "$out/batch-ids.json" "$out/predict-row.json"
 
-# Request files: the fixture's materials and suppliers in turn, days across the second half of 2025.
+# Request files: the purchases of the feature frame in turn (material, supplier, quantity, the day asked on,
+# delivery after its lead time).
 python3 - "$out/batch-ids.json" "$out" <<'PY'
-import datetime, json, sys
+import csv, datetime, json, math, sys
 ids = json.load(open(sys.argv[1]))
-materials, suppliers = sorted(ids["materials"].values()), sorted(ids["suppliers"].values())
-start = datetime.date(2025, 7, 1)
+frame = list(csv.DictReader(open(f"{sys.argv[2]}/batch-frame.csv")))
+requests = []
+for r in frame:
+    day = datetime.date.fromisoformat(r["observed_on"])
+    delivery = day + datetime.timedelta(days=int(float(r["lead_days"])))
+    requests.append(f'{ids["materials"][r["material_code"]]},{round(math.exp(float(r["log_quantity"])))},'
+                    f'{ids["suppliers"][r["supplier_code"]]},{delivery},{day}\n')
 for rows in (100_000, 1_000_000):
     with open(f"{sys.argv[2]}/batch-{rows}.csv", "w") as f:
-        f.write("material_id,quantity,supplier_id,as_of\n")
+        f.write("material_id,quantity,supplier_id,delivery_date,as_of\n")
         for i in range(rows):
-            day = start + datetime.timedelta(days=i // 7 % 150)
-            f.write(f"{materials[i % len(materials)]},{50 + (i * 37) % 2000},{suppliers[(i // len(materials)) % len(suppliers)]},{day}\n")
+            f.write(requests[i % len(requests)])
 PY
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -76,13 +85,15 @@ for rows in 100000 1000000; do
 done
 
 # Interactive latency alone, then with a 1,000,000-row job running beside it.
+# wrk runs for less time than a 1,000,000-row job takes, so every request it sends meets the job.
+WRK_SECONDS="${WRK_SECONDS:-4}"
 wrk_run() {
-  BODY_FILE="$out/predict-row.json" wrk -t2 -c"$CONCURRENCY" -d"${DURATION}s" --timeout 5s -s benches/post.lua \
+  BODY_FILE="$out/predict-row.json" wrk -t2 -c"$CONCURRENCY" -d"${WRK_SECONDS}s" --timeout 5s -s benches/post.lua \
     "$base/api/v1/predictions/price" | tail -n 1
 }
 echo "{\"interactive\":\"alone\",\"concurrency\":$CONCURRENCY,\"result\":$(wrk_run)}" | tee -a "$results"
 id=$(submit "$out/batch-1000000.csv")
-sleep 1
+sleep 0.5
 line=$(wrk_run)
 during=$(state "$id" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(json.dumps({"state": j["state"], "processed_rows": j["processed_rows"]}))')
 echo "{\"interactive\":\"with a job\",\"concurrency\":$CONCURRENCY,\"result\":$line,\"job_when_wrk_ended\":$during}" | tee -a "$results"

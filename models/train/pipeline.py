@@ -75,12 +75,12 @@ def conformal_quantile(scores, level):
     return float(np.quantile(scores, min(1.0, np.ceil((n + 1) * level) / n), method="higher"))
 
 
-def manifest_head(name, version, kind, description, inputs, outputs, max_batch_size=256):
+def manifest_head(name, version, kind, description, inputs, outputs, max_batch_size=256, instances=1):
     """model.toml up to [features]: identity, batching, instances, tensors (FP32, batch first)."""
     lines = [
         f'name = "{name}"', f"version = {version}", f'kind = "{kind}"', f"description = {json.dumps(description)}", "",
         "[batching]", f"max_batch_size = {max_batch_size}", "max_queue_delay_us = 0", "queue_capacity = 8192", "",
-        "[instances]", "count = 1", "intra_op_threads = 1", "",
+        "[instances]", f"count = {instances}", "intra_op_threads = 1", "",
     ]
     for section, tensors in (("inputs", inputs), ("outputs", outputs)):
         for tname, width in tensors:

@@ -134,7 +134,10 @@ def main():
     (out / "model.onnx").write_bytes(onx.SerializeToString())
     lines = manifest_head("price", VERSION, "price",
                           f"Fair unit price of a purchase: LightGBM, 300 trees, {len(names)} features from the feature pipeline.",
-                          [("features", len(names))], [("price", 1)])
+                          [("features", len(names))], [("price", 1)],
+                          # Two sessions: a batch job takes both cores when nobody else asks, and while
+                          # interactive requests come one stays free for them (benches/RESULTS.md).
+                          instances=2)
     lines += [
         "[features]", 'spec = "features.toml"', f'sha256 = "{spec_sha256(spec)}"', "",
         "[interval]", 'method = "split-conformal, normalised by 28-day volatility"',

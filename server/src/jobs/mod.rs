@@ -6,9 +6,11 @@
 //! its first uncommitted chunk, so no row is lost or answered twice.
 //!
 //! - `input.rs`: what a batch may hold, turned into the CSV on disk, indexed into chunks.
+//! - `prep.rs`: the lower-priority threads that parse, assemble, wait for the model and encode.
 //! - `results.rs`: the chunk files, and the results rendered from them as CSV, JSON or Parquet.
 
 pub mod input;
+mod prep;
 pub mod results;
 
 use std::collections::{HashMap, VecDeque};
@@ -23,7 +25,7 @@ use tokio::sync::{watch, Notify};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::predict::{Lane, PriceRequest};
+use crate::predict::PriceRequest;
 use crate::AppState;
 
 /// The limits and sizes of batch jobs, each set by its flag.
@@ -105,6 +107,7 @@ pub struct Jobs {
     /// Progress of jobs, for WebSocket listeners.
     watches: Mutex<HashMap<String, watch::Sender<Option<Progress>>>>,
     wake: Notify,
+    prep: prep::Prep,
 }
 
 impl Jobs {
@@ -137,6 +140,7 @@ impl Jobs {
             running: Mutex::default(),
             watches: Mutex::default(),
             wake: Notify::new(),
+            prep: prep::Prep::start(PREP_THREADS)?,
         })
     }
 
@@ -342,11 +346,26 @@ async fn run_job(jobs: Arc<Jobs>, app: AppState, id: String, cancel: Arc<AtomicB
     jobs.wake.notify_one();
 }
 
+/// What every chunk of one run of a job needs.
+struct Run {
+    jobs: Arc<Jobs>,
+    app: AppState,
+    /// The pinned version.
+    model: mercator_engine::Model,
+    org: String,
+    input: PathBuf,
+    columns: input::PriceColumns,
+    chunks: Vec<Chunk>,
+}
+
 /// A computed chunk: its index, its encoded results, its row and error counts.
 type Computed = (u64, Vec<u8>, u64, u64);
 
 /// Chunks at most this many ahead of the commit: one computing while the previous one commits.
 const AHEAD: usize = 2;
+
+/// Preparing threads: two, so one chunk is assembled while another waits for the model.
+const PREP_THREADS: usize = 2;
 
 async fn execute(
     jobs: &Arc<Jobs>,
@@ -377,8 +396,15 @@ async fn execute(
         .await
         .map_err(join)??
     };
-    let chunks = Arc::new(job.chunks.clone());
-    let org = job.organization_id.clone();
+    let run = Arc::new(Run {
+        jobs: jobs.clone(),
+        app: app.clone(),
+        model,
+        org: job.organization_id.clone(),
+        input: input.clone(),
+        columns,
+        chunks: job.chunks.clone(),
+    });
     let started = Instant::now();
     let base = job.processed_rows;
     let mut current = job.clone();
@@ -387,15 +413,7 @@ async fn execute(
     let mut next = job.chunks_done;
     loop {
         while inflight.len() < AHEAD && next < job.chunks_total && !cancel.load(Ordering::Acquire) {
-            inflight.push_back(tokio::spawn(compute(
-                app.clone(),
-                model.clone(),
-                org.clone(),
-                input.clone(),
-                columns.clone(),
-                chunks.clone(),
-                next,
-            )));
+            inflight.push_back(tokio::spawn(compute(run.clone(), next)));
             next += 1;
         }
         let Some(task) = inflight.pop_front() else {
@@ -434,56 +452,64 @@ async fn execute(
     })
 }
 
-/// One chunk: read and parsed off the runtime, priced in the background lane, encoded off the runtime.
-async fn compute(
-    app: AppState,
-    model: mercator_engine::Model,
-    org: String,
-    input: PathBuf,
-    columns: input::PriceColumns,
-    chunks: Arc<Vec<Chunk>>,
-    index: u64,
-) -> Result<Computed, ApiError> {
-    let chunk = chunks[index as usize];
-    let parsed = tokio::task::spawn_blocking(move || input::read_chunk(&input, &columns, &chunk))
+/// One chunk, on the preparing threads: read and parsed, its catalog looked up (on the runtime: the store
+/// is async), priced in the model's background lane, encoded.
+async fn compute(run: Arc<Run>, index: u64) -> Result<Computed, ApiError> {
+    let chunk = run.chunks[index as usize];
+    let (input, columns) = (run.input.clone(), run.columns.clone());
+    let parsed = run
+        .jobs
+        .prep
+        .run(move || input::read_chunk(&input, &columns, &chunk))
         .await
-        .map_err(join)??;
+        .ok_or_else(prep_gone)??;
     let requests: Vec<PriceRequest> = parsed
         .iter()
         .filter_map(|p| p.as_ref().ok())
         .cloned()
         .collect();
-    let answers = app
+    let app = &run.app;
+    let catalog = app
         .predictor
-        .price_on(
-            &app.store,
-            &model,
-            &app.data_dir,
-            &org,
-            &requests,
-            Lane::Background,
-        )
+        .catalog(&app.store, &run.org, &requests)
         .await?;
-    tokio::task::spawn_blocking(move || {
-        let mut answers = answers.into_iter();
-        let mut w = csv::Writer::from_writer(Vec::with_capacity(parsed.len() * 96));
-        let mut failed = 0u64;
-        for (i, p) in parsed.into_iter().enumerate() {
-            let outcome = match p {
-                Ok(_) => answers.next().unwrap_or_else(|| {
-                    Err(ApiError::BadRequest("the row was not answered".into()))
-                }),
-                Err(e) => Err(e),
-            };
-            failed += u64::from(outcome.is_err());
-            results::write_row(&mut w, chunk.first_row + i as u64 + 1, &outcome)
-                .map_err(|e| input::io(e.into()))?;
-        }
-        let bytes = w.into_inner().map_err(|e| input::io(e.into_error()))?;
-        Ok((index, bytes, chunk.rows, failed))
-    })
-    .await
-    .map_err(join)?
+    let on_prep = run.clone();
+    run.jobs
+        .prep
+        .run(move || {
+            let (app, run) = (&on_prep.app, &on_prep);
+            let answers = app.predictor.price_blocking(
+                &run.model,
+                &app.data_dir,
+                &run.org,
+                &catalog,
+                &requests,
+            )?;
+            let mut answers = answers.into_iter();
+            let mut w = csv::Writer::from_writer(Vec::with_capacity(parsed.len() * 96));
+            let mut failed = 0u64;
+            for (i, p) in parsed.into_iter().enumerate() {
+                let outcome = match p {
+                    Ok(_) => answers.next().unwrap_or_else(|| {
+                        Err(ApiError::BadRequest("the row was not answered".into()))
+                    }),
+                    Err(e) => Err(e),
+                };
+                failed += u64::from(outcome.is_err());
+                results::write_row(&mut w, chunk.first_row + i as u64 + 1, &outcome)
+                    .map_err(|e| input::io(e.into()))?;
+            }
+            let bytes = w.into_inner().map_err(|e| input::io(e.into_error()))?;
+            Ok((index, bytes, chunk.rows, failed))
+        })
+        .await
+        .ok_or_else(prep_gone)?
+}
+
+fn prep_gone() -> ApiError {
+    ApiError::Engine(mercator_engine::EngineError::Runtime(
+        "the batch preparing threads are gone".into(),
+    ))
 }
 
 fn join(e: tokio::task::JoinError) -> ApiError {

@@ -7,17 +7,10 @@ use mercator_store::Store;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{half_widths, ModelRef, Predictor, PRICE_MODEL};
-use crate::error::ApiError;
+use std::collections::HashMap;
 
-/// Which lane of the model's queue a batch of requests takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lane {
-    /// Waiting callers: first in every batch.
-    Interactive,
-    /// A batch job's chunk: the room interactive requests leave.
-    Background,
-}
+use super::{half_widths, MaterialInfo, ModelRef, Predictor, SupplierInfo, PRICE_MODEL};
+use crate::error::ApiError;
 
 /// The interval level when a request names none.
 pub const DEFAULT_LEVEL: f64 = 0.8;
@@ -97,84 +90,119 @@ impl Predictor {
         requests: &[PriceRequest],
     ) -> Result<Vec<Result<PricePrediction, ApiError>>, ApiError> {
         let model = repository.get(PRICE_MODEL, None)?;
-        self.price_on(store, &model, data_dir, org, requests, Lane::Interactive)
-            .await
-    }
-
-    /// Many requests on `model` (a pinned price model version). In the background lane (a batch job's
-    /// chunk) the slices wait behind interactive requests, all of them are queued at once so every
-    /// instance can take one, the assembling loop yields now and then so interactive handlers on the same
-    /// runtime are not held up, and `features_used` is left empty (the job's results do not carry it).
-    pub async fn price_on(
-        &self,
-        store: &Store,
-        model: &Model,
-        data_dir: &std::path::Path,
-        org: &str,
-        requests: &[PriceRequest],
-        lane: Lane,
-    ) -> Result<Vec<Result<PricePrediction, ApiError>>, ApiError> {
-        let background = lane == Lane::Background;
-        let prepared = self.spec(data_dir, model)?;
+        let prepared = self.spec(data_dir, &model)?;
         let manifest = model.manifest();
         let mut assembled = Vec::with_capacity(requests.len());
-        for (i, request) in requests.iter().enumerate() {
+        for request in requests {
             assembled.push(
                 self.assemble_request(store, org, &prepared.spec, request)
                     .await,
             );
-            if background && i % 512 == 511 {
-                tokio::task::yield_now().await;
-            }
         }
         let ready: Vec<&Assembled> = assembled.iter().filter_map(|a| a.as_ref().ok()).collect();
         let width = prepared.names.len();
-        let slice = manifest.batching.max_batch_size.max(1);
-        let tensors = ready.chunks(slice).map(|chunk| Tensor {
-            name: manifest.inputs[0].name.clone(),
-            shape: vec![chunk.len(), width],
-            data: TensorData::Fp32(
-                chunk
-                    .iter()
-                    .flat_map(|a| a.row.iter().map(|v| *v as f32))
-                    .collect(),
-            ),
-        });
         let mut predicted = Vec::with_capacity(ready.len());
-        if background {
-            let running: Vec<_> = tensors
-                .map(|tensor| {
-                    let model = model.clone();
-                    tokio::spawn(async move { model.infer_background(vec![tensor]).await })
-                })
-                .collect();
-            for (task, chunk) in running.into_iter().zip(ready.chunks(slice)) {
-                let output = task.await.map_err(|e| {
-                    ApiError::Engine(EngineError::Runtime(format!("a slice's task failed: {e}")))
-                })??;
-                predicted.extend(prices(&output, chunk.len())?);
+        for chunk in ready.chunks(manifest.batching.max_batch_size.max(1)) {
+            let tensor = Tensor {
+                name: manifest.inputs[0].name.clone(),
+                shape: vec![chunk.len(), width],
+                data: TensorData::Fp32(
+                    chunk
+                        .iter()
+                        .flat_map(|a| a.row.iter().map(|v| *v as f32))
+                        .collect(),
+                ),
+            };
+            let output = model.infer(vec![tensor], None).await?;
+            predicted.extend(prices(&output, chunk.len())?);
+        }
+        answers(
+            manifest,
+            &prepared.names,
+            &prepared.names,
+            requests,
+            assembled,
+            predicted,
+        )
+    }
+
+    /// The materials and suppliers `requests` name, each looked up once for the organization (what a
+    /// batch job's chunk needs before it is priced off the runtime).
+    pub async fn catalog(
+        &self,
+        store: &Store,
+        org: &str,
+        requests: &[PriceRequest],
+    ) -> Result<Catalog, ApiError> {
+        let mut catalog = Catalog::default();
+        for request in requests {
+            if !catalog.materials.contains_key(&request.material_id) {
+                let found = found(self.material(store, org, &request.material_id).await)?;
+                catalog.materials.insert(request.material_id.clone(), found);
             }
-        } else {
-            for (tensor, chunk) in tensors.zip(ready.chunks(slice)) {
-                let output = model.infer(vec![tensor], None).await?;
-                predicted.extend(prices(&output, chunk.len())?);
+            if let Some(id) = &request.supplier_id {
+                if !catalog.suppliers.contains_key(id) {
+                    let found = found(self.supplier(store, org, id).await)?;
+                    catalog.suppliers.insert(id.clone(), found);
+                }
             }
         }
-        let mut predicted = predicted.into_iter();
-        Ok(requests
-            .iter()
-            .zip(assembled)
-            .map(|(request, a)| {
-                let a = a?;
-                let price = predicted.next().ok_or_else(|| {
-                    ApiError::Engine(EngineError::Inference(
-                        "the model gave too few prices".into(),
-                    ))
-                })?;
-                let names: &[String] = if background { &[] } else { &prepared.names };
-                answer_with(manifest, &prepared.names, names, request, a, price)
-            })
-            .collect())
+        Ok(catalog)
+    }
+
+    /// A batch job's chunk priced on the calling thread (the job's own, never the runtime's): each row
+    /// assembled from `catalog` and sent to `model`'s background lane in slices as they fill, so the model
+    /// runs one slice while the next is assembled; answers in request order, without `features_used`.
+    pub fn price_blocking(
+        &self,
+        model: &Model,
+        data_dir: &std::path::Path,
+        org: &str,
+        catalog: &Catalog,
+        requests: &[PriceRequest],
+    ) -> Result<Vec<Result<PricePrediction, ApiError>>, ApiError> {
+        let prepared = self.spec(data_dir, model)?;
+        let manifest = model.manifest();
+        let width = prepared.names.len();
+        let slice = model.background_slice_rows();
+        let mut assembled = Vec::with_capacity(requests.len());
+        let mut pending = Vec::new();
+        let mut rows: Vec<f32> = Vec::with_capacity(slice * width);
+        let mut send = |rows: &mut Vec<f32>| -> Result<(), ApiError> {
+            let n = rows.len() / width.max(1);
+            let tensor = Tensor {
+                name: manifest.inputs[0].name.clone(),
+                shape: vec![n, width],
+                data: TensorData::Fp32(std::mem::replace(rows, Vec::with_capacity(slice * width))),
+            };
+            pending.push((model.enqueue_background(vec![tensor])?, n));
+            Ok(())
+        };
+        for request in requests {
+            let a = self.assemble_from(org, &prepared.spec, catalog, request);
+            if let Ok(a) = &a {
+                rows.extend(a.row.iter().map(|v| *v as f32));
+                if rows.len() >= slice * width {
+                    send(&mut rows)?;
+                }
+            }
+            assembled.push(a);
+        }
+        if !rows.is_empty() {
+            send(&mut rows)?;
+        }
+        let mut predicted = Vec::with_capacity(requests.len());
+        for (slice, n) in pending {
+            predicted.extend(prices(&slice.wait()?, n)?);
+        }
+        answers(
+            manifest,
+            &prepared.names,
+            &[],
+            requests,
+            assembled,
+            predicted,
+        )
     }
 
     /// The request's feature row from the organization's history.
@@ -185,14 +213,51 @@ impl Predictor {
         spec: &mercator_features::FeatureSpec,
         request: &PriceRequest,
     ) -> Result<Assembled, ApiError> {
-        if !(request.quantity > 0.0 && request.quantity.is_finite()) {
-            return Err(FeatureError::Quantity(request.quantity).into());
-        }
+        check_quantity(request)?;
         let material = self.material(store, org, &request.material_id).await?;
         let supplier = match &request.supplier_id {
             Some(id) => Some(self.supplier(store, org, id).await?),
             None => None,
         };
+        self.assemble(org, spec, request, &material, supplier.as_ref())
+    }
+
+    /// The same, with the material and supplier from a chunk's catalog: the same checks, in the same order,
+    /// so a row answers as the single endpoint would.
+    fn assemble_from(
+        &self,
+        org: &str,
+        spec: &mercator_features::FeatureSpec,
+        catalog: &Catalog,
+        request: &PriceRequest,
+    ) -> Result<Assembled, ApiError> {
+        check_quantity(request)?;
+        let material = catalog
+            .materials
+            .get(&request.material_id)
+            .and_then(Option::as_ref)
+            .ok_or(ApiError::NotFound("material"))?;
+        let supplier = match &request.supplier_id {
+            Some(id) => Some(
+                catalog
+                    .suppliers
+                    .get(id)
+                    .and_then(Option::as_ref)
+                    .ok_or(ApiError::NotFound("supplier"))?,
+            ),
+            None => None,
+        };
+        self.assemble(org, spec, request, material, supplier)
+    }
+
+    fn assemble(
+        &self,
+        org: &str,
+        spec: &mercator_features::FeatureSpec,
+        request: &PriceRequest,
+        material: &MaterialInfo,
+        supplier: Option<&SupplierInfo>,
+    ) -> Result<Assembled, ApiError> {
         let as_of = request
             .as_of
             .unwrap_or_else(|| chrono::Utc::now().date_naive());
@@ -201,9 +266,9 @@ impl Predictor {
             quantity: request.quantity,
             delivery: request.delivery_date.map(day_of),
             category: &material.category,
-            supplier_code: supplier.as_ref().map(|s| s.code.as_str()),
+            supplier_code: supplier.map(|s| s.code.as_str()),
             list_price: material.list_price,
-            supplier_reliability: supplier.as_ref().map(|s| s.reliability),
+            supplier_reliability: supplier.map(|s| s.reliability),
             price: None,
         };
         let row = self.history.row(
@@ -215,6 +280,54 @@ impl Predictor {
         )?;
         Ok(Assembled { row, as_of })
     }
+}
+
+/// The materials and suppliers a chunk of requests names: `None` for one the organization does not have.
+#[derive(Default)]
+pub struct Catalog {
+    materials: HashMap<String, Option<MaterialInfo>>,
+    suppliers: HashMap<String, Option<SupplierInfo>>,
+}
+
+/// A lookup's answer for a catalog: not found is an answer (the rows naming it fail); anything else fails.
+fn found<T>(lookup: Result<T, ApiError>) -> Result<Option<T>, ApiError> {
+    match lookup {
+        Ok(info) => Ok(Some(info)),
+        Err(ApiError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn check_quantity(request: &PriceRequest) -> Result<(), ApiError> {
+    if !(request.quantity > 0.0 && request.quantity.is_finite()) {
+        return Err(FeatureError::Quantity(request.quantity).into());
+    }
+    Ok(())
+}
+
+/// Each request's answer, in order: its assembling error, or the next price with its interval.
+fn answers(
+    manifest: &mercator_engine::Manifest,
+    names: &[String],
+    shown: &[String],
+    requests: &[PriceRequest],
+    assembled: Vec<Result<Assembled, ApiError>>,
+    predicted: Vec<f64>,
+) -> Result<Vec<Result<PricePrediction, ApiError>>, ApiError> {
+    let mut predicted = predicted.into_iter();
+    Ok(requests
+        .iter()
+        .zip(assembled)
+        .map(|(request, a)| {
+            let a = a?;
+            let price = predicted.next().ok_or_else(|| {
+                ApiError::Engine(EngineError::Inference(
+                    "the model gave too few prices".into(),
+                ))
+            })?;
+            answer_with(manifest, names, shown, request, a, price)
+        })
+        .collect())
 }
 
 /// A request's feature row and the day it was assembled as of.
