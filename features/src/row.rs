@@ -2,6 +2,8 @@
 //! server for every request, on the same integer tiles, with the same sequence of float operations. So a
 //! served row equals its training row bit for bit.
 
+use std::cell::RefCell;
+
 use chrono::Datelike;
 
 use crate::history::{date_of, to_units, Agg, Day, Series};
@@ -76,6 +78,7 @@ pub fn assemble(
         spec,
         market: history.market,
         as_of,
+        windows: RefCell::new(Vec::new()),
     };
     let lag1 = k.lag(1).ok_or(FeatureError::TooLittleHistory {
         days: 0,
@@ -161,6 +164,9 @@ struct Kernel<'a> {
     spec: &'a FeatureSpec,
     market: &'a Series,
     as_of: Day,
+    /// Windows already summed for this row, by series and length: a spec asks for the same window for
+    /// several statistics (mean, std, min, max of 28 days), and summing it once is 4x less work.
+    windows: RefCell<Vec<(*const Series, u32, Agg)>>,
 }
 
 impl Kernel<'_> {
@@ -173,7 +179,18 @@ impl Kernel<'_> {
     }
 
     fn window(&self, series: &Series, days: u32) -> Agg {
-        series.window(self.as_of - days as Day, self.as_of)
+        let key = series as *const Series;
+        if let Some((_, _, agg)) = self
+            .windows
+            .borrow()
+            .iter()
+            .find(|(s, d, _)| *s == key && *d == days)
+        {
+            return *agg;
+        }
+        let agg = series.window(self.as_of - days as Day, self.as_of);
+        self.windows.borrow_mut().push((key, days, agg));
+        agg
     }
 
     fn mean(&self, agg: &Agg) -> Option<f64> {
