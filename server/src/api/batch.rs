@@ -315,25 +315,12 @@ async fn inline(
     csv_out: bool,
 ) -> Result<Response, ApiError> {
     // Rows that parsed go to the predictor together; the others keep their parse error in place.
-    let requests: Vec<PriceRequest> = parsed
-        .iter()
-        .filter_map(|p| p.as_ref().ok())
-        .cloned()
-        .collect();
-    let mut answers = app
+    let (requests, errors) = input::split(parsed);
+    let answers = app
         .predictor
         .price_batch(&app.store, &app.repository, &app.data_dir, org, &requests)
-        .await?
-        .into_iter();
-    let outcomes: Vec<Result<PricePrediction, ApiError>> = parsed
-        .into_iter()
-        .map(|p| match p {
-            Ok(_) => answers
-                .next()
-                .unwrap_or_else(|| Err(ApiError::BadRequest("the row was not answered".into()))),
-            Err(e) => Err(e),
-        })
-        .collect();
+        .await?;
+    let outcomes = input::merge(errors, answers);
     if csv_out {
         let mut w = csv::Writer::from_writer(Vec::new());
         let _ = w.write_record(results::COLUMNS);

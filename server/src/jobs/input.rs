@@ -88,6 +88,42 @@ impl PriceColumns {
     }
 }
 
+/// Parsed rows split for pricing: the requests that parsed (moved, not copied), and each row's parse error
+/// or `None` where its request went.
+pub fn split(
+    parsed: Vec<Result<PriceRequest, ApiError>>,
+) -> (Vec<PriceRequest>, Vec<Option<ApiError>>) {
+    let mut requests = Vec::with_capacity(parsed.len());
+    let errors = parsed
+        .into_iter()
+        .map(|p| match p {
+            Ok(request) => {
+                requests.push(request);
+                None
+            }
+            Err(e) => Some(e),
+        })
+        .collect();
+    (requests, errors)
+}
+
+/// Each row's outcome, in input order: its parse error, or the next answer.
+pub fn merge<T>(
+    errors: Vec<Option<ApiError>>,
+    answers: Vec<Result<T, ApiError>>,
+) -> Vec<Result<T, ApiError>> {
+    let mut answers = answers.into_iter();
+    errors
+        .into_iter()
+        .map(|e| match e {
+            Some(e) => Err(e),
+            None => answers
+                .next()
+                .unwrap_or_else(|| Err(ApiError::BadRequest("the row was not answered".into()))),
+        })
+        .collect()
+}
+
 /// A reader of CSV records as batch inputs are read everywhere (cells trimmed).
 fn reader<R: Read>(from: R, headers: bool) -> csv::Reader<R> {
     csv::ReaderBuilder::new()

@@ -25,7 +25,6 @@ use tokio::sync::{watch, Notify};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::predict::PriceRequest;
 use crate::AppState;
 
 /// The limits and sizes of batch jobs, each set by its flag.
@@ -463,11 +462,7 @@ async fn compute(run: Arc<Run>, index: u64) -> Result<Computed, ApiError> {
         .run(move || input::read_chunk(&input, &columns, &chunk))
         .await
         .ok_or_else(prep_gone)??;
-    let requests: Vec<PriceRequest> = parsed
-        .iter()
-        .filter_map(|p| p.as_ref().ok())
-        .cloned()
-        .collect();
+    let (requests, errors) = input::split(parsed);
     let app = &run.app;
     let catalog = app
         .predictor
@@ -485,16 +480,9 @@ async fn compute(run: Arc<Run>, index: u64) -> Result<Computed, ApiError> {
                 &catalog,
                 &requests,
             )?;
-            let mut answers = answers.into_iter();
-            let mut w = csv::Writer::from_writer(Vec::with_capacity(parsed.len() * 96));
+            let mut w = csv::Writer::from_writer(Vec::with_capacity(errors.len() * 96));
             let mut failed = 0u64;
-            for (i, p) in parsed.into_iter().enumerate() {
-                let outcome = match p {
-                    Ok(_) => answers.next().unwrap_or_else(|| {
-                        Err(ApiError::BadRequest("the row was not answered".into()))
-                    }),
-                    Err(e) => Err(e),
-                };
+            for (i, outcome) in input::merge(errors, answers).into_iter().enumerate() {
                 failed += u64::from(outcome.is_err());
                 results::write_row(&mut w, chunk.first_row + i as u64 + 1, &outcome)
                     .map_err(|e| input::io(e.into()))?;
