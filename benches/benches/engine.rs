@@ -3,9 +3,12 @@
 
 use std::hint::black_box;
 use std::path::Path;
+use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mercator_engine::{Backend, Manifest, Model, OrtBackend, Runtime, Tensor, TensorData};
+use mercator_engine::{
+    Backend, BackendFactory, Manifest, Model, OrtBackend, Runtime, Tensor, TensorData,
+};
 use ort::session::Session;
 use ort::value::TensorRef;
 
@@ -110,13 +113,17 @@ fn scheduler(c: &mut Criterion) {
     let mut queued = manifest.clone();
     queued.batching.inline_max_rows = 0;
     for (path, manifest) in [("queue", &queued), ("default", &manifest)] {
-        let echo = Model::start(manifest.clone(), vec![Box::new(Echo)]).unwrap();
+        let echo =
+            Model::start(manifest.clone(), Arc::new(|_| Ok(Box::new(Echo) as Box<_>))).unwrap();
         group.bench_function(format!("echo_backend/{path}"), |b| {
             b.iter(|| rt.block_on(echo.infer(request(), None)).unwrap());
         });
         let onnx = Path::new(&manifest_path).with_file_name("model.onnx");
-        let backend = OrtBackend::load(&runtime, &onnx, manifest).unwrap();
-        let price = Model::start(manifest.clone(), vec![Box::new(backend)]).unwrap();
+        let factory: BackendFactory = {
+            let (runtime, manifest) = (runtime.clone(), manifest.clone());
+            Arc::new(move |_| Ok(Box::new(OrtBackend::load(&runtime, &onnx, &manifest)?) as Box<_>))
+        };
+        let price = Model::start(manifest.clone(), factory).unwrap();
         group.bench_function(format!("price_batch_1/{path}"), |b| {
             b.iter(|| rt.block_on(price.infer(request(), None)).unwrap());
         });

@@ -21,7 +21,7 @@ mod tensor;
 pub use backend::{Backend, OrtBackend};
 pub use error::EngineError;
 pub use manifest::{AnomalyThresholds, Manifest, ModelKind, TensorSpec};
-pub use model::{InferOutput, Model, Pending, Timing, WARMUP};
+pub use model::{BackendFactory, InferOutput, Lane, Model, Pending, Timing, WARMUP};
 pub use repository::{IndexEntry, Repository, Traffic};
 pub use runtime::{Runtime, ORT_VERSION};
 pub use tensor::{DataType, Tensor, TensorData};

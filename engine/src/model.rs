@@ -3,8 +3,13 @@
 //! The request path is handler → `Model::infer` (validate, admit into the queue) → a worker thread (form a
 //! batch, one backend call, scatter) → oneshot → handler. The queue's lock is never held across a backend
 //! call; a lone small request on an idle model runs inline instead (`Model::try_inline`).
+//!
+//! Batch jobs' slices (`Model::enqueue_background`) run on workers and sessions of their own, made on first
+//! use, whose threads the OS schedules at idle priority (`SCHED_IDLE` on Linux; ONNX Runtime's own threads
+//! inherit it): an interactive request never waits for a session a job holds, and a job only gets the CPU
+//! time interactive traffic leaves.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,8 +39,23 @@ pub struct Timing {
     pub batch_rows: usize,
 }
 
+/// Makes one session of a model version, on the thread that will own it (so a background worker's session
+/// and its threads are scheduled as that worker is).
+pub type BackendFactory =
+    Arc<dyn Fn(Lane) -> Result<Box<dyn Backend>, EngineError> + Send + Sync + 'static>;
+
+/// Which lane a session serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Interactive,
+    Background,
+}
+
 struct Shared {
     manifest: Manifest,
+    factory: BackendFactory,
+    /// Whether the background workers were started (on the first background slice).
+    background_started: AtomicBool,
     /// One backend per instance. Worker `i` locks slot `i` to run a batch; a lone small request that finds
     /// the queue empty and a slot free runs inline on the caller's thread (see `try_inline`).
     slots: Vec<Mutex<Box<dyn Backend>>>,
@@ -45,13 +65,10 @@ struct Shared {
     /// Inline only when the previous request came longer ago than this: several single-row runs'
     /// worth (measured at warm-up). Closer arrivals mean load, and load should batch on the worker.
     inline_gap: Duration,
-    /// What a row costs in a batch of many, in nanoseconds: a moving average over batches of 16 rows or
-    /// more (the full-batch warm-up run to begin with). Sizes background slices.
-    row_cost_ns: AtomicU64,
-    /// Workers running a background batch now.
-    background_running: AtomicUsize,
     state: Mutex<State>,
+    /// Wakes an interactive worker; `wake_background` a background one.
     wake: Condvar,
+    wake_background: Condvar,
     ready: AtomicBool,
     stats: Stats,
     metrics: ModelMetrics,
@@ -65,17 +82,16 @@ pub struct Model {
 }
 
 impl Model {
-    /// Warms up every backend (a batch of one row and a full batch), then starts one worker per backend.
-    pub fn start(
-        manifest: Manifest,
-        backends: Vec<Box<dyn Backend>>,
-    ) -> Result<Model, EngineError> {
+    /// Makes `instances.count` interactive sessions with `factory`, warms each up (a batch of one row and a
+    /// full batch), then starts one worker per session. Background sessions are made when a job first needs
+    /// them.
+    pub fn start(manifest: Manifest, factory: BackendFactory) -> Result<Model, EngineError> {
         let capacity = manifest.batching.queue_capacity;
         let metrics = ModelMetrics::new(&manifest.name, manifest.version);
-        let mut slots = Vec::with_capacity(backends.len());
+        let mut slots = Vec::with_capacity(manifest.instances.count);
         let mut single_row_costs = Vec::new();
-        let mut full_batch_costs = Vec::new();
-        for mut backend in backends {
+        for _ in 0..manifest.instances.count.max(1) {
+            let mut backend = factory(Lane::Interactive)?;
             // A single row, a full batch, then single rows again, timed: the fastest of those is what a
             // single-row run costs once allocations are primed.
             for (n, rows) in WARMUP
@@ -91,8 +107,6 @@ impl Model {
                 })?;
                 if n >= 2 {
                     single_row_costs.push(started.elapsed());
-                } else if n == 1 {
-                    full_batch_costs.push(started.elapsed() / rows.max(1) as u32);
                 }
             }
             slots.push(Mutex::new(backend));
@@ -104,18 +118,13 @@ impl Model {
             slots,
             state: Mutex::new(State::new(capacity)),
             wake: Condvar::new(),
+            wake_background: Condvar::new(),
             ready: AtomicBool::new(false),
             born: Instant::now(),
             last_arrival_ns: AtomicU64::new(0),
             inline_gap: single_row_cost * INLINE_GAP_FACTOR,
-            background_running: AtomicUsize::new(0),
-            row_cost_ns: AtomicU64::new(
-                full_batch_costs
-                    .into_iter()
-                    .min()
-                    .unwrap_or_default()
-                    .as_nanos() as u64,
-            ),
+            factory,
+            background_started: AtomicBool::new(false),
             stats: Stats::default(),
             metrics,
             manifest,
@@ -175,12 +184,13 @@ impl Model {
         self.run(inputs, deadline, false).await
     }
 
-    /// Queues a slice of a batch job in the background lane: it joins a batch only after every interactive
-    /// request waiting, never counts against the queue's capacity and never runs inline. The caller bounds
-    /// how many slices it has in flight and waits for each on its own thread (`Pending::wait`), so a job's
-    /// preparing thread can go on assembling the next slice while this one runs.
+    /// Queues a slice of a batch job in the background lane: it runs on the background sessions (started
+    /// by the first slice), at idle priority, never with interactive rows and never against the queue's
+    /// capacity. The caller bounds how many slices it has in flight and waits for each on its own thread
+    /// (`Pending::wait`), so a job's preparing thread can go on assembling the next slice while this one runs.
     pub fn enqueue_background(&self, inputs: Vec<Tensor>) -> Result<Pending, EngineError> {
         let started = Instant::now();
+        self.start_background()?;
         let rx = self.submit(inputs, None, started, true)?;
         Ok(Pending {
             model: self.clone(),
@@ -189,12 +199,34 @@ impl Model {
         })
     }
 
-    /// Rows of a background slice: about a millisecond of this model's work (at least 16, at most its
-    /// batch size), the longest an interactive request arriving during a batch-only run waits.
+    /// Rows of a background slice: the model's batch size.
     pub fn background_slice_rows(&self) -> usize {
-        let max = self.shared.manifest.batching.max_batch_size.max(1);
-        let cost = self.shared.row_cost_ns.load(Ordering::Relaxed).max(1);
-        ((BACKGROUND_QUANTUM.as_nanos() as u64 / cost) as usize).clamp(16.min(max), max)
+        self.shared.manifest.batching.max_batch_size.max(1)
+    }
+
+    /// Starts the background workers, once: as many as the interactive ones, each making its own session.
+    fn start_background(&self) -> Result<(), EngineError> {
+        let shared = &self.shared;
+        if shared.background_started.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        for i in 0..shared.slots.len() {
+            let s = shared.clone();
+            let name = format!(
+                "model-{}-{}-bg{i}",
+                shared.manifest.name, shared.manifest.version
+            );
+            workers.push(
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || background_worker(s))
+                    .map_err(|e| {
+                        EngineError::Runtime(format!("cannot start a worker thread: {e}"))
+                    })?,
+            );
+        }
+        Ok(())
     }
 
     async fn run(
@@ -272,7 +304,7 @@ impl Model {
             if self.lock().push_background(entry).is_err() {
                 return Err(EngineError::ShuttingDown);
             }
-            self.shared.wake.notify_one();
+            self.shared.wake_background.notify_one();
             return Ok(rx);
         }
         let entry = match self.try_inline(entry) {
@@ -407,6 +439,7 @@ impl Model {
         self.shared.ready.store(false, Ordering::Release);
         self.lock().closed = true;
         self.shared.wake.notify_all();
+        self.shared.wake_background.notify_all();
     }
 
     /// Refuses new requests, lets the workers finish everything queued, and waits for them up to `timeout`.
@@ -449,10 +482,6 @@ impl Pending {
     }
 }
 
-/// How long a background slice should run: an interactive request waits at most about this long for the
-/// model when a job has it.
-const BACKGROUND_QUANTUM: Duration = Duration::from_millis(1);
-
 /// The warm-up runs of each instance, in rows (`None`: `max_batch_size`).
 pub const WARMUP: [Option<usize>; 5] = [Some(1), None, Some(1), Some(1), Some(1)];
 
@@ -476,36 +505,21 @@ fn warmup_inputs(manifest: &Manifest, rows: usize) -> Vec<Tensor> {
         .collect()
 }
 
-/// One worker: waits for work, forms a batch, runs it, answers. Returns once the queue is closed and empty.
+/// One interactive worker: waits for requests, forms a batch, runs it, answers. Returns once the queue is
+/// closed and holds no interactive request.
 fn worker(shared: Arc<Shared>, slot: usize) {
     let max_rows = shared.manifest.batching.max_batch_size;
     let delay = Duration::from_micros(shared.manifest.batching.max_queue_delay_us);
     loop {
         let batch = {
             let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
-                if !state.no_interactive() {
-                    break;
-                }
-                if state.has_background() {
-                    if state.closed || may_run_background(&shared) {
-                        break;
-                    }
-                    // Held back for interactive traffic: look again when that may have passed.
-                    state = shared
-                        .wake
-                        .wait_timeout(state, INTERACTIVE_RESERVE)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                    continue;
-                }
+            while state.no_interactive() {
                 if state.closed {
                     return;
                 }
                 state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
             }
-            // Only interactive work waits for company; background slices run as they come.
-            if !delay.is_zero() && !state.no_interactive() {
+            if !delay.is_zero() {
                 let until = state.oldest().expect("not empty") + delay;
                 while state.rows() < max_rows && !state.closed {
                     let now = Instant::now();
@@ -520,40 +534,77 @@ fn worker(shared: Arc<Shared>, slot: usize) {
                 }
             }
             let batch = state.next_batch(max_rows, Instant::now());
-            if batch.background {
-                shared.background_running.fetch_add(1, Ordering::AcqRel);
-            }
             shared.metrics.depth.set(state.rows() as f64);
-            if !state.is_empty() {
-                // Another instance may take what is left while this one computes.
+            if !state.no_interactive() {
+                // Another worker may take what is left while this one computes.
                 shared.wake.notify_one();
             }
             batch
         };
-        let background = batch.background;
         let mut backend = shared.slots[slot].lock().unwrap_or_else(|e| e.into_inner());
         run_batch(&shared, backend.as_mut(), batch);
-        drop(backend);
-        if background {
-            shared.background_running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One background worker: lowers its thread to idle priority, makes its session there, then runs background
+/// slices as they come, a batch at a time. Returns once the queue is closed and holds no slice.
+fn background_worker(shared: Arc<Shared>) {
+    idle_priority();
+    let max_rows = shared.manifest.batching.max_batch_size;
+    let mut backend = match (shared.factory)(Lane::Background) {
+        Ok(mut backend) => {
+            let _ = backend.run(warmup_inputs(&shared.manifest, max_rows));
+            Ok(backend)
+        }
+        Err(e) => {
+            tracing::error!(model = %shared.manifest.name, version = shared.manifest.version, error = %e,
+                "cannot make a background session; batch job slices fail");
+            Err(e.to_string())
+        }
+    };
+    loop {
+        let batch = {
+            let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            while !state.has_background() {
+                if state.closed {
+                    return;
+                }
+                state = shared
+                    .wake_background
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            let batch = state.next_background(max_rows, Instant::now());
+            if state.has_background() {
+                shared.wake_background.notify_one();
+            }
+            batch
+        };
+        match &mut backend {
+            Ok(backend) => run_batch(&shared, backend.as_mut(), batch),
+            Err(e) => {
+                for entry in batch.entries {
+                    let _ = entry.reply.send(Err(EngineError::Runtime(format!(
+                        "no background session: {e}"
+                    ))));
+                }
+            }
         }
     }
 }
 
-/// How recent interactive traffic keeps one instance free of background work.
-const INTERACTIVE_RESERVE: Duration = Duration::from_millis(50);
-
-/// Whether a worker may take background slices now: always with one instance (a job must move), and with
-/// several unless that would leave no instance free while interactive requests came in the last
-/// `INTERACTIVE_RESERVE`, so that interactive traffic always finds an instance not bound to a slice.
-fn may_run_background(shared: &Shared) -> bool {
-    let instances = shared.slots.len();
-    if instances == 1 || shared.background_running.load(Ordering::Acquire) + 1 < instances {
-        return true;
+/// Idle scheduling for the calling thread and the threads it starts: it runs only when no other thread
+/// wants the CPU. Unprivileged on Linux (and permanent there: leaving it needs CAP_SYS_NICE).
+fn idle_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `param` outlives the call.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if rc != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower a background worker to idle priority");
+        }
     }
-    let now = shared.born.elapsed().as_nanos() as u64;
-    let last = shared.last_arrival_ns.load(Ordering::Relaxed);
-    last == 0 || Duration::from_nanos(now.saturating_sub(last)) > INTERACTIVE_RESERVE
 }
 
 fn run_batch(shared: &Shared, backend: &mut dyn Backend, batch: Batch) {
@@ -583,18 +634,6 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, batch: Batch) {
     }
     let result = backend.run(inputs);
     let infer_time = started.elapsed() - input_time;
-    if rows >= 16 {
-        let sample = infer_time.as_nanos() as u64 / rows as u64;
-        let old = shared.row_cost_ns.load(Ordering::Relaxed);
-        shared.row_cost_ns.store(
-            if old == 0 {
-                sample
-            } else {
-                (old * 7 + sample) / 8
-            },
-            Ordering::Relaxed,
-        );
-    }
     let requests = replies.len();
     let result = result.and_then(|outputs| scatter(outputs, &replies, rows));
     let output_time = started.elapsed() - input_time - infer_time;

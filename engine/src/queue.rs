@@ -1,9 +1,9 @@
 //! The queue of one model version: bounded in rows, batch forming as a pure function of its state.
 //!
 //! Two lanes: interactive requests (bounded by the queue capacity, refused when it is full) and background
-//! slices of batch jobs (bounded by the job runner, which keeps only a few in flight). A batch is made of
-//! interactive entries whenever any wait, and of background slices only when none do: an interactive
-//! request never pays for job rows in its own batch, and waits for at most the one slice already running.
+//! slices of batch jobs (bounded by the job runner, which keeps only a few in flight). Each lane has its own
+//! workers and sessions (`model.rs`): a batch is made of one lane's entries only, so an interactive request
+//! never pays for job rows in its own batch, nor waits for a session a job holds.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -22,7 +22,7 @@ pub(crate) struct Entry {
     pub deadline: Option<Instant>,
 }
 
-/// What `next_batch` took out of the queue.
+/// What `next_batch` or `next_background` took out of the queue.
 #[derive(Default)]
 pub(crate) struct Batch {
     pub entries: Vec<Entry>,
@@ -31,8 +31,6 @@ pub(crate) struct Batch {
     pub cancelled: usize,
     /// Entries whose deadline passed before they ran (answered with `DeadlineExceeded`).
     pub expired: Vec<Entry>,
-    /// Made of background slices.
-    pub background: bool,
 }
 
 pub(crate) struct State {
@@ -68,6 +66,7 @@ impl State {
     }
 
     /// No work of either lane.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty() && self.background.is_empty()
     }
@@ -106,37 +105,40 @@ impl State {
         Ok(())
     }
 
-    /// Takes interactive entries in arrival order while their rows fit in `max_rows`; when there are none,
-    /// background slices the same way. An entry larger than `max_rows` runs alone when it is first. Entries
-    /// whose caller left or whose deadline passed are taken out and reported, never run.
+    /// Takes interactive entries in arrival order while their rows fit in `max_rows`. An entry larger than
+    /// `max_rows` runs alone when it is first. Entries whose caller left or whose deadline passed are taken
+    /// out and reported, never run.
     pub fn next_batch(&mut self, max_rows: usize, now: Instant) -> Batch {
+        self.take(false, max_rows, now)
+    }
+
+    /// Takes background slices the same way.
+    pub fn next_background(&mut self, max_rows: usize, now: Instant) -> Batch {
+        self.take(true, max_rows, now)
+    }
+
+    fn take(&mut self, background: bool, max_rows: usize, now: Instant) -> Batch {
         let mut batch = Batch::default();
-        for background in [false, true] {
-            if background && !batch.entries.is_empty() {
+        while let Some(front) = self.lane(background).front() {
+            if front.reply.is_closed() {
+                let gone = self.pop(background);
+                batch.cancelled += 1;
+                drop(gone);
+                continue;
+            }
+            if front.deadline.is_some_and(|d| d <= now) {
+                let late = self.pop(background);
+                batch.expired.push(late);
+                continue;
+            }
+            if !batch.entries.is_empty() && batch.rows + front.rows > max_rows {
                 break;
             }
-            while let Some(front) = self.lane(background).front() {
-                if front.reply.is_closed() {
-                    let gone = self.pop(background);
-                    batch.cancelled += 1;
-                    drop(gone);
-                    continue;
-                }
-                if front.deadline.is_some_and(|d| d <= now) {
-                    let late = self.pop(background);
-                    batch.expired.push(late);
-                    continue;
-                }
-                if !batch.entries.is_empty() && batch.rows + front.rows > max_rows {
-                    break;
-                }
-                let entry = self.pop(background);
-                batch.background = background;
-                batch.rows += entry.rows;
-                batch.entries.push(entry);
-                if batch.rows >= max_rows {
-                    return batch;
-                }
+            let entry = self.pop(background);
+            batch.rows += entry.rows;
+            batch.entries.push(entry);
+            if batch.rows >= max_rows {
+                break;
             }
         }
         batch
@@ -253,7 +255,7 @@ mod tests {
     }
 
     #[test]
-    fn interactive_entries_go_first_and_never_share_a_batch_with_background_slices() {
+    fn the_lanes_never_share_a_batch() {
         let mut state = State::new(100);
         let mut receivers = Vec::new();
         for rows in [6, 6] {
@@ -264,19 +266,21 @@ mod tests {
         let (a, _ra) = entry(3);
         state.push(a).ok().unwrap();
         assert_eq!((state.rows(), state.background_rows()), (3, 12));
-        let batch = state.next_batch(10, Instant::now());
+        let batch = state.next_batch(100, Instant::now());
         assert_eq!(
             batch.entries.iter().map(|e| e.rows).collect::<Vec<_>>(),
             vec![3],
-            "the interactive entry first, alone"
+            "an interactive batch holds interactive entries only"
         );
-        let batch = state.next_batch(13, Instant::now());
+        assert!(state.no_interactive() && state.has_background());
+        let batch = state.next_background(13, Instant::now());
         assert_eq!(
             batch.entries.iter().map(|e| e.rows).collect::<Vec<_>>(),
             vec![6, 6],
-            "then background slices, as many as fit"
+            "background slices, as many as fit"
         );
         assert!(state.is_empty());
+        assert!(state.next_batch(100, Instant::now()).entries.is_empty());
     }
 
     #[test]

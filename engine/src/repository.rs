@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::backend::{Backend, OrtBackend};
 use crate::manifest::Manifest;
+use crate::model::BackendFactory;
 use crate::{EngineError, Model, Runtime};
 
 /// A model's loaded versions and the one that answers requests that name no version.
@@ -566,13 +567,16 @@ fn start(runtime: &Runtime, version_dir: &Path) -> Result<Model, EngineError> {
         }
     }
     let onnx = version_dir.join("model.onnx");
-    let backends = (0..manifest.instances.count)
-        .map(|_| {
-            OrtBackend::load(runtime, &onnx, &manifest).map(|b| Box::new(b) as Box<dyn Backend>)
+    let factory: BackendFactory = {
+        let (runtime, manifest) = (runtime.clone(), manifest.clone());
+        Arc::new(move |_lane| {
+            OrtBackend::load(&runtime, &onnx, &manifest).map(|b| Box::new(b) as Box<dyn Backend>)
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    tracing::info!(model = %manifest.name, version = manifest.version, instances = backends.len(), "loaded");
-    Model::start(manifest, backends)
+    };
+    let model = Model::start(manifest, factory)?;
+    tracing::info!(model = %model.manifest().name, version = model.manifest().version,
+        instances = model.manifest().instances.count, "loaded");
+    Ok(model)
 }
 
 /// Retires a version no longer in the catalogue: once no request holds it any more, its queue closes, its

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mercator_engine::{
-    Backend, DataType, EngineError, Manifest, Model, Tensor, TensorData, WARMUP,
+    Backend, BackendFactory, DataType, EngineError, Lane, Manifest, Model, Tensor, TensorData,
+    WARMUP,
 };
 
 /// Doubles its input; each batch waits for a permit from the test, so the test decides when work runs.
@@ -30,6 +31,32 @@ impl Backend for Gated {
         let TensorData::Fp32(v) = &inputs[0].data else {
             unreachable!()
         };
+        Ok(vec![Tensor {
+            name: "y".into(),
+            shape: inputs[0].shape.clone(),
+            data: TensorData::Fp32(v.iter().map(|x| x * 2.0).collect()),
+        }])
+    }
+}
+
+/// A background session: doubles its input at once, and notes each batch's rows, thread and scheduling
+/// policy.
+struct Noting {
+    seen: Arc<Mutex<Vec<(usize, String, i32)>>>,
+}
+
+impl Backend for Noting {
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+        let thread = std::thread::current().name().unwrap_or("").to_string();
+        // SAFETY: pid 0 asks about the calling thread; no memory is touched.
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        let TensorData::Fp32(v) = &inputs[0].data else {
+            unreachable!()
+        };
+        self.seen
+            .lock()
+            .unwrap()
+            .push((inputs[0].rows(), thread, policy));
         Ok(vec![Tensor {
             name: "y".into(),
             shape: inputs[0].shape.clone(),
@@ -68,6 +95,8 @@ struct Harness {
     batches: mpsc::Receiver<usize>,
     /// The name of the thread each batch ran on, in order.
     threads: Arc<Mutex<Vec<String>>>,
+    /// What the background sessions ran: rows, thread, scheduling policy.
+    background: Arc<Mutex<Vec<(usize, String, i32)>>>,
 }
 
 fn start(max_batch_size: usize, queue_capacity: usize) -> Harness {
@@ -83,12 +112,25 @@ fn start_with(manifest: Manifest) -> Harness {
         permit_tx.send(()).unwrap();
     }
     let threads = Arc::new(Mutex::new(Vec::new()));
-    let backend = Gated {
-        permits: Arc::new(Mutex::new(permit_rx)),
-        batches: batch_tx,
-        threads: threads.clone(),
+    let background = Arc::new(Mutex::new(Vec::new()));
+    let permits = Arc::new(Mutex::new(permit_rx));
+    let factory: BackendFactory = {
+        let (threads, background) = (threads.clone(), background.clone());
+        let batch_tx = Mutex::new(batch_tx);
+        Arc::new(move |lane| {
+            Ok(match lane {
+                Lane::Interactive => Box::new(Gated {
+                    permits: permits.clone(),
+                    batches: batch_tx.lock().unwrap().clone(),
+                    threads: threads.clone(),
+                }) as Box<dyn Backend>,
+                Lane::Background => Box::new(Noting {
+                    seen: background.clone(),
+                }),
+            })
+        })
     };
-    let model = Model::start(manifest, vec![Box::new(backend)]).unwrap();
+    let model = Model::start(manifest, factory).unwrap();
     for rows in WARMUP {
         assert_eq!(
             batch_rx
@@ -102,6 +144,7 @@ fn start_with(manifest: Manifest) -> Harness {
         permits: permit_tx,
         batches: batch_rx,
         threads,
+        background,
     }
 }
 
@@ -430,9 +473,9 @@ async fn a_lone_small_request_on_an_idle_model_runs_inline_and_busy_models_queue
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn background_slices_wait_behind_interactive_requests_and_never_share_their_batch() {
+async fn background_slices_run_on_their_own_idle_sessions_and_never_share_a_batch() {
     let h = start(8, 100);
-    // The worker is busy with a first request while three job slices and then an interactive request queue.
+    // The interactive session is busy with a first request while three job slices queue.
     let first = spawn_infer(&h.model, &[1.0], None);
     assert_eq!(h.batches.recv_timeout(Duration::from_secs(10)).unwrap(), 1);
     let slices: Vec<_> = (0..3)
@@ -449,24 +492,7 @@ async fn background_slices_wait_behind_interactive_requests_and_never_share_thei
         0,
         "job rows do not count against the capacity"
     );
-    let interactive = spawn_infer(&h.model, &[7.0, 8.0], None);
-    wait_for_queue(&h.model, 2);
-    let mut order = Vec::new();
-    for _ in 0..3 {
-        h.permits.send(()).unwrap();
-        order.push(h.batches.recv_timeout(Duration::from_secs(10)).unwrap());
-    }
-    assert_eq!(
-        order,
-        [2, 8, 4],
-        "the interactive request alone first, then the slices as many as fit a batch"
-    );
-    h.permits.send(()).unwrap();
-    assert_eq!(
-        interactive.await.unwrap().unwrap().outputs[0].data,
-        TensorData::Fp32(vec![14.0, 16.0])
-    );
-    first.await.unwrap().unwrap();
+    // The slices are answered while the interactive session is still held: they have sessions of their own.
     let answers = tokio::task::spawn_blocking(move || {
         slices
             .into_iter()
@@ -479,4 +505,38 @@ async fn background_slices_wait_behind_interactive_requests_and_never_share_thei
         let doubled: Vec<f32> = values.iter().map(|v| v * 2.0).collect();
         assert_eq!(out.outputs[0].data, TensorData::Fp32(doubled));
     }
+    let seen = h.background.lock().unwrap().clone();
+    // The warm-up batch of the background session, then the slices (at most 8 rows a batch).
+    let (warmup, ran) = seen.split_first().expect("the background session ran");
+    assert_eq!(
+        warmup.0, 8,
+        "a background session warms up with a full batch"
+    );
+    assert_eq!(ran.iter().map(|r| r.0).sum::<usize>(), 12);
+    assert!(ran.iter().all(|r| r.0 <= 8));
+    for (_, thread, policy) in &seen {
+        assert!(thread.ends_with("-bg0"), "ran on {thread}");
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            *policy,
+            libc::SCHED_IDLE,
+            "background work runs at idle priority"
+        );
+    }
+    // Interactive rows keep to the interactive session.
+    let interactive = spawn_infer(&h.model, &[7.0, 8.0], None);
+    wait_for_queue(&h.model, 2);
+    h.permits.send(()).unwrap();
+    assert_eq!(h.batches.recv_timeout(Duration::from_secs(10)).unwrap(), 2);
+    h.permits.send(()).unwrap();
+    assert_eq!(
+        interactive.await.unwrap().unwrap().outputs[0].data,
+        TensorData::Fp32(vec![14.0, 16.0])
+    );
+    first.await.unwrap().unwrap();
+    assert_eq!(
+        h.background.lock().unwrap().len(),
+        seen.len(),
+        "no interactive row reached a background session"
+    );
 }

@@ -1,6 +1,7 @@
 //! The threads that prepare batch jobs' chunks: parse, assemble feature rows, wait for the model, encode.
-//! Their own OS threads, never the runtime's, and at a lower scheduling priority (nice +10 on Linux), so
-//! that under contention the threads serving interactive requests win the CPU and a job takes what is left.
+//! Their own OS threads, never the runtime's, scheduled at idle priority (`SCHED_IDLE` on Linux, as the
+//! models' background sessions are): they run only when the threads serving interactive requests leave a
+//! core free, so a job takes what is left and never delays a request.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -12,9 +13,6 @@ type Work = Box<dyn FnOnce() + Send>;
 pub struct Prep {
     tx: Mutex<mpsc::Sender<Work>>,
 }
-
-/// How much lower than the server's other threads the preparing threads are scheduled.
-const NICE: i32 = 10;
 
 impl Prep {
     /// Starts `threads` preparing threads.
@@ -57,11 +55,14 @@ impl Prep {
     }
 }
 
-/// Nice +10 for the calling thread (Linux schedules threads one by one).
+/// Idle scheduling for the calling thread (Linux schedules threads one by one; unprivileged).
 fn lower_priority() {
     #[cfg(target_os = "linux")]
-    // SAFETY: setpriority with who = 0 changes only the calling thread; it reads and writes no memory.
-    unsafe {
-        let _ = libc::setpriority(libc::PRIO_PROCESS, 0, NICE);
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `param` outlives the call.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower a batch-prep thread to idle priority");
+        }
     }
 }
