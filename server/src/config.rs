@@ -129,6 +129,10 @@ pub struct ServeArgs {
     /// Queued and running batch jobs an organization may have [default: 10].
     #[arg(long, env = "MERCATOR_BATCH_MAX_ACTIVE_JOBS")]
     pub batch_max_active_jobs: Option<u64>,
+    /// How long an ended batch job's results are kept, in seconds; then its files are deleted and its
+    /// results answer 410 [default: 604800, 7 days].
+    #[arg(long, env = "MERCATOR_BATCH_RETENTION_SECS")]
+    pub batch_retention_secs: Option<u64>,
 }
 
 /// The settings in force.
@@ -194,6 +198,7 @@ impl Default for Config {
                 max_body_bytes: 2 * 1024 * 1024 * 1024,
                 max_running: 2,
                 max_active_per_org: 10,
+                retention: Duration::from_secs(7 * 24 * 3600),
             },
         }
     }
@@ -288,6 +293,11 @@ impl Config {
                     .batch_max_active_jobs
                     .or(file.batch_max_active_jobs)
                     .unwrap_or(d.batch.max_active_per_org),
+                retention: args
+                    .batch_retention_secs
+                    .or(file.batch_retention_secs)
+                    .map(Duration::from_secs)
+                    .unwrap_or(d.batch.retention),
             },
         })
     }

@@ -49,6 +49,8 @@ pub enum ApiError {
     /// Results asked for before the job ended.
     #[error("the job is {0}; its results are ready when it ends")]
     ResultsNotReady(&'static str),
+    #[error("the job's results expired at {0} (--batch-retention-secs) and were deleted")]
+    ResultsExpired(String),
     #[error("an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")]
     MissingKey,
     #[error("the API key is not valid")]
@@ -145,6 +147,7 @@ impl ApiError {
                 (StatusCode::TOO_MANY_REQUESTS, "too_many_batch_jobs")
             }
             ApiError::ResultsNotReady(_) => (StatusCode::CONFLICT, "results_not_ready"),
+            ApiError::ResultsExpired(_) => (StatusCode::GONE, "results_expired"),
             ApiError::MissingKey | ApiError::InvalidKey => {
                 (StatusCode::UNAUTHORIZED, "unauthorized")
             }

@@ -242,6 +242,7 @@ impl App {
             state.clone(),
             config.forecast_alert_interval,
         ));
+        tokio::spawn(jobs.clone().sweep(state.clone()));
         tokio::spawn(jobs.run(state.clone()));
         Ok(App { state, config })
     }

@@ -539,3 +539,270 @@ async fn malformed_batches_are_refused_at_submit_and_json_and_parquet_become_job
         }
     }
 }
+
+/// The golden input rows of a one-input model, one `Vec` a row.
+fn golden_rows(g: &common::Golden) -> Vec<Vec<f64>> {
+    let width = g.inputs[0]["shape"][1].as_u64().unwrap() as usize;
+    let data: Vec<f64> = g.inputs[0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    data.chunks(width).map(<[f64]>::to_vec).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_feature_rows_become_jobs_that_answer_as_the_model_does() {
+    let s = TestServer::with(|c| {
+        c.batch_inline_max_rows = 10;
+        c.batch.chunk_rows = 128;
+    })
+    .await;
+    let price = common::golden("price");
+    let golden = golden_rows(&price);
+    let expected = price.expected("price", 0, golden.len());
+    // 1,000 rows cycling through the golden rows; row 7 is too short and row 500 holds a value no FP32 can.
+    const ROWS: usize = 1000;
+    let mut rows: Vec<Value> = (0..ROWS).map(|i| json!(golden[i % golden.len()])).collect();
+    rows[6] = json!([1.0, 2.0]);
+    let mut huge = golden[499 % golden.len()].clone();
+    huge[0] = 1e39;
+    rows[499] = json!(huge);
+    let r = s
+        .client
+        .post(s.url("/api/v1/predictions/batch"))
+        .json(&json!({"model": "price", "version": 1, "rows": rows}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["batch_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = wait_end(&s, &s.client, &id).await;
+    assert_eq!(
+        (
+            job["state"].as_str(),
+            job["input_format"].as_str(),
+            job["model"].as_str(),
+            job["model_version"].as_u64(),
+            job["total_rows"].as_u64(),
+            job["failed_rows"].as_u64(),
+            job["chunks_total"].as_u64()
+        ),
+        (
+            Some("succeeded"),
+            Some("features"),
+            Some("price"),
+            Some(1),
+            Some(ROWS as u64),
+            Some(2),
+            Some(8)
+        ),
+        "{job}"
+    );
+    let bad = [7usize, 500];
+    let csv = results(&s, &s.client, &id, "csv")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("row,price,error_code,error_message"));
+    let lines: Vec<&str> = lines.collect();
+    assert_eq!(lines.len(), ROWS);
+    for (i, line) in lines.iter().enumerate() {
+        let cells: Vec<&str> = line.splitn(4, ',').collect();
+        assert_eq!(cells[0], (i + 1).to_string());
+        if bad.contains(&(i + 1)) {
+            assert_eq!((cells[1], cells[2]), ("", "validation_error"), "{line}");
+        } else {
+            let got: f64 = cells[1].parse().unwrap();
+            let want = expected[i % golden.len()];
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs(),
+                "row {}: {got} vs {want}",
+                i + 1
+            );
+        }
+    }
+    let json_rows: Vec<Value> = results(&s, &s.client, &id, "json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(json_rows.len(), ROWS);
+    assert_eq!(json_rows[6]["error"]["code"], "validation_error");
+    assert!(json_rows[6]["outputs"].is_null());
+    let got = json_rows[8]["outputs"]["price"][0].as_f64().unwrap();
+    let want = expected[8 % golden.len()];
+    assert!((got - want).abs() <= 1e-5 * want.abs(), "{got} vs {want}");
+    let parquet = results(&s, &s.client, &id, "parquet")
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    use mercator_features::polars::prelude::{ParquetReader, SerReader};
+    let frame = ParquetReader::new(std::io::Cursor::new(parquet.to_vec()))
+        .finish()
+        .unwrap();
+    assert_eq!(frame.height(), ROWS);
+    let prices = frame.column("price").unwrap().f64().unwrap().clone();
+    assert_eq!(prices.null_count(), 2);
+    let got = prices.get(8).unwrap();
+    assert!((got - want).abs() <= 1e-5 * want.abs());
+
+    // CSV with `?model=`: a header of the input's width, one value a cell. Small: answered inline; larger:
+    // a job. A cell that is not a number is its row's error.
+    let anomaly = common::golden("anomaly");
+    let golden = golden_rows(&anomaly);
+    let scores = anomaly.expected("anomaly_score", 0, golden.len());
+    let csv_of = |n: usize| {
+        let mut csv = String::from("a,b,c,d,e,f\n");
+        for i in 0..n {
+            let cells: Vec<String> = golden[i % golden.len()]
+                .iter()
+                .map(|v| v.to_string())
+                .collect();
+            if i == 2 {
+                csv.push_str("1,2,x,4,5,6\n");
+            } else {
+                csv.push_str(&(cells.join(",") + "\n"));
+            }
+        }
+        csv
+    };
+    let post_csv = |body: String, query: &'static str| {
+        s.client
+            .post(s.url(&format!("/api/v1/predictions/batch{query}")))
+            .header("content-type", "text/csv")
+            .body(body)
+            .send()
+    };
+    let r = post_csv(csv_of(5), "?model=anomaly&version=1")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let inline: Value = r.json().await.unwrap();
+    assert_eq!(
+        (inline["rows"].as_u64(), inline["failed"].as_u64()),
+        (Some(5), Some(1)),
+        "{inline}"
+    );
+    let r = post_csv(csv_of(300), "?model=anomaly&version=1")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["batch_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = wait_end(&s, &s.client, &id).await;
+    assert_eq!(job["failed_rows"], 1, "{job}");
+    let rows: Vec<Value> = results(&s, &s.client, &id, "ndjson")
+        .await
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 300);
+    for (i, row) in rows.iter().enumerate() {
+        if i == 2 {
+            assert_eq!(row["error"]["code"], "validation_error", "{row}");
+            continue;
+        }
+        let got = row["outputs"]["anomaly_score"][0].as_f64().unwrap();
+        let want = scores[i % golden.len()];
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs().max(1e-6),
+            "row {}: {got} vs {want}",
+            i + 1
+        );
+    }
+    // The inline answer's rows are the job's.
+    for k in [0, 1, 3, 4] {
+        assert_eq!(inline["results"][k]["outputs"], rows[k]["outputs"]);
+    }
+
+    // Refused at submit: a header of the wrong width, a model with two inputs.
+    let r = post_csv("a,b\n1,2\n".into(), "?model=anomaly&version=1")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = s
+        .client
+        .post(s.url("/api/v1/predictions/batch"))
+        .json(&json!({"model": "forecast", "version": 1, "rows": [[1.0]]}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "validation_error", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_submit_with_one_key_makes_one_job_whose_results_expire() {
+    let s = TestServer::with(|c| {
+        c.batch_inline_max_rows = 10;
+        c.batch.retention = Duration::from_secs(3);
+    })
+    .await;
+    let fixture = ingest_fixture(&s, &s.client).await;
+    let (csv, _) = requests_csv(&fixture, 40, 0);
+    let submit_keyed = |body: String, key: &str| {
+        s.client
+            .post(s.url("/api/v1/predictions/batch"))
+            .header("content-type", "text/csv")
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+    };
+    let r = submit_keyed(csv.clone(), "quote-book-7").await.unwrap();
+    assert_eq!(r.status(), 202);
+    let first: Value = r.json().await.unwrap();
+    // The retry (even with another body) gets the same job; another key makes another.
+    let (other_csv, _) = requests_csv(&fixture, 30, 0);
+    let r = submit_keyed(other_csv, "quote-book-7").await.unwrap();
+    assert_eq!(r.status(), 202);
+    let again: Value = r.json().await.unwrap();
+    assert_eq!(again["batch_id"], first["batch_id"]);
+    assert_eq!(again["total_rows"], 40);
+    let r = submit_keyed(csv.clone(), &"k".repeat(256)).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let (_, listed) = get(&s, &s.client, "/api/v1/predictions/batch").await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
+
+    // Results are kept for the retention, then deleted: the job stays, its results answer 410.
+    let id = first["batch_id"].as_str().unwrap();
+    let job = wait_end(&s, &s.client, id).await;
+    let finished: chrono::DateTime<chrono::Utc> =
+        job["finished_at"].as_str().unwrap().parse().unwrap();
+    let expires: chrono::DateTime<chrono::Utc> =
+        job["expires_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!((expires - finished).num_seconds(), 3, "{job}");
+    let dir = s.data_dir.as_ref().unwrap().path().join("batches").join(id);
+    assert!(dir.join("results").exists());
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = results(&s, &s.client, id, "csv").await;
+        if r.status() == 410 {
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "results_expired", "{body}");
+            break;
+        }
+        assert_eq!(r.status(), 200);
+        assert!(Instant::now() < until, "the results never expired");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    while dir.exists() {
+        assert!(Instant::now() < until, "the janitor never deleted {dir:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, job) = get(&s, &s.client, &format!("/api/v1/predictions/batch/{id}")).await;
+    assert_eq!((status, job["state"].as_str()), (200, Some("succeeded")));
+}

@@ -1269,14 +1269,24 @@ async fn batches_answer_each_row_in_order_like_the_single_endpoint() {
     )
     .await;
     assert_eq!(status, 404, "{body}");
-    let (status, _) = post(
-        &s,
-        &s.client,
-        "/api/v1/predictions/batch?format=csv",
-        &json!({"model": "price", "rows": [[1.0]]}),
-    )
-    .await;
-    assert_eq!(status, 400);
+    // As CSV: the row, each output value, the row's error.
+    let r = s
+        .client
+        .post(s.url("/api/v1/predictions/batch?format=csv"))
+        .json(&json!({"model": "price", "version": 1, "rows": [rows[0], [1.0]]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "row,price,error_code,error_message");
+    let first: f64 = lines[1].split(',').nth(1).unwrap().parse().unwrap();
+    assert!(
+        (first - expected[0]).abs() <= 1e-5 * expected[0].abs(),
+        "{text}"
+    );
+    assert!(lines[2].starts_with("2,,validation_error,"), "{text}");
 
     // Another organization's batch naming these materials: each row is not found.
     let (_, org) = post(

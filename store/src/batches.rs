@@ -109,6 +109,8 @@ pub struct NewBatchJob {
     pub input_format: String,
     pub input_bytes: u64,
     pub chunks: Vec<Chunk>,
+    /// The client's `Idempotency-Key`, unique in the organization.
+    pub idempotency_key: Option<String>,
 }
 
 /// A new job id: `bat_` and a time-sortable id.
@@ -182,13 +184,15 @@ fn chunks_from_text(text: &str) -> Vec<Chunk> {
 }
 
 impl Store {
-    /// Records a queued job of organization `org`.
+    /// Records a queued job of organization `org`. With an idempotency key the organization has used, the
+    /// job made with it is returned instead (`Conflict` only if the organization is gone).
     pub async fn create_batch_job(&self, org: &str, new: NewBatchJob) -> Result<BatchJob> {
         let total: u64 = new.chunks.iter().map(|c| c.rows).sum();
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO batch_jobs (id, organization_id, node, model, model_version, state, input_format, \
              input_bytes, total_rows, processed_rows, failed_rows, chunks, chunks_total, chunks_done, attempts, \
-             created_at) VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, 0, 0, $9, $10, 0, 0, $11)",
+             created_at, idempotency_key) \
+             VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, 0, 0, $9, $10, 0, 0, $11, $12)",
         )
         .bind(&new.id)
         .bind(org)
@@ -201,10 +205,45 @@ impl Store {
         .bind(chunks_to_text(&new.chunks))
         .bind(new.chunks.len() as i64)
         .bind(now_ms())
+        .bind(&new.idempotency_key)
         .execute(&self.pool)
-        .await
-        .map_err(|e| StoreError::from_write(e, "the organization does not exist"))?;
-        self.batch_job(org, &new.id).await
+        .await;
+        match inserted {
+            Ok(_) => self.batch_job(org, &new.id).await,
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                let key = new.idempotency_key.as_deref().unwrap_or_default();
+                self.batch_job_by_key(org, key)
+                    .await?
+                    .ok_or_else(|| StoreError::Conflict("the job id is taken".into()))
+            }
+            Err(e) => Err(StoreError::from_write(e, "the organization does not exist")),
+        }
+    }
+
+    /// The organization's job made with an idempotency key.
+    pub async fn batch_job_by_key(&self, org: &str, key: &str) -> Result<Option<BatchJob>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM batch_jobs WHERE organization_id = $1 AND idempotency_key = $2"
+        ))
+        .bind(org)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Jobs of `node` that ended before `cutoff`: whose results have expired.
+    pub async fn batch_jobs_ended_before(
+        &self,
+        node: &str,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM batch_jobs WHERE node = $1 AND finished_at < $2 ORDER BY id",
+        )
+        .bind(node)
+        .bind(cutoff.timestamp_millis())
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// The job, if `org` owns it.

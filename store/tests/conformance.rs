@@ -169,6 +169,7 @@ async fn batch_jobs_commit_each_chunk_once_and_stay_in_their_organization(store:
         input_format: "csv".into(),
         input_bytes: 320,
         chunks: chunks.clone(),
+        idempotency_key: None,
     };
     let job = store.create_batch_job(&a.id, new("n1")).await.unwrap();
     assert_eq!(
@@ -264,6 +265,43 @@ async fn batch_jobs_commit_each_chunk_once_and_stay_in_their_organization(store:
     let final_job = store.batch_job(&a.id, &job.id).await.unwrap();
     assert_eq!((final_job.processed_rows, final_job.chunks_done), (20, 2));
     assert_eq!(store.active_batch_jobs(&a.id).await.unwrap(), 0);
+
+    // Ended jobs of a node by when they ended, for the results janitor.
+    let now = chrono::Utc::now();
+    assert!(store
+        .batch_jobs_ended_before("n1", now - chrono::Duration::hours(1))
+        .await
+        .unwrap()
+        .is_empty());
+    let ended = store
+        .batch_jobs_ended_before("n1", now + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(ended, std::slice::from_ref(&job.id));
+
+    // An idempotency key names one job in its organization: a second submit with it gets the first job.
+    let keyed = |key: &str| NewBatchJob {
+        idempotency_key: Some(key.into()),
+        ..new("n1")
+    };
+    let first = store.create_batch_job(&a.id, keyed("k-1")).await.unwrap();
+    let again = store.create_batch_job(&a.id, keyed("k-1")).await.unwrap();
+    assert_eq!(again.id, first.id);
+    let elsewhere = store.create_batch_job(&b.id, keyed("k-1")).await.unwrap();
+    assert_ne!(elsewhere.id, first.id, "keys are per organization");
+    assert_eq!(
+        store
+            .batch_job_by_key(&a.id, "k-1")
+            .await
+            .unwrap()
+            .map(|j| j.id),
+        Some(first.id)
+    );
+    assert!(store
+        .batch_job_by_key(&a.id, "k-2")
+        .await
+        .unwrap()
+        .is_none());
 }
 
 /// Concurrent uploads claim distinct numbers; each ends ready or failed (with the reason); retiring keeps a

@@ -46,6 +46,11 @@ const PARQUET: [&str; 2] = ["application/vnd.apache.parquet", "application/x-par
 pub struct BatchQuery {
     /// `json` (default) or `csv`; `Accept: text/csv` also picks CSV.
     pub format: Option<String>,
+    /// With a CSV body: the model whose raw feature rows the CSV holds (a header row, then one value a
+    /// cell), instead of price requests.
+    pub model: Option<String>,
+    /// With `model`: its version (default: the active one, or the traffic split's pick).
+    pub version: Option<u64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -93,8 +98,10 @@ pub struct Accepted {
 /// (202, `Location` its status): follow it at `status_url` or `ws_url`, fetch `results_url` when it ends. A
 /// body that cannot be read through (not an array, a CSV without the required columns or with a broken
 /// record) is refused whole (400); more than --batch-max-rows rows or bytes beyond the body limits, 413.
-/// Or a JSON object `{model, version?, rows: [[...], ...]}`: raw feature rows for a model with one
-/// fixed-width FP32 input, answered inline as each output's values per row.
+/// Or raw feature rows for a model with one fixed-width FP32 input: a JSON object `{model, version?, rows:
+/// [[...], ...]}`, or CSV with `?model=` (a header row naming the input's values, then one value a cell).
+/// Answered as each output's values per row (CSV columns: row, each output value, error_code,
+/// error_message), inline or as a job by the same rules.
 #[utoipa::path(post, path = "/api/v1/predictions/batch", tag = "predictions", params(BatchQuery),
     request_body(content(
         (Vec<PriceRequest> = "application/json"),
@@ -129,6 +136,18 @@ async fn predict_batch(
     let kind = content_type(request.headers()).map(str::to_owned);
     let max_inline = app.limits.batch_inline_max_rows;
     let org = caller.organization_id.clone();
+    let key = idempotency_key(request.headers())?;
+    if let Some(key) = &key {
+        // A retry of a submit that made its job: that job, without reading the body again.
+        if let Some(job) = app
+            .store
+            .batch_job_by_key(&org, key)
+            .await
+            .map_err(ApiError::store("batch job"))?
+        {
+            return Ok(accepted(job));
+        }
+    }
     let spooled = match kind.as_deref() {
         Some("application/json") => {
             let limit = app.limits.max_bulk_body_bytes;
@@ -139,16 +158,46 @@ async fn predict_batch(
                     flag: "--max-bulk-body-bytes",
                 })?;
             if bytes.trim_ascii_start().starts_with(b"{") {
-                if csv_out {
-                    return Err(ApiError::invalid(
-                        "format",
-                        "a batch of raw feature rows answers JSON",
-                    ));
-                }
                 let raw: RawBatch = super::extract::from_json(&bytes)?;
-                return raw_batch(&app, raw, max_inline)
-                    .await
-                    .map(|a| Json(a).into_response());
+                drop(bytes);
+                let target = RawModel::resolve(&app, &raw.model, raw.version)?;
+                if raw.rows.is_empty() {
+                    return Err(ApiError::BadRequest("there are no rows".into()));
+                }
+                if raw.rows.len() <= max_inline && !respond_async {
+                    let width = target.width;
+                    let checked = raw
+                        .rows
+                        .iter()
+                        .map(|r| input::feature_row(r.len(), r.iter().map(|v| Ok(*v)), width))
+                        .collect();
+                    return raw_inline(target, checked, csv_out).await;
+                }
+                let dir = app.jobs.spool().map_err(input::io)?;
+                let settings = app.jobs.settings;
+                let outputs = target.outputs.clone();
+                let width = target.width;
+                let spooled = blocking(move || {
+                    let mut spooled = Spooled {
+                        dir,
+                        format: input::FEATURES,
+                        bytes: 0,
+                        chunks: Vec::new(),
+                        rows: raw.rows.len() as u64,
+                    };
+                    spooled.chunks = input::features_to_csv(
+                        &raw.rows,
+                        width,
+                        &spooled.input(),
+                        settings.chunk_rows,
+                        settings.max_rows,
+                    )?;
+                    spooled.bytes = std::fs::metadata(spooled.input()).map_err(input::io)?.len();
+                    results::Shape::keep(&outputs, &spooled.dir).map_err(input::io)?;
+                    Ok(spooled)
+                })
+                .await?;
+                return accept(&app, &org, target.model.manifest(), spooled, key).await;
             }
             let values: Vec<serde_json::Value> = serde_json::from_slice(&bytes).map_err(|e| {
                 ApiError::BadRequest(format!(
@@ -181,9 +230,53 @@ async fn predict_batch(
                     rows: 0,
                 };
                 input::json_to_csv(&values, &spooled.input())?;
-                index(spooled, settings.chunk_rows, settings.max_rows)
+                index(
+                    spooled,
+                    input::Layout::Price,
+                    settings.chunk_rows,
+                    settings.max_rows,
+                )
             })
             .await?
+        }
+        Some("text/csv") if q.model.is_some() => {
+            let name = q.model.clone().unwrap_or_default();
+            let target = RawModel::resolve(&app, &name, q.version)?;
+            let dir = app.jobs.spool().map_err(input::io)?;
+            let limit = app.jobs.settings.max_body_bytes;
+            let mut spooled = Spooled {
+                dir,
+                format: input::FEATURES,
+                bytes: 0,
+                chunks: Vec::new(),
+                rows: 0,
+            };
+            let path = spooled.input();
+            spooled.bytes = spool(request, &path, limit).await?;
+            let settings = app.jobs.settings;
+            let (width, outputs) = (target.width, target.outputs.clone());
+            let layout = input::Layout::Features { width };
+            let spooled = blocking(move || {
+                results::Shape::keep(&outputs, &spooled.dir).map_err(input::io)?;
+                index(spooled, layout, settings.chunk_rows, settings.max_rows)
+            })
+            .await?;
+            if spooled.rows as usize <= max_inline && !respond_async {
+                let chunks = spooled.chunks.clone();
+                let checked = blocking(move || {
+                    let mut rows = Vec::new();
+                    for chunk in &chunks {
+                        rows.extend(input::read_chunk(&path, chunk, |r| {
+                            r.and_then(|r| input::parse_features(r, width))
+                        })?);
+                    }
+                    drop(spooled);
+                    Ok(rows)
+                })
+                .await?;
+                return raw_inline(target, checked, csv_out).await;
+            }
+            return accept(&app, &org, target.model.manifest(), spooled, key).await;
         }
         Some("text/csv") => {
             let dir = app.jobs.spool().map_err(input::io)?;
@@ -198,7 +291,15 @@ async fn predict_batch(
             };
             spooled.bytes = spool(request, &path, limit).await?;
             let settings = app.jobs.settings;
-            blocking(move || index(spooled, settings.chunk_rows, settings.max_rows)).await?
+            blocking(move || {
+                index(
+                    spooled,
+                    input::Layout::Price,
+                    settings.chunk_rows,
+                    settings.max_rows,
+                )
+            })
+            .await?
         }
         Some(k) if PARQUET.contains(&k) => {
             let dir = app.jobs.spool().map_err(input::io)?;
@@ -216,7 +317,12 @@ async fn predict_batch(
             blocking(move || {
                 input::parquet_to_csv(&upload, &spooled.input())?;
                 let _ = std::fs::remove_file(&upload);
-                index(spooled, settings.chunk_rows, settings.max_rows)
+                index(
+                    spooled,
+                    input::Layout::Price,
+                    settings.chunk_rows,
+                    settings.max_rows,
+                )
             })
             .await?
         }
@@ -235,12 +341,41 @@ async fn predict_batch(
         .await?;
         return inline(&app, &org, parsed, csv_out).await;
     }
-    let version = app
-        .repository
-        .get(crate::predict::PRICE_MODEL, None)?
-        .manifest()
-        .version;
-    let job = app.jobs.submit(&app.store, &org, version, spooled).await?;
+    let model = app.repository.get(crate::predict::PRICE_MODEL, None)?;
+    accept(&app, &org, model.manifest(), spooled, key).await
+}
+
+/// The `Idempotency-Key` header: at most 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= 255 => Ok(Some(key.to_string())),
+        _ => Err(ApiError::invalid(
+            "Idempotency-Key",
+            "1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// A spooled batch made a job of `org` on `model`'s version (or the job its idempotency key made).
+async fn accept(
+    app: &AppState,
+    org: &str,
+    model: &mercator_engine::Manifest,
+    spooled: Spooled,
+    key: Option<String>,
+) -> Result<Response, ApiError> {
+    let job = app
+        .jobs
+        .submit(&app.store, org, model, spooled, key)
+        .await?;
+    Ok(accepted(job))
+}
+
+/// 202 with where to follow the job, `Location` its status.
+fn accepted(job: BatchJob) -> Response {
     let accepted = Accepted {
         status_url: format!("/api/v1/predictions/batch/{}", job.id),
         results_url: format!("/api/v1/predictions/batch/{}/results", job.id),
@@ -250,12 +385,12 @@ async fn predict_batch(
         total_rows: job.total_rows,
         created_at: job.created_at,
     };
-    Ok((
+    (
         StatusCode::ACCEPTED,
         [(header::LOCATION, accepted.status_url.clone())],
         Json(accepted),
     )
-        .into_response())
+        .into_response()
 }
 
 /// Whether the request's `Accept` names `kind`.
@@ -297,8 +432,13 @@ async fn spool(request: Request, path: &std::path::Path, limit: usize) -> Result
 }
 
 /// The spooled CSV, indexed into chunks (a batch with no rows is refused).
-fn index(mut spooled: Spooled, chunk_rows: usize, max_rows: u64) -> Result<Spooled, ApiError> {
-    let indexed = input::index(&spooled.input(), chunk_rows, max_rows)?;
+fn index(
+    mut spooled: Spooled,
+    layout: input::Layout,
+    chunk_rows: usize,
+    max_rows: u64,
+) -> Result<Spooled, ApiError> {
+    let indexed = input::index(&spooled.input(), layout, chunk_rows, max_rows)?;
     if indexed.rows == 0 {
         return Err(ApiError::BadRequest("there are no rows".into()));
     }
@@ -369,6 +509,8 @@ pub struct JobView {
     pub job: BatchJob,
     pub rows_per_sec: f64,
     pub eta_seconds: Option<f64>,
+    /// When an ended job's results are deleted (--batch-retention-secs).
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     pub status_url: String,
     pub results_url: String,
     pub ws_url: String,
@@ -380,6 +522,7 @@ impl JobView {
         JobView {
             rows_per_sec: progress.rows_per_sec,
             eta_seconds: progress.eta_seconds,
+            expires_at: app.jobs.expires_at(&job),
             status_url: format!("/api/v1/predictions/batch/{}", job.id),
             results_url: format!("/api/v1/predictions/batch/{}/results", job.id),
             ws_url: format!("/ws/predictions/{}", job.id),
@@ -547,6 +690,10 @@ async fn job_results(
     if !job.state.is_terminal() {
         return Err(ApiError::ResultsNotReady(job.state.as_str()));
     }
+    if app.jobs.expired(&job) {
+        let at = app.jobs.expires_at(&job).unwrap_or_else(chrono::Utc::now);
+        return Err(ApiError::ResultsExpired(at.to_rfc3339()));
+    }
     let total = job.total_rows;
     let rx = results::render(job, app.jobs.job_dir(&id), format);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -711,88 +858,116 @@ pub struct RawAnswer {
     pub results: Vec<RawRow>,
 }
 
-/// Raw rows through the model's queue in chunks of its batch size; a row of the wrong width or with a
-/// value that is not finite carries its own error.
-async fn raw_batch(app: &AppState, raw: RawBatch, max_rows: usize) -> Result<RawAnswer, ApiError> {
-    if raw.rows.len() > max_rows {
-        return Err(too_many(raw.rows.len(), max_rows));
-    }
-    if raw.rows.is_empty() {
-        return Err(ApiError::BadRequest("there are no rows".into()));
-    }
-    let version = raw.version.map(|v| v.to_string());
-    let model = app.repository.get(&raw.model, version.as_deref())?;
-    let manifest = model.manifest();
-    let (input, width) = match manifest.inputs.as_slice() {
-        [only] if only.datatype == mercator_engine::DataType::Fp32 => match only.fixed_row_len() {
-            Some(width) => (only, width),
-            None => return Err(unsupported(&manifest.name)),
-        },
-        _ => return Err(unsupported(&manifest.name)),
-    };
-    let checked: Vec<Result<&Vec<f64>, ApiError>> = raw
-        .rows
-        .iter()
-        .map(|row| {
-            if row.len() != width {
-                Err(ApiError::invalid(
-                    "rows",
-                    format!("{} values; the model takes {width}", row.len()),
-                ))
-            } else if !row
-                .iter()
-                .all(|v| v.is_finite() && v.abs() <= f32::MAX as f64)
-            {
-                Err(ApiError::invalid(
-                    "rows",
-                    "every value must be a finite FP32 number",
-                ))
-            } else {
-                Ok(row)
-            }
+/// A model that takes raw feature rows: one fixed-width FP32 input, outputs of fixed widths.
+struct RawModel {
+    model: mercator_engine::Model,
+    width: usize,
+    outputs: Vec<results::Output>,
+}
+
+impl RawModel {
+    /// The version asked for (default: the active one, or the traffic split's pick), if it takes raw rows.
+    fn resolve(app: &AppState, name: &str, version: Option<u64>) -> Result<RawModel, ApiError> {
+        let version = version.map(|v| v.to_string());
+        let model = app.repository.get(name, version.as_deref())?;
+        let manifest = model.manifest();
+        let width = match manifest.inputs.as_slice() {
+            [only] if only.datatype == mercator_engine::DataType::Fp32 => only.fixed_row_len(),
+            _ => None,
+        }
+        .ok_or_else(|| unsupported(&manifest.name))?;
+        let outputs = manifest
+            .outputs
+            .iter()
+            .map(|o| {
+                o.fixed_row_len().map(|width| results::Output {
+                    name: o.name.clone(),
+                    width,
+                })
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| unsupported(&manifest.name))?;
+        Ok(RawModel {
+            model,
+            width,
+            outputs,
         })
-        .collect();
-    let ready: Vec<&Vec<f64>> = checked
-        .iter()
-        .filter_map(|r| r.as_ref().ok().copied())
-        .collect();
-    let mut outputs: Vec<serde_json::Map<String, serde_json::Value>> =
-        Vec::with_capacity(ready.len());
+    }
+}
+
+/// Raw rows answered in the request, through the model's queue in batches of its batch size; a row of the
+/// wrong width or with a value that is not finite carries its own error.
+async fn raw_inline(
+    target: RawModel,
+    checked: Vec<Result<Vec<f32>, ApiError>>,
+    csv_out: bool,
+) -> Result<Response, ApiError> {
+    let manifest = target.model.manifest();
+    let input = &manifest.inputs[0];
+    let width = target.width;
+    let ready: Vec<&Vec<f32>> = checked.iter().filter_map(|r| r.as_ref().ok()).collect();
+    // Each answered row's output values, all outputs in order.
+    let mut answered: Vec<Vec<f64>> = Vec::with_capacity(ready.len());
     for chunk in ready.chunks(manifest.batching.max_batch_size.max(1)) {
         let tensor = mercator_engine::Tensor {
             name: input.name.clone(),
             shape: vec![chunk.len(), width],
             data: mercator_engine::TensorData::Fp32(
-                chunk
-                    .iter()
-                    .flat_map(|r| r.iter().map(|v| *v as f32))
-                    .collect(),
+                chunk.iter().flat_map(|r| r.iter().copied()).collect(),
             ),
         };
-        let answer = model.infer(vec![tensor], None).await?;
-        let mut per_row = vec![serde_json::Map::new(); chunk.len()];
-        for t in &answer.outputs {
-            let values = t.data.to_f64();
-            let w = values.len() / chunk.len().max(1);
-            for (k, row) in per_row.iter_mut().enumerate() {
-                row.insert(
-                    t.name.clone(),
-                    serde_json::json!(values[k * w..(k + 1) * w]),
-                );
+        let answer = target.model.infer(vec![tensor], None).await?;
+        let columns: Vec<Vec<f64>> = answer.outputs.iter().map(|t| t.data.to_f64()).collect();
+        for k in 0..chunk.len() {
+            let mut row = Vec::new();
+            for column in &columns {
+                let w = column.len() / chunk.len();
+                row.extend_from_slice(&column[k * w..(k + 1) * w]);
             }
+            answered.push(row);
         }
-        outputs.extend(per_row);
     }
-    let mut outputs = outputs.into_iter();
-    let results: Vec<RawRow> = checked
+    let mut answered = answered.into_iter();
+    let outcomes: Vec<Result<Vec<f64>, ApiError>> = checked
+        .into_iter()
+        .map(|r| r.map(|_| answered.next().unwrap_or_default()))
+        .collect();
+    if csv_out {
+        let values = target.outputs.iter().map(|o| o.width).sum();
+        let shape = results::Shape::Outputs(target.outputs.clone());
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let _ = w.write_record(shape.columns());
+        for (i, outcome) in outcomes.iter().enumerate() {
+            let _ = results::write_values(
+                &mut w,
+                i as u64 + 1,
+                outcome.as_ref().map(|v| v.as_slice()),
+                values,
+            );
+        }
+        return Ok((
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            w.into_inner().unwrap_or_default(),
+        )
+            .into_response());
+    }
+    let results: Vec<RawRow> = outcomes
         .into_iter()
         .enumerate()
-        .map(|(i, r)| match r {
-            Ok(_) => RawRow {
-                row: i + 1,
-                outputs: outputs.next(),
-                error: None,
-            },
+        .map(|(i, outcome)| match outcome {
+            Ok(values) => {
+                let mut outputs = serde_json::Map::new();
+                let mut at = 0;
+                for o in &target.outputs {
+                    outputs.insert(o.name.clone(), serde_json::json!(values[at..at + o.width]));
+                    at += o.width;
+                }
+                RawRow {
+                    row: i + 1,
+                    outputs: Some(outputs),
+                    error: None,
+                }
+            }
             Err(e) => RawRow {
                 row: i + 1,
                 outputs: None,
@@ -804,7 +979,7 @@ async fn raw_batch(app: &AppState, raw: RawBatch, max_rows: usize) -> Result<Raw
         })
         .collect();
     let failed = results.iter().filter(|r| r.error.is_some()).count();
-    Ok(RawAnswer {
+    Ok(Json(RawAnswer {
         model: crate::predict::ModelRef {
             name: manifest.name.clone(),
             version: manifest.version,
@@ -814,17 +989,17 @@ async fn raw_batch(app: &AppState, raw: RawBatch, max_rows: usize) -> Result<Raw
         failed,
         results,
     })
+    .into_response())
 }
 
 fn unsupported(model: &str) -> ApiError {
     ApiError::invalid(
         "model",
-        format!("{model}: raw batches take models with one fixed-width FP32 input; use the V2 API"),
+        format!(
+            "{model}: raw batches take models with one fixed-width FP32 input and fixed-width outputs; \
+             use the V2 API"
+        ),
     )
-}
-
-fn too_many(rows: usize, limit: usize) -> ApiError {
-    ApiError::TooManyRows { rows, limit }
 }
 
 /// An inline CSV's rows, each a request or its own error.

@@ -1,7 +1,7 @@
-//! A batch's input: price requests as CSV (the canonical form on disk), with JSON arrays and Parquet files
-//! turned into it. The file is indexed at submit: the header checked, every record's structure read, the
-//! rows counted and cut into chunks by byte offset, so a malformed file is refused before a job exists and a
-//! chunk can be read again on its own after a restart.
+//! A batch's input as CSV, the canonical form on disk: price requests (JSON arrays and Parquet files turned
+//! into it), or a model's raw feature rows (one value a cell). The file is indexed at submit: the header
+//! checked, every record's structure read, the rows counted and cut into chunks by byte offset, so a
+//! malformed file is refused before a job exists and a chunk can be read again on its own after a restart.
 
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -27,6 +27,115 @@ pub const COLUMNS: Columns = Columns {
     required: &["material_id", "quantity"],
     numeric: &["quantity", "interval_level"],
 };
+
+/// What a batch's rows are.
+#[derive(Debug, Clone, Copy)]
+pub enum Layout {
+    /// Price requests: the header names [`COLUMNS`], every record has as many cells.
+    Price,
+    /// Raw feature rows of a model whose one input takes `width` FP32 values a row: a header of `width`
+    /// names, then one value a cell (a row of another width is that row's error when it runs).
+    Features { width: usize },
+}
+
+/// `input_format` of a job of raw feature rows.
+pub const FEATURES: &str = "features";
+
+/// A raw feature row checked for a model input of `width` values: the values as FP32.
+pub fn feature_row(
+    len: usize,
+    values: impl Iterator<Item = Result<f64, ApiError>>,
+    width: usize,
+) -> Result<Vec<f32>, ApiError> {
+    if len != width {
+        return Err(ApiError::invalid(
+            "rows",
+            format!("{len} values; the model takes {width}"),
+        ));
+    }
+    values
+        .map(|v| {
+            let v = v?;
+            if v.is_finite() && v.abs() <= f32::MAX as f64 {
+                Ok(v as f32)
+            } else {
+                Err(ApiError::invalid(
+                    "rows",
+                    "every value must be a finite FP32 number",
+                ))
+            }
+        })
+        .collect()
+}
+
+/// A raw feature row read from a CSV record.
+pub fn parse_features(record: &StringRecord, width: usize) -> Result<Vec<f32>, ApiError> {
+    feature_row(
+        record.len(),
+        record.iter().map(|c| {
+            c.parse::<f64>()
+                .map_err(|_| ApiError::invalid("rows", format!("`{c}` is not a number")))
+        }),
+        width,
+    )
+}
+
+/// Raw feature rows written as the CSV input (a header `v1..vN`, then each row's values), indexed as they
+/// are written: at most `max_rows` rows (else 413), in chunks of `chunk_rows`.
+pub fn features_to_csv(
+    rows: &[Vec<f64>],
+    width: usize,
+    path: &Path,
+    chunk_rows: usize,
+    max_rows: u64,
+) -> Result<Vec<Chunk>, ApiError> {
+    use std::io::Write;
+    if rows.len() as u64 > max_rows {
+        return Err(ApiError::BatchTooLarge(format!(
+            "{} rows, more than {max_rows} (--batch-max-rows)",
+            rows.len()
+        )));
+    }
+    let file = std::fs::File::create(path).map_err(io)?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let header: Vec<String> = (1..=width).map(|i| format!("v{i}")).collect();
+    let mut line = header.join(",").into_bytes();
+    line.push(b'\n');
+    let mut at = line.len() as u64;
+    w.write_all(&line).map_err(io)?;
+    let mut chunks: Vec<Chunk> = Vec::new();
+    let mut number = ryu::Buffer::new();
+    for (i, row) in rows.iter().enumerate() {
+        if i % chunk_rows.max(1) == 0 {
+            chunks.push(Chunk {
+                first_row: i as u64,
+                rows: 0,
+                byte_start: at,
+                byte_end: at,
+            });
+        }
+        line.clear();
+        for (k, v) in row.iter().enumerate() {
+            if k > 0 {
+                line.push(b',');
+            }
+            // Written as read back: a value that is not finite fails its row when it runs.
+            if v.is_finite() {
+                line.extend_from_slice(number.format_finite(*v).as_bytes());
+            } else {
+                line.extend_from_slice(b"NaN");
+            }
+        }
+        line.push(b'\n');
+        w.write_all(&line).map_err(io)?;
+        at += line.len() as u64;
+        let last = chunks.last_mut().expect("a chunk was opened");
+        last.rows += 1;
+        last.byte_end = at;
+    }
+    w.flush().map_err(io)?;
+    Ok(chunks)
+}
 
 /// Where each field is in a record, from the header row.
 #[derive(Debug, Clone)]
@@ -126,10 +235,13 @@ pub fn merge<T>(
 
 /// A reader of CSV records as batch inputs are read everywhere (cells trimmed).
 fn reader<R: Read>(from: R, headers: bool) -> csv::Reader<R> {
-    csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .has_headers(headers)
-        .from_reader(from)
+    builder(headers).from_reader(from)
+}
+
+fn builder(headers: bool) -> csv::ReaderBuilder {
+    let mut b = csv::ReaderBuilder::new();
+    b.trim(csv::Trim::All).has_headers(headers);
+    b
 }
 
 /// What indexing found: the header row and the chunks.
@@ -139,17 +251,34 @@ pub struct Indexed {
     pub rows: u64,
 }
 
-/// Reads a CSV input through: the header must name the expected columns, every record must have as many
-/// cells as the header (else 400 naming the line), at most `max_rows` rows (else 413). Chunks of
-/// `chunk_rows` rows, by byte offset.
-pub fn index(path: &Path, chunk_rows: usize, max_rows: u64) -> Result<Indexed, ApiError> {
+/// Reads a CSV input through: the header must name the expected columns (price requests) or as many as the
+/// model's input width (feature rows), every price record must have as many cells as the header (else 400
+/// naming the line), at most `max_rows` rows (else 413). Chunks of `chunk_rows` rows, by byte offset.
+pub fn index(
+    path: &Path,
+    layout: Layout,
+    chunk_rows: usize,
+    max_rows: u64,
+) -> Result<Indexed, ApiError> {
     let file = std::fs::File::open(path).map_err(io)?;
-    let mut reader = reader(BufReader::with_capacity(1 << 20, file), true);
+    // Feature rows may be of any length: a short or long row is that row's error.
+    let mut reader = builder(true)
+        .flexible(matches!(layout, Layout::Features { .. }))
+        .from_reader(BufReader::with_capacity(1 << 20, file));
     let headers = reader
         .headers()
         .map_err(|e| ApiError::BadRequest(format!("the CSV header row cannot be read: {e}")))?
         .clone();
-    csv_body::check_headers(&headers, &COLUMNS)?;
+    match layout {
+        Layout::Price => csv_body::check_headers(&headers, &COLUMNS)?,
+        Layout::Features { width } if headers.len() != width => {
+            return Err(ApiError::BadRequest(format!(
+                "the CSV header names {} columns; the model takes {width} values a row",
+                headers.len()
+            )))
+        }
+        Layout::Features { .. } => {}
+    }
     let mut chunks: Vec<Chunk> = Vec::new();
     let mut record = csv::ByteRecord::new();
     let mut rows = 0u64;
@@ -204,25 +333,25 @@ pub fn headers(path: &Path) -> Result<StringRecord, ApiError> {
         .clone())
 }
 
-/// A chunk's records as requests (or each one's error), read from its bytes of the input.
-pub fn read_chunk(
+/// A chunk's records, each made into a `T` by `parse` (given the record, or the error reading it: structure
+/// was checked at submit, so what is left is a record that is not UTF-8), read from its bytes of the input.
+pub fn read_chunk<T>(
     path: &Path,
-    columns: &PriceColumns,
     chunk: &Chunk,
-) -> Result<Vec<Result<PriceRequest, ApiError>>, ApiError> {
+    mut parse: impl FnMut(Result<&StringRecord, ApiError>) -> T,
+) -> Result<Vec<T>, ApiError> {
     let mut file = std::fs::File::open(path).map_err(io)?;
     file.seek(SeekFrom::Start(chunk.byte_start)).map_err(io)?;
     let mut bytes = vec![0u8; (chunk.byte_end - chunk.byte_start) as usize];
     file.read_exact(&mut bytes).map_err(io)?;
-    let mut reader = reader(bytes.as_slice(), false);
+    let mut reader = builder(false).flexible(true).from_reader(bytes.as_slice());
     let mut rows = Vec::with_capacity(chunk.rows as usize);
     let mut record = StringRecord::new();
     loop {
         match reader.read_record(&mut record) {
-            Ok(true) => rows.push(columns.parse(&record)),
+            Ok(true) => rows.push(parse(Ok(&record))),
             Ok(false) => break,
-            // Structure was checked at submit; what is left is a record that is not UTF-8.
-            Err(e) => rows.push(Err(ApiError::invalid("row", e.to_string()))),
+            Err(e) => rows.push(parse(Err(ApiError::invalid("row", e.to_string())))),
         }
     }
     if rows.len() as u64 != chunk.rows {

@@ -1,7 +1,8 @@
 //! Batch prediction jobs: a batch too large to answer inline becomes a job. Its input is kept under
 //! `--data-dir/batches/{id}/` as CSV, cut into chunks at submit; this node's runner takes its jobs from the
-//! store (queued, or running when a restart cut them short), runs each chunk through the price model's
-//! queue in the background lane (behind every interactive request), and commits chunk by chunk: the
+//! store (queued, or running when a restart cut them short), runs each chunk through its model's queue in
+//! the background lane (price requests through the price model, raw feature rows through the model they
+//! name; on background sessions at idle priority), and commits chunk by chunk: the
 //! chunk's results file renamed into place, then one store update. A job restarted after a crash resumes at
 //! its first uncommitted chunk, so no row is lost or answered twice.
 //!
@@ -40,6 +41,8 @@ pub struct Settings {
     pub max_running: usize,
     /// Queued and running jobs an organization may have (--batch-max-active-jobs).
     pub max_active_per_org: u64,
+    /// How long an ended job's results are kept (--batch-retention-secs).
+    pub retention: Duration,
 }
 
 /// A job's progress as the runner last published it.
@@ -156,15 +159,26 @@ impl Jobs {
         self.dir.join(id)
     }
 
-    /// Makes a spooled input a queued job of `org` on the price model's active version (pinned for the
-    /// job's life). 429 when the organization has its most active jobs.
+    /// Makes a spooled input a queued job of `org` on a model version (pinned for the job's life). 429 when
+    /// the organization has its most active jobs. With an idempotency key the organization has used, the
+    /// job made with it (and the spool is dropped).
     pub async fn submit(
         &self,
         store: &Store,
         org: &str,
-        model_version: u64,
+        model: &mercator_engine::Manifest,
         spooled: Spooled,
+        idempotency_key: Option<String>,
     ) -> Result<BatchJob, ApiError> {
+        if let Some(key) = &idempotency_key {
+            if let Some(job) = store
+                .batch_job_by_key(org, key)
+                .await
+                .map_err(ApiError::store("batch job"))?
+            {
+                return Ok(job);
+            }
+        }
         let active = store
             .active_batch_jobs(org)
             .await
@@ -181,13 +195,19 @@ impl Jobs {
         let new = NewBatchJob {
             id: id.clone(),
             node: self.node.clone(),
-            model: crate::predict::PRICE_MODEL.into(),
-            model_version,
+            model: model.name.clone(),
+            model_version: model.version,
             input_format: spooled.format.into(),
             input_bytes: spooled.bytes,
             chunks: spooled.chunks.clone(),
+            idempotency_key,
         };
         let job = match store.create_batch_job(org, new).await {
+            // Another submit with the same key made the job first.
+            Ok(job) if job.id != id => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Ok(job);
+            }
             Ok(job) => job,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -288,6 +308,57 @@ impl Jobs {
     }
 }
 
+impl Jobs {
+    /// When an ended job's results expire.
+    pub fn expires_at(&self, job: &BatchJob) -> Option<chrono::DateTime<chrono::Utc>> {
+        let retention = chrono::Duration::from_std(self.settings.retention).ok()?;
+        job.finished_at.map(|end| end + retention)
+    }
+
+    /// Whether the job's results are gone: past their retention, or their files removed.
+    pub fn expired(&self, job: &BatchJob) -> bool {
+        self.expires_at(job)
+            .is_some_and(|at| at <= chrono::Utc::now())
+            || (job.state.is_terminal() && !self.job_dir(&job.id).exists())
+    }
+
+    /// The janitor: deletes the files of this node's jobs whose results have expired, every so often (an
+    /// hour, or a quarter of the retention if that is shorter). The jobs stay; their results answer 410.
+    pub async fn sweep(self: Arc<Self>, app: AppState) {
+        let every = (self.settings.retention / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(3600));
+        loop {
+            if app.is_draining() {
+                return;
+            }
+            let cutoff = chrono::Duration::from_std(self.settings.retention)
+                .map(|r| chrono::Utc::now() - r)
+                .unwrap_or_default();
+            match app.store.batch_jobs_ended_before(&self.node, cutoff).await {
+                Ok(ids) => {
+                    let dirs: Vec<PathBuf> = ids
+                        .iter()
+                        .map(|id| self.job_dir(id))
+                        .filter(|d| d.exists())
+                        .collect();
+                    if !dirs.is_empty() {
+                        let removed = tokio::task::spawn_blocking(move || {
+                            dirs.iter()
+                                .filter(|d| std::fs::remove_dir_all(d).is_ok())
+                                .count()
+                        })
+                        .await
+                        .unwrap_or(0);
+                        tracing::info!(removed, "expired batch job results deleted");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the expired batch jobs"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
 /// How a run ended.
 enum Outcome {
     Done,
@@ -353,8 +424,18 @@ struct Run {
     model: mercator_engine::Model,
     org: String,
     input: PathBuf,
-    columns: input::PriceColumns,
+    rows: Rows,
     chunks: Vec<Chunk>,
+}
+
+/// What a job's input rows are, as its runner reads them.
+enum Rows {
+    Price(input::PriceColumns),
+    /// Raw feature rows: values a row, and the values of each row's answer.
+    Features {
+        width: usize,
+        values: usize,
+    },
 }
 
 /// A computed chunk: its index, its encoded results, its row and error counts.
@@ -386,11 +467,26 @@ async fn execute(
         .get(&job.model, Some(&job.model_version.to_string()))?;
     let dir = jobs.job_dir(id);
     let input = dir.join(INPUT);
-    let columns = {
-        let (dir, input) = (dir.clone(), input.clone());
+    let rows = {
+        let (dir, input, job) = (dir.clone(), input.clone(), job.clone());
+        let manifest = model.manifest().clone();
         tokio::task::spawn_blocking(move || {
             results::remove_partial(&dir).map_err(input::io)?;
-            input::headers(&input).map(|h| input::PriceColumns::new(&h))
+            if job.input_format != input::FEATURES {
+                return input::headers(&input).map(|h| Rows::Price(input::PriceColumns::new(&h)));
+            }
+            let shape = results::Shape::of(&job, &dir).map_err(input::io)?;
+            let width = manifest.inputs.first().and_then(|i| i.fixed_row_len());
+            match (width, shape) {
+                (Some(width), results::Shape::Outputs(outputs)) => Ok(Rows::Features {
+                    width,
+                    values: outputs.iter().map(|o| o.width).sum(),
+                }),
+                _ => Err(ApiError::BadRequest(format!(
+                    "{} {} does not take raw feature rows",
+                    manifest.name, manifest.version
+                ))),
+            }
         })
         .await
         .map_err(join)??
@@ -401,7 +497,7 @@ async fn execute(
         model,
         org: job.organization_id.clone(),
         input: input.clone(),
-        columns,
+        rows,
         chunks: job.chunks.clone(),
     });
     let started = Instant::now();
@@ -451,15 +547,32 @@ async fn execute(
     })
 }
 
-/// One chunk, on the preparing threads: read and parsed, its catalog looked up (on the runtime: the store
-/// is async), priced in the model's background lane, encoded.
+/// One chunk of price requests, on the preparing threads: read and parsed, its catalog looked up (on the
+/// runtime: the store is async), priced in the model's background lane, encoded. A chunk of raw feature
+/// rows goes to [`compute_features`].
 async fn compute(run: Arc<Run>, index: u64) -> Result<Computed, ApiError> {
     let chunk = run.chunks[index as usize];
-    let (input, columns) = (run.input.clone(), run.columns.clone());
+    let columns = match &run.rows {
+        Rows::Price(columns) => columns.clone(),
+        Rows::Features { width, values } => {
+            let (width, values, on_prep) = (*width, *values, run.clone());
+            return run
+                .jobs
+                .prep
+                .run(move || compute_features(&on_prep, index, width, values))
+                .await
+                .ok_or_else(prep_gone)?;
+        }
+    };
+    let input = run.input.clone();
     let parsed = run
         .jobs
         .prep
-        .run(move || input::read_chunk(&input, &columns, &chunk))
+        .run(move || {
+            input::read_chunk(&input, &chunk, |record| {
+                record.and_then(|r| columns.parse(r))
+            })
+        })
         .await
         .ok_or_else(prep_gone)??;
     let (requests, errors) = input::split(parsed);
@@ -492,6 +605,78 @@ async fn compute(run: Arc<Run>, index: u64) -> Result<Computed, ApiError> {
         })
         .await
         .ok_or_else(prep_gone)?
+}
+
+/// A chunk of raw feature rows, on a preparing thread: read and checked, sent to the model's background
+/// lane in slices as they fill, each row's output values (or its error) encoded.
+fn compute_features(
+    run: &Run,
+    index: u64,
+    width: usize,
+    values: usize,
+) -> Result<Computed, ApiError> {
+    use mercator_engine::{Tensor, TensorData};
+    let chunk = run.chunks[index as usize];
+    let parsed = input::read_chunk(&run.input, &chunk, |record| {
+        record.and_then(|r| input::parse_features(r, width))
+    })?;
+    let model = &run.model;
+    let name = model.manifest().inputs[0].name.clone();
+    let slice = model.background_slice_rows();
+    let mut pending = Vec::new();
+    let mut buffer: Vec<f32> = Vec::with_capacity(slice * width);
+    let mut send = |buffer: &mut Vec<f32>| -> Result<(), ApiError> {
+        let n = buffer.len() / width.max(1);
+        let tensor = Tensor {
+            name: name.clone(),
+            shape: vec![n, width],
+            data: TensorData::Fp32(std::mem::replace(buffer, Vec::with_capacity(slice * width))),
+        };
+        pending.push((model.enqueue_background(vec![tensor])?, n));
+        Ok(())
+    };
+    for row in parsed.iter().flatten() {
+        buffer.extend_from_slice(row);
+        if buffer.len() >= slice * width {
+            send(&mut buffer)?;
+        }
+    }
+    if !buffer.is_empty() {
+        send(&mut buffer)?;
+    }
+    // Each answered row's output values, all outputs in order, one after another.
+    let mut answered: Vec<f64> = Vec::with_capacity(parsed.len() * values);
+    for (slice, n) in pending {
+        let outputs = slice.wait()?.outputs;
+        let columns: Vec<Vec<f64>> = outputs.iter().map(|t| t.data.to_f64()).collect();
+        for k in 0..n {
+            for column in &columns {
+                let w = column.len() / n;
+                answered.extend_from_slice(&column[k * w..(k + 1) * w]);
+            }
+        }
+    }
+    if answered.len() != values * parsed.iter().filter(|r| r.is_ok()).count() {
+        return Err(ApiError::Engine(mercator_engine::EngineError::Runtime(
+            "the model's outputs do not have the widths its manifest gives".into(),
+        )));
+    }
+    let mut w = csv::Writer::from_writer(Vec::with_capacity(parsed.len() * (values * 12 + 8)));
+    let mut failed = 0u64;
+    let mut next = answered.chunks_exact(values.max(1));
+    for (i, row) in parsed.iter().enumerate() {
+        let outcome = match row {
+            Ok(_) => Ok(next.next().unwrap_or_default()),
+            Err(e) => {
+                failed += 1;
+                Err(e)
+            }
+        };
+        results::write_values(&mut w, chunk.first_row + i as u64 + 1, outcome, values)
+            .map_err(|e| input::io(e.into()))?;
+    }
+    let bytes = w.into_inner().map_err(|e| input::io(e.into_error()))?;
+    Ok((index, bytes, chunk.rows, failed))
 }
 
 fn prep_gone() -> ApiError {

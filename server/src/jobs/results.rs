@@ -2,12 +2,17 @@
 //! temporary name, synced and renamed into place before the store counts it, so a file under its final name
 //! is whole. Rendered on read, one chunk at a time, as CSV (the files as they are, after a header), JSON (a
 //! streamed array, or NDJSON) or Parquet (one row group per chunk), never held whole in memory.
+//!
+//! A price job's rows have [`COLUMNS`]; a job of raw feature rows has `row`, one column per output value
+//! (`name`, or `name_1..name_N` for an output of N values a row), `error_code`, `error_message`: its
+//! [`Shape`] is kept beside its results (`outputs.json`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use mercator_store::BatchJob;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
@@ -26,6 +31,124 @@ pub const COLUMNS: [&str; 10] = [
     "error_code",
     "error_message",
 ];
+
+/// One output of a model, as a job of raw feature rows answers it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Output {
+    pub name: String,
+    /// Values a row.
+    pub width: usize,
+}
+
+/// What a job's result rows hold.
+#[derive(Debug, Clone)]
+pub enum Shape {
+    Price,
+    Outputs(Vec<Output>),
+}
+
+const SHAPE_FILE: &str = "outputs.json";
+
+impl Shape {
+    /// A job's shape: the outputs kept in its directory, or a price job's.
+    pub fn of(job: &BatchJob, dir: &Path) -> std::io::Result<Shape> {
+        if job.input_format != crate::jobs::input::FEATURES {
+            return Ok(Shape::Price);
+        }
+        let bytes = std::fs::read(dir.join(SHAPE_FILE))?;
+        Ok(Shape::Outputs(serde_json::from_slice(&bytes)?))
+    }
+
+    /// Keeps a feature-row job's outputs in its (spool) directory.
+    pub fn keep(outputs: &[Output], dir: &Path) -> std::io::Result<()> {
+        std::fs::write(dir.join(SHAPE_FILE), serde_json::to_vec(outputs)?)
+    }
+
+    pub fn columns(&self) -> Vec<String> {
+        match self {
+            Shape::Price => COLUMNS.iter().map(|c| c.to_string()).collect(),
+            Shape::Outputs(outputs) => {
+                let mut columns = vec!["row".to_string()];
+                for o in outputs {
+                    if o.width == 1 {
+                        columns.push(o.name.clone());
+                    } else {
+                        columns.extend((1..=o.width).map(|k| format!("{}_{k}", o.name)));
+                    }
+                }
+                columns.extend(["error_code".into(), "error_message".into()]);
+                columns
+            }
+        }
+    }
+
+    /// Cells between `row` and `error_code`.
+    fn values(&self) -> usize {
+        match self {
+            Shape::Price => 7,
+            Shape::Outputs(outputs) => outputs.iter().map(|o| o.width).sum(),
+        }
+    }
+
+    /// A result record as JSON: the inline answer's row.
+    fn row_json(&self, r: &csv::StringRecord, model: &str) -> serde_json::Value {
+        let Shape::Outputs(outputs) = self else {
+            return row_json(r, model);
+        };
+        let row: u64 = r.get(0).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let error_at = 1 + self.values();
+        if let Some(code) = r.get(error_at).filter(|c| !c.is_empty()) {
+            return serde_json::json!({
+                "row": row,
+                "outputs": null,
+                "error": {"code": code, "message": r.get(error_at + 1).unwrap_or_default()},
+            });
+        }
+        let mut values = serde_json::Map::new();
+        let mut at = 1;
+        for o in outputs {
+            let v: Vec<Option<f64>> = (at..at + o.width)
+                .map(|i| r.get(i).and_then(|c| c.parse().ok()))
+                .collect();
+            values.insert(o.name.clone(), serde_json::json!(v));
+            at += o.width;
+        }
+        serde_json::json!({"row": row, "outputs": values, "error": null})
+    }
+}
+
+/// A raw feature row's answer as a CSV record: its outputs' values in order, or its error after `values`
+/// empty cells.
+pub fn write_values<W: Write>(
+    w: &mut csv::Writer<W>,
+    row: u64,
+    outcome: Result<&[f64], &ApiError>,
+    values: usize,
+) -> csv::Result<()> {
+    let mut number = ryu::Buffer::new();
+    w.write_field(itoa::Buffer::new().format(row))?;
+    match outcome {
+        Ok(out) => {
+            for v in out {
+                w.write_field(if v.is_finite() {
+                    float(&mut number, *v)
+                } else {
+                    ""
+                })?;
+            }
+            w.write_field("")?;
+            w.write_field("")?;
+        }
+        Err(e) => {
+            for _ in 0..values {
+                w.write_field("")?;
+            }
+            w.write_field(e.status_and_code().1)?;
+            w.write_field(e.to_string())?;
+        }
+    }
+    w.write_record(None::<&[u8]>)
+}
 
 /// One row's answer as a CSV record (`row` counts from 1).
 pub fn write_row<W: Write>(
@@ -144,10 +267,10 @@ pub fn render(
 ) -> mpsc::Receiver<std::io::Result<Bytes>> {
     let (tx, rx) = mpsc::channel(2);
     tokio::task::spawn_blocking(move || {
-        let result = match format {
-            Format::Parquet => parquet(&job, &dir, &tx),
-            _ => text(&job, &dir, format, &tx),
-        };
+        let result = Shape::of(&job, &dir).and_then(|shape| match format {
+            Format::Parquet => parquet(&job, &shape, &dir, &tx),
+            _ => text(&job, &shape, &dir, format, &tx),
+        });
         if let Err(e) = result {
             // Headers are sent: the best left is to break the body so the client sees it incomplete.
             let _ = tx.blocking_send(Err(e));
@@ -157,7 +280,12 @@ pub fn render(
 }
 
 /// A chunk's records: its file, or (never run) a `not_run` error per row.
-fn chunk_records(job: &BatchJob, dir: &Path, index: u64) -> std::io::Result<Vec<u8>> {
+fn chunk_records(
+    job: &BatchJob,
+    shape: &Shape,
+    dir: &Path,
+    index: u64,
+) -> std::io::Result<Vec<u8>> {
     if index < job.chunks_done {
         return std::fs::read(chunk_path(dir, index));
     }
@@ -166,7 +294,7 @@ fn chunk_records(job: &BatchJob, dir: &Path, index: u64) -> std::io::Result<Vec<
     let message = format!("the job {} before this row ran", job.state.as_str());
     for row in chunk.first_row..chunk.first_row + chunk.rows {
         let mut record = vec![(row + 1).to_string()];
-        record.extend(std::iter::repeat_n(String::new(), 7));
+        record.extend(std::iter::repeat_n(String::new(), shape.values()));
         record.extend(["not_run".to_string(), message.clone()]);
         w.write_record(&record)?;
     }
@@ -181,16 +309,26 @@ fn send(tx: &Sender, buf: &mut Vec<u8>) -> std::io::Result<()> {
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
 }
 
-fn text(job: &BatchJob, dir: &Path, format: Format, tx: &Sender) -> std::io::Result<()> {
+fn text(
+    job: &BatchJob,
+    shape: &Shape,
+    dir: &Path,
+    format: Format,
+    tx: &Sender,
+) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(FLUSH_AT * 2);
     match format {
-        Format::Csv => out.extend_from_slice(format!("{}\n", COLUMNS.join(",")).as_bytes()),
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(&mut out);
+            w.write_record(shape.columns())?;
+            w.flush()?;
+        }
         Format::Json => out.push(b'['),
         _ => {}
     }
     let mut first = true;
     for index in 0..job.chunks_total {
-        let records = chunk_records(job, dir, index)?;
+        let records = chunk_records(job, shape, dir, index)?;
         if format == Format::Csv {
             out.extend_from_slice(&records);
         } else {
@@ -203,7 +341,7 @@ fn text(job: &BatchJob, dir: &Path, format: Format, tx: &Sender) -> std::io::Res
                     out.push(b',');
                 }
                 first = false;
-                serde_json::to_writer(&mut out, &row_json(&record, &job.model))?;
+                serde_json::to_writer(&mut out, &shape.row_json(&record, &job.model))?;
                 if format == Format::Ndjson {
                     out.push(b'\n');
                 }
@@ -263,72 +401,152 @@ impl Write for ChannelWriter<'_> {
     }
 }
 
-fn parquet(job: &BatchJob, dir: &Path, tx: &Sender) -> std::io::Result<()> {
+/// A result column's type in Parquet.
+#[derive(Clone, Copy)]
+enum Kind {
+    UInt,
+    Float,
+    Text,
+}
+
+enum Values {
+    UInt(Vec<Option<u64>>),
+    Float(Vec<Option<f64>>),
+    Text(Vec<Option<String>>),
+}
+
+fn parquet(job: &BatchJob, shape: &Shape, dir: &Path, tx: &Sender) -> std::io::Result<()> {
     use polars::prelude::*;
     let polars_io = |e: PolarsError| std::io::Error::other(e.to_string());
     let mut writer = ChannelWriter {
         tx,
         buf: Vec::with_capacity(FLUSH_AT * 2),
     };
-    let types = [
-        DataType::UInt64,
-        DataType::Float64,
-        DataType::Float64,
-        DataType::Float64,
-        DataType::Float64,
-        DataType::Float64,
-        DataType::UInt64,
-        DataType::String,
-        DataType::String,
-        DataType::String,
-    ];
-    let schema: Schema = COLUMNS
+    let names = shape.columns();
+    let kinds: Vec<Kind> = match shape {
+        Shape::Price => [
+            Kind::UInt,
+            Kind::Float,
+            Kind::Float,
+            Kind::Float,
+            Kind::Float,
+            Kind::Float,
+            Kind::UInt,
+            Kind::Text,
+            Kind::Text,
+            Kind::Text,
+        ]
+        .to_vec(),
+        Shape::Outputs(_) => std::iter::once(Kind::UInt)
+            .chain(std::iter::repeat_n(Kind::Float, shape.values()))
+            .chain([Kind::Text, Kind::Text])
+            .collect(),
+    };
+    let schema: Schema = names
         .iter()
-        .zip(types)
-        .map(|(name, dtype)| Field::new((*name).into(), dtype))
+        .zip(&kinds)
+        .map(|(name, kind)| {
+            let dtype = match kind {
+                Kind::UInt => DataType::UInt64,
+                Kind::Float => DataType::Float64,
+                Kind::Text => DataType::String,
+            };
+            Field::new(name.as_str().into(), dtype)
+        })
         .collect();
     let mut batched = ParquetWriter::new(&mut writer)
         .with_compression(ParquetCompression::Zstd(None))
         .batched(&schema)
         .map_err(polars_io)?;
     for index in 0..job.chunks_total {
-        let records = chunk_records(job, dir, index)?;
+        let records = chunk_records(job, shape, dir, index)?;
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .from_reader(records.as_slice());
-        let mut row: Vec<u64> = Vec::new();
-        let mut floats: [Vec<Option<f64>>; 5] = Default::default();
-        let mut version: Vec<Option<u64>> = Vec::new();
-        let mut texts: [Vec<Option<String>>; 3] = Default::default();
+        let mut columns: Vec<Values> = kinds
+            .iter()
+            .map(|k| match k {
+                Kind::UInt => Values::UInt(Vec::new()),
+                Kind::Float => Values::Float(Vec::new()),
+                Kind::Text => Values::Text(Vec::new()),
+            })
+            .collect();
         let mut record = csv::StringRecord::new();
+        let mut height = 0;
         while reader.read_record(&mut record)? {
-            row.push(record.get(0).and_then(|c| c.parse().ok()).unwrap_or(0));
-            for (k, column) in floats.iter_mut().enumerate() {
-                column.push(record.get(k + 1).and_then(|c| c.parse().ok()));
-            }
-            version.push(record.get(6).and_then(|c| c.parse().ok()));
-            for (k, column) in texts.iter_mut().enumerate() {
-                column.push(
-                    record
-                        .get(k + 7)
-                        .filter(|c| !c.is_empty())
-                        .map(str::to_string),
-                );
+            height += 1;
+            for (i, column) in columns.iter_mut().enumerate() {
+                let cell = record.get(i).filter(|c| !c.is_empty());
+                match column {
+                    Values::UInt(v) => v.push(cell.and_then(|c| c.parse().ok())),
+                    Values::Float(v) => v.push(cell.and_then(|c| c.parse().ok())),
+                    Values::Text(v) => v.push(cell.map(str::to_string)),
+                }
             }
         }
-        let height = row.len();
-        let mut columns: Vec<Column> = vec![Column::new(COLUMNS[0].into(), row)];
-        for (k, values) in floats.into_iter().enumerate() {
-            columns.push(Column::new(COLUMNS[k + 1].into(), values));
-        }
-        columns.push(Column::new(COLUMNS[6].into(), version));
-        for (k, values) in texts.into_iter().enumerate() {
-            columns.push(Column::new(COLUMNS[k + 7].into(), values));
-        }
+        let columns: Vec<Column> = columns
+            .into_iter()
+            .zip(&names)
+            .map(|(values, name)| {
+                let name = name.as_str().into();
+                match values {
+                    Values::UInt(v) => Column::new(name, v),
+                    Values::Float(v) => Column::new(name, v),
+                    Values::Text(v) => Column::new(name, v),
+                }
+            })
+            .collect();
         let frame = DataFrame::new(height, columns).map_err(polars_io)?;
         batched.write_batch(&frame).map_err(polars_io)?;
     }
     batched.finish().map_err(polars_io)?;
     drop(batched);
     send(tx, &mut writer.buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_output_of_several_values_a_row_has_a_column_for_each() {
+        let shape = Shape::Outputs(vec![
+            Output {
+                name: "forecast".into(),
+                width: 3,
+            },
+            Output {
+                name: "score".into(),
+                width: 1,
+            },
+        ]);
+        assert_eq!(
+            shape.columns(),
+            [
+                "row",
+                "forecast_1",
+                "forecast_2",
+                "forecast_3",
+                "score",
+                "error_code",
+                "error_message"
+            ]
+        );
+        let mut w = csv::Writer::from_writer(Vec::new());
+        write_values(&mut w, 4, Ok(&[1.5, 2.0, f64::NAN, 0.25]), 4).unwrap();
+        let error = ApiError::invalid("rows", "2 values; the model takes 6");
+        write_values(&mut w, 5, Err(&error), 4).unwrap();
+        let text = String::from_utf8(w.into_inner().unwrap()).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("4,1.5,2,,0.25,,"));
+        let record =
+            csv::StringRecord::from(lines.next().unwrap().splitn(7, ',').collect::<Vec<_>>());
+        let json = shape.row_json(&record, "m");
+        assert_eq!(json["error"]["code"], "validation_error", "{json}");
+        let ok = csv::StringRecord::from(vec!["4", "1.5", "2", "", "0.25", "", ""]);
+        assert_eq!(
+            shape.row_json(&ok, "m"),
+            serde_json::json!({"row": 4, "outputs": {"forecast": [1.5, 2.0, null], "score": [0.25]}, "error": null})
+        );
+    }
 }
