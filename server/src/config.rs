@@ -133,6 +133,10 @@ pub struct ServeArgs {
     /// results answer 410 [default: 604800, 7 days].
     #[arg(long, env = "MERCATOR_BATCH_RETENTION_SECS")]
     pub batch_retention_secs: Option<u64>,
+    /// A batch job is refused (507) unless the data directory has this many times its upload free: the
+    /// upload, its CSV form and its results [default: 3].
+    #[arg(long, env = "MERCATOR_BATCH_DISK_FACTOR")]
+    pub batch_disk_factor: Option<f64>,
 }
 
 /// The settings in force.
@@ -199,6 +203,7 @@ impl Default for Config {
                 max_running: 2,
                 max_active_per_org: 10,
                 retention: Duration::from_secs(7 * 24 * 3600),
+                disk_factor: 3.0,
             },
         }
     }
@@ -298,6 +303,11 @@ impl Config {
                     .or(file.batch_retention_secs)
                     .map(Duration::from_secs)
                     .unwrap_or(d.batch.retention),
+                disk_factor: args
+                    .batch_disk_factor
+                    .or(file.batch_disk_factor)
+                    .unwrap_or(d.batch.disk_factor)
+                    .max(0.0),
             },
         })
     }

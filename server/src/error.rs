@@ -51,6 +51,8 @@ pub enum ApiError {
     ResultsNotReady(&'static str),
     #[error("the job's results expired at {0} (--batch-retention-secs) and were deleted")]
     ResultsExpired(String),
+    #[error("the data directory has {free} bytes free; this batch needs {needed} more (its upload, and for a job --batch-disk-factor times that)")]
+    InsufficientStorage { free: u64, needed: u64 },
     #[error("an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")]
     MissingKey,
     #[error("the API key is not valid")]
@@ -148,6 +150,9 @@ impl ApiError {
             }
             ApiError::ResultsNotReady(_) => (StatusCode::CONFLICT, "results_not_ready"),
             ApiError::ResultsExpired(_) => (StatusCode::GONE, "results_expired"),
+            ApiError::InsufficientStorage { .. } => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
             ApiError::MissingKey | ApiError::InvalidKey => {
                 (StatusCode::UNAUTHORIZED, "unauthorized")
             }

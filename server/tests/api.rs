@@ -1153,6 +1153,8 @@ async fn the_openapi_document_covers_every_endpoint() {
         "GET /api/v1/predictions/batch/{id}",
         "DELETE /api/v1/predictions/batch/{id}",
         "GET /api/v1/predictions/batch/{id}/results",
+        "GET /api/v1/predictions/batch/{id}/errors",
+        "POST /api/v1/predictions/batch/{id}/cancel",
         "GET /ws/predictions/{batch_id}",
         "POST /api/v1/analytics/trends",
         "POST /api/v1/analytics/forecast",

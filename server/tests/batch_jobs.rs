@@ -296,9 +296,10 @@ async fn cancelled_jobs_stop_and_still_answer_every_row() {
         assert!(Instant::now() < until, "{job}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // POST .../cancel does what DELETE does.
     let r = s
         .client
-        .delete(s.url(&format!("/api/v1/predictions/batch/{running}")))
+        .post(s.url(&format!("/api/v1/predictions/batch/{running}/cancel")))
         .send()
         .await
         .unwrap();
@@ -327,6 +328,50 @@ async fn cancelled_jobs_stop_and_still_answer_every_row() {
             assert_eq!(&record[8], "not_run", "row {}: {record:?}", i + 1);
         }
     }
+    // A download that broke at row 12,345 resumes there: no header, the rows from there on.
+    let r = s
+        .client
+        .get(s.url(&format!(
+            "/api/v1/predictions/batch/{running}/results?format=csv&offset=12345"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-total-rows"], (ROWS - 12345).to_string());
+    let rest = r.text().await.unwrap();
+    let whole: Vec<&str> = text.lines().skip(1 + 12345).collect();
+    assert_eq!(rest.lines().collect::<Vec<_>>(), whole);
+
+    // The errors alone: the rows it never ran (and any that failed), as rows of the results.
+    let r = s
+        .client
+        .get(s.url(&format!(
+            "/api/v1/predictions/batch/{running}/errors?format=ndjson"
+        )))
+        .send()
+        .await
+        .unwrap();
+    let failed = job["failed_rows"].as_u64().unwrap() as usize;
+    assert_eq!(
+        r.headers()["x-total-rows"],
+        (failed + ROWS - processed).to_string()
+    );
+    let errors: Vec<Value> = r
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(errors.len(), failed + ROWS - processed);
+    assert!(errors.iter().all(|e| e["error"]["code"].is_string()));
+    assert_eq!(errors.last().unwrap()["row"], ROWS);
+    assert_eq!(
+        errors[failed]["error"]["code"], "not_run",
+        "{}",
+        errors[failed]
+    );
+
     // Cancelling an ended job changes nothing.
     let r = s
         .client
@@ -805,4 +850,50 @@ async fn a_retried_submit_with_one_key_makes_one_job_whose_results_expire() {
     }
     let (status, job) = get(&s, &s.client, &format!("/api/v1/predictions/batch/{id}")).await;
     assert_eq!((status, job["state"].as_str()), (200, Some("succeeded")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_the_disk_cannot_hold_is_refused_before_it_is_written() {
+    // No disk has a billion times an upload free: every job is refused, inline batches still answered.
+    let s = TestServer::with(|c| {
+        c.batch_inline_max_rows = 10;
+        c.batch.disk_factor = 1e9;
+    })
+    .await;
+    let fixture = ingest_fixture(&s, &s.client).await;
+    let (csv, _) = requests_csv(&fixture, 50, 0);
+    let r = s
+        .client
+        .post(s.url("/api/v1/predictions/batch"))
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 507);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_storage", "{body}");
+    let rows: Vec<Value> = (0..20).map(|_| json!(vec![0.5; 6])).collect();
+    let r = s
+        .client
+        .post(s.url("/api/v1/predictions/batch"))
+        .json(&json!({"model": "anomaly", "version": 1, "rows": rows}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 507);
+    let spools: Vec<_> = std::fs::read_dir(s.data_dir.as_ref().unwrap().path().join("batches"))
+        .unwrap()
+        .collect();
+    assert!(spools.is_empty(), "nothing is left behind: {spools:?}");
+    let (csv, _) = requests_csv(&fixture, 5, 0);
+    let r = s
+        .client
+        .post(s.url("/api/v1/predictions/batch"))
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a batch answered inline needs no room");
 }

@@ -34,7 +34,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(predict_batch, list_jobs))
         .routes(routes!(get_job, cancel_job))
+        .routes(routes!(cancel_job_post))
         .routes(routes!(job_results))
+        .routes(routes!(job_errors))
         .routes(routes!(progress_stream))
 }
 
@@ -252,7 +254,7 @@ async fn predict_batch(
                 rows: 0,
             };
             let path = spooled.input();
-            spooled.bytes = spool(request, &path, limit).await?;
+            spooled.bytes = spool(&app.jobs, request, &path, limit).await?;
             let settings = app.jobs.settings;
             let (width, outputs) = (target.width, target.outputs.clone());
             let layout = input::Layout::Features { width };
@@ -289,7 +291,7 @@ async fn predict_batch(
                 chunks: Vec::new(),
                 rows: 0,
             };
-            spooled.bytes = spool(request, &path, limit).await?;
+            spooled.bytes = spool(&app.jobs, request, &path, limit).await?;
             let settings = app.jobs.settings;
             blocking(move || {
                 index(
@@ -312,7 +314,7 @@ async fn predict_batch(
                 chunks: Vec::new(),
                 rows: 0,
             };
-            spooled.bytes = spool(request, &upload, limit).await?;
+            spooled.bytes = spool(&app.jobs, request, &upload, limit).await?;
             let settings = app.jobs.settings;
             blocking(move || {
                 input::parquet_to_csv(&upload, &spooled.input())?;
@@ -411,8 +413,28 @@ async fn blocking<T: Send + 'static>(
     })?
 }
 
-/// Streams the body to `path`, at most `limit` bytes (413 beyond).
-async fn spool(request: Request, path: &std::path::Path, limit: usize) -> Result<u64, ApiError> {
+/// Streams the body to `path`, at most `limit` bytes (413 beyond); a body whose `Content-Length` says it
+/// is too large, or too large for the free disk (507), is refused before a byte is written.
+async fn spool(
+    jobs: &crate::jobs::Jobs,
+    request: Request,
+    path: &std::path::Path,
+    limit: usize,
+) -> Result<u64, ApiError> {
+    let length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(length) = length {
+        if length > limit as u64 {
+            return Err(ApiError::BodyTooLarge {
+                limit,
+                flag: "--batch-max-body-bytes",
+            });
+        }
+        jobs.check_space(length)?;
+    }
     let mut file = tokio::fs::File::create(path).await.map_err(input::io)?;
     let mut stream = request.into_body().into_data_stream();
     let mut written = 0u64;
@@ -627,19 +649,36 @@ async fn cancel_job(
     caller: Auth<Analyst>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let org = &caller.organization_id;
+    cancel(&app, &caller.organization_id, &id).await
+}
+
+/// Cancel a batch job (analyst), as `DELETE /api/v1/predictions/batch/{id}` does: for clients that cannot
+/// send DELETE, and where a cancel reads better as an action.
+#[utoipa::path(post, path = "/api/v1/predictions/batch/{id}/cancel", tag = "predictions",
+    params(("id" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, body = JobView), (status = 202, body = JobView),
+              (status = "4XX", body = ErrorEnvelope)))]
+async fn cancel_job_post(
+    State(app): State<AppState>,
+    caller: Auth<Analyst>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    cancel(&app, &caller.organization_id, &id).await
+}
+
+async fn cancel(app: &AppState, org: &str, id: &str) -> Result<Response, ApiError> {
     let mut job = app
         .store
-        .cancel_batch_job(org, &id)
+        .cancel_batch_job(org, id)
         .await
         .map_err(ApiError::store("batch job"))?;
-    app.jobs.cancel(&id);
+    app.jobs.cancel(id);
     let until = Instant::now() + Duration::from_secs(2);
     while !job.state.is_terminal() && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
         job = app
             .store
-            .batch_job(org, &id)
+            .batch_job(org, id)
             .await
             .map_err(ApiError::store("batch job"))?;
     }
@@ -648,7 +687,7 @@ async fn cancel_job(
     } else {
         StatusCode::ACCEPTED
     };
-    Ok((status, Json(JobView::of(&app, job))).into_response())
+    Ok((status, Json(JobView::of(app, job))).into_response())
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -656,6 +695,9 @@ async fn cancel_job(
 pub struct ResultsQuery {
     /// csv, json (an array), ndjson or parquet; else from `Accept`, else json.
     pub format: Option<String>,
+    /// Leave out the rows before this one (from 0): a broken download resumes where it broke (CSV then has
+    /// no header row).
+    pub offset: Option<u64>,
 }
 
 /// A job's results, once it has ended (409 before): one row per input row, in input order, streamed. CSV
@@ -673,18 +715,54 @@ async fn job_results(
     ApiQuery(q): ApiQuery<ResultsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let format = match q.format.as_deref() {
+    let pick = results::Pick {
+        offset: q.offset.unwrap_or(0),
+        errors_only: false,
+    };
+    render(&app, &caller.organization_id, &id, q.format, &headers, pick).await
+}
+
+/// A job's failed rows only (those it never ran, `not_run`, included), once it has ended: as its results,
+/// in the same formats and columns.
+#[utoipa::path(get, path = "/api/v1/predictions/batch/{id}/errors", tag = "predictions",
+    params(("id" = String, Path), ResultsQuery), security(("api_key" = [])),
+    responses((status = 200, description = "The failed rows, in the format asked for"),
+              (status = "4XX", body = ErrorEnvelope)))]
+async fn job_errors(
+    State(app): State<AppState>,
+    caller: Auth<Viewer>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ResultsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let pick = results::Pick {
+        offset: q.offset.unwrap_or(0),
+        errors_only: true,
+    };
+    render(&app, &caller.organization_id, &id, q.format, &headers, pick).await
+}
+
+/// The rows of an ended job that `pick` takes, streamed in the format asked for.
+async fn render(
+    app: &AppState,
+    org: &str,
+    id: &str,
+    format: Option<String>,
+    headers: &HeaderMap,
+    pick: results::Pick,
+) -> Result<Response, ApiError> {
+    let format = match format.as_deref() {
         Some(f) => Format::parse(f).ok_or_else(|| {
             ApiError::invalid("format", format!("`{f}`: csv, json, ndjson or parquet"))
         })?,
-        None if accepts(&headers, "text/csv") => Format::Csv,
-        None if accepts(&headers, "ndjson") => Format::Ndjson,
-        None if accepts(&headers, "parquet") => Format::Parquet,
+        None if accepts(headers, "text/csv") => Format::Csv,
+        None if accepts(headers, "ndjson") => Format::Ndjson,
+        None if accepts(headers, "parquet") => Format::Parquet,
         None => Format::Json,
     };
     let job = app
         .store
-        .batch_job(&caller.organization_id, &id)
+        .batch_job(org, id)
         .await
         .map_err(ApiError::store("batch job"))?;
     if !job.state.is_terminal() {
@@ -694,22 +772,23 @@ async fn job_results(
         let at = app.jobs.expires_at(&job).unwrap_or_else(chrono::Utc::now);
         return Err(ApiError::ResultsExpired(at.to_rfc3339()));
     }
-    let total = job.total_rows;
-    let rx = results::render(job, app.jobs.job_dir(&id), format);
+    let total = pick.rows(&job);
+    let rx = results::render(job, app.jobs.job_dir(id), format, pick);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
-    Ok((
-        [
-            (header::CONTENT_TYPE, format.content_type().to_string()),
-            (
-                header::HeaderName::from_static("x-total-rows"),
-                total.to_string(),
-            ),
-        ],
+    let mut response = (
+        [(header::CONTENT_TYPE, format.content_type().to_string())],
         axum::body::Body::from_stream(stream),
     )
-        .into_response())
+        .into_response();
+    if let Some(total) = total {
+        response.headers_mut().insert(
+            header::HeaderName::from_static("x-total-rows"),
+            header::HeaderValue::from(total),
+        );
+    }
+    Ok(response)
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -906,8 +985,9 @@ async fn raw_inline(
     let input = &manifest.inputs[0];
     let width = target.width;
     let ready: Vec<&Vec<f32>> = checked.iter().filter_map(|r| r.as_ref().ok()).collect();
-    // Each answered row's output values, all outputs in order.
-    let mut answered: Vec<Vec<f64>> = Vec::with_capacity(ready.len());
+    // Each answered row's output values, all outputs in order, one row after another.
+    let values: usize = target.outputs.iter().map(|o| o.width).sum();
+    let mut answered: Vec<f64> = Vec::with_capacity(ready.len() * values);
     for chunk in ready.chunks(manifest.batching.max_batch_size.max(1)) {
         let tensor = mercator_engine::Tensor {
             name: input.name.clone(),
@@ -917,33 +997,19 @@ async fn raw_inline(
             ),
         };
         let answer = target.model.infer(vec![tensor], None).await?;
-        let columns: Vec<Vec<f64>> = answer.outputs.iter().map(|t| t.data.to_f64()).collect();
-        for k in 0..chunk.len() {
-            let mut row = Vec::new();
-            for column in &columns {
-                let w = column.len() / chunk.len();
-                row.extend_from_slice(&column[k * w..(k + 1) * w]);
-            }
-            answered.push(row);
-        }
+        results::append_rows(&answer.outputs, chunk.len(), &mut answered);
     }
-    let mut answered = answered.into_iter();
-    let outcomes: Vec<Result<Vec<f64>, ApiError>> = checked
+    let mut answered = answered.chunks_exact(values.max(1));
+    let outcomes: Vec<Result<&[f64], ApiError>> = checked
         .into_iter()
         .map(|r| r.map(|_| answered.next().unwrap_or_default()))
         .collect();
     if csv_out {
-        let values = target.outputs.iter().map(|o| o.width).sum();
         let shape = results::Shape::Outputs(target.outputs.clone());
         let mut w = csv::Writer::from_writer(Vec::new());
         let _ = w.write_record(shape.columns());
         for (i, outcome) in outcomes.iter().enumerate() {
-            let _ = results::write_values(
-                &mut w,
-                i as u64 + 1,
-                outcome.as_ref().map(|v| v.as_slice()),
-                values,
-            );
+            let _ = results::write_values(&mut w, i as u64 + 1, outcome.as_ref().copied(), values);
         }
         return Ok((
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],

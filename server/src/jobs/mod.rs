@@ -26,6 +26,7 @@ use tokio::sync::{watch, Notify};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use crate::predict::Named;
 use crate::AppState;
 
 /// The limits and sizes of batch jobs, each set by its flag.
@@ -43,6 +44,8 @@ pub struct Settings {
     pub max_active_per_org: u64,
     /// How long an ended job's results are kept (--batch-retention-secs).
     pub retention: Duration,
+    /// Free space a job needs, in multiples of its upload (--batch-disk-factor).
+    pub disk_factor: f64,
 }
 
 /// A job's progress as the runner last published it.
@@ -146,6 +149,14 @@ impl Jobs {
         })
     }
 
+    /// 507 unless the data directory has `needed` bytes free.
+    pub fn check_space(&self, needed: u64) -> Result<(), ApiError> {
+        match free_bytes(&self.dir) {
+            Some(free) if free < needed => Err(ApiError::InsufficientStorage { free, needed }),
+            _ => Ok(()),
+        }
+    }
+
     /// A fresh spool directory for an upload.
     pub fn spool(&self) -> std::io::Result<PathBuf> {
         let dir = self
@@ -188,6 +199,9 @@ impl Jobs {
                 limit: self.settings.max_active_per_org,
             });
         }
+        // Room for the rest of what the job writes: --batch-disk-factor times its upload, less the upload.
+        let needed = (spooled.bytes as f64 * self.settings.disk_factor) as u64;
+        self.check_space(needed.saturating_sub(spooled.bytes))?;
         let id = new_batch_id();
         let dir = self.job_dir(&id);
         std::fs::rename(&spooled.dir, &dir).map_err(input::io)?;
@@ -356,6 +370,30 @@ impl Jobs {
             }
             tokio::time::sleep(every).await;
         }
+    }
+}
+
+/// Bytes free to an unprivileged writer on the file system of `path` (None where that cannot be read).
+fn free_bytes(path: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+        let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+        // SAFETY: `c` is a NUL-terminated path and `stat` a buffer of the right type; it is read only
+        // after statvfs reports success.
+        let stat = unsafe {
+            if libc::statvfs(c.as_ptr(), stat.as_mut_ptr()) != 0 {
+                return None;
+            }
+            stat.assume_init()
+        };
+        Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
     }
 }
 
@@ -564,23 +602,24 @@ async fn compute(run: Arc<Run>, index: u64) -> Result<Computed, ApiError> {
                 .ok_or_else(prep_gone)?;
         }
     };
+    // Everything per row happens on the preparing threads: a runtime thread busy for a chunk's 16,384 rows
+    // (milliseconds) would hold up every interactive request queued on it.
     let input = run.input.clone();
-    let parsed = run
+    let (requests, errors, named) = run
         .jobs
         .prep
         .run(move || {
-            input::read_chunk(&input, &chunk, |record| {
+            let parsed = input::read_chunk(&input, &chunk, |record| {
                 record.and_then(|r| columns.parse(r))
-            })
+            })?;
+            let (requests, errors) = input::split(parsed);
+            let named = Named::of(&requests);
+            Ok::<_, ApiError>((requests, errors, named))
         })
         .await
         .ok_or_else(prep_gone)??;
-    let (requests, errors) = input::split(parsed);
     let app = &run.app;
-    let catalog = app
-        .predictor
-        .catalog(&app.store, &run.org, &requests)
-        .await?;
+    let catalog = app.predictor.catalog(&app.store, &run.org, named).await?;
     let on_prep = run.clone();
     run.jobs
         .prep
@@ -647,14 +686,7 @@ fn compute_features(
     // Each answered row's output values, all outputs in order, one after another.
     let mut answered: Vec<f64> = Vec::with_capacity(parsed.len() * values);
     for (slice, n) in pending {
-        let outputs = slice.wait()?.outputs;
-        let columns: Vec<Vec<f64>> = outputs.iter().map(|t| t.data.to_f64()).collect();
-        for k in 0..n {
-            for column in &columns {
-                let w = column.len() / n;
-                answered.extend_from_slice(&column[k * w..(k + 1) * w]);
-            }
-        }
+        results::append_rows(&slice.wait()?.outputs, n, &mut answered);
     }
     if answered.len() != values * parsed.iter().filter(|r| r.is_ok()).count() {
         return Err(ApiError::Engine(mercator_engine::EngineError::Runtime(

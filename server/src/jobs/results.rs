@@ -117,6 +117,18 @@ impl Shape {
     }
 }
 
+/// A model's outputs for `rows` rows appended to `into` row by row: each row's values of every output, in
+/// the outputs' order (what a raw feature row's answer holds).
+pub fn append_rows(outputs: &[mercator_engine::Tensor], rows: usize, into: &mut Vec<f64>) {
+    let columns: Vec<Vec<f64>> = outputs.iter().map(|t| t.data.to_f64()).collect();
+    for k in 0..rows {
+        for column in &columns {
+            let w = column.len() / rows.max(1);
+            into.extend_from_slice(&column[k * w..(k + 1) * w]);
+        }
+    }
+}
+
 /// A raw feature row's answer as a CSV record: its outputs' values in order, or its error after `values`
 /// empty cells.
 pub fn write_values<W: Write>(
@@ -257,19 +269,48 @@ impl Format {
 
 type Sender = mpsc::Sender<std::io::Result<Bytes>>;
 
-/// The job's results, rendered by a blocking task into a channel of two buffers at most: every row, in
-/// order, the committed rows from their files and the rows a cancelled or failed job never ran as errors
-/// (`not_run`).
+/// Which result rows are rendered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pick {
+    /// Rows before this one (counted from 0) are left out: a broken download resumes here.
+    pub offset: u64,
+    /// Only rows that carry an error (`not_run` ones included).
+    pub errors_only: bool,
+}
+
+impl Pick {
+    /// How many rows of the job this picks (None: not known without reading the files).
+    pub fn rows(&self, job: &BatchJob) -> Option<u64> {
+        match (self.errors_only, self.offset) {
+            (false, offset) => Some(job.total_rows.saturating_sub(offset)),
+            (true, 0) => Some(job.failed_rows + job.total_rows.saturating_sub(job.processed_rows)),
+            (true, _) => None,
+        }
+    }
+}
+
+/// The job's results, rendered by a blocking task into a channel of two buffers at most: the rows `pick`
+/// takes, in order, the committed rows from their files and the rows a cancelled or failed job never ran as
+/// errors (`not_run`).
 pub fn render(
     job: BatchJob,
     dir: PathBuf,
     format: Format,
+    pick: Pick,
 ) -> mpsc::Receiver<std::io::Result<Bytes>> {
     let (tx, rx) = mpsc::channel(2);
     tokio::task::spawn_blocking(move || {
-        let result = Shape::of(&job, &dir).and_then(|shape| match format {
-            Format::Parquet => parquet(&job, &shape, &dir, &tx),
-            _ => text(&job, &shape, &dir, format, &tx),
+        let result = Shape::of(&job, &dir).and_then(|shape| {
+            let read = Reader {
+                job: &job,
+                shape: &shape,
+                dir: &dir,
+                pick,
+            };
+            match format {
+                Format::Parquet => parquet(&read, &tx),
+                _ => text(&read, format, &tx),
+            }
         });
         if let Err(e) = result {
             // Headers are sent: the best left is to break the body so the client sees it incomplete.
@@ -279,26 +320,54 @@ pub fn render(
     rx
 }
 
-/// A chunk's records: its file, or (never run) a `not_run` error per row.
-fn chunk_records(
-    job: &BatchJob,
-    shape: &Shape,
-    dir: &Path,
-    index: u64,
-) -> std::io::Result<Vec<u8>> {
-    if index < job.chunks_done {
-        return std::fs::read(chunk_path(dir, index));
+/// What rendering reads: the job, its shape and directory, and which rows.
+struct Reader<'a> {
+    job: &'a BatchJob,
+    shape: &'a Shape,
+    dir: &'a Path,
+    pick: Pick,
+}
+
+impl Reader<'_> {
+    /// A chunk's records that the pick takes: from its file, or (never run) a `not_run` error per row.
+    fn chunk(&self, index: u64) -> std::io::Result<Vec<u8>> {
+        let (job, pick) = (self.job, self.pick);
+        let chunk = job.chunks[index as usize];
+        if chunk.first_row + chunk.rows <= pick.offset {
+            return Ok(Vec::new());
+        }
+        let records = if index < job.chunks_done {
+            std::fs::read(chunk_path(self.dir, index))?
+        } else {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            let message = format!("the job {} before this row ran", job.state.as_str());
+            for row in chunk.first_row..chunk.first_row + chunk.rows {
+                let mut record = vec![(row + 1).to_string()];
+                record.extend(std::iter::repeat_n(String::new(), self.shape.values()));
+                record.extend(["not_run".to_string(), message.clone()]);
+                w.write_record(&record)?;
+            }
+            w.into_inner().map_err(|e| e.into_error())?
+        };
+        if chunk.first_row >= pick.offset && !pick.errors_only {
+            return Ok(records);
+        }
+        let error_at = 1 + self.shape.values();
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(records.as_slice());
+        let mut w = csv::Writer::from_writer(Vec::with_capacity(records.len()));
+        let mut record = csv::ByteRecord::new();
+        let mut row = chunk.first_row;
+        while reader.read_byte_record(&mut record)? {
+            let erred = record.get(error_at).is_some_and(|c| !c.is_empty());
+            if row >= pick.offset && (erred || !pick.errors_only) {
+                w.write_byte_record(&record)?;
+            }
+            row += 1;
+        }
+        w.into_inner().map_err(|e| e.into_error())
     }
-    let chunk = job.chunks[index as usize];
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let message = format!("the job {} before this row ran", job.state.as_str());
-    for row in chunk.first_row..chunk.first_row + chunk.rows {
-        let mut record = vec![(row + 1).to_string()];
-        record.extend(std::iter::repeat_n(String::new(), shape.values()));
-        record.extend(["not_run".to_string(), message.clone()]);
-        w.write_record(&record)?;
-    }
-    w.into_inner().map_err(|e| e.into_error())
 }
 
 const FLUSH_AT: usize = 256 * 1024;
@@ -309,15 +378,12 @@ fn send(tx: &Sender, buf: &mut Vec<u8>) -> std::io::Result<()> {
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
 }
 
-fn text(
-    job: &BatchJob,
-    shape: &Shape,
-    dir: &Path,
-    format: Format,
-    tx: &Sender,
-) -> std::io::Result<()> {
+fn text(read: &Reader, format: Format, tx: &Sender) -> std::io::Result<()> {
+    let (job, shape) = (read.job, read.shape);
     let mut out = Vec::with_capacity(FLUSH_AT * 2);
     match format {
+        // A resumed download continues the file it began: no second header.
+        Format::Csv if read.pick.offset > 0 => {}
         Format::Csv => {
             let mut w = csv::Writer::from_writer(&mut out);
             w.write_record(shape.columns())?;
@@ -328,7 +394,7 @@ fn text(
     }
     let mut first = true;
     for index in 0..job.chunks_total {
-        let records = chunk_records(job, shape, dir, index)?;
+        let records = read.chunk(index)?;
         if format == Format::Csv {
             out.extend_from_slice(&records);
         } else {
@@ -415,8 +481,9 @@ enum Values {
     Text(Vec<Option<String>>),
 }
 
-fn parquet(job: &BatchJob, shape: &Shape, dir: &Path, tx: &Sender) -> std::io::Result<()> {
+fn parquet(read: &Reader, tx: &Sender) -> std::io::Result<()> {
     use polars::prelude::*;
+    let (job, shape) = (read.job, read.shape);
     let polars_io = |e: PolarsError| std::io::Error::other(e.to_string());
     let mut writer = ChannelWriter {
         tx,
@@ -459,7 +526,10 @@ fn parquet(job: &BatchJob, shape: &Shape, dir: &Path, tx: &Sender) -> std::io::R
         .batched(&schema)
         .map_err(polars_io)?;
     for index in 0..job.chunks_total {
-        let records = chunk_records(job, shape, dir, index)?;
+        let records = read.chunk(index)?;
+        if records.is_empty() {
+            continue;
+        }
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .from_reader(records.as_slice());

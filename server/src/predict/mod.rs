@@ -32,7 +32,7 @@ mod trend;
 
 pub use anomaly::{AnomalyAnswer, AnomalyRequest, Judgement};
 pub use forecast::{ForecastAnswer, ForecastRequest};
-pub use price::{Catalog, PricePrediction, PriceRequest};
+pub use price::{Catalog, Named, PricePrediction, PriceRequest};
 pub use trend::{TrendAnswer, TrendRequest};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -126,26 +126,23 @@ impl Predictor {
         )
     }
 
-    /// The materials and suppliers `requests` name, each looked up once for the organization (what a
-    /// batch job's chunk needs before it is priced off the runtime).
+    /// The materials and suppliers of `named`, each looked up for the organization (what a batch job's
+    /// chunk needs before it is priced off the runtime). Only the distinct ids come here: finding them in a
+    /// chunk's rows is the preparing thread's work ([`Named::of`]), not the runtime's.
     pub async fn catalog(
         &self,
         store: &Store,
         org: &str,
-        requests: &[PriceRequest],
+        named: Named,
     ) -> Result<Catalog, ApiError> {
         let mut catalog = Catalog::default();
-        for request in requests {
-            if !catalog.materials.contains_key(&request.material_id) {
-                let found = found(self.material(store, org, &request.material_id).await)?;
-                catalog.materials.insert(request.material_id.clone(), found);
-            }
-            if let Some(id) = &request.supplier_id {
-                if !catalog.suppliers.contains_key(id) {
-                    let found = found(self.supplier(store, org, id).await)?;
-                    catalog.suppliers.insert(id.clone(), found);
-                }
-            }
+        for id in named.materials {
+            let found = found(self.material(store, org, &id).await)?;
+            catalog.materials.insert(id, found);
+        }
+        for id in named.suppliers {
+            let found = found(self.supplier(store, org, &id).await)?;
+            catalog.suppliers.insert(id, found);
         }
         Ok(catalog)
     }
@@ -279,6 +276,30 @@ impl Predictor {
             &input,
         )?;
         Ok(Assembled { row, as_of })
+    }
+}
+
+/// The distinct materials and suppliers some requests name.
+#[derive(Debug, Default)]
+pub struct Named {
+    materials: Vec<String>,
+    suppliers: Vec<String>,
+}
+
+impl Named {
+    pub fn of(requests: &[PriceRequest]) -> Named {
+        let mut materials = std::collections::HashSet::new();
+        let mut suppliers = std::collections::HashSet::new();
+        for r in requests {
+            materials.insert(r.material_id.as_str());
+            if let Some(s) = &r.supplier_id {
+                suppliers.insert(s.as_str());
+            }
+        }
+        Named {
+            materials: materials.into_iter().map(str::to_string).collect(),
+            suppliers: suppliers.into_iter().map(str::to_string).collect(),
+        }
     }
 }
 
