@@ -7,7 +7,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 DURATION="${DURATION:-10}"
-CONCURRENCY="${CONCURRENCY:-8}"
+CONCURRENCY="${CONCURRENCY:-1 8}"
 out="$root/benches/out"
 mkdir -p "$out"
 target="${CARGO_TARGET_DIR:-$root/target}"
@@ -84,17 +84,21 @@ for rows in 100000 1000000; do
   echo "{\"job\":$(follow "$id")}" | tee -a "$results"
 done
 
-# Interactive latency alone, then with a 1,000,000-row job running beside it.
-# wrk runs for less time than a 1,000,000-row job takes, so every request it sends meets the job.
+# Interactive latency alone, then with a 1,000,000-row job running beside it, at each concurrency (c=1 leaves
+# a core to the job; c=8 saturates both). wrk runs for less time than a 1,000,000-row job takes, so every
+# request it sends meets the job; the job's rows committed while wrk ran say what it got meanwhile.
 WRK_SECONDS="${WRK_SECONDS:-4}"
 wrk_run() {
-  BODY_FILE="$out/predict-row.json" wrk -t2 -c"$CONCURRENCY" -d"${WRK_SECONDS}s" --timeout 5s -s benches/post.lua \
+  BODY_FILE="$out/predict-row.json" wrk -t"$(( $1 < 2 ? $1 : 2 ))" -c"$1" -d"${WRK_SECONDS}s" --timeout 5s -s benches/post.lua \
     "$base/api/v1/predictions/price" | tail -n 1
 }
-echo "{\"interactive\":\"alone\",\"concurrency\":$CONCURRENCY,\"result\":$(wrk_run)}" | tee -a "$results"
-id=$(submit "$out/batch-1000000.csv")
-sleep 0.5
-line=$(wrk_run)
-during=$(state "$id" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(json.dumps({"state": j["state"], "processed_rows": j["processed_rows"]}))')
-echo "{\"interactive\":\"with a job\",\"concurrency\":$CONCURRENCY,\"result\":$line,\"job_when_wrk_ended\":$during}" | tee -a "$results"
-echo "{\"job_beside_interactive\":$(follow "$id")}" | tee -a "$results"
+for c in $CONCURRENCY; do
+  echo "{\"interactive\":\"alone\",\"concurrency\":$c,\"result\":$(wrk_run "$c")}" | tee -a "$results"
+  id=$(submit "$out/batch-1000000.csv")
+  sleep 0.5
+  before=$(state "$id" | python3 -c 'import json,sys; print(json.load(sys.stdin)["processed_rows"])')
+  line=$(wrk_run "$c")
+  during=$(state "$id" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(json.dumps({"state": j["state"], "processed_rows": j["processed_rows"]}))')
+  echo "{\"interactive\":\"with a job\",\"concurrency\":$c,\"result\":$line,\"job_rows_before_wrk\":$before,\"job_when_wrk_ended\":$during}" | tee -a "$results"
+  echo "{\"job_beside_interactive\":$(follow "$id")}" | tee -a "$results"
+done
