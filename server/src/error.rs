@@ -51,6 +51,9 @@ pub enum ApiError {
     ResultsNotReady(&'static str),
     #[error("the job's results expired at {0} (--batch-retention-secs) and were deleted")]
     ResultsExpired(String),
+    /// Results asked of a replica other than the one whose data directory holds them.
+    #[error("the job ran on node {0}, whose data directory holds its results: ask that server")]
+    ResultsElsewhere(String),
     #[error("the data directory has {free} bytes free; this batch needs {needed} more (its upload, and for a job --batch-disk-factor times that)")]
     InsufficientStorage { free: u64, needed: u64 },
     #[error("an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")]
@@ -150,6 +153,9 @@ impl ApiError {
             }
             ApiError::ResultsNotReady(_) => (StatusCode::CONFLICT, "results_not_ready"),
             ApiError::ResultsExpired(_) => (StatusCode::GONE, "results_expired"),
+            ApiError::ResultsElsewhere(_) => {
+                (StatusCode::MISDIRECTED_REQUEST, "results_on_another_node")
+            }
             ApiError::InsufficientStorage { .. } => {
                 (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
             }

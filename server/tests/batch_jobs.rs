@@ -897,3 +897,31 @@ async fn a_job_the_disk_cannot_hold_is_refused_before_it_is_written() {
         .unwrap();
     assert_eq!(r.status(), 200, "a batch answered inline needs no room");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_database_each_run_their_own_jobs_and_say_where_results_are() {
+    let database = common::PgDatabase::create().await;
+    let replica = |url: String| {
+        TestServer::with(move |c| {
+            c.database_url = Some(url);
+            c.batch_inline_max_rows = 10;
+        })
+    };
+    let a = replica(database.url.clone()).await;
+    let b = replica(database.url.clone()).await;
+    let fixture = ingest_fixture(&a, &a.client).await;
+    let (csv, _) = requests_csv(&fixture, 40, 0);
+    let accepted = submit(&a, &a.client, csv).await;
+    let id = accepted["batch_id"].as_str().unwrap();
+    // Either replica follows the job (the store is shared); the one that took it runs it.
+    let job = wait_end(&b, &b.client, id).await;
+    assert_eq!(
+        (job["state"].as_str(), job["processed_rows"].as_u64()),
+        (Some("succeeded"), Some(40))
+    );
+    assert_eq!(results(&a, &a.client, id, "csv").await.status(), 200);
+    let r = results(&b, &b.client, id, "csv").await;
+    assert_eq!(r.status(), 421);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "results_on_another_node", "{body}");
+}

@@ -768,6 +768,9 @@ async fn render(
     if !job.state.is_terminal() {
         return Err(ApiError::ResultsNotReady(job.state.as_str()));
     }
+    if job.node != app.jobs.node {
+        return Err(ApiError::ResultsElsewhere(job.node));
+    }
     if app.jobs.expired(&job) {
         let at = app.jobs.expires_at(&job).unwrap_or_else(chrono::Utc::now);
         return Err(ApiError::ResultsExpired(at.to_rfc3339()));
