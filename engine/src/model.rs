@@ -136,14 +136,7 @@ impl Model {
                 "model-{}-{}-{i}",
                 shared.manifest.name, shared.manifest.version
             );
-            workers.push(
-                std::thread::Builder::new()
-                    .name(name)
-                    .spawn(move || worker(s, i))
-                    .map_err(|e| {
-                        EngineError::Runtime(format!("cannot start a worker thread: {e}"))
-                    })?,
-            );
+            workers.push(spawn(name, move || worker(s, i))?);
         }
         shared.ready.store(true, Ordering::Release);
         Ok(Model {
@@ -217,14 +210,7 @@ impl Model {
                 "model-{}-{}-bg{i}",
                 shared.manifest.name, shared.manifest.version
             );
-            workers.push(
-                std::thread::Builder::new()
-                    .name(name)
-                    .spawn(move || background_worker(s))
-                    .map_err(|e| {
-                        EngineError::Runtime(format!("cannot start a worker thread: {e}"))
-                    })?,
-            );
+            workers.push(spawn(name, move || background_worker(s))?);
         }
         Ok(())
     }
@@ -591,6 +577,13 @@ fn background_worker(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, EngineError> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(|e| EngineError::Runtime(format!("cannot start a worker thread: {e}")))
 }
 
 /// Idle scheduling for the calling thread and the threads it starts: it runs only when no other thread
