@@ -773,7 +773,19 @@ async fn raw_feature_rows_become_jobs_that_answer_as_the_model_does() {
         assert_eq!(inline["results"][k]["outputs"], rows[k]["outputs"]);
     }
 
-    // Refused at submit: a header of the wrong width, a model with two inputs.
+    // Refused at submit: a header of the wrong width, a model with two inputs, `?model=` on a body that
+    // is not CSV, `?version=` alone.
+    let r = s
+        .client
+        .post(s.url("/api/v1/predictions/batch?model=anomaly"))
+        .json(&json!([{"material_id": "m", "quantity": 1}]))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "validation_error", "{body}");
+    let r = post_csv(csv_of(3), "?version=1").await.unwrap();
+    assert_eq!(r.status(), 400);
     let r = post_csv("a,b\n1,2\n".into(), "?model=anomaly&version=1")
         .await
         .unwrap();

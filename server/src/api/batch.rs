@@ -136,6 +136,15 @@ async fn predict_batch(
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("respond-async"));
     let kind = content_type(request.headers()).map(str::to_owned);
+    if q.version.is_some() && q.model.is_none() {
+        return Err(ApiError::invalid("version", "goes with `model`"));
+    }
+    if q.model.is_some() && kind.as_deref() != Some("text/csv") {
+        return Err(ApiError::invalid(
+            "model",
+            "names the model of a CSV body of raw feature rows; a JSON batch of them names it in the body",
+        ));
+    }
     let max_inline = app.limits.batch_inline_max_rows;
     let org = caller.organization_id.clone();
     let key = idempotency_key(request.headers())?;
@@ -700,10 +709,12 @@ pub struct ResultsQuery {
     pub offset: Option<u64>,
 }
 
-/// A job's results, once it has ended (409 before): one row per input row, in input order, streamed. CSV
-/// columns: row, predicted_price, lower, upper, level, confidence_score, model_version, as_of, error_code,
-/// error_message; JSON rows as the inline answer's; Parquet with the CSV's columns. Rows a cancelled or
-/// failed job never ran carry `not_run`. `X-Total-Rows` says how many rows follow.
+/// A job's results, once it has ended (409 before; 410 once expired; 421 from a replica that did not run
+/// it): one row per input row, in input order, streamed. CSV columns of price requests: row,
+/// predicted_price, lower, upper, level, confidence_score, model_version, as_of, error_code, error_message;
+/// of raw feature rows: row, each output value (`name`, or `name_1..name_N`), error_code, error_message.
+/// JSON rows as the inline answer's; Parquet with the CSV's columns. Rows a cancelled or failed job never
+/// ran carry `not_run`. `X-Total-Rows` says how many rows follow; `offset` resumes a broken download.
 #[utoipa::path(get, path = "/api/v1/predictions/batch/{id}/results", tag = "predictions",
     params(("id" = String, Path), ResultsQuery), security(("api_key" = [])),
     responses((status = 200, description = "The rows, in the format asked for"),
