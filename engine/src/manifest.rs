@@ -147,6 +147,15 @@ pub struct AnomalyThresholds {
     pub calibration_rows: u64,
 }
 
+/// A file name that stays in its folder: 1 to 128 of letters, digits, `.`, `-`, `_`, not starting with `.`.
+fn is_plain_file_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
 impl Manifest {
     /// A manifest from TOML text (`origin` names it in errors).
     pub fn parse(text: &str, origin: &Path) -> Result<Manifest, EngineError> {
@@ -209,6 +218,17 @@ impl Manifest {
         }
         if self.instances.count == 0 || self.instances.intra_op_threads == 0 {
             return Err("instances.count and instances.intra_op_threads must be at least 1".into());
+        }
+        if let Some(f) = &self.features {
+            if !is_plain_file_name(&f.spec)
+                || matches!(f.spec.as_str(), "model.onnx" | "model.toml")
+            {
+                return Err(
+                    "features.spec is the name of a file beside model.toml (letters, digits, `.`, \
+                     `-`, `_`; no path), other than model.onnx and model.toml"
+                        .into(),
+                );
+            }
         }
         Ok(())
     }

@@ -12,6 +12,29 @@ pub const QUEUE_DEPTH: &str = "mercator_inference_queue_depth_rows";
 /// sessions are freed.
 pub const SESSIONS: &str = "mercator_model_sessions";
 
+/// Panics caught and survived, by where they happened (`where`: `model_worker`, `handler`, `batch_prep`,
+/// `webhook_dispatcher`, `forecast_schedule`, ...). Any increase is a bug to report.
+pub const PANICS: &str = "mercator_panics_total";
+
+/// Counts a caught panic and logs it with its message.
+pub fn count_panic(place: &'static str, message: &str) {
+    tracing::error!(
+        place,
+        panic = message,
+        "a panic was caught; the work it was doing failed"
+    );
+    counter!(PANICS, "where" => place).increment(1);
+}
+
+/// A panic payload's message (`panic!` with a string or a format).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 /// Request outcomes, the `outcome` label of `REQUESTS`.
 pub const OUTCOMES: [&str; 6] = [
     "success",

@@ -625,7 +625,13 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, batch: Batch) {
         stats.queue.record(1, *queue);
         shared.metrics.queue.record(queue.as_secs_f64());
     }
-    let result = backend.run(inputs);
+    // A panic in a backend (a bug, in ORT's bindings or ours) fails this batch, not the worker.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.run(inputs)))
+        .unwrap_or_else(|payload| {
+            let message = crate::metrics::panic_message(payload.as_ref());
+            crate::metrics::count_panic("model_worker", &message);
+            Err(format!("the model run panicked: {message}"))
+        });
     let infer_time = started.elapsed() - input_time;
     let requests = replies.len();
     let result = result.and_then(|outputs| scatter(outputs, &replies, rows));

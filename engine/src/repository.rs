@@ -231,7 +231,7 @@ impl Repository {
                 });
             }
         }
-        let total: u32 = split.iter().map(|(_, p)| p).sum();
+        let total: u64 = split.iter().map(|(_, p)| u64::from(*p)).sum();
         if !split.is_empty() && total != 100 {
             return Err(EngineError::InvalidRequest(format!(
                 "the split adds up to {total}, not 100"

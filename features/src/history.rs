@@ -16,14 +16,29 @@ pub fn to_units(price: f64, units_per_price: i64) -> i64 {
     (price * units_per_price as f64).round() as i64
 }
 
-/// The day of a date.
+const EPOCH: chrono::NaiveDate = match chrono::NaiveDate::from_ymd_opt(1970, 1, 1) {
+    Some(d) => d,
+    None => panic!("a valid date"),
+};
+
+/// The day of a date (every date chrono holds fits: about ±96 million days).
 pub fn day_of(date: chrono::NaiveDate) -> Day {
-    (date - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as Day
+    date.signed_duration_since(EPOCH).num_days() as Day
 }
 
-/// The date of a day.
+/// The date of a day; a day beyond what chrono can hold is its first or last date (callers take dates
+/// from the API's range, 1900 to 2200, so this only keeps arithmetic on odd data from panicking).
 pub fn date_of(day: Day) -> chrono::NaiveDate {
-    chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch") + chrono::Duration::days(day as i64)
+    let shifted = if day >= 0 {
+        EPOCH.checked_add_days(chrono::Days::new(day as u64))
+    } else {
+        EPOCH.checked_sub_days(chrono::Days::new(day.unsigned_abs() as u64))
+    };
+    shifted.unwrap_or(if day >= 0 {
+        chrono::NaiveDate::MAX
+    } else {
+        chrono::NaiveDate::MIN
+    })
 }
 
 /// The day of an instant in milliseconds since the epoch (UTC).
@@ -209,6 +224,16 @@ mod tests {
     fn days_and_units() {
         let d = chrono::NaiveDate::from_ymd_opt(2024, 2, 29).unwrap();
         assert_eq!(date_of(day_of(d)), d);
+        assert_eq!(
+            date_of(day_of(chrono::NaiveDate::MAX)),
+            chrono::NaiveDate::MAX
+        );
+        assert_eq!(
+            date_of(Day::MAX),
+            chrono::NaiveDate::MAX,
+            "saturates, never panics"
+        );
+        assert_eq!(date_of(Day::MIN), chrono::NaiveDate::MIN);
         assert_eq!(day_of_ms(-1), -1, "before the epoch rounds down");
         assert_eq!(to_units(3.332676, 10_000), 33_327);
         assert_eq!(to_units(0.00005, 10_000), 1);

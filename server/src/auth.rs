@@ -3,7 +3,7 @@
 //! A handler states what it needs in its signature, `Auth<Analyst>`, and gets a `Principal` whose
 //! organization scopes every store call it makes; it cannot reach data without one. Keys come as
 //! `Authorization: Bearer <key>` or `X-API-Key: <key>` (WebSocket clients that cannot set headers may pass
-//! `?api_key=`). Verified keys are kept in memory for `--key-cache-secs`, so a prediction does not pay a
+//! `?api_key=`, on `/ws/` routes only). Verified keys are kept in memory for `--key-cache-secs`, so a prediction does not pay a
 //! database round trip; deleting a key evicts it here at once (other replicas within that time).
 
 use std::collections::HashMap;
@@ -95,13 +95,18 @@ fn allow<R: Requirement>(principal: &Principal) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The key in the request: a header, or for WebSocket upgrades the `api_key` query parameter.
+/// The key in the request: a header, or on the WebSocket routes (`/ws/...`, whose browser clients cannot
+/// set headers) the `api_key` query parameter. Elsewhere a key in the URL is not read: URLs end up in
+/// access logs and browser histories.
 fn presented(parts: &Parts) -> Result<&str, ApiError> {
     from_headers(&parts.headers)
         .or_else(|| {
             parts
                 .uri
-                .query()
+                .path()
+                .starts_with("/ws/")
+                .then(|| parts.uri.query())
+                .flatten()
                 .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("api_key=")))
         })
         .ok_or(ApiError::MissingKey)
@@ -118,12 +123,19 @@ fn from_headers(headers: &HeaderMap) -> Option<&str> {
     headers.get("x-api-key")?.to_str().ok().map(str::trim)
 }
 
-/// Verified keys, by the SHA-256 of the secret (the secret itself is not kept).
+/// Verified keys, by the SHA-256 of the secret (the secret itself is not kept), and keys recently found
+/// invalid, so that a flood of bad keys costs hashing, not store lookups.
 pub struct Keys {
     store: Store,
     ttl: Duration,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
+    invalid: Mutex<HashMap<[u8; 32], Instant>>,
 }
+
+/// How long a key found invalid is answered 401 from memory. Keys are random secrets made by the server,
+/// so a key that was invalid a moment ago can only become valid as a configured MERCATOR_ADMIN_KEY at
+/// the next start.
+pub const INVALID_KEY_TTL: Duration = Duration::from_secs(10);
 
 /// A verified key's principal and when it was verified.
 type Cached = (Arc<Principal>, Instant);
@@ -138,6 +150,7 @@ impl Keys {
             store,
             ttl,
             cache: Mutex::new(HashMap::new()),
+            invalid: Mutex::new(HashMap::new()),
         }
     }
 
@@ -148,12 +161,33 @@ impl Keys {
                 return Ok(principal.clone());
             }
         }
-        let key = self
+        let now = Instant::now();
+        if let Some(at) = self
+            .invalid
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&digest)
+        {
+            if now.duration_since(*at) < INVALID_KEY_TTL {
+                return Err(ApiError::InvalidKey);
+            }
+        }
+        let Some(key) = self
             .store
             .authenticate(presented)
             .await
             .map_err(ApiError::Store)?
-            .ok_or(ApiError::InvalidKey)?;
+        else {
+            let mut invalid = self.invalid.lock().unwrap_or_else(|e| e.into_inner());
+            if invalid.len() >= MAX_CACHED_KEYS {
+                invalid.retain(|_, at| now.duration_since(*at) < INVALID_KEY_TTL);
+                if invalid.len() >= MAX_CACHED_KEYS {
+                    invalid.clear();
+                }
+            }
+            invalid.insert(digest, now);
+            return Err(ApiError::InvalidKey);
+        };
         let principal = Arc::new(self.principal(key).await?);
         let mut cache = self.cache.lock().expect("key cache");
         if cache.len() >= MAX_CACHED_KEYS {
@@ -236,4 +270,27 @@ pub async fn bootstrap(store: &Store, admin_key: Option<&str>) -> Result<(), Str
         None => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key found invalid is answered from memory: after the store is gone, the same bad key still gets
+    /// 401 without a lookup, while a new one reaches the (closed) store.
+    #[tokio::test]
+    async fn invalid_keys_are_remembered_without_a_store_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let keys = Keys::new(store.clone(), Duration::from_secs(30));
+        let bad = "mk_not_a_key_0123456789abcdef";
+        assert!(matches!(keys.verify(bad).await, Err(ApiError::InvalidKey)));
+        store.close().await;
+        assert!(matches!(keys.verify(bad).await, Err(ApiError::InvalidKey)));
+        assert!(matches!(
+            keys.verify("mk_another_bad_key_0123456789").await,
+            Err(ApiError::Store(_))
+        ));
+    }
 }

@@ -107,6 +107,23 @@ pub struct ServeArgs {
     /// failed [default: 5000,300000,1800000,7200000,18000000,36000000,36000000: 5 s to 10 h, ~27.6 h in all].
     #[arg(long, env = "MERCATOR_WEBHOOK_RETRY_MS", value_delimiter = ',')]
     pub webhook_retry_ms: Option<Vec<u64>>,
+    /// A bearer token `/metrics` asks for (`Authorization: Bearer <token>`); unset, `/metrics` is open
+    /// [default: unset].
+    #[arg(long, env = "MERCATOR_METRICS_KEY", hide_env_values = true)]
+    pub metrics_key: Option<String>,
+    /// Let webhooks reach loopback, private, link-local and other inside addresses (tests, on-premise
+    /// receivers). Off, such URLs are refused at rule creation and never connected to [default: false].
+    #[arg(long, env = "MERCATOR_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: Option<bool>,
+    /// Most WebSockets one API key may hold open at once; one more gets 429 [default: 16].
+    #[arg(long, env = "MERCATOR_MAX_SOCKETS_PER_KEY")]
+    pub max_sockets_per_key: Option<usize>,
+    /// Most alert rules an organization may have [default: 1000].
+    #[arg(long, env = "MERCATOR_MAX_ALERT_RULES")]
+    pub max_alert_rules: Option<usize>,
+    /// Most channels one alert rule may announce on [default: 10].
+    #[arg(long, env = "MERCATOR_MAX_ALERT_CHANNELS")]
+    pub max_alert_channels: Option<usize>,
     /// How often forecast rules are evaluated, in seconds [default: 3600].
     #[arg(long, env = "MERCATOR_FORECAST_ALERT_INTERVAL_SECS")]
     pub forecast_alert_interval_secs: Option<u64>,
@@ -159,6 +176,11 @@ pub struct Config {
     pub score_on_ingest: bool,
     pub alert_max_age_days: u32,
     pub webhook_retry_ms: Vec<u64>,
+    pub webhook_allow_private: bool,
+    pub metrics_key: Option<String>,
+    pub max_sockets_per_key: usize,
+    pub max_alert_rules: usize,
+    pub max_alert_channels: usize,
     pub forecast_alert_interval: Duration,
     pub batch_inline_max_rows: usize,
     pub batch: crate::jobs::Settings,
@@ -194,6 +216,11 @@ impl Default for Config {
             webhook_retry_ms: vec![
                 5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000,
             ],
+            webhook_allow_private: false,
+            metrics_key: None,
+            max_sockets_per_key: 16,
+            max_alert_rules: 1000,
+            max_alert_channels: 10,
             forecast_alert_interval: Duration::from_secs(3600),
             batch_inline_max_rows: 10_000,
             batch: crate::jobs::Settings {
@@ -266,6 +293,23 @@ impl Config {
                 .webhook_retry_ms
                 .or(file.webhook_retry_ms)
                 .unwrap_or(d.webhook_retry_ms),
+            webhook_allow_private: args
+                .webhook_allow_private
+                .or(file.webhook_allow_private)
+                .unwrap_or(d.webhook_allow_private),
+            metrics_key: args.metrics_key.or(file.metrics_key),
+            max_sockets_per_key: args
+                .max_sockets_per_key
+                .or(file.max_sockets_per_key)
+                .unwrap_or(d.max_sockets_per_key),
+            max_alert_rules: args
+                .max_alert_rules
+                .or(file.max_alert_rules)
+                .unwrap_or(d.max_alert_rules),
+            max_alert_channels: args
+                .max_alert_channels
+                .or(file.max_alert_channels)
+                .unwrap_or(d.max_alert_channels),
             forecast_alert_interval: args
                 .forecast_alert_interval_secs
                 .or(file.forecast_alert_interval_secs)
@@ -343,6 +387,11 @@ impl std::fmt::Debug for Config {
             .field("score_on_ingest", &self.score_on_ingest)
             .field("alert_max_age_days", &self.alert_max_age_days)
             .field("webhook_retry_ms", &self.webhook_retry_ms)
+            .field("webhook_allow_private", &self.webhook_allow_private)
+            .field("metrics_key", &self.metrics_key.as_ref().map(|_| "***"))
+            .field("max_sockets_per_key", &self.max_sockets_per_key)
+            .field("max_alert_rules", &self.max_alert_rules)
+            .field("max_alert_channels", &self.max_alert_channels)
             .field("forecast_alert_interval", &self.forecast_alert_interval)
             .field("batch_inline_max_rows", &self.batch_inline_max_rows)
             .field("batch", &self.batch)

@@ -72,6 +72,14 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("the server is shutting down")]
     Draining,
+    #[error("this API key holds {limit} open WebSockets, its limit (--max-sockets-per-key); close one first")]
+    TooManySockets { limit: usize },
+    /// A pool of worker threads the server needs has lost some (`/readyz`).
+    #[error("the {0} threads are not all running")]
+    PoolBroken(&'static str),
+    /// A handler panicked: a bug; the request failed and the server goes on.
+    #[error("the handler panicked: {0}")]
+    Panicked(String),
     /// An uploaded model that does not pass validation; nothing was registered.
     #[error("the upload failed validation: {0}")]
     InvalidModel(String),
@@ -100,7 +108,13 @@ impl ApiError {
         text.map(|t| {
             mercator_store::parse_time(&t).ok_or_else(|| ApiError::Validation {
                 message: format!("`{field}` is not a time"),
-                details: FieldErrors::one(field, "use RFC 3339 (2025-03-01T12:00:00Z) or a date"),
+                details: FieldErrors::one(
+                    field,
+                    format!(
+                        "use RFC 3339 (2025-03-01T12:00:00Z) or a date; it {}",
+                        mercator_store::DATE_RANGE
+                    ),
+                ),
             })
         })
         .transpose()
@@ -168,6 +182,9 @@ impl ApiError {
             ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "route_not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::TooManySockets { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_sockets"),
+            ApiError::PoolBroken(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ApiError::Panicked(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::InvalidModel(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model"),
             ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Prediction(e) => {
@@ -290,6 +307,14 @@ impl IntoResponse for V2Error {
     fn into_response(self) -> Response {
         self.0.respond(Protocol::V2)
     }
+}
+
+/// The answer to a request whose handler panicked (tower-http's `CatchPanicLayer`): counted, logged, and a
+/// 500 in the envelope instead of a dropped connection.
+pub fn panicked(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = mercator_engine::metrics::panic_message(payload.as_ref());
+    mercator_engine::metrics::count_panic("handler", &message);
+    ApiError::Panicked(message).into_response()
 }
 
 /// Writes every error response's body (the outermost layer but one, so the response already carries its

@@ -11,6 +11,7 @@
 pub mod alerts;
 pub mod api;
 pub mod auth;
+pub mod background;
 pub mod config;
 pub mod error;
 mod health;
@@ -34,7 +35,6 @@ use mercator_engine::{import, Repository, Runtime};
 use mercator_store::{Store, VersionState};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
 
 use auth::Keys;
 pub use config::Config;
@@ -49,6 +49,9 @@ pub struct Limits {
     pub max_page_size: u32,
     pub max_model_bytes: usize,
     pub batch_inline_max_rows: usize,
+    pub max_alert_rules: usize,
+    pub max_alert_channels: usize,
+    pub max_sockets_per_key: usize,
 }
 
 /// What every handler can reach: one `Arc`, so that handing it to a handler is one atomic increment
@@ -70,20 +73,24 @@ pub struct Shared {
     pub store: Store,
     pub keys: Arc<Keys>,
     /// Price observations as they are written, for `/ws/prices`.
-    pub prices: broadcast::Sender<api::stream::PriceEvent>,
+    pub prices: api::stream::Fanout<api::stream::PriceEvent>,
     /// Where models are imported from (--models-dir) and the data directory that serves them.
     pub models_source: std::path::PathBuf,
     pub data_dir: std::path::PathBuf,
     /// Shadow traffic's figures.
     pub shadows: Arc<shadow::Shadows>,
     /// Notifications, for `/ws/notifications`.
-    pub notifications: broadcast::Sender<api::stream::Notification>,
+    pub notifications: api::stream::Fanout<api::stream::Notification>,
+    /// Open WebSockets by key (--max-sockets-per-key).
+    pub sockets: Arc<api::stream::Sockets>,
     /// Business predictions and the price history they read.
     pub predictor: Arc<predict::Predictor>,
     /// Alert rules by scope, evaluated on ingest.
     pub alerting: Arc<alerts::Alerting>,
     /// The webhook dispatcher's settings and wake-up call.
     pub webhooks: Arc<alerts::webhook::Webhooks>,
+    /// The SHA-256 of the token `/metrics` asks for (--metrics-key), if any.
+    pub metrics_key: Option<[u8; 32]>,
     /// Whether ingested prices are scored by the anomaly model (--score-on-ingest).
     pub score_on_ingest: bool,
     /// Batch prediction jobs: their runner, progress and limits.
@@ -100,6 +107,9 @@ impl AppState {
     pub fn check_ready(&self) -> Result<(), ApiError> {
         if self.draining.load(Ordering::Acquire) {
             return Err(ApiError::Draining);
+        }
+        if !self.jobs.prep_is_whole() {
+            return Err(ApiError::PoolBroken("batch preparing"));
         }
         if let Some(model) = self.repository.all().into_iter().find(|m| !m.is_ready()) {
             let model = model.manifest().name.clone();
@@ -197,8 +207,16 @@ impl App {
                 .iter()
                 .map(|ms| std::time::Duration::from_millis(*ms))
                 .collect(),
+            alerts::egress::Egress {
+                allow_private: config.webhook_allow_private,
+            },
         ));
-        tokio::spawn(webhooks.clone().run(store.clone()));
+        {
+            let (webhooks, store) = (webhooks.clone(), store.clone());
+            background::supervise("webhook_dispatcher", move || {
+                webhooks.clone().run(store.clone())
+            });
+        }
         let rules = alerting.load(&store).await?;
         tracing::info!(rules, "alert rules indexed");
         let predictor = Arc::new(predict::Predictor::default());
@@ -217,6 +235,10 @@ impl App {
             jobs: jobs.clone(),
             predictor,
             score_on_ingest: config.score_on_ingest,
+            metrics_key: config.metrics_key.as_deref().map(|k| {
+                use sha2::Digest;
+                sha2::Sha256::digest(k.as_bytes()).into()
+            }),
             alerting,
             webhooks: webhooks.clone(),
             repository: Arc::new(repository),
@@ -228,22 +250,30 @@ impl App {
                 max_page_size: config.max_page_size,
                 max_model_bytes: config.max_model_bytes,
                 batch_inline_max_rows: config.batch_inline_max_rows,
+                max_alert_rules: config.max_alert_rules,
+                max_alert_channels: config.max_alert_channels,
+                max_sockets_per_key: config.max_sockets_per_key,
             },
             keys: Arc::new(Keys::new(store.clone(), config.key_cache)),
             store,
-            prices: broadcast::channel(api::stream::STREAM_CAPACITY).0,
-            notifications: broadcast::channel(api::stream::STREAM_CAPACITY).0,
+            prices: api::stream::Fanout::default(),
+            notifications: api::stream::Fanout::default(),
+            sockets: Arc::default(),
             shadows: Arc::default(),
             models_source: config.models_dir.clone(),
             data_dir: config.data_dir.clone(),
             draining: Arc::new(AtomicBool::new(false)),
         }));
-        tokio::spawn(alerts::schedule::run(
-            state.clone(),
-            config.forecast_alert_interval,
-        ));
-        tokio::spawn(jobs.clone().sweep(state.clone()));
-        tokio::spawn(jobs.run(state.clone()));
+        {
+            let (app, every) = (state.clone(), config.forecast_alert_interval);
+            background::supervise("forecast_schedule", move || {
+                alerts::schedule::run(app.clone(), every)
+            });
+            let (janitor, app) = (jobs.clone(), state.clone());
+            background::supervise("batch_janitor", move || janitor.clone().sweep(app.clone()));
+            let app = state.clone();
+            background::supervise("batch_runner", move || jobs.clone().run(app.clone()));
+        }
         Ok(App { state, config })
     }
 
@@ -297,7 +327,8 @@ impl App {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let max_body = state.limits.max_body_bytes;
+    let routes = Router::new()
         .merge(v2::routes())
         .merge(api::openapi::router())
         .merge(health::routes())
@@ -308,10 +339,56 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
             ApiError::MethodNotAllowed(method.to_string()).for_path(uri.path())
         })
+        .with_state(state);
+    layers(routes, max_body)
+}
+
+/// What every route runs inside, innermost first: a panic becomes the 500 envelope (and is counted), HTTP
+/// metrics, the body limit, the request id, the error renderer.
+pub fn layers(routes: Router, max_body_bytes: usize) -> Router {
+    routes
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            error::panicked,
+        ))
         .layer(axum::middleware::from_fn(metrics::track))
-        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(request_id::propagate())
         .layer(tower::util::MapResponseLayer::new(error::render))
         .layer(request_id::set())
-        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    /// A handler that panics answers the 500 envelope with a request id, and the server counts it.
+    #[tokio::test]
+    async fn a_panicking_handler_answers_the_500_envelope() {
+        let routes = axum::Router::new().route(
+            "/boom",
+            axum::routing::get(|| async {
+                if std::hint::black_box(true) {
+                    panic!("a bug");
+                }
+                "never"
+            }),
+        );
+        let response = super::layers(routes, 1024)
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 500);
+        assert!(response.headers().contains_key("x-request-id"));
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "internal", "{body}");
+        assert!(
+            !body["error"]["message"].as_str().unwrap().contains("a bug"),
+            "the panic's detail goes to the log, not the client: {body}"
+        );
+    }
 }

@@ -61,11 +61,26 @@ pub async fn track(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let response = next.run(request).await;
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    // Methods anyone can invent would each add a series: the standard ones are labelled, others `OTHER`.
+    let method = match method {
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::PATCH
+        | Method::DELETE
+        | Method::HEAD
+        | Method::OPTIONS => method,
+        _ => OTHER_METHOD.clone(),
+    };
     let (counter, histogram) = handles(route, &method, response.status().as_u16());
     counter.increment(1);
     histogram.record(started.elapsed().as_secs_f64());
     response
 }
+
+/// The label of every non-standard method.
+static OTHER_METHOD: std::sync::LazyLock<Method> =
+    std::sync::LazyLock::new(|| Method::from_bytes(b"OTHER").expect("a valid token"));
 
 type Handles = (metrics::Counter, metrics::Histogram);
 type ByRoute = HashMap<String, HashMap<(Method, u16), Handles>>;
@@ -95,6 +110,23 @@ fn handles(route: &str, method: &Method, status: u16) -> Handles {
         .clone()
 }
 
-pub async fn render(State(app): State<AppState>) -> String {
-    app.prometheus.render()
+/// The Prometheus text; with --metrics-key, only for a request bearing that token (compared as digests,
+/// so the time taken says nothing of the token).
+pub async fn render(
+    State(app): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<String, crate::error::ApiError> {
+    if let Some(wanted) = &app.metrics_key {
+        use sha2::Digest;
+        let presented = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(crate::error::ApiError::MissingKey)?;
+        let digest: [u8; 32] = sha2::Sha256::digest(presented.trim().as_bytes()).into();
+        if digest != *wanted {
+            return Err(crate::error::ApiError::InvalidKey);
+        }
+    }
+    Ok(app.prometheus.render())
 }

@@ -592,7 +592,11 @@ fn verifies(secret: &str, headers: &axum::http::HeaderMap, body: &str) -> bool {
 /// retry delay; one that keeps failing runs out of retries, recorded, without holding up the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_signed_retried_and_a_failing_one_blocks_nothing() {
-    let s = TestServer::with(|c| c.webhook_retry_ms = vec![100, 200]).await;
+    let s = TestServer::with(|c| {
+        c.webhook_retry_ms = vec![100, 200];
+        c.webhook_allow_private = true;
+    })
+    .await;
     let setup = history(&s, &s.client).await;
     let (url, got) = receiver().await;
     let secrets = [
@@ -748,5 +752,101 @@ async fn forecast_rules_fire_on_the_schedule() {
         (status, &body["error"]["code"]),
         (400, &json!("validation_error")),
         "{body}"
+    );
+}
+
+/// Webhooks never reach inside the network without --webhook-allow-private: a URL naming a loopback,
+/// private or link-local address (in any spelling) is refused at rule creation, and a rule made while the
+/// flag was on is never delivered once it is off: the receiver on 127.0.0.1 sees nothing, and the delivery
+/// log says `blocked`, not what a connection attempt would have told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_never_reach_inside_the_network_without_the_flag() {
+    let (url, got) = receiver().await;
+    let port = url.rsplit(':').next().unwrap().to_string();
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_path_buf();
+    // Made while private receivers are allowed.
+    let mut open = TestServer::with(|c| {
+        c.data_dir = dir.clone();
+        c.webhook_allow_private = true;
+        c.webhook_retry_ms = vec![100];
+    })
+    .await;
+    let setup = history(&open, &open.client).await;
+    let (status, rule) = post(
+        &open,
+        &open.client,
+        "/api/v1/alerts",
+        &json!({"name": "inside", "condition": {"type": "price_above", "threshold": 20.0},
+            "channels": [{"webhook": {"url": format!("{url}/good"), "secret": "0123456789abcdef"}}]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{rule}");
+    open.stop().await.unwrap();
+
+    let s = TestServer::with(|c| {
+        c.data_dir = dir.clone();
+        c.webhook_retry_ms = vec![100];
+    })
+    .await;
+    for inside in [
+        format!("http://127.0.0.1:{port}/good"),
+        format!("http://127.1:{port}/good"),
+        format!("http://2130706433:{port}/good"),
+        format!("http://[::1]:{port}/good"),
+        format!("http://[::ffff:127.0.0.1]:{port}/good"),
+        format!("http://localhost:{port}/good"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://10.0.0.1/hook".to_string(),
+        "http://192.168.1.1/hook".to_string(),
+    ] {
+        let (status, body) = post(
+            &s,
+            &s.client,
+            "/api/v1/alerts",
+            &json!({"name": "probe", "condition": {"type": "price_above", "threshold": 20.0},
+                "channels": [{"webhook": {"url": inside, "secret": "0123456789abcdef"}}]}),
+        )
+        .await;
+        assert_eq!(status, 400, "{inside}: {body}");
+        assert!(
+            body["error"]["details"]["channels.webhook.url"].is_array(),
+            "{inside}: {body}"
+        );
+    }
+    quote(&s, &s.client, &setup, 100.0, chrono::Utc::now()).await;
+    let event = loop {
+        if let Some(e) = events_of(&s, &s.client, rule["id"].as_str().unwrap())
+            .await
+            .first()
+        {
+            break e.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let (status, log) = get(
+            &s,
+            &s.client,
+            &format!(
+                "/api/v1/alerts/events/{}/deliveries",
+                event["id"].as_str().unwrap()
+            ),
+        )
+        .await;
+        assert_eq!(status, 200);
+        if log[0]["status"] == "failed" {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(log[0]["attempts"], 2, "{log}");
+    assert_eq!(log[0]["last_status_code"], Value::Null, "{log}");
+    assert_eq!(log[0]["last_error"], "blocked", "{log}");
+    assert!(
+        got.lock().unwrap().is_empty(),
+        "the receiver inside was never reached"
     );
 }

@@ -47,7 +47,7 @@ pub use prices::{
     NewPrice, Price, PriceAnomaly, PricePatch, PricePoint, PriceQuery, PriceType, Severity,
 };
 pub use tenants::{ApiKey, Organization, Role};
-pub use validate::{parse_time, FieldErrors, RowError};
+pub use validate::{opt_date, parse_date, parse_time, FieldErrors, RowError, DATE_RANGE};
 
 /// Times on the wire are RFC 3339 in UTC; in the database, milliseconds since the epoch.
 pub type Time = chrono::DateTime<chrono::Utc>;

@@ -210,6 +210,17 @@ impl Store {
         .await?)
     }
 
+    /// Whether the organization's key `id` still exists (an open stream asks, to end when it is deleted).
+    pub async fn api_key_exists(&self, organization_id: &str, id: &str) -> Result<bool> {
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT id FROM api_keys WHERE organization_id = $1 AND id = $2")
+                .bind(organization_id)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.is_some())
+    }
+
     /// Counts every key of every organization: zero only before the first start's bootstrap.
     pub async fn count_api_keys(&self) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")

@@ -76,15 +76,48 @@ pub struct RowError {
     pub errors: FieldErrors,
 }
 
-/// `2025-03-01T12:00:00Z` (any RFC 3339 offset) or a date, `2025-03-01`, meaning its midnight in UTC.
+/// The first and last days any time or date the API takes may fall on. Anything outside is refused with
+/// the field named, so no calendar arithmetic downstream (windows, horizons, lead times) can leave the
+/// range chrono can represent.
+pub const FIRST_DATE: chrono::NaiveDate = match chrono::NaiveDate::from_ymd_opt(1900, 1, 1) {
+    Some(d) => d,
+    None => panic!("a valid date"),
+};
+pub const LAST_DATE: chrono::NaiveDate = match chrono::NaiveDate::from_ymd_opt(2200, 12, 31) {
+    Some(d) => d,
+    None => panic!("a valid date"),
+};
+
+/// What a time or date outside [`FIRST_DATE`, `LAST_DATE`] is told.
+pub const DATE_RANGE: &str = "must fall between 1900-01-01 and 2200-12-31";
+
+fn in_range(date: chrono::NaiveDate) -> bool {
+    (FIRST_DATE..=LAST_DATE).contains(&date)
+}
+
+/// `2025-03-01T12:00:00Z` (any RFC 3339 offset) or a date, `2025-03-01`, meaning its midnight in UTC; None
+/// when it is neither or falls outside [`FIRST_DATE`, `LAST_DATE`].
 pub fn parse_time(text: &str) -> Option<Time> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Some(t.with_timezone(&chrono::Utc));
+    let time = match chrono::DateTime::parse_from_rfc3339(text) {
+        Ok(t) => t.with_timezone(&chrono::Utc),
+        Err(_) => chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .ok()?
+            .and_hms_opt(0, 0, 0)?
+            .and_utc(),
+    };
+    in_range(time.date_naive()).then_some(time)
+}
+
+/// A date, `2025-03-01`, within [`FIRST_DATE`, `LAST_DATE`]; the message says what is wrong otherwise.
+pub fn parse_date(text: &str) -> Result<chrono::NaiveDate, String> {
+    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|e| {
+        format!("`{text}` is not a date (YYYY-MM-DD) between 1900-01-01 and 2200-12-31: {e}")
+    })?;
+    if in_range(date) {
+        Ok(date)
+    } else {
+        Err(format!("`{text}` {DATE_RANGE}"))
     }
-    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc())
 }
 
 /// serde: a time as `parse_time` reads it.
@@ -92,9 +125,17 @@ pub(crate) fn time<'de, D: Deserializer<'de>>(d: D) -> Result<Time, D::Error> {
     let text = String::deserialize(d)?;
     parse_time(&text).ok_or_else(|| {
         serde::de::Error::custom(format!(
-            "`{text}` is not a time: use RFC 3339 (2025-03-01T12:00:00Z) or a date (2025-03-01)"
+            "`{text}` is not a time between 1900-01-01 and 2200-12-31: use RFC 3339 \
+             (2025-03-01T12:00:00Z) or a date (2025-03-01)"
         ))
     })
+}
+
+/// serde: an optional date as `parse_date` reads it (use with `#[serde(default)]`).
+pub fn opt_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<chrono::NaiveDate>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|text| parse_date(&text).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// serde: a present field (even `null`) becomes `Some`, so a partial update can tell "set to null" from

@@ -18,6 +18,7 @@ use serde_json::json;
 use crate::predict::{PricePrediction, PriceRequest};
 use crate::AppState;
 
+pub mod egress;
 pub mod schedule;
 pub mod webhook;
 
@@ -403,9 +404,8 @@ pub(crate) async fn announce(app: &AppState, org: &str, rule: &AlertRule, event:
     for channel in &rule.channels {
         match channel {
             Channel::Websocket => {
-                let _ = app
-                    .notifications
-                    .send(Arc::new((Some(Arc::from(org)), body.clone())));
+                app.notifications
+                    .send(org, std::iter::once(Arc::new(body.clone())));
             }
             Channel::Webhook(hook) => {
                 match app

@@ -7,6 +7,10 @@
 //! of this attempt), `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`. The key is
 //! the secret's bytes, or for a `whsec_` secret the base64 after the prefix (as Standard Webhooks'
 //! libraries read it).
+//!
+//! Receivers must be outside the server's network (`egress.rs`); a failed attempt is logged with the
+//! receiver's status code, or with the category of a transport failure (`timeout`, `refused`, `tls`,
+//! `dns`, `blocked`), never the raw error.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +20,8 @@ use hmac::{Hmac, Mac};
 use mercator_store::{DueDelivery, Store};
 use sha2::Sha256;
 use tokio::sync::{Notify, Semaphore};
+
+use super::egress::{Egress, Transport};
 
 /// Deliveries claimed per round.
 const CLAIM: usize = 32;
@@ -30,13 +36,16 @@ const LEASE_MS: i64 = 60_000;
 pub struct Webhooks {
     /// Delays before the 2nd, 3rd, ... attempt; after the last, a delivery has failed.
     pub retry_schedule: Vec<Duration>,
+    /// Where receivers may be.
+    pub egress: Egress,
     wake: Notify,
 }
 
 impl Webhooks {
-    pub fn new(retry_schedule: Vec<Duration>) -> Webhooks {
+    pub fn new(retry_schedule: Vec<Duration>, egress: Egress) -> Webhooks {
         Webhooks {
             retry_schedule,
+            egress,
             wake: Notify::new(),
         }
     }
@@ -48,12 +57,7 @@ impl Webhooks {
 
     /// Sends what is due until the process ends.
     pub async fn run(self: Arc<Self>, store: Store) {
-        let client = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("Mercator-Webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("an HTTP client");
+        let client = self.egress.client(TIMEOUT);
         let permits = Arc::new(Semaphore::new(IN_FLIGHT));
         loop {
             // A read first: claiming is a write, and on SQLite an idle poll would queue behind every bulk
@@ -70,7 +74,9 @@ impl Webhooks {
                 match store.claim_deliveries(CLAIM, LEASE_MS).await {
                     Ok(claimed) => {
                         for delivery in claimed {
-                            let permit = permits.clone().acquire_owned().await.expect("open");
+                            let Ok(permit) = permits.clone().acquire_owned().await else {
+                                return;
+                            };
                             let (this, store, client) =
                                 (self.clone(), store.clone(), client.clone());
                             tokio::spawn(async move {
@@ -92,24 +98,32 @@ impl Webhooks {
     }
 
     async fn attempt(&self, store: &Store, client: &reqwest::Client, d: DueDelivery) {
-        let timestamp = chrono::Utc::now().timestamp();
-        let signature = sign(&d.secret, &d.id, timestamp, &d.body);
-        let sent = client
-            .post(&d.url)
-            .header("content-type", "application/json")
-            .header("webhook-id", &d.id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(d.body.clone())
-            .send()
-            .await;
-        let (code, error) = match sent {
-            Ok(r) if r.status().is_success() => (Some(r.status().as_u16()), None),
-            Ok(r) => (
-                Some(r.status().as_u16()),
-                Some(format!("the receiver answered {}", r.status())),
-            ),
-            Err(e) => (None, Some(e.to_string())),
+        let (code, error) = match self.egress.check_literal(&d.url) {
+            Err(blocked) => (None, Some(blocked.as_str().to_string())),
+            Ok(()) => {
+                let timestamp = chrono::Utc::now().timestamp();
+                let signature = sign(&d.secret, &d.id, timestamp, &d.body);
+                let sent = client
+                    .post(&d.url)
+                    .header("content-type", "application/json")
+                    .header("webhook-id", &d.id)
+                    .header("webhook-timestamp", timestamp.to_string())
+                    .header("webhook-signature", signature)
+                    .body(d.body.clone())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => (Some(r.status().as_u16()), None),
+                    Ok(r) => (
+                        Some(r.status().as_u16()),
+                        Some(format!("the receiver answered {}", r.status())),
+                    ),
+                    Err(e) => {
+                        tracing::debug!(delivery = %d.id, error = %e, "webhook transport failure");
+                        (None, Some(Transport::of(&e).as_str().to_string()))
+                    }
+                }
+            }
         };
         let delivered = error.is_none();
         let retry = (!delivered)

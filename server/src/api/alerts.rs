@@ -70,6 +70,26 @@ async fn create_rule(
 ) -> Result<(StatusCode, Json<AlertRule>), ApiError> {
     let org = &caller.organization_id;
     check_horizon(&app, Some(&new.condition))?;
+    check_channels(&app, new.channels.as_deref()).await?;
+    let rules = app
+        .store
+        .alert_rules(
+            org,
+            &mercator_store::ListParams {
+                limit: 1,
+                offset: 0,
+                sort: None,
+                count: true,
+            },
+        )
+        .await
+        .map_err(ApiError::store("alert rule"))?;
+    let max = app.limits.max_alert_rules;
+    if rules.total.unwrap_or(0) >= max as i64 {
+        return Err(ApiError::Conflict(format!(
+            "the organization has {max} alert rules, its limit (--max-alert-rules); delete one first"
+        )));
+    }
     let rule = app
         .store
         .create_alert_rule(org, new)
@@ -115,6 +135,7 @@ async fn update_rule(
 ) -> Result<Json<AlertRule>, ApiError> {
     let org = &caller.organization_id;
     check_horizon(&app, patch.condition.as_ref())?;
+    check_channels(&app, patch.channels.as_deref()).await?;
     let before = app
         .store
         .alert_rule(org, &id)
@@ -300,6 +321,34 @@ async fn event_deliveries(
 }
 
 /// A forecast rule's horizon must be one the active forecast model covers.
+/// At most --max-alert-channels channels, and each webhook's receiver outside the server's network (unless
+/// --webhook-allow-private).
+async fn check_channels(
+    app: &AppState,
+    channels: Option<&[mercator_store::Channel]>,
+) -> Result<(), ApiError> {
+    let Some(channels) = channels else {
+        return Ok(());
+    };
+    let max = app.limits.max_alert_channels;
+    if channels.len() > max {
+        return Err(ApiError::invalid(
+            "channels",
+            format!("at most {max} channels (--max-alert-channels)"),
+        ));
+    }
+    for channel in channels {
+        if let mercator_store::Channel::Webhook(w) = channel {
+            app.webhooks
+                .egress
+                .check_url(&w.url)
+                .await
+                .map_err(|e| ApiError::invalid("channels.webhook.url", e))?;
+        }
+    }
+    Ok(())
+}
+
 fn check_horizon(app: &AppState, condition: Option<&Condition>) -> Result<(), ApiError> {
     let Some(Condition::ForecastChange { horizon_days, .. }) = condition else {
         return Ok(());

@@ -43,7 +43,7 @@ pub async fn record(
             "type": "model", "action": action, "model": target.1, "before": event.before,
             "after": event.after, "at": chrono::Utc::now(),
         });
-        let _ = app.notifications.send(std::sync::Arc::new((None, note)));
+        app.notifications.send_all(std::sync::Arc::new(note));
     }
     if let Err(e) = app.store.record_audit(&who.organization_id, event).await {
         tracing::error!(error = %e, action, target_id = target.1, "the audit log could not record a change");

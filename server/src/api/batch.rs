@@ -832,7 +832,12 @@ async fn progress_stream(
         .batch_job(&org, &batch_id)
         .await
         .map_err(ApiError::store("batch job"))?;
-    Ok(upgrade.on_upgrade(move |socket| follow(socket, app, org, batch_id)))
+    // Counted under the key's socket cap and with incoming messages capped, as the other streams.
+    let (upgrade, held) = super::stream::admit(&app, caller.0.clone(), upgrade)?;
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        follow(socket, app, org, batch_id).await;
+        drop(held);
+    }))
 }
 
 /// Least time between two progress messages, and most between two messages of a job that moves slowly.

@@ -41,7 +41,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// Page size when a list does not say.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 
-/// `limit`, bounded by --max-page-size, `offset`, `sort`, and whether to count everything matched.
+/// The largest `offset` a list takes (past it: 400). Both stores take offsets as signed 64-bit numbers,
+/// and nobody pages a billion rows in: filters and sorting find them.
+pub const MAX_OFFSET: u64 = 1_000_000_000;
+
+/// `limit`, bounded by --max-page-size, `offset` (at most [`MAX_OFFSET`]), `sort`, and whether to count
+/// everything matched.
 pub fn page(
     app: &AppState,
     limit: Option<u32>,
@@ -60,9 +65,16 @@ pub fn page(
             ),
         });
     }
+    let offset = offset.unwrap_or(0);
+    if offset > MAX_OFFSET {
+        return Err(crate::error::ApiError::invalid(
+            "offset",
+            format!("must be at most {MAX_OFFSET}"),
+        ));
+    }
     Ok(mercator_store::ListParams {
         limit,
-        offset: offset.unwrap_or(0),
+        offset,
         sort,
         count,
     })

@@ -577,7 +577,8 @@ async fn set_traffic(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<TrafficBody>,
 ) -> Result<Json<ModelView>, ApiError> {
-    let total: u32 = body.split.iter().map(|e| e.percent).sum();
+    // Summed wide: percents near u32::MAX would wrap to 100 in u32.
+    let total: u64 = body.split.iter().map(|e| u64::from(e.percent)).sum();
     if !body.split.is_empty() && total != 100 {
         return Err(ApiError::Validation {
             message: format!("the split adds up to {total}, not 100"),

@@ -218,11 +218,8 @@ async fn ingest(app: &AppState, org: &str, rows: Vec<NewPrice>) -> Result<Vec<Pr
     let mut written = written;
     score(app, org, &mut written).await;
     crate::alerts::on_ingest(app, org, &written).await;
-    let org: Arc<str> = Arc::from(org);
-    for price in &written {
-        // No listener is not an error.
-        let _ = app.prices.send(Arc::new((org.clone(), price.clone())));
-    }
+    app.prices
+        .send(org, written.iter().map(|p| Arc::new(p.clone())));
     Ok(written)
 }
 

@@ -8,33 +8,189 @@
 //!   `{"type": "alert.fired", ...}` (see [`crate::alerts`]).
 //!
 //! A listener too slow for a stream gets `{"type": "lagged", "missed": n}` and carries on with the newest.
+//!
+//! Each organization has its own channel ([`Fanout`]): a busy tenant's stream lags only its own listeners,
+//! and `missed` counts only its own events. A socket checks every few seconds that its key still exists
+//! and closes with 1008 (policy violation) once it is deleted. A key holds at most --max-sockets-per-key
+//! sockets at once; what a client sends is capped at [`MAX_INCOMING_BYTES`] a message.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use mercator_store::Price;
 use serde::Deserialize;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::ApiQuery;
 use super::ErrorEnvelope;
-use crate::auth::{Auth, Viewer};
+use crate::auth::{Auth, Principal, Viewer};
 use crate::error::ApiError;
 use crate::AppState;
 
-/// What is announced: the organization and the observation written.
-pub type PriceEvent = Arc<(Arc<str>, Price)>;
+/// An observation written, for its organization's listeners.
+pub type PriceEvent = Arc<Price>;
 
-/// Observations a listener may fall behind by before it is told it lagged.
+/// Events a listener may fall behind by before it is told it lagged.
 pub const STREAM_CAPACITY: usize = 16_384;
 
-/// A notification and the organization it is for (`None`: every organization).
-pub type Notification = Arc<(Option<Arc<str>>, serde_json::Value)>;
+/// A notification (an alert event, a model event).
+pub type Notification = Arc<serde_json::Value>;
+
+/// The largest message a client may send on a stream (the streams take no commands; pings fit).
+pub const MAX_INCOMING_BYTES: usize = 4096;
+
+/// How often an open socket checks that its key still exists.
+pub const REVALIDATE_EVERY: Duration = Duration::from_secs(2);
+
+/// A broadcast channel per organization, made when its first listener arrives and dropped with its last.
+pub struct Fanout<T> {
+    channels: Mutex<HashMap<Arc<str>, broadcast::Sender<T>>>,
+}
+
+impl<T: Clone> Default for Fanout<T> {
+    fn default() -> Self {
+        Fanout {
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T: Clone> Fanout<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, broadcast::Sender<T>>> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn subscribe(&self, org: &str) -> broadcast::Receiver<T> {
+        let mut channels = self.lock();
+        match channels.get(org) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = broadcast::channel(STREAM_CAPACITY);
+                channels.insert(Arc::from(org), tx);
+                rx
+            }
+        }
+    }
+
+    /// To the organization's listeners, if it has any.
+    pub fn send(&self, org: &str, events: impl IntoIterator<Item = T>) {
+        let mut channels = self.lock();
+        let Some(tx) = channels.get(org) else {
+            return;
+        };
+        if tx.receiver_count() == 0 {
+            channels.remove(org);
+            return;
+        }
+        for event in events {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// To every organization's listeners.
+    pub fn send_all(&self, event: T) {
+        let mut channels = self.lock();
+        channels.retain(|_, tx| tx.send(event.clone()).is_ok());
+    }
+}
+
+/// Open sockets by key, for --max-sockets-per-key.
+#[derive(Default)]
+pub struct Sockets {
+    open: Mutex<HashMap<String, usize>>,
+}
+
+/// One open socket of a key, counted until dropped.
+pub struct SocketSlot {
+    sockets: Arc<Sockets>,
+    key_id: String,
+}
+
+impl Sockets {
+    /// A slot for one more socket of `key_id`, or 429 at the limit.
+    pub fn open(self: &Arc<Self>, key_id: &str, limit: usize) -> Result<SocketSlot, ApiError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(key_id.to_string()).or_default();
+        if *n >= limit {
+            return Err(ApiError::TooManySockets { limit });
+        }
+        *n += 1;
+        Ok(SocketSlot {
+            sockets: self.clone(),
+            key_id: key_id.to_string(),
+        })
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let mut open = self.sockets.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.key_id) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key_id);
+            }
+        }
+    }
+}
+
+/// What every stream socket holds: its slot, and its caller to recheck.
+pub struct Held {
+    _slot: SocketSlot,
+    caller: Arc<Principal>,
+    app: AppState,
+}
+
+/// Admits a socket for `caller`: its slot under the per-key cap, and the upgrade with incoming messages
+/// capped.
+pub fn admit(
+    app: &AppState,
+    caller: Arc<Principal>,
+    upgrade: WebSocketUpgrade,
+) -> Result<(WebSocketUpgrade, Held), ApiError> {
+    let slot = app
+        .sockets
+        .open(&caller.key_id, app.limits.max_sockets_per_key)?;
+    let upgrade = upgrade
+        .max_message_size(MAX_INCOMING_BYTES)
+        .max_frame_size(MAX_INCOMING_BYTES);
+    Ok((
+        upgrade,
+        Held {
+            _slot: slot,
+            caller,
+            app: app.clone(),
+        },
+    ))
+}
+
+impl Held {
+    /// Whether the socket's key still exists (a store error keeps the socket: the store may be back).
+    pub async fn still_valid(&self) -> bool {
+        !matches!(
+            self.app
+                .store
+                .api_key_exists(&self.caller.organization_id, &self.caller.key_id)
+                .await,
+            Ok(false)
+        )
+    }
+}
+
+/// The close frame of a socket whose key was deleted.
+pub fn revoked() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: axum::extract::ws::close_code::POLICY,
+        reason: "the API key was revoked".into(),
+    }))
+}
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -60,12 +216,11 @@ async fn notification_stream(
     ApiQuery(_): ApiQuery<NotificationQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let org: Arc<str> = Arc::from(caller.organization_id.as_str());
-    let events = app.notifications.subscribe();
+    let events = app.notifications.subscribe(&caller.organization_id);
+    let (upgrade, held) = admit(&app, caller.0.clone(), upgrade)?;
     Ok(upgrade.on_upgrade(move |socket| {
-        forward(socket, events, move |event: &Notification| match &event.0 {
-            Some(to) if *to != org => None,
-            _ => Some(event.1.clone()),
+        forward(socket, held, events, |event: &Notification| {
+            Some((**event).clone())
         })
     }))
 }
@@ -90,28 +245,36 @@ async fn price_stream(
     ApiQuery(q): ApiQuery<StreamQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let org = caller.organization_id.clone();
     let material = q.material_id;
-    let events = app.prices.subscribe();
+    let events = app.prices.subscribe(&caller.organization_id);
+    let (upgrade, held) = admit(&app, caller.0.clone(), upgrade)?;
     Ok(upgrade.on_upgrade(move |socket| {
-        forward(socket, events, move |event: &PriceEvent| {
-            let (event_org, price) = &**event;
-            let wanted =
-                **event_org == *org && material.as_ref().is_none_or(|m| *m == price.material_id);
-            wanted.then(|| serde_json::json!({ "type": "price", "price": price }))
+        forward(socket, held, events, move |price: &PriceEvent| {
+            let wanted = material.as_ref().is_none_or(|m| *m == price.material_id);
+            wanted.then(|| serde_json::json!({ "type": "price", "price": **price }))
         })
     }))
 }
 
-/// Sends the events `pick` keeps (as the JSON it makes of them) until the client goes away or the
-/// stream ends; a listener that falls behind is told how many it missed.
+/// Sends the events `pick` keeps (as the JSON it makes of them) until the client goes away, the stream
+/// ends or the key is deleted; a listener that falls behind is told how many it missed.
 async fn forward<T: Clone>(
     mut socket: WebSocket,
-    mut events: tokio::sync::broadcast::Receiver<T>,
+    held: Held,
+    mut events: broadcast::Receiver<T>,
     pick: impl Fn(&T) -> Option<serde_json::Value>,
 ) {
+    let mut recheck = tokio::time::interval(REVALIDATE_EVERY);
+    recheck.tick().await;
     loop {
         let message = tokio::select! {
+            _ = recheck.tick() => {
+                if held.still_valid().await {
+                    continue;
+                }
+                let _ = socket.send(revoked()).await;
+                return;
+            }
             event = events.recv() => match event {
                 Ok(event) => match pick(&event) {
                     Some(message) => message,

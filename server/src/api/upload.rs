@@ -128,6 +128,7 @@ async fn upload(
         Err(e) => Err(e),
     };
     let _ = std::fs::remove_dir_all(&staging);
+    let outcome = outcome.map_err(|e| scrub(e, &staging));
     let view = outcome.map(|model| version_view(&app, &model));
     let finished = match &view {
         Ok(v) => {
@@ -368,6 +369,19 @@ fn model_error(e: EngineError) -> ApiError {
     match e {
         EngineError::InvalidModel { reason, .. } => ApiError::InvalidModel(reason),
         e => ApiError::InvalidModel(e.to_string()),
+    }
+}
+
+/// The staging folder's path out of an error's message: a client learns what was wrong with its upload,
+/// not where the server keeps its files.
+fn scrub(e: ApiError, staging: &FsPath) -> ApiError {
+    let scrubbed = |m: String| m.replace(&staging.display().to_string(), "<upload>");
+    match e {
+        ApiError::InvalidModel(m) => ApiError::InvalidModel(scrubbed(m)),
+        ApiError::Engine(EngineError::InvalidModel { reason, .. }) => {
+            ApiError::InvalidModel(scrubbed(reason))
+        }
+        e => e,
     }
 }
 

@@ -176,9 +176,8 @@ impl PriceColumns {
         let date = |name: &str, i: Option<usize>| -> Result<Option<NaiveDate>, ApiError> {
             cell(i)
                 .map(|c| {
-                    c.parse::<NaiveDate>().map_err(|e| {
-                        ApiError::invalid(name, format!("`{c}` is not a date (YYYY-MM-DD): {e}"))
-                    })
+                    mercator_store::parse_date(c)
+                        .map_err(|e| ApiError::invalid(name, format!("{name}: {e}")))
                 })
                 .transpose()
         };

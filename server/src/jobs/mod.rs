@@ -166,6 +166,11 @@ impl Jobs {
         Ok(dir)
     }
 
+    /// Whether every thread that prepares chunks is running (`/readyz` needs it).
+    pub fn prep_is_whole(&self) -> bool {
+        self.prep.is_whole()
+    }
+
     pub fn job_dir(&self, id: &str) -> PathBuf {
         self.dir.join(id)
     }
@@ -599,7 +604,7 @@ async fn compute(run: Arc<Run>, index: u64) -> Result<Computed, ApiError> {
                 .prep
                 .run(move || compute_features(&on_prep, index, width, values))
                 .await
-                .ok_or_else(prep_gone)?;
+                .map_err(prep_failed)?;
         }
     };
     // Everything per row happens on the preparing threads: a runtime thread busy for a chunk's 16,384 rows
@@ -617,7 +622,7 @@ async fn compute(run: Arc<Run>, index: u64) -> Result<Computed, ApiError> {
             Ok::<_, ApiError>((requests, errors, named))
         })
         .await
-        .ok_or_else(prep_gone)??;
+        .map_err(prep_failed)??;
     let app = &run.app;
     let catalog = app.predictor.catalog(&app.store, &run.org, named).await?;
     let on_prep = run.clone();
@@ -643,7 +648,7 @@ async fn compute(run: Arc<Run>, index: u64) -> Result<Computed, ApiError> {
             Ok((index, bytes, chunk.rows, failed))
         })
         .await
-        .ok_or_else(prep_gone)?
+        .map_err(prep_failed)?
 }
 
 /// A chunk of raw feature rows, on a preparing thread: read and checked, sent to the model's background
@@ -711,10 +716,13 @@ fn compute_features(
     Ok((index, bytes, chunk.rows, failed))
 }
 
-fn prep_gone() -> ApiError {
-    ApiError::Engine(mercator_engine::EngineError::Runtime(
-        "the batch preparing threads are gone".into(),
-    ))
+fn prep_failed(e: prep::PrepError) -> ApiError {
+    ApiError::Engine(mercator_engine::EngineError::Runtime(match e {
+        prep::PrepError::Panicked(message) => {
+            format!("preparing a chunk failed unexpectedly: {message}")
+        }
+        prep::PrepError::Gone => "the batch preparing threads are gone".into(),
+    }))
 }
 
 fn join(e: tokio::task::JoinError) -> ApiError {

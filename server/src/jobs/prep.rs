@@ -3,6 +3,8 @@
 //! models' background sessions are): they run only when the threads serving interactive requests leave a
 //! core free, so a job takes what is left and never delays a request.
 
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -12,6 +14,26 @@ type Work = Box<dyn FnOnce() + Send>;
 
 pub struct Prep {
     tx: Mutex<mpsc::Sender<Work>>,
+    threads: usize,
+    alive: Arc<AtomicUsize>,
+}
+
+/// Why a unit of work gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrepError {
+    /// It panicked; the message is the panic's.
+    Panicked(String),
+    /// No preparing thread is left to run it.
+    Gone,
+}
+
+/// Counts a thread out when it ends, however it ends.
+struct Alive(Arc<AtomicUsize>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Prep {
@@ -19,11 +41,16 @@ impl Prep {
     pub fn start(threads: usize) -> std::io::Result<Prep> {
         let (tx, rx) = mpsc::channel::<Work>();
         let rx = Arc::new(Mutex::new(rx));
-        for i in 0..threads.max(1) {
+        let threads = threads.max(1);
+        let alive = Arc::new(AtomicUsize::new(0));
+        for i in 0..threads {
             let rx = rx.clone();
+            alive.fetch_add(1, Ordering::AcqRel);
+            let guard = Alive(alive.clone());
             std::thread::Builder::new()
                 .name(format!("batch-prep-{i}"))
                 .spawn(move || {
+                    let _guard = guard;
                     lower_priority();
                     loop {
                         let work = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
@@ -34,24 +61,39 @@ impl Prep {
                     }
                 })?;
         }
-        Ok(Prep { tx: Mutex::new(tx) })
+        Ok(Prep {
+            tx: Mutex::new(tx),
+            threads,
+            alive,
+        })
     }
 
-    /// Runs `f` on a preparing thread; None if the threads are gone.
+    /// Whether every preparing thread is still there.
+    pub fn is_whole(&self) -> bool {
+        self.alive.load(Ordering::Acquire) == self.threads
+    }
+
+    /// Runs `f` on a preparing thread. A panic in `f` is caught there and comes back as
+    /// [`PrepError::Panicked`]; the thread lives on.
     pub async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
-    ) -> Option<T> {
+    ) -> Result<T, PrepError> {
         let (tx, rx) = oneshot::channel();
         let work: Work = Box::new(move || {
-            let _ = tx.send(f());
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+                let message = mercator_engine::metrics::panic_message(payload.as_ref());
+                mercator_engine::metrics::count_panic("batch_prep", &message);
+                PrepError::Panicked(message)
+            });
+            let _ = tx.send(outcome);
         });
         self.tx
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .send(work)
-            .ok()?;
-        rx.await.ok()
+            .map_err(|_| PrepError::Gone)?;
+        rx.await.map_err(|_| PrepError::Gone)?
     }
 }
 

@@ -42,6 +42,7 @@ pub struct ObservationIn {
     /// Per unit of the material.
     pub price: f64,
     /// The history before this day is the reference; default today (UTC).
+    #[serde(default, deserialize_with = "mercator_store::opt_date")]
     pub observed_on: Option<NaiveDate>,
 }
 

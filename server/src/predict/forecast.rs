@@ -23,6 +23,7 @@ pub struct ForecastRequest {
     /// Scales the market forecast by this supplier's premium over the market in the last 28 days.
     pub supplier_id: Option<String>,
     /// The first forecast day (history up to the day before is used); default today (UTC). For backtests.
+    #[serde(default, deserialize_with = "mercator_store::opt_date")]
     pub as_of: Option<NaiveDate>,
     /// One of the calibrated levels (see the model's manifest); default 0.8.
     pub interval_level: Option<f64>,
@@ -135,14 +136,17 @@ impl Predictor {
             .map(|h| {
                 let value = values[h] * (1.0 + supplier_premium);
                 let half = halves.get(h).or(halves.last()).copied().unwrap_or(0.0);
-                ForecastPoint {
-                    date: as_of + chrono::Days::new(h as u64),
+                let date = as_of
+                    .checked_add_days(chrono::Days::new(h as u64))
+                    .ok_or_else(|| ApiError::invalid("as_of", mercator_store::DATE_RANGE))?;
+                Ok(ForecastPoint {
+                    date,
                     value,
                     lower: value * (-half).exp(),
                     upper: value * half.exp(),
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_, ApiError>>()?;
         Ok(ForecastAnswer {
             material_id: request.material_id,
             supplier_id: request.supplier_id,

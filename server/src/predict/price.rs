@@ -23,9 +23,11 @@ pub struct PriceRequest {
     pub quantity: f64,
     pub supplier_id: Option<String>,
     /// Default: the spec's default lead time after `as_of`.
+    #[serde(default, deserialize_with = "mercator_store::opt_date")]
     pub delivery_date: Option<NaiveDate>,
     /// The day the price is asked on (history up to the day before is used); default today (UTC). For
     /// backtests.
+    #[serde(default, deserialize_with = "mercator_store::opt_date")]
     pub as_of: Option<NaiveDate>,
     /// One of the calibrated levels (see the model's manifest); default 0.8.
     pub interval_level: Option<f64>,

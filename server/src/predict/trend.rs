@@ -16,6 +16,7 @@ pub struct TrendRequest {
     /// 7 to 730.
     pub window_days: u32,
     /// The window ends the day before; default today (UTC).
+    #[serde(default, deserialize_with = "mercator_store::opt_date")]
     pub as_of: Option<NaiveDate>,
 }
 
