@@ -2,7 +2,9 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run build runtime test lint bench bench-load bench-predictions bench-store bench-batch train fmt
+FUZZ_SECS ?= 60
+
+.PHONY: conformance fuzz run build runtime test lint bench bench-load bench-predictions bench-store bench-batch train fmt
 
 ## Serve the shipped models on 127.0.0.1:8000 (flags: make run ARGS="--addr 0.0.0.0:8000").
 run: build
@@ -19,6 +21,15 @@ runtime:
 ## The whole test suite: unit, integration (real HTTP, real ONNX Runtime), tritonclient.
 test: runtime
 	$(CARGO) test --workspace
+
+## Every input reader (V2 JSON and binary, CSV and JSON bodies, manifests, features.toml, feature assembly)
+## under mutated inputs from fuzz/corpus/, FUZZ_SECS seconds each (the test suite runs 256 cases each).
+fuzz: runtime
+	MERCATOR_FUZZ_SECS=$(FUZZ_SECS) $(CARGO) test -p mercator-server --lib properties -- --nocapture
+
+## schemathesis (every check) against a running server with an owner key, DURATION seconds (default 300).
+conformance: runtime
+	scripts/conformance.sh
 
 ## Formatting and lints, as CI checks them.
 lint:

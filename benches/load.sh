@@ -19,7 +19,12 @@ if ! command -v wrk >/dev/null; then
   echo "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null
 fi
 scripts/install-runtime.sh
-cargo build --release --quiet --bin mercator --bin bench-echo --bin bench-naive
+# MERCATOR_BIN: a mercator binary built elsewhere (an older commit, to compare before and after in one
+# session); the baselines still come from this checkout.
+mercator_bin="${MERCATOR_BIN:-$target/release/mercator}"
+if [ -z "${MERCATOR_BIN:-}" ] || [ ! -x "$target/release/bench-echo" ]; then
+  cargo build --release --quiet --bin mercator --bin bench-echo --bin bench-naive
+fi
 
 python3 - "$out/price-row.json" <<'PY'
 import json, sys
@@ -36,7 +41,7 @@ trap cleanup EXIT
 # verifies it from its in-memory key cache after the first request.
 export API_KEY="mk_benchadmin_0123456789abcdef0123456789abcdef"
 rm -rf "$out/data"
-RUST_LOG=warn MERCATOR_ADMIN_KEY="$API_KEY" "$target/release/mercator" serve --addr 127.0.0.1:8103 \
+RUST_LOG=warn MERCATOR_ADMIN_KEY="$API_KEY" "$mercator_bin" serve --addr 127.0.0.1:8103 \
   --data-dir "$out/data" & pids+=($!); mercator_pid=$!
 for port in 8101 8102 8103; do
   for _ in $(seq 1 200); do
@@ -48,7 +53,7 @@ for port in 8101 8102 8103; do
 done
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-results="$out/load.jsonl"
+results="$out/${RESULTS_NAME:-load}.jsonl"
 : > "$results"
 for c in $CONCURRENCY; do
   threads=$(( c < 2 ? 1 : 2 ))

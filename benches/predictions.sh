@@ -15,7 +15,12 @@ if ! command -v wrk >/dev/null; then
   echo "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null
 fi
 scripts/install-runtime.sh
-cargo build --release --quiet --bin mercator --bin bench-echo
+# MERCATOR_BIN: a mercator binary built elsewhere (an older commit, to compare before and after in one
+# session); the baselines still come from this checkout.
+mercator_bin="${MERCATOR_BIN:-$target/release/mercator}"
+if [ -z "${MERCATOR_BIN:-}" ] || [ ! -x "$target/release/bench-echo" ]; then
+  cargo build --release --quiet --bin mercator --bin bench-echo
+fi
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -23,7 +28,7 @@ trap cleanup EXIT
 export API_KEY="mk_benchadmin_0123456789abcdef0123456789abcdef"
 rm -rf "$out/predict-data"
 "$target/release/bench-echo" 127.0.0.1:8111 & pids+=($!); echo_pid=$!
-RUST_LOG=warn MERCATOR_ADMIN_KEY="$API_KEY" "$target/release/mercator" serve --addr 127.0.0.1:8113 \
+RUST_LOG=warn MERCATOR_ADMIN_KEY="$API_KEY" "$mercator_bin" serve --addr 127.0.0.1:8113 \
   --data-dir "$out/predict-data" & pids+=($!); mercator_pid=$!
 for _ in $(seq 1 300); do
   curl -sf http://127.0.0.1:8113/readyz >/dev/null && break; sleep 0.1
@@ -35,7 +40,7 @@ curl -sf -H "authorization: Bearer $API_KEY" -H 'content-type: application/json'
   --data-binary @"$out/predict-row.json" http://127.0.0.1:8113/api/v1/predictions/price | head -c 300; echo
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-results="$out/predictions.jsonl"
+results="$out/${RESULTS_NAME:-predictions}.jsonl"
 : > "$results"
 for c in $CONCURRENCY; do
   threads=$(( c < 2 ? 1 : 2 ))

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mercator_engine::{
-    Backend, BackendFactory, Manifest, Model, OrtBackend, Runtime, Tensor, TensorData,
+    Backend, BackendError, BackendFactory, Manifest, Model, OrtBackend, Runtime, Tensor, TensorData,
 };
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -82,7 +82,7 @@ fn raw_ort(c: &mut Criterion) {
 struct Echo;
 
 impl Backend for Echo {
-    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
         let rows = inputs[0].rows();
         Ok(vec![Tensor {
             name: "price".into(),

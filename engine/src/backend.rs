@@ -12,7 +12,24 @@ use crate::{EngineError, Runtime};
 /// Runs one batch: inputs in the manifest's order, outputs in the manifest's order, batch dimension first.
 /// Each worker owns its backend, so `run` takes `&mut self` and needs no lock.
 pub trait Backend: Send + 'static {
-    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String>;
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError>;
+}
+
+/// Why a batch gave no outputs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// An input could not be handed to the runtime.
+    #[error("input: {0}")]
+    Input(String),
+    /// The runtime failed the run.
+    #[error("{0}")]
+    Run(String),
+    /// An output is missing, of another type than the manifest says, or not one row per input row.
+    #[error("output: {0}")]
+    Output(String),
+    /// The run panicked (a bug, in the runtime's bindings or ours); the worker goes on.
+    #[error("the model run panicked: {0}")]
+    Panicked(String),
 }
 
 /// One ONNX Runtime session.
@@ -169,20 +186,24 @@ fn from_value(spec: &TensorSpec, value: &DynValue) -> ort::Result<Tensor> {
 }
 
 impl Backend for OrtBackend {
-    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
         let named: Vec<(String, DynValue)> = inputs
             .into_iter()
             .map(|t| Ok((t.name.clone(), to_value(t)?)))
             .collect::<ort::Result<_>>()
-            .map_err(|e| e.to_string())?;
-        let outputs = self.session.run(named).map_err(|e| e.to_string())?;
+            .map_err(|e| BackendError::Input(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(named)
+            .map_err(|e| BackendError::Run(e.to_string()))?;
         self.outputs
             .iter()
             .map(|spec| {
-                let value = outputs
-                    .get(&spec.name)
-                    .ok_or_else(|| format!("the graph gave no output `{}`", spec.name))?;
-                from_value(spec, value).map_err(|e| e.to_string())
+                let value = outputs.get(&spec.name).ok_or_else(|| {
+                    BackendError::Output(format!("the graph gave no output `{}`", spec.name))
+                })?;
+                from_value(spec, value)
+                    .map_err(|e| BackendError::Output(format!("`{}`: {e}", spec.name)))
             })
             .collect()
     }

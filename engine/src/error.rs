@@ -24,5 +24,24 @@ pub enum EngineError {
     #[error("the engine is shutting down")]
     ShuttingDown,
     #[error("inference failed: {0}")]
-    Inference(String),
+    Inference(#[from] crate::backend::BackendError),
+}
+
+impl EngineError {
+    /// The stable snake_case code clients and metrics see; the server maps codes to statuses.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::ModelNotFound(_) => "model_not_found",
+            EngineError::VersionNotFound { .. } => "version_not_found",
+            EngineError::InvalidInput { .. } => "invalid_input",
+            EngineError::InvalidRequest(_) => "invalid_request",
+            EngineError::QueueFull { .. } => "overloaded",
+            EngineError::NotReady { .. } => "model_not_ready",
+            EngineError::ShuttingDown => "shutting_down",
+            EngineError::DeadlineExceeded => "deadline_exceeded",
+            EngineError::Inference(_)
+            | EngineError::Runtime(_)
+            | EngineError::InvalidModel { .. } => "internal",
+        }
+    }
 }

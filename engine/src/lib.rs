@@ -14,14 +14,16 @@ pub mod metrics;
 mod model;
 mod queue;
 mod repository;
+mod rows;
 mod runtime;
 pub mod stats;
 mod tensor;
 
-pub use backend::{Backend, OrtBackend};
+pub use backend::{Backend, BackendError, OrtBackend};
 pub use error::EngineError;
 pub use manifest::{AnomalyThresholds, Manifest, ModelKind, TensorSpec};
 pub use model::{BackendFactory, InferOutput, Lane, Model, Pending, Timing, WARMUP};
 pub use repository::{IndexEntry, Repository, Traffic};
+pub use rows::Slices;
 pub use runtime::{Runtime, ORT_VERSION};
 pub use tensor::{DataType, Tensor, TensorData};

@@ -477,10 +477,14 @@ impl Repository {
 
     /// Drains every model: no new requests, everything queued answered, within `timeout` in all.
     pub fn drain(&self, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = std::time::Instant::now().checked_add(timeout);
         self.all()
             .iter()
-            .map(|m| m.drain(deadline.saturating_duration_since(std::time::Instant::now())))
+            .map(|m| {
+                m.drain(deadline.map_or(timeout, |d| {
+                    d.saturating_duration_since(std::time::Instant::now())
+                }))
+            })
             .filter(|drained| !drained)
             .count()
             == 0

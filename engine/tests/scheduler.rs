@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mercator_engine::{
-    Backend, BackendFactory, DataType, EngineError, Lane, Manifest, Model, Tensor, TensorData,
-    WARMUP,
+    Backend, BackendError, BackendFactory, DataType, EngineError, Lane, Manifest, Model, Tensor,
+    TensorData, WARMUP,
 };
 
 /// Doubles its input; each batch waits for a permit from the test, so the test decides when work runs.
@@ -18,7 +18,7 @@ struct Gated {
 }
 
 impl Backend for Gated {
-    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
         let rows = inputs[0].rows();
         let thread = std::thread::current().name().unwrap_or("").to_string();
         self.threads.lock().unwrap().push(thread);
@@ -27,7 +27,7 @@ impl Backend for Gated {
             .lock()
             .unwrap()
             .recv_timeout(Duration::from_secs(10))
-            .map_err(|e| format!("no permit: {e}"))?;
+            .map_err(|e| BackendError::Run(format!("no permit: {e}")))?;
         let TensorData::Fp32(v) = &inputs[0].data else {
             unreachable!()
         };
@@ -46,7 +46,7 @@ struct Noting {
 }
 
 impl Backend for Noting {
-    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
         let thread = std::thread::current().name().unwrap_or("").to_string();
         // SAFETY: pid 0 asks about the calling thread; no memory is touched.
         let policy = unsafe { libc::sched_getscheduler(0) };
@@ -539,4 +539,40 @@ async fn background_slices_run_on_their_own_idle_sessions_and_never_share_a_batc
         seen.len(),
         "no interactive row reached a background session"
     );
+}
+
+/// Rows go in one way: checked against the input's width, in slices of the batch size on the background
+/// lane, every slice's outputs answered in the order the rows were added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_are_sliced_by_the_batch_size_and_answered_in_order() {
+    let h = start(4, 100);
+    assert_eq!(h.model.row_width(), Some(1));
+    assert!(matches!(
+        h.model.rows_input(vec![1.0, 2.0], 2),
+        Err(EngineError::InvalidInput { .. })
+    ));
+    assert!(mercator_engine::Slices::new(&h.model, 3).is_err());
+    let model = h.model.clone();
+    let answered = tokio::task::spawn_blocking(move || {
+        let mut slices = mercator_engine::Slices::new(&model, 1).unwrap();
+        for v in 0..10 {
+            slices.push([v as f32]).unwrap();
+        }
+        slices.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        answered.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        [4, 4, 2],
+        "slices of the batch size, the rest last"
+    );
+    let values: Vec<f32> = answered
+        .iter()
+        .flat_map(|(out, _)| match &out.outputs[0].data {
+            TensorData::Fp32(v) => v.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(values, (0..10).map(|v| v as f32 * 2.0).collect::<Vec<_>>());
 }

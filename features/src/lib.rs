@@ -48,6 +48,25 @@ pub enum FeatureError {
     },
     #[error("materialize: {0}")]
     Materialize(String),
+    #[error("day {0} (days since 1970-01-01) is outside the range features are computed for")]
+    Day(i32),
+}
+
+impl FeatureError {
+    /// The stable snake_case code of an answer that cannot be given; a spec or materialisation failure is
+    /// the server's own (`internal`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            FeatureError::Quantity(_) => "invalid_quantity",
+            FeatureError::Lead { .. } | FeatureError::Horizon { .. } => "beyond_horizon",
+            FeatureError::Price(_) => "invalid_price",
+            FeatureError::Day(_) => "invalid_date",
+            FeatureError::TooLittleHistory { .. } => "insufficient_history",
+            FeatureError::Spec(_) | FeatureError::Materialize(_) | FeatureError::NoPrice => {
+                "internal"
+            }
+        }
+    }
 }
 
 /// The SHA-256 of a spec file's bytes, as the manifest records it.

@@ -34,6 +34,20 @@ pub struct RowHistory<'a> {
     pub supplier: Option<&'a Series>,
 }
 
+/// The days a row may be computed for: ±1,000,000 days from 1970 (the API takes 1900 to 2200). Outside,
+/// [`FeatureError::Day`]; inside, no day arithmetic can overflow.
+pub const MAX_DAY: Day = 1_000_000;
+
+/// `days` before `day`, saturating.
+fn back(day: Day, days: u32) -> Day {
+    day.saturating_sub(Day::try_from(days).unwrap_or(Day::MAX))
+}
+
+/// `days` after `day`, saturating.
+fn forward(day: Day, days: u32) -> Day {
+    day.saturating_add(Day::try_from(days).unwrap_or(Day::MAX))
+}
+
 /// The feature row in the spec's order, or why there is none.
 pub fn assemble(
     spec: &FeatureSpec,
@@ -54,9 +68,14 @@ pub fn assemble(
         },
     };
     let as_of = input.as_of;
+    for day in [Some(as_of), input.delivery].into_iter().flatten() {
+        if !(-MAX_DAY..=MAX_DAY).contains(&day) {
+            return Err(FeatureError::Day(day));
+        }
+    }
     let delivery = input
         .delivery
-        .unwrap_or(as_of + spec.default_lead_days as Day);
+        .unwrap_or(forward(as_of, spec.default_lead_days));
     let lead = delivery - as_of;
     if lead < 0 || lead > spec.max_lead_days as Day {
         return Err(FeatureError::Lead {
@@ -66,7 +85,7 @@ pub fn assemble(
     }
     let days = history
         .market
-        .days_with_prices(as_of - HISTORY_DAYS as Day, as_of);
+        .days_with_prices(back(as_of, HISTORY_DAYS), as_of);
     if days < spec.min_history_days as usize {
         return Err(FeatureError::TooLittleHistory {
             days,
@@ -188,7 +207,7 @@ impl Kernel<'_> {
         {
             return *agg;
         }
-        let agg = series.window(self.as_of - days as Day, self.as_of);
+        let agg = series.window(back(self.as_of, days), self.as_of);
         self.windows.borrow_mut().push((key, days, agg));
         agg
     }
@@ -203,14 +222,16 @@ impl Kernel<'_> {
             return 0.0;
         }
         let n = agg.n as i128;
-        let numerator = n * agg.sumsq - agg.sum * agg.sum;
+        let numerator = n
+            .saturating_mul(agg.sumsq)
+            .saturating_sub(agg.sum.saturating_mul(agg.sum));
         (numerator as f64 / (n * (n - 1)) as f64).sqrt() / self.scale()
     }
 
     /// The mean price of the latest day at or before `as_of - days`, at most `max_staleness_days` older.
     fn lag(&self, days: u32) -> Option<f64> {
-        let to = self.as_of - days as Day;
-        let from = to - self.spec.max_staleness_days as Day;
+        let to = back(self.as_of, days);
+        let from = back(to, self.spec.max_staleness_days);
         self.market
             .latest(from, to)
             .and_then(|(_, agg)| self.mean(&agg))

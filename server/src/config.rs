@@ -154,6 +154,46 @@ pub struct ServeArgs {
     /// upload, its CSV form and its results [default: 3].
     #[arg(long, env = "MERCATOR_BATCH_DISK_FACTOR")]
     pub batch_disk_factor: Option<f64>,
+    /// The key that seals webhook secrets at rest (AES-256-GCM): 64 hex digits; after a comma, older keys
+    /// that still open what they sealed (rotation: put the new key first; at start every secret is
+    /// resealed with it). Unset: a key generated into `<data-dir>/secret.key` on first start. Replicas
+    /// sharing a database must share it.
+    #[arg(long, env = "MERCATOR_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// Disk an organization's batch jobs may hold (their uploads times --batch-disk-factor, until their
+    /// results expire); a submit beyond it is refused with 429 [default: 21474836480, 20 GiB].
+    #[arg(long, env = "MERCATOR_BATCH_MAX_DISK_BYTES_PER_ORG")]
+    pub batch_max_disk_bytes_per_org: Option<u64>,
+    /// Most rows in one row group of a Parquet batch upload: what is decoded at once [default: 1048576].
+    #[arg(long, env = "MERCATOR_BATCH_PARQUET_MAX_GROUP_ROWS")]
+    pub batch_parquet_max_group_rows: Option<u64>,
+    /// Longest cell of a CSV body (bulk prices, batches), in bytes [default: 65536].
+    #[arg(long, env = "MERCATOR_CSV_MAX_FIELD_BYTES")]
+    pub csv_max_field_bytes: Option<usize>,
+    /// Longest record (line) of a CSV body, in bytes [default: 1048576].
+    #[arg(long, env = "MERCATOR_CSV_MAX_RECORD_BYTES")]
+    pub csv_max_record_bytes: Option<usize>,
+    /// Heavy requests (batch submits, bulk writes, model uploads) the server handles at once; more are
+    /// answered 429 with Retry-After [default: 8].
+    #[arg(long, env = "MERCATOR_MAX_HEAVY_REQUESTS")]
+    pub max_heavy_requests: Option<usize>,
+    /// Heavy requests one organization may have at once; more are answered 429 [default: 2].
+    #[arg(long, env = "MERCATOR_MAX_HEAVY_REQUESTS_PER_ORG")]
+    pub max_heavy_requests_per_org: Option<usize>,
+    /// Open client connections; beyond it new connections wait in the listen backlog [default: 4096].
+    #[arg(long, env = "MERCATOR_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send a request's headers once it starts (or a new connection its first
+    /// byte) before the connection is closed [default: 10].
+    #[arg(long, env = "MERCATOR_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<u64>,
+    /// Seconds a request body may stall between two pieces before the request fails with 408
+    /// [default: 30].
+    #[arg(long, env = "MERCATOR_BODY_READ_TIMEOUT_SECS")]
+    pub body_read_timeout_secs: Option<u64>,
+    /// Seconds a kept-alive connection may sit idle between requests before it is closed [default: 60].
+    #[arg(long, env = "MERCATOR_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
 }
 
 /// The settings in force.
@@ -183,7 +223,13 @@ pub struct Config {
     pub max_alert_channels: usize,
     pub forecast_alert_interval: Duration,
     pub batch_inline_max_rows: usize,
-    pub batch: crate::jobs::Settings,
+    pub batch: mercator_services::jobs::Settings,
+    pub max_heavy_requests: usize,
+    pub max_heavy_requests_per_org: usize,
+    pub connections: crate::connections::Settings,
+    pub secret_key: Option<String>,
+    /// The time alerting judges by: the system's (tests move it forward instead of waiting).
+    pub clock: std::sync::Arc<mercator_services::clock::Clock>,
 }
 
 impl Config {
@@ -223,7 +269,7 @@ impl Default for Config {
             max_alert_channels: 10,
             forecast_alert_interval: Duration::from_secs(3600),
             batch_inline_max_rows: 10_000,
-            batch: crate::jobs::Settings {
+            batch: mercator_services::jobs::Settings {
                 chunk_rows: 16_384,
                 max_rows: 10_000_000,
                 max_body_bytes: 2 * 1024 * 1024 * 1024,
@@ -231,7 +277,23 @@ impl Default for Config {
                 max_active_per_org: 10,
                 retention: Duration::from_secs(7 * 24 * 3600),
                 disk_factor: 3.0,
+                max_disk_bytes_per_org: 20 * 1024 * 1024 * 1024,
+                parquet_max_group_rows: 1 << 20,
+                csv: mercator_services::input::csv_body::Caps {
+                    field_bytes: 64 * 1024,
+                    record_bytes: 1024 * 1024,
+                },
             },
+            max_heavy_requests: 8,
+            max_heavy_requests_per_org: 2,
+            connections: crate::connections::Settings {
+                max: 4096,
+                header_read_timeout: Duration::from_secs(10),
+                body_read_timeout: Duration::from_secs(30),
+                idle_timeout: Duration::from_secs(60),
+            },
+            secret_key: None,
+            clock: Default::default(),
         }
     }
 }
@@ -255,7 +317,7 @@ impl Config {
             drain_timeout: args
                 .drain_timeout_secs
                 .or(file.drain_timeout_secs)
-                .map(Duration::from_secs)
+                .map(bounded_secs)
                 .unwrap_or(d.drain_timeout),
             ort_lib: args.ort_lib.or(file.ort_lib),
             database_url: args.database_url.or(file.database_url),
@@ -263,7 +325,7 @@ impl Config {
             key_cache: args
                 .key_cache_secs
                 .or(file.key_cache_secs)
-                .map(Duration::from_secs)
+                .map(bounded_secs)
                 .unwrap_or(d.key_cache),
             max_bulk_rows: args
                 .max_bulk_rows
@@ -313,13 +375,13 @@ impl Config {
             forecast_alert_interval: args
                 .forecast_alert_interval_secs
                 .or(file.forecast_alert_interval_secs)
-                .map(Duration::from_secs)
+                .map(bounded_secs)
                 .unwrap_or(d.forecast_alert_interval),
             batch_inline_max_rows: args
                 .batch_inline_max_rows
                 .or(file.batch_inline_max_rows)
                 .unwrap_or(d.batch_inline_max_rows),
-            batch: crate::jobs::Settings {
+            batch: mercator_services::jobs::Settings {
                 chunk_rows: args
                     .batch_chunk_rows
                     .or(file.batch_chunk_rows)
@@ -345,17 +407,87 @@ impl Config {
                 retention: args
                     .batch_retention_secs
                     .or(file.batch_retention_secs)
-                    .map(Duration::from_secs)
+                    .map(bounded_secs)
                     .unwrap_or(d.batch.retention),
                 disk_factor: args
                     .batch_disk_factor
                     .or(file.batch_disk_factor)
                     .unwrap_or(d.batch.disk_factor)
                     .max(0.0),
+                max_disk_bytes_per_org: args
+                    .batch_max_disk_bytes_per_org
+                    .or(file.batch_max_disk_bytes_per_org)
+                    .unwrap_or(d.batch.max_disk_bytes_per_org),
+                parquet_max_group_rows: args
+                    .batch_parquet_max_group_rows
+                    .or(file.batch_parquet_max_group_rows)
+                    .unwrap_or(d.batch.parquet_max_group_rows)
+                    .max(1),
+                csv: mercator_services::input::csv_body::Caps {
+                    field_bytes: args
+                        .csv_max_field_bytes
+                        .or(file.csv_max_field_bytes)
+                        .unwrap_or(d.batch.csv.field_bytes)
+                        .max(1),
+                    record_bytes: args
+                        .csv_max_record_bytes
+                        .or(file.csv_max_record_bytes)
+                        .unwrap_or(d.batch.csv.record_bytes)
+                        .max(1),
+                },
             },
+            max_heavy_requests: args
+                .max_heavy_requests
+                .or(file.max_heavy_requests)
+                .unwrap_or(d.max_heavy_requests)
+                .clamp(1, MAX_PERMITS),
+            max_heavy_requests_per_org: args
+                .max_heavy_requests_per_org
+                .or(file.max_heavy_requests_per_org)
+                .unwrap_or(d.max_heavy_requests_per_org)
+                .clamp(1, MAX_PERMITS),
+            connections: crate::connections::Settings {
+                max: args
+                    .max_connections
+                    .or(file.max_connections)
+                    .unwrap_or(d.connections.max)
+                    .clamp(1, MAX_PERMITS),
+                header_read_timeout: secs(
+                    args.header_read_timeout_secs
+                        .or(file.header_read_timeout_secs),
+                    d.connections.header_read_timeout,
+                ),
+                body_read_timeout: secs(
+                    args.body_read_timeout_secs.or(file.body_read_timeout_secs),
+                    d.connections.body_read_timeout,
+                ),
+                idle_timeout: secs(
+                    args.idle_timeout_secs.or(file.idle_timeout_secs),
+                    d.connections.idle_timeout,
+                ),
+            },
+            secret_key: args.secret_key.or(file.secret_key),
+            clock: d.clock,
         })
     }
 }
+
+/// A timeout flag in seconds (at least one), or its default.
+fn secs(flag: Option<u64>, default: Duration) -> Duration {
+    flag.map_or(default, |s| bounded_secs(s.max(1)))
+}
+
+/// The longest any duration flag may be: ten years. Deadlines are instants plus a duration, and a flag of
+/// 2^64 - 1 seconds would overflow them; nothing here needs to wait longer.
+pub const MAX_SECS: u64 = 10 * 365 * 24 * 3600;
+
+fn bounded_secs(s: u64) -> Duration {
+    Duration::from_secs(s.min(MAX_SECS))
+}
+
+/// The most connections or concurrent heavy requests a flag may allow: 2^24. Permits are counted by
+/// semaphores, whose capacity (and `acquire_many`'s u32) a flag of `usize::MAX` would exceed.
+pub const MAX_PERMITS: usize = 1 << 24;
 
 fn read_file(path: &Path) -> Result<ServeArgs, String> {
     let text =
@@ -389,15 +521,76 @@ impl std::fmt::Debug for Config {
             .field("webhook_retry_ms", &self.webhook_retry_ms)
             .field("webhook_allow_private", &self.webhook_allow_private)
             .field("metrics_key", &self.metrics_key.as_ref().map(|_| "***"))
+            .field("secret_key", &self.secret_key.as_ref().map(|_| "***"))
             .field("max_sockets_per_key", &self.max_sockets_per_key)
             .field("max_alert_rules", &self.max_alert_rules)
             .field("max_alert_channels", &self.max_alert_channels)
             .field("forecast_alert_interval", &self.forecast_alert_interval)
             .field("batch_inline_max_rows", &self.batch_inline_max_rows)
             .field("batch", &self.batch)
+            .field("max_heavy_requests", &self.max_heavy_requests)
+            .field(
+                "max_heavy_requests_per_org",
+                &self.max_heavy_requests_per_org,
+            )
+            .field("connections", &self.connections)
             .field("key_cache", &self.key_cache)
             .field("drain_timeout", &self.drain_timeout)
             .field("ort_lib", &self.ort_lib)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_at_their_type_maximum_are_bounded_so_nothing_overflows() {
+        let config = Config::resolve(ServeArgs {
+            max_connections: Some(usize::MAX),
+            max_heavy_requests: Some(usize::MAX),
+            max_heavy_requests_per_org: Some(usize::MAX),
+            drain_timeout_secs: Some(u64::MAX),
+            key_cache_secs: Some(u64::MAX),
+            forecast_alert_interval_secs: Some(u64::MAX),
+            batch_retention_secs: Some(u64::MAX),
+            header_read_timeout_secs: Some(u64::MAX),
+            body_read_timeout_secs: Some(u64::MAX),
+            idle_timeout_secs: Some(u64::MAX),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        for permits in [
+            config.connections.max,
+            config.max_heavy_requests,
+            config.max_heavy_requests_per_org,
+        ] {
+            assert_eq!(permits, MAX_PERMITS);
+            // What the listener and admission do with them.
+            let slots = tokio::sync::Semaphore::new(permits);
+            assert!(slots.try_acquire_many(permits as u32).is_ok());
+        }
+        for duration in [
+            config.drain_timeout,
+            config.key_cache,
+            config.forecast_alert_interval,
+            config.batch.retention,
+            config.connections.header_read_timeout,
+            config.connections.body_read_timeout,
+            config.connections.idle_timeout,
+        ] {
+            assert_eq!(duration, Duration::from_secs(MAX_SECS));
+            let _ = std::time::Instant::now() + duration;
+            let _ = std::time::SystemTime::now() - duration;
+        }
+        let config = Config::resolve(ServeArgs {
+            max_connections: Some(0),
+            idle_timeout_secs: Some(0),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(config.connections.max, 1);
+        assert_eq!(config.connections.idle_timeout, Duration::from_secs(1));
     }
 }

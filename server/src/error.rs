@@ -1,9 +1,10 @@
 //! The one error format, in two shapes.
 //!
-//! Every error is an `ApiError`; each variant maps to one status and one stable snake_case code, in the
-//! table in `status_and_code`. A handler's error becomes a response that carries an `ErrorReport` in its
-//! extensions (V2 handlers return `V2Error`, which marks the report for the V2 shape); `render`, a layer
-//! outside the one that stamps `x-request-id`, writes the body with that id.
+//! Every error is an `ApiError`; each has one stable snake_case code (`code`: the domain's and the engine's
+//! errors bring their own), and [`status`] is the one table from codes to statuses. A handler's error
+//! becomes a response that carries an `ErrorReport` in its extensions (V2 handlers return `V2Error`, which
+//! marks the report for the V2 shape); `render`, a layer outside the one that stamps `x-request-id`, writes
+//! the body with that id.
 //!
 //! - `/v2/...` (Open Inference Protocol): `{"error": "<message>", "code": "<code>"}` (tritonclient reads
 //!   `error`).
@@ -17,6 +18,8 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mercator_engine::EngineError;
+use mercator_services::input::InputError;
+use mercator_services::jobs::BatchError;
 use mercator_store::{FieldErrors, RowError, StoreError};
 use serde_json::{json, Value};
 
@@ -37,25 +40,18 @@ pub enum ApiError {
     InvalidRows { rows: Vec<RowError>, total: usize },
     #[error("the body is larger than the limit of {limit} bytes ({flag})")]
     BodyTooLarge { limit: usize, flag: &'static str },
-    #[error("{rows} rows is more than the limit of {limit} in one request (--max-bulk-rows)")]
-    TooManyRows { rows: usize, limit: usize },
+    #[error("more than the limit of {limit} rows in one request (--max-bulk-rows)")]
+    TooManyRows { limit: usize },
     #[error("{0}")]
     UnsupportedMediaType(String),
-    /// A batch larger than a job may be (rows or bytes).
-    #[error("the batch is too large: {0}")]
-    BatchTooLarge(String),
-    #[error("the organization has {limit} batch jobs queued or running, its limit (--batch-max-active-jobs); retry when one ends")]
-    TooManyBatchJobs { limit: u64 },
-    /// Results asked for before the job ended.
-    #[error("the job is {0}; its results are ready when it ends")]
-    ResultsNotReady(&'static str),
-    #[error("the job's results expired at {0} (--batch-retention-secs) and were deleted")]
-    ResultsExpired(String),
-    /// Results asked of a replica other than the one whose data directory holds them.
-    #[error("the job ran on node {0}, whose data directory holds its results: ask that server")]
-    ResultsElsewhere(String),
-    #[error("the data directory has {free} bytes free; this batch needs {needed} more (its upload, and for a job --batch-disk-factor times that)")]
-    InsufficientStorage { free: u64, needed: u64 },
+    #[error(
+        "the request body stalled longer than the body read timeout (--body-read-timeout-secs)"
+    )]
+    BodyTimeout,
+    #[error("the server is handling its most heavy requests (uploads, bulk writes, batches) at once (--max-heavy-requests); retry shortly")]
+    Busy,
+    #[error("the organization has {limit} heavy requests (uploads, bulk writes, batches) in progress, its limit (--max-heavy-requests-per-org); retry when one ends")]
+    TooManyHeavyRequests { limit: usize },
     #[error("an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")]
     MissingKey,
     #[error("the API key is not valid")]
@@ -85,48 +81,80 @@ pub enum ApiError {
     InvalidModel(String),
     #[error("store: {0}")]
     Store(StoreError),
+    /// The server's own failure, named for what failed (batch files, a staging directory, a task): 500.
+    #[error("{what}: {detail}")]
+    Internal { what: &'static str, detail: String },
     /// A prediction the model cannot make honestly (too little history, beyond its horizon, ...).
     #[error("{0}")]
     Prediction(#[from] mercator_features::FeatureError),
+    #[error(transparent)]
+    Predict(#[from] mercator_services::predict::PredictError),
+    /// A batch's answer instead of results (too large, no room, not ready, ...).
+    #[error(transparent)]
+    Batch(BatchError),
 }
 
-impl ApiError {
-    /// 422 about one field.
-    pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-        let message = message.into();
-        ApiError::Validation {
-            details: FieldErrors::one(field, message.clone()),
-            message,
+/// A batch's error as it is, except the store's about a job, which names it.
+impl From<BatchError> for ApiError {
+    fn from(e: BatchError) -> ApiError {
+        match e {
+            BatchError::Store(e) => e.into(),
+            e => ApiError::Batch(e),
         }
     }
+}
 
-    /// A time parameter: RFC 3339 or a date; 422 naming the field otherwise.
-    pub fn parse_time(
-        field: &str,
-        text: Option<String>,
-    ) -> Result<Option<mercator_store::Time>, ApiError> {
-        text.map(|t| {
-            mercator_store::parse_time(&t).ok_or_else(|| ApiError::Validation {
-                message: format!("`{field}` is not a time"),
-                details: FieldErrors::one(
-                    field,
-                    format!(
-                        "use RFC 3339 (2025-03-01T12:00:00Z) or a date; it {}",
-                        mercator_store::DATE_RANGE
-                    ),
-                ),
-            })
-        })
-        .transpose()
+/// A rule change refused: its field, the organization's limit, or the store's answer about the rule.
+impl From<mercator_services::alerts::RuleError> for ApiError {
+    fn from(e: mercator_services::alerts::RuleError) -> ApiError {
+        use mercator_services::alerts::RuleError;
+        match e {
+            RuleError::Invalid { message, details } => ApiError::Validation { message, details },
+            RuleError::Conflict(message) => ApiError::Conflict(message),
+            RuleError::Store(e) => e.into(),
+        }
     }
+}
 
-    /// Maps a store error for a resource (`NotFound` names it).
-    pub fn store(resource: &'static str) -> impl FnOnce(StoreError) -> ApiError {
-        move |e| match e {
-            StoreError::NotFound => ApiError::NotFound(resource),
+/// A registry change refused, as the engine, the store (about a model) or the registry says.
+impl From<mercator_services::registry::RegistryError> for ApiError {
+    fn from(e: mercator_services::registry::RegistryError) -> ApiError {
+        use mercator_services::registry::RegistryError;
+        match e {
+            RegistryError::Engine(e) => ApiError::Engine(e),
+            RegistryError::Store(e) => e.into(),
+            RegistryError::Conflict(message) => ApiError::Conflict(message),
+            RegistryError::Invalid { message, details } => {
+                ApiError::Validation { message, details }
+            }
+            RegistryError::InvalidModel(message) => ApiError::InvalidModel(message),
+            RegistryError::Internal { what, detail } => ApiError::Internal { what, detail },
+        }
+    }
+}
+
+/// A body the API cannot read: 400, the field at fault named where there is one.
+impl From<InputError> for ApiError {
+    fn from(e: InputError) -> ApiError {
+        match e {
+            InputError::BadRequest(message) => ApiError::BadRequest(message),
+            InputError::Invalid { message, details } => ApiError::Validation { message, details },
+        }
+    }
+}
+
+/// The store's answer: not found (naming what), a conflict, invalid values by field, invalid rows; anything
+/// else is the server's own failure.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::NotFound(what) => ApiError::NotFound(what),
             StoreError::Conflict(message) => ApiError::Conflict(message),
             StoreError::Invalid(details) => ApiError::Validation {
-                message: format!("the {resource} has invalid values"),
+                message: format!(
+                    "invalid values: {}",
+                    details.0.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
                 details,
             },
             StoreError::Rows(rows) => {
@@ -136,79 +164,100 @@ impl ApiError {
             e => ApiError::Store(e),
         }
     }
+}
+
+/// A refused ingest answers as any bulk write does: its rows, or the store's answer about the price.
+impl From<mercator_services::ingest::IngestError> for ApiError {
+    fn from(e: mercator_services::ingest::IngestError) -> ApiError {
+        use mercator_services::ingest::IngestError;
+        match e {
+            IngestError::Rows { rows, total } => ApiError::InvalidRows { rows, total },
+            IngestError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl ApiError {
+    /// The server's own failure at `what`.
+    pub fn internal(what: &'static str, e: impl std::fmt::Display) -> ApiError {
+        ApiError::Internal {
+            what,
+            detail: e.to_string(),
+        }
+    }
+
+    /// 422 about one field.
+    pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+        let message = message.into();
+        ApiError::Validation {
+            details: FieldErrors::one(field, message.clone()),
+            message,
+        }
+    }
+
+    /// A time parameter: RFC 3339 or a date; 400 naming the field otherwise.
+    pub fn parse_time(
+        field: &str,
+        text: Option<String>,
+    ) -> Result<Option<mercator_store::Time>, ApiError> {
+        mercator_store::parse_time_param(field, text).map_err(|details| ApiError::Validation {
+            message: format!("`{field}` is not a time"),
+            details,
+        })
+    }
+
+    /// The stable snake_case code clients switch on (and metrics label by).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Engine(e) => e.code(),
+            ApiError::Predict(e) => e.code(),
+            ApiError::Prediction(e) => e.code(),
+            ApiError::Batch(e) => e.code(),
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Validation { .. } => "validation_error",
+            ApiError::InvalidRows { .. } => "invalid_rows",
+            ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::TooManyRows { .. } => "too_many_rows",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::BodyTimeout => "body_timeout",
+            ApiError::Busy => "server_busy",
+            ApiError::TooManyHeavyRequests { .. } => "too_many_heavy_requests",
+            ApiError::MissingKey | ApiError::InvalidKey => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::RouteNotFound(_) => "route_not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Draining => "shutting_down",
+            ApiError::TooManySockets { .. } => "too_many_sockets",
+            ApiError::PoolBroken(_) => "not_ready",
+            ApiError::Panicked(_) | ApiError::Store(_) | ApiError::Internal { .. } => "internal",
+            ApiError::InvalidModel(_) => "invalid_model",
+        }
+    }
+
+    /// The engine's error inside, whichever layer carried it up.
+    pub fn engine(&self) -> Option<&EngineError> {
+        match self {
+            ApiError::Engine(e)
+            | ApiError::Predict(mercator_services::predict::PredictError::Engine(e)) => Some(e),
+            ApiError::Batch(e) => e.engine(),
+            _ => None,
+        }
+    }
 
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
-        use EngineError as E;
-        match self {
-            ApiError::Engine(e) => match e {
-                E::ModelNotFound(_) => (StatusCode::NOT_FOUND, "model_not_found"),
-                E::VersionNotFound { .. } => (StatusCode::NOT_FOUND, "version_not_found"),
-                E::InvalidInput { .. } => (StatusCode::BAD_REQUEST, "invalid_input"),
-                E::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-                E::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
-                E::NotReady { .. } => (StatusCode::SERVICE_UNAVAILABLE, "model_not_ready"),
-                E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-                E::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
-                E::Inference(_) | E::Runtime(_) | E::InvalidModel { .. } => {
-                    (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-                }
-            },
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::Validation { .. } => (StatusCode::BAD_REQUEST, "validation_error"),
-            ApiError::InvalidRows { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rows"),
-            ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-            ApiError::TooManyRows { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_rows"),
-            ApiError::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
-            ApiError::BatchTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large"),
-            ApiError::TooManyBatchJobs { .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, "too_many_batch_jobs")
-            }
-            ApiError::ResultsNotReady(_) => (StatusCode::CONFLICT, "results_not_ready"),
-            ApiError::ResultsExpired(_) => (StatusCode::GONE, "results_expired"),
-            ApiError::ResultsElsewhere(_) => {
-                (StatusCode::MISDIRECTED_REQUEST, "results_on_another_node")
-            }
-            ApiError::InsufficientStorage { .. } => {
-                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
-            }
-            ApiError::MissingKey | ApiError::InvalidKey => {
-                (StatusCode::UNAUTHORIZED, "unauthorized")
-            }
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "route_not_found"),
-            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            ApiError::TooManySockets { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_sockets"),
-            ApiError::PoolBroken(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
-            ApiError::Panicked(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            ApiError::InvalidModel(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model"),
-            ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            ApiError::Prediction(e) => {
-                use mercator_features::FeatureError as F;
-                match e {
-                    F::Quantity(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_quantity"),
-                    F::Lead { .. } | F::Horizon { .. } => {
-                        (StatusCode::UNPROCESSABLE_ENTITY, "beyond_horizon")
-                    }
-                    F::Price(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_price"),
-                    F::TooLittleHistory { .. } => {
-                        (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_history")
-                    }
-                    F::Spec(_) | F::Materialize(_) | F::NoPrice => {
-                        (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-                    }
-                }
-            }
-        }
+        let code = self.code();
+        (status(code), code)
     }
 
     fn details(&self) -> Value {
         match self {
             ApiError::Validation { details, .. } => json!(details),
+            ApiError::Predict(e) | ApiError::Batch(BatchError::Predict(e)) => {
+                e.details().map_or_else(|| json!({}), |d| json!(d))
+            }
+            ApiError::Batch(BatchError::Validation { details, .. }) => json!(details),
             ApiError::InvalidRows { rows, .. } => {
                 // Enough to fix a file; a file that is all wrong does not produce a giant answer.
                 json!({ "rows": rows.iter().take(MAX_REPORTED_ROWS).collect::<Vec<_>>(),
@@ -216,6 +265,73 @@ impl ApiError {
             }
             _ => json!({}),
         }
+    }
+}
+
+impl ApiError {
+    /// A request body that could not be read in full: it stalled past the body read timeout (408), or it
+    /// was longer than `limit` (413, `flag` the setting).
+    pub fn body(
+        e: &(dyn std::error::Error + 'static),
+        limit: usize,
+        flag: &'static str,
+    ) -> ApiError {
+        if timed_out(e) {
+            ApiError::BodyTimeout
+        } else {
+            ApiError::BodyTooLarge { limit, flag }
+        }
+    }
+}
+
+/// Whether a body error, or one of its causes, is the body read timeout.
+pub fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.is::<crate::body_timeout::Stalled>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// The one table: each code the server answers with (its own, the domain's, the engine's) and its status.
+pub fn status(code: &str) -> StatusCode {
+    match code {
+        "bad_request" | "validation_error" | "invalid_input" | "invalid_request" => {
+            StatusCode::BAD_REQUEST
+        }
+        "unauthorized" => StatusCode::UNAUTHORIZED,
+        "forbidden" => StatusCode::FORBIDDEN,
+        "not_found" | "route_not_found" | "model_not_found" | "version_not_found" => {
+            StatusCode::NOT_FOUND
+        }
+        "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
+        "body_timeout" => StatusCode::REQUEST_TIMEOUT,
+        "conflict" | "results_not_ready" => StatusCode::CONFLICT,
+        "results_expired" => StatusCode::GONE,
+        "body_too_large" | "too_many_rows" | "batch_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "unsupported_media_type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "results_on_another_node" => StatusCode::MISDIRECTED_REQUEST,
+        "invalid_rows"
+        | "invalid_model"
+        | "invalid_quantity"
+        | "beyond_horizon"
+        | "invalid_price"
+        | "invalid_date"
+        | "insufficient_history" => StatusCode::UNPROCESSABLE_ENTITY,
+        "overloaded"
+        | "server_busy"
+        | "too_many_heavy_requests"
+        | "disk_quota_exceeded"
+        | "too_many_batch_jobs"
+        | "too_many_sockets" => StatusCode::TOO_MANY_REQUESTS,
+        "model_not_ready" | "shutting_down" | "not_ready" => StatusCode::SERVICE_UNAVAILABLE,
+        "deadline_exceeded" => StatusCode::GATEWAY_TIMEOUT,
+        "insufficient_storage" => StatusCode::INSUFFICIENT_STORAGE,
+        // "internal", and any code this table has not learned: a failure of the server's own.
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -374,5 +490,137 @@ fn foreign(status: StatusCode) -> ErrorReport {
         message: status.canonical_reason().unwrap_or("error").to_lowercase(),
         details: json!({}),
         protocol: Protocol::Rest,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mercator_features::FeatureError;
+    use mercator_services::predict::PredictError;
+
+    /// Each layer's errors answer the status their code has in the one table, whichever layer made them.
+    #[test]
+    fn every_layers_codes_map_through_the_one_table() {
+        let cases: Vec<(ApiError, u16, &str)> = vec![
+            (PredictError::NotFound("material").into(), 404, "not_found"),
+            (
+                PredictError::invalid("interval_level", "one of [0.8]").into(),
+                400,
+                "validation_error",
+            ),
+            (
+                PredictError::TooManyRows { limit: 3 }.into(),
+                413,
+                "too_many_rows",
+            ),
+            (
+                PredictError::Unservable("no spec".into()).into(),
+                409,
+                "conflict",
+            ),
+            (
+                PredictError::Output("no price".into()).into(),
+                500,
+                "internal",
+            ),
+            (
+                PredictError::Feature(FeatureError::TooLittleHistory {
+                    days: 1,
+                    needed: 2,
+                    window: 3,
+                })
+                .into(),
+                422,
+                "insufficient_history",
+            ),
+            (
+                PredictError::Engine(EngineError::QueueFull {
+                    model: "price".into(),
+                    capacity: 1,
+                })
+                .into(),
+                429,
+                "overloaded",
+            ),
+            (
+                EngineError::ModelNotFound("x".into()).into(),
+                404,
+                "model_not_found",
+            ),
+            (EngineError::Runtime("x".into()).into(), 500, "internal"),
+            (
+                ApiError::internal("batch files", "disk full"),
+                500,
+                "internal",
+            ),
+            (FeatureError::Day(1 << 30).into(), 422, "invalid_date"),
+            (ApiError::BodyTimeout, 408, "body_timeout"),
+            (
+                BatchError::ResultsElsewhere("n".into()).into(),
+                421,
+                "results_on_another_node",
+            ),
+            (
+                BatchError::InsufficientStorage { free: 0, needed: 1 }.into(),
+                507,
+                "insufficient_storage",
+            ),
+            (
+                BatchError::ResultsExpired("then".into()).into(),
+                410,
+                "results_expired",
+            ),
+            (
+                BatchError::ResultsNotReady("running").into(),
+                409,
+                "results_not_ready",
+            ),
+            (
+                BatchError::DiskQuota {
+                    used: 2,
+                    needed: 1,
+                    limit: 2,
+                }
+                .into(),
+                429,
+                "disk_quota_exceeded",
+            ),
+            (
+                BatchError::TooManyBatchJobs { limit: 1 }.into(),
+                429,
+                "too_many_batch_jobs",
+            ),
+            (
+                BatchError::BatchTooLarge("rows".into()).into(),
+                413,
+                "batch_too_large",
+            ),
+            (
+                BatchError::Store(mercator_store::StoreError::NotFound("batch job")).into(),
+                404,
+                "not_found",
+            ),
+            (
+                BatchError::from(EngineError::ModelNotFound("x".into())).into(),
+                404,
+                "model_not_found",
+            ),
+            (BatchError::BodyTimeout.into(), 408, "body_timeout"),
+            (ApiError::Draining, 503, "shutting_down"),
+            (ApiError::MissingKey, 401, "unauthorized"),
+        ];
+        for (error, status, code) in cases {
+            let (got_status, got_code) = error.status_and_code();
+            assert_eq!((got_status.as_u16(), got_code), (status, code), "{error}");
+        }
+        let details = ApiError::from(PredictError::invalid("as_of", "a date")).details();
+        assert!(details["as_of"].is_array(), "{details}");
+        let batch = ApiError::from(BatchError::invalid("rows", "3 values; the model takes 6"));
+        assert!(batch.details()["rows"].is_array(), "{}", batch.details());
+        let job = ApiError::from(BatchError::Store(mercator_store::StoreError::NotFound(
+            "batch job",
+        )));
+        assert_eq!(job.to_string(), "batch job not found");
     }
 }

@@ -1,4 +1,5 @@
-//! Mercator's HTTP server: it translates HTTP into engine calls and back, and decides nothing itself.
+//! Mercator's HTTP server: it translates HTTP into calls on the domain's services (`mercator_services`) and
+//! the engine, and back, and decides nothing itself.
 //!
 //! - `v2/`: the Open Inference Protocol (KServe V2) with Triton's extensions.
 //! - `api/`: the REST API under `/api/v1` (organizations, keys, materials, suppliers, prices), the
@@ -8,22 +9,23 @@
 //! - `jobs/`: batch prediction jobs: input on disk, the runner, chunked results.
 //! - `config.rs`: flags, environment, TOML file.  `error.rs`: the one error format.
 
-pub mod alerts;
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod background;
+pub mod body_timeout;
 pub mod config;
+pub mod connections;
 pub mod error;
 mod health;
-pub mod jobs;
 pub mod metrics;
-pub mod predict;
+#[cfg(test)]
+mod properties;
 pub mod request_id;
-pub mod shadow;
 pub mod v2;
 
 use std::collections::HashSet;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -32,6 +34,14 @@ use axum::http::{Method, Uri};
 use axum::routing::get;
 use axum::Router;
 use mercator_engine::{import, Repository, Runtime};
+use mercator_services::alerts::{self, Alerts};
+use mercator_services::catalog::Catalog;
+use mercator_services::events::{Fanout, Notification, PriceEvent};
+use mercator_services::ingest::Ingest;
+use mercator_services::jobs::{self, Jobs};
+use mercator_services::predict::Predictions;
+use mercator_services::registry::Registry;
+use mercator_services::shadow::Shadows;
 use mercator_store::{Store, VersionState};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -48,10 +58,11 @@ pub struct Limits {
     pub max_bulk_body_bytes: usize,
     pub max_page_size: u32,
     pub max_model_bytes: usize,
-    pub batch_inline_max_rows: usize,
-    pub max_alert_rules: usize,
-    pub max_alert_channels: usize,
     pub max_sockets_per_key: usize,
+    /// Between two pieces of a request body (--body-read-timeout-secs).
+    pub body_read_timeout: std::time::Duration,
+    /// Length caps on CSV bodies.
+    pub csv: mercator_services::input::csv_body::Caps,
 }
 
 /// What every handler can reach: one `Arc`, so that handing it to a handler is one atomic increment
@@ -68,33 +79,34 @@ impl std::ops::Deref for AppState {
 
 pub struct Shared {
     pub repository: Arc<Repository>,
+    /// Heavy requests in progress, by organization (--max-heavy-requests, --max-heavy-requests-per-org).
+    pub heavy: Arc<admission::Heavy>,
     pub prometheus: PrometheusHandle,
     pub limits: Limits,
     pub store: Store,
     pub keys: Arc<Keys>,
     /// Price observations as they are written, for `/ws/prices`.
-    pub prices: api::stream::Fanout<api::stream::PriceEvent>,
-    /// Where models are imported from (--models-dir) and the data directory that serves them.
-    pub models_source: std::path::PathBuf,
-    pub data_dir: std::path::PathBuf,
+    pub prices: Arc<Fanout<PriceEvent>>,
     /// Shadow traffic's figures.
-    pub shadows: Arc<shadow::Shadows>,
+    pub shadows: Arc<Shadows>,
     /// Notifications, for `/ws/notifications`.
-    pub notifications: api::stream::Fanout<api::stream::Notification>,
+    pub notifications: Arc<Fanout<Notification>>,
     /// Open WebSockets by key (--max-sockets-per-key).
     pub sockets: Arc<api::stream::Sockets>,
     /// Business predictions and the price history they read.
-    pub predictor: Arc<predict::Predictor>,
-    /// Alert rules by scope, evaluated on ingest.
-    pub alerting: Arc<alerts::Alerting>,
-    /// The webhook dispatcher's settings and wake-up call.
-    pub webhooks: Arc<alerts::webhook::Webhooks>,
+    pub predictions: Arc<Predictions>,
+    /// Alert rules by scope, judged on ingest and on a schedule; their events announced.
+    pub alerts: Arc<Alerts>,
     /// The SHA-256 of the token `/metrics` asks for (--metrics-key), if any.
     pub metrics_key: Option<[u8; 32]>,
-    /// Whether ingested prices are scored by the anomaly model (--score-on-ingest).
-    pub score_on_ingest: bool,
+    /// Price observations written, folded into the history, scored, judged and announced.
+    pub ingest: Arc<Ingest>,
     /// Batch prediction jobs: their runner, progress and limits.
-    pub jobs: Arc<jobs::Jobs>,
+    pub jobs: Arc<Jobs>,
+    /// The model registry: uploads, activation, traffic, load and unload, kept in the store.
+    pub registry: Arc<Registry>,
+    /// Materials and suppliers, the prediction caches kept in step.
+    pub catalog: Arc<Catalog>,
     draining: Arc<AtomicBool>,
 }
 
@@ -142,6 +154,12 @@ impl App {
                     .unwrap_or_default()
             )
         })?;
+        let store = store.with_sealer(secret_key(&config)?);
+        match store.reseal_secrets().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(n, "stored secrets resealed with the current secret key"),
+            Err(e) => return Err(format!("resealing stored secrets: {e}")),
+        }
         tracing::info!(backend = store.backend(), "store open");
         auth::bootstrap(&store, config.admin_key.as_deref()).await?;
         // The registry says which versions are retired (never imported again) and which are unloaded.
@@ -183,7 +201,7 @@ impl App {
         .await
         .map_err(|e| e.to_string())??;
         let (repository, imported) = repository;
-        api::models::record_imports(&store, &config.data_dir, &imported).await;
+        mercator_services::registry::record_imports(&store, &config.data_dir, &imported).await;
         // Serve each model's version as it was left (activations survive restarts).
         for (name, policy) in store.model_policies().await.map_err(|e| e.to_string())? {
             if let Err(e) = repository.activate(&name, policy.active_version) {
@@ -200,7 +218,6 @@ impl App {
                 }
             }
         }
-        let alerting = Arc::new(alerts::Alerting::new(config.alert_max_age_days));
         let webhooks = Arc::new(alerts::webhook::Webhooks::new(
             config
                 .webhook_retry_ms
@@ -217,31 +234,88 @@ impl App {
                 webhooks.clone().run(store.clone())
             });
         }
-        let rules = alerting.load(&store).await?;
-        tracing::info!(rules, "alert rules indexed");
-        let predictor = Arc::new(predict::Predictor::default());
+        let repository = Arc::new(repository);
+        let shadows = Arc::new(Shadows::default());
+        let predictions = Arc::new(Predictions::new(
+            repository.clone(),
+            store.clone(),
+            config.data_dir.clone(),
+            shadows.clone(),
+            config.max_bulk_rows,
+        ));
         let started = std::time::Instant::now();
-        let prices = predictor.rebuild(&store).await?;
+        let prices = predictions.rebuild().await?;
         tracing::info!(
             prices,
             seconds = started.elapsed().as_secs_f64(),
             "price history rebuilt"
         );
+        let notifications = Arc::new(Fanout::default());
+        let alerts = Arc::new(Alerts::new(
+            config.alert_max_age_days,
+            store.clone(),
+            predictions.clone(),
+            notifications.clone(),
+            webhooks,
+            mercator_services::alerts::RuleLimits {
+                max_rules: config.max_alert_rules,
+                max_channels: config.max_alert_channels,
+            },
+            config.clock.clone(),
+        ));
+        let rules = alerts.load().await?;
+        tracing::info!(rules, "alert rules indexed");
+        let price_events = Arc::new(Fanout::default());
+        let ingest = Arc::new(Ingest::new(
+            store.clone(),
+            predictions.clone(),
+            alerts.clone(),
+            price_events.clone(),
+            config.score_on_ingest,
+        ));
+        let draining = Arc::new(AtomicBool::new(false));
         let jobs = Arc::new(
-            jobs::Jobs::open(&config.data_dir, config.batch)
-                .map_err(|e| format!("--data-dir {}/batches: {e}", config.data_dir.display()))?,
+            Jobs::open(
+                &config.data_dir,
+                config.batch,
+                jobs::Inline {
+                    max_rows: config.batch_inline_max_rows,
+                    max_bytes: config.max_bulk_body_bytes,
+                },
+                jobs::Deps {
+                    store: store.clone(),
+                    repository: repository.clone(),
+                    predictions: predictions.clone(),
+                    draining: draining.clone(),
+                },
+            )
+            .map_err(|e| format!("--data-dir {}/batches: {e}", config.data_dir.display()))?,
         );
+        let registry = Arc::new(Registry::new(
+            repository.clone(),
+            store.clone(),
+            config.data_dir.clone(),
+            config.models_dir.clone(),
+            shadows.clone(),
+            notifications.clone(),
+        ));
+        let catalog = Arc::new(Catalog::new(store.clone(), predictions.clone()));
         let state = AppState(Arc::new(Shared {
+            catalog,
+            registry,
             jobs: jobs.clone(),
-            predictor,
-            score_on_ingest: config.score_on_ingest,
+            predictions,
+            ingest,
             metrics_key: config.metrics_key.as_deref().map(|k| {
                 use sha2::Digest;
                 sha2::Sha256::digest(k.as_bytes()).into()
             }),
-            alerting,
-            webhooks: webhooks.clone(),
-            repository: Arc::new(repository),
+            alerts,
+            repository,
+            heavy: admission::Heavy::new(
+                config.max_heavy_requests,
+                config.max_heavy_requests_per_org,
+            ),
             prometheus,
             limits: Limits {
                 max_body_bytes: config.max_body_bytes,
@@ -249,30 +323,26 @@ impl App {
                 max_bulk_body_bytes: config.max_bulk_body_bytes,
                 max_page_size: config.max_page_size,
                 max_model_bytes: config.max_model_bytes,
-                batch_inline_max_rows: config.batch_inline_max_rows,
-                max_alert_rules: config.max_alert_rules,
-                max_alert_channels: config.max_alert_channels,
                 max_sockets_per_key: config.max_sockets_per_key,
+                body_read_timeout: config.connections.body_read_timeout,
+                csv: config.batch.csv,
             },
             keys: Arc::new(Keys::new(store.clone(), config.key_cache)),
             store,
-            prices: api::stream::Fanout::default(),
-            notifications: api::stream::Fanout::default(),
+            prices: price_events,
+            notifications,
             sockets: Arc::default(),
-            shadows: Arc::default(),
-            models_source: config.models_dir.clone(),
-            data_dir: config.data_dir.clone(),
-            draining: Arc::new(AtomicBool::new(false)),
+            shadows,
+            draining,
         }));
         {
-            let (app, every) = (state.clone(), config.forecast_alert_interval);
+            let (alerts, every) = (state.alerts.clone(), config.forecast_alert_interval);
             background::supervise("forecast_schedule", move || {
-                alerts::schedule::run(app.clone(), every)
+                alerts.clone().run_schedule(every)
             });
-            let (janitor, app) = (jobs.clone(), state.clone());
-            background::supervise("batch_janitor", move || janitor.clone().sweep(app.clone()));
-            let app = state.clone();
-            background::supervise("batch_runner", move || jobs.clone().run(app.clone()));
+            let janitor = jobs.clone();
+            background::supervise("batch_janitor", move || janitor.clone().sweep());
+            background::supervise("batch_runner", move || jobs.clone().run());
         }
         Ok(App { state, config })
     }
@@ -301,18 +371,13 @@ impl App {
             tracing::info!(timeout = ?drain_timeout, "shutting down: draining requests");
             let _ = stopped_tx.send(());
         };
-        let server = axum::serve(listener, self.router()).with_graceful_shutdown(signal);
-        let server = async move {
-            let mut server = std::pin::pin!(server.into_future());
-            tokio::select! {
-                result = &mut server => result,
-                _ = async { let _ = stopped_rx.await; tokio::time::sleep(drain_timeout).await } => {
-                    tracing::warn!("drain timeout reached with connections still open");
-                    Ok(())
-                }
+        let server = connections::serve(listener, self.router(), self.config.connections, signal);
+        tokio::select! {
+            () = server => {}
+            _ = async { let _ = stopped_rx.await; tokio::time::sleep(drain_timeout).await } => {
+                tracing::warn!("drain timeout reached with connections still open");
             }
-        };
-        let result = server.await;
+        }
         let repository = state.repository.clone();
         let drained = tokio::task::spawn_blocking(move || repository.drain(drain_timeout))
             .await
@@ -322,12 +387,53 @@ impl App {
         }
         state.store.close().await;
         tracing::info!("stopped");
-        result
+        Ok(())
     }
+}
+
+/// The key that seals secrets at rest: `--secret-key`, else the one in `<data-dir>/secret.key` (made on
+/// first start, readable by its owner only).
+fn secret_key(config: &Config) -> Result<mercator_store::secrets::Sealer, String> {
+    use mercator_store::secrets::Sealer;
+    let text = match &config.secret_key {
+        Some(keys) => keys.clone(),
+        None => {
+            let path = config.data_dir.join("secret.key");
+            match std::fs::read_to_string(&path) {
+                Ok(key) => key,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let key = Sealer::generate_key();
+                    write_private(&path, &key).map_err(|e| format!("{}: {e}", path.display()))?;
+                    if config.database_url.is_some() {
+                        tracing::warn!(
+                            "a secret key was generated into {}; replicas sharing this database must \
+                             share it: set MERCATOR_SECRET_KEY",
+                            path.display()
+                        );
+                    }
+                    key
+                }
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            }
+        }
+    };
+    let keys = Sealer::parse_keys(&text).map_err(|e| format!("MERCATOR_SECRET_KEY: {e}"))?;
+    Sealer::new(&keys).map_err(|e| format!("MERCATOR_SECRET_KEY: {e}"))
+}
+
+/// Writes a file only its owner may read.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
 }
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.limits.max_body_bytes;
+    let state_timeout = state.limits.body_read_timeout;
     let routes = Router::new()
         .merge(v2::routes())
         .merge(api::openapi::router())
@@ -340,18 +446,24 @@ pub fn router(state: AppState) -> Router {
             ApiError::MethodNotAllowed(method.to_string()).for_path(uri.path())
         })
         .with_state(state);
-    layers(routes, max_body)
+    layers(routes, max_body, state_timeout)
 }
 
 /// What every route runs inside, innermost first: a panic becomes the 500 envelope (and is counted), HTTP
-/// metrics, the body limit, the request id, the error renderer.
-pub fn layers(routes: Router, max_body_bytes: usize) -> Router {
+/// metrics, the body limit, the body read timeout (a body that stalls longer between two pieces fails its
+/// reader), the request id, the error renderer.
+pub fn layers(
+    routes: Router,
+    max_body_bytes: usize,
+    body_read_timeout: std::time::Duration,
+) -> Router {
     routes
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             error::panicked,
         ))
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(body_timeout::layer(body_read_timeout))
         .layer(request_id::propagate())
         .layer(tower::util::MapResponseLayer::new(error::render))
         .layer(request_id::set())
@@ -375,7 +487,7 @@ mod tests {
                 "never"
             }),
         );
-        let response = super::layers(routes, 1024)
+        let response = super::layers(routes, 1024, std::time::Duration::from_secs(1))
             .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
             .await
             .unwrap();

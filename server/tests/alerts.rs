@@ -103,7 +103,9 @@ async fn events_of(s: &TestServer, client: &reqwest::Client, rule: &str) -> Vec<
 /// WebSocket hears each event within a second of the ingest that caused it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditions_fire_when_they_should_and_not_again_inside_the_cooldown() {
-    let s = TestServer::start().await;
+    // The server judges by this clock: a cooldown passes when the test moves it, not by waiting.
+    let clock = std::sync::Arc::new(mercator_services::clock::Clock::default());
+    let s = TestServer::with(|c| c.clock = clock.clone()).await;
     let setup = history(&s, &s.client).await;
     let mut rules = std::collections::HashMap::new();
     for (name, scope, condition, cooldown) in [
@@ -244,7 +246,7 @@ async fn conditions_fire_when_they_should_and_not_again_inside_the_cooldown() {
     );
 
     // Past a one-second cooldown, a new event.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.advance(Duration::from_millis(1100));
     quote(&s, &s.client, &setup, 100.0, now).await;
     assert_eq!(
         count(&events_of(&s, &s.client, &rules["above, short cooldown"]).await),
@@ -324,7 +326,7 @@ async fn conditions_fire_when_they_should_and_not_again_inside_the_cooldown() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.advance(Duration::from_millis(1100));
     quote(&s, &s.client, &setup, 2.0, now).await;
     assert_eq!(
         events_of(&s, &s.client, &rules["below"]).await[0]["breach_count"],
@@ -456,6 +458,13 @@ async fn rules_are_checked_and_organizations_never_cross() {
             "validation_error",
             "channels",
         ),
+        (
+            &s.client,
+            with(json!({"cooldown_seconds": 315_360_001u64})),
+            400,
+            "validation_error",
+            "cooldown_seconds",
+        ),
     ] {
         let (status, body) = post(&s, client, "/api/v1/alerts", &body).await;
         assert_eq!(
@@ -472,6 +481,20 @@ async fn rules_are_checked_and_organizations_never_cross() {
         !rule.to_string().contains("0123456789abcdef"),
         "the secret is never shown: {rule}"
     );
+    // A cooldown past ten years is refused on a change as well (2^63 once saturated to i64::MAX).
+    let rule_path = format!("/api/v1/alerts/{}", rule["id"].as_str().unwrap());
+    let resp = s
+        .client
+        .patch(s.url(&rule_path))
+        .json(&json!({"cooldown_seconds": 9_223_372_036_854_775_808u64}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body.to_string().contains("cooldown_seconds"), "{body}");
+    let (_, unchanged) = get(&s, &s.client, &rule_path).await;
+    assert_eq!(unchanged["cooldown_seconds"], 3600, "{unchanged}");
     let (status, body) = post(&s, &s.client, "/api/v1/alerts", &good).await;
     assert_eq!(
         (status, &body["error"]["code"]),
@@ -664,6 +687,17 @@ async fn webhooks_are_signed_retried_and_a_failing_one_blocks_nothing() {
             let body: Value = serde_json::from_str(body).unwrap();
             assert_eq!(body["type"], "alert.fired");
             assert_eq!(body["rule"]["name"], path);
+        }
+    }
+    // At rest, in the SQLite files, the secrets are sealed: none is there in the clear.
+    let dir = s.data_dir.as_ref().unwrap().path();
+    for file in ["mercator.db", "mercator.db-wal"] {
+        let bytes = std::fs::read(dir.join(file)).unwrap_or_default();
+        for (_, secret) in secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{file} holds a webhook secret in the clear"
+            );
         }
     }
     // The delivery log: delivered after 1 and 2 attempts, failed after 3.

@@ -444,6 +444,19 @@ async fn materials_and_suppliers_crud_with_clear_errors(backend: Backend) {
     )
     .await;
     assert_eq!((status, code(&body)), (400, "bad_request"));
+    // serde reads a struct from an array by position; a body must be the object the schema says.
+    for body in [json!([]), json!(["ALU-2"]), json!("x")] {
+        let (status, answer) = call(
+            &s,
+            &admin,
+            Method::PATCH,
+            &format!("/api/v1/materials/{id}"),
+            Some(&body),
+        )
+        .await;
+        assert_eq!((status, code(&answer)), (400, "validation_error"), "{body}");
+        assert!(answer["error"]["details"]["body"].is_array(), "{answer}");
+    }
     let mut big = material("BIG", "x");
     big["specifications"] = json!({ "notes": "x".repeat(5000) });
     let (status, body) = call(&s, &admin, Method::POST, "/api/v1/materials", Some(&big)).await;
@@ -1209,6 +1222,41 @@ async fn the_openapi_document_covers_every_endpoint() {
             doc["components"]["schemas"][schema].is_object(),
             "schema {schema}"
         );
+    }
+    // Every templated path declares its parameters in the path, everything else is a query parameter,
+    // and the WebSocket routes declare their handshake headers.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            let declared = |name: &str, place: &str| {
+                params
+                    .iter()
+                    .any(|p| p["name"] == name && p["in"] == place && p["required"] == true)
+            };
+            for segment in path.split('/').filter(|s| s.starts_with('{')) {
+                let name = segment.trim_matches(|c| c == '{' || c == '}');
+                assert!(declared(name, "path"), "{method} {path}: {name}");
+            }
+            for p in &params {
+                if p["in"] == "path" {
+                    let name = p["name"].as_str().unwrap();
+                    assert!(
+                        path.contains(&format!("{{{name}}}")),
+                        "{method} {path}: {p}"
+                    );
+                }
+            }
+            if path.starts_with("/ws/") {
+                for header in [
+                    "Connection",
+                    "Upgrade",
+                    "Sec-WebSocket-Key",
+                    "Sec-WebSocket-Version",
+                ] {
+                    assert!(declared(header, "header"), "{path}: {header}");
+                }
+            }
+        }
     }
     let docs = anonymous.get(s.url("/docs")).send().await.unwrap();
     assert_eq!(docs.status(), 200);

@@ -1308,3 +1308,89 @@ async fn batches_answer_each_row_in_order_like_the_single_endpoint() {
     assert_eq!(answer["failed"], 65, "{answer}");
     assert_eq!(answer["results"][0]["error"]["code"], "not_found");
 }
+
+/// The shipped models, with version 3 of `price` a copy of version 2 (so the newest, active, and its shadow
+/// answer alike).
+fn models_with_a_price_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for model in ["price", "forecast", "anomaly"] {
+        let from = common::shipped_models().join(model);
+        for entry in std::fs::read_dir(&from).unwrap() {
+            let version = entry.unwrap().file_name();
+            copy_files(&from.join(&version), &dir.path().join(model).join(&version));
+        }
+    }
+    let (v2, v3) = (dir.path().join("price/2"), dir.path().join("price/3"));
+    copy_files(&v2, &v3);
+    let manifest = std::fs::read_to_string(v3.join("model.toml")).unwrap();
+    std::fs::write(
+        v3.join("model.toml"),
+        manifest.replace("version = 2", "version = 3"),
+    )
+    .unwrap();
+    dir
+}
+
+fn copy_files(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// REST price predictions name no version, so a shadow set on the price model gets a copy of each: its
+/// figures count them, and a copy of the same model agrees with every answer; the client only ever hears
+/// the active version.
+#[tokio::test]
+async fn rest_predictions_are_mirrored_to_the_shadow_version() {
+    let models = models_with_a_price_copy();
+    let dir = models.path().to_path_buf();
+    let s = TestServer::with(move |c| c.models_dir = dir).await;
+    let fixture = ingest_fixture(&s, &s.client).await;
+    let (status, body) = s
+        .put(
+            "/api/v1/models/price/traffic",
+            &json!({"split": [], "shadow": 2}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["active_version"]),
+        (200, &json!(3)),
+        "{body}"
+    );
+    let requests = 12;
+    for i in 0..requests {
+        let (status, answer, _) = predict(
+            &s,
+            &json!({
+                "material_id": fixture.materials["ALU-001"],
+                "quantity": 100 + 10 * i,
+                "as_of": "2025-06-02",
+            }),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["model"]["version"], 3, "the shadow never answers");
+    }
+    let mut figures = Value::Null;
+    for _ in 0..500 {
+        figures = s.get("/api/v1/models/price").await.1["shadow"].clone();
+        if figures["requests"] == requests {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        (
+            &figures["version"],
+            &figures["requests"],
+            &figures["failures"],
+            &figures["agreement_rate"]
+        ),
+        (&json!(2), &json!(requests), &json!(0), &json!(1.0)),
+        "{figures}"
+    );
+}

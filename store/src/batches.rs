@@ -255,7 +255,7 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?
-        .ok_or(StoreError::NotFound)
+        .ok_or(StoreError::NotFound("batch job"))
     }
 
     /// The organization's jobs, newest first, optionally in one state.
@@ -273,6 +273,20 @@ impl Store {
         }
         self.list("batch_jobs", COLUMNS, wher, " ORDER BY id DESC", page)
             .await
+    }
+
+    /// Bytes uploaded by the organization's jobs whose files are still kept: not ended, or ended at or after
+    /// `cutoff` (older ones' results have expired and their files are deleted).
+    pub async fn batch_job_bytes(&self, org: &str, cutoff: DateTime<Utc>) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(input_bytes), 0) AS BIGINT) FROM batch_jobs \
+             WHERE organization_id = $1 AND (finished_at IS NULL OR finished_at >= $2)",
+        )
+        .bind(org)
+        .bind(cutoff.timestamp_millis())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.max(0) as u64)
     }
 
     /// Queued and running jobs of the organization (what its limit on active jobs counts).

@@ -38,17 +38,29 @@ pub struct Material {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewMaterial {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"[^\s\u0085]", max_length = 64))]
     pub code: String,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"[^\s\u0085]", max_length = 200)
+    )]
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"[^\s\u0085]", max_length = 64))]
     pub category: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"[^\s\u0085]", max_length = 16))]
     pub unit: String,
     #[serde(default = "empty_object")]
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub specifications: serde_json::Value,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0.0))]
     pub list_price: Option<f64>,
     /// Default: active.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^(active|inactive|discontinued)$")
+    )]
     pub status: Option<String>,
 }
 
@@ -57,14 +69,26 @@ pub struct NewMaterial {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MaterialPatch {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"[^\s\u0085]", max_length = 64))]
     pub code: Option<String>,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"[^\s\u0085]", max_length = 200)
+    )]
     pub name: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"[^\s\u0085]", max_length = 64))]
     pub category: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"[^\s\u0085]", max_length = 16))]
     pub unit: Option<String>,
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub specifications: Option<serde_json::Value>,
     #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0.0))]
     pub list_price: Option<Option<f64>>,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^(active|inactive|discontinued)$")
+    )]
     pub status: Option<String>,
 }
 
@@ -86,6 +110,80 @@ impl<'r> FromRow<'r, AnyRow> for Material {
             created_at: from_ms(row.try_get("created_at")?),
             updated_at: from_ms(row.try_get("updated_at")?),
         })
+    }
+}
+
+impl Entry for Material {
+    type New = NewMaterial;
+    type Patch = MaterialPatch;
+    type Filter = MaterialFilter;
+    const KIND: &'static str = "material";
+    const TABLE: &'static str = "materials";
+    const COLUMNS: &'static str = MATERIAL_COLUMNS;
+    const SORTS: &'static [(&'static str, &'static str)] = MATERIAL_SORTS;
+    const DUPLICATE: &'static str = "a material with this code exists in the organization";
+    const IN_USE: &'static str = "the material has price observations; delete them first";
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn inserted(new: NewMaterial) -> Result<Columns> {
+        let status = new.status.unwrap_or_else(|| "active".into());
+        check_material(
+            Some(&new.code),
+            Some(&new.name),
+            Some(&new.category),
+            Some(&new.unit),
+            Some(&new.specifications),
+            Some(new.list_price),
+            Some(&status),
+        )?;
+        Ok(Columns::of([
+            ("code", text(Some(new.code.trim()))),
+            ("name", text(Some(&new.name))),
+            ("category", text(Some(&new.category))),
+            ("unit", text(Some(&new.unit))),
+            (
+                "specifications",
+                text(Some(&new.specifications.to_string())),
+            ),
+            ("list_price", Some(Value::Real(new.list_price))),
+            ("status", text(Some(&status))),
+        ]))
+    }
+
+    fn changed(patch: MaterialPatch) -> Result<Columns> {
+        check_material(
+            patch.code.as_deref(),
+            patch.name.as_deref(),
+            patch.category.as_deref(),
+            patch.unit.as_deref(),
+            patch.specifications.as_ref(),
+            patch.list_price,
+            patch.status.as_deref(),
+        )?;
+        let trimmed = |v: &Option<String>| text(v.as_deref().map(str::trim));
+        Ok(Columns::of([
+            ("code", trimmed(&patch.code)),
+            ("name", trimmed(&patch.name)),
+            ("category", trimmed(&patch.category)),
+            ("unit", trimmed(&patch.unit)),
+            (
+                "specifications",
+                text(patch.specifications.map(|v| v.to_string()).as_deref()),
+            ),
+            ("list_price", patch.list_price.map(Value::Real)),
+            ("status", trimmed(&patch.status)),
+        ]))
+    }
+
+    fn filtered(filter: &MaterialFilter) -> (Columns, Option<&str>) {
+        let equal = Columns::of([
+            ("category", text(filter.category.as_deref())),
+            ("status", text(filter.status.as_deref())),
+        ]);
+        (equal, filter.search.as_deref())
     }
 }
 
@@ -137,7 +235,6 @@ const MATERIAL_SORTS: &[(&str, &str)] = &[
     ("created_at", "created_at"),
     ("updated_at", "updated_at"),
 ];
-const DUPLICATE_MATERIAL: &str = "a material with this code exists in the organization";
 
 #[derive(Debug, Clone, Default)]
 pub struct MaterialFilter {
@@ -154,230 +251,133 @@ pub struct SupplierFilter {
     pub search: Option<String>,
 }
 
+/// A catalogue entry (a material, a supplier): kept the same way, each in its own table of the
+/// organization's rows, with a unique code.
+pub trait Entry: for<'r> FromRow<'r, AnyRow> + Send + Unpin + Sized {
+    type New: Send;
+    type Patch: Send;
+    type Filter: Sync;
+    /// What it is called: `material`, `supplier`.
+    const KIND: &'static str;
+    const TABLE: &'static str;
+    const COLUMNS: &'static str;
+    /// Sort keys and their columns.
+    const SORTS: &'static [(&'static str, &'static str)];
+    /// The conflict when the code is taken.
+    const DUPLICATE: &'static str;
+    /// The conflict when prices refer to it.
+    const IN_USE: &'static str;
+
+    fn id(&self) -> &str;
+    /// A new entry's columns, checked (defaults applied).
+    fn inserted(new: Self::New) -> Result<Columns>;
+    /// The columns a change sets, checked.
+    fn changed(patch: Self::Patch) -> Result<Columns>;
+    /// Columns that must equal the filter's values, and the text to search codes and names for.
+    fn filtered(filter: &Self::Filter) -> (Columns, Option<&str>);
+}
+
+/// Column values for an insert, an update or a filter.
+pub struct Columns(Vec<(&'static str, Value)>);
+
+impl Columns {
+    fn of(values: impl IntoIterator<Item = (&'static str, Option<Value>)>) -> Columns {
+        Columns(
+            values
+                .into_iter()
+                .filter_map(|(c, v)| v.map(|v| (c, v)))
+                .collect(),
+        )
+    }
+}
+
+fn text(v: Option<&str>) -> Option<Value> {
+    v.map(|v| Value::Text(Some(v.to_string())))
+}
+
 impl Store {
-    pub async fn create_material(&self, org: &str, new: NewMaterial) -> Result<Material> {
-        let status = new.status.unwrap_or_else(|| "active".into());
-        check_material(
-            Some(&new.code),
-            Some(&new.name),
-            Some(&new.category),
-            Some(&new.unit),
-            Some(&new.specifications),
-            Some(new.list_price),
-            Some(&status),
-        )?;
+    /// Creates an entry of the organization; its code is unique there (a conflict otherwise).
+    pub async fn create_entry<E: Entry>(&self, org: &str, new: E::New) -> Result<E> {
+        let Columns(columns) = E::inserted(new)?;
         let id = new_id();
         let now = now_ms();
-        sqlx::query(
-            "INSERT INTO materials (id, organization_id, code, name, category, unit, specifications, \
-             list_price, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
-        )
-        .bind(&id)
+        let names: Vec<&str> = columns.iter().map(|(c, _)| *c).collect();
+        let mut sql = Sql::new(format!(
+            "INSERT INTO {} (id, organization_id, {}, created_at, updated_at) VALUES (",
+            E::TABLE,
+            names.join(", ")
+        ));
+        sql.bind(Value::Text(Some(id.clone())))
+            .push(", ")
+            .bind(Value::Text(Some(org.into())));
+        for (_, value) in columns {
+            sql.push(", ").bind(value);
+        }
+        sql.push(", ")
+            .bind(Value::Int(now))
+            .push(", ")
+            .bind(Value::Int(now))
+            .push(")");
+        sql.query()
+            .execute(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_write(e, E::DUPLICATE))?;
+        self.entry(org, &id).await
+    }
+
+    /// One entry of the organization.
+    pub async fn entry<E: Entry>(&self, org: &str, id: &str) -> Result<E> {
+        sqlx::query_as(&format!(
+            "SELECT {} FROM {} WHERE organization_id = $1 AND id = $2",
+            E::COLUMNS,
+            E::TABLE
+        ))
         .bind(org)
-        .bind(new.code.trim())
-        .bind(&new.name)
-        .bind(&new.category)
-        .bind(&new.unit)
-        .bind(new.specifications.to_string())
-        .bind(new.list_price)
-        .bind(&status)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| StoreError::from_write(e, DUPLICATE_MATERIAL))?;
-        self.material(org, &id).await
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound(E::KIND))
+    }
+
+    /// A page of the organization's entries matching `filter`, sorted by `page.sort` (default: code).
+    pub async fn entries<E: Entry>(
+        &self,
+        org: &str,
+        filter: &E::Filter,
+        page: &ListParams,
+    ) -> Result<Listed<E>> {
+        let mut wher = Sql::new(" WHERE organization_id = ");
+        wher.bind(Value::Text(Some(org.into())));
+        let (Columns(equal), search_for) = E::filtered(filter);
+        for (column, value) in equal {
+            wher.push(&format!(" AND {column} = ")).bind(value);
+        }
+        if let Some(v) = search_for {
+            search(&mut wher, v);
+        }
+        let order = order_by(page.sort.as_deref(), E::SORTS, "code ASC")?;
+        self.list(E::TABLE, E::COLUMNS, wher, &order, page).await
+    }
+
+    /// Changes the fields a patch gives; answers the entry as it is now.
+    pub async fn update_entry<E: Entry>(&self, org: &str, id: &str, patch: E::Patch) -> Result<E> {
+        let Columns(sets) = E::changed(patch)?;
+        self.update((E::TABLE, E::KIND), org, id, sets, E::DUPLICATE)
+            .await?;
+        self.entry(org, id).await
+    }
+
+    /// Deletes an entry no price refers to; one that prices refer to is a conflict.
+    pub async fn delete_entry<E: Entry>(&self, org: &str, id: &str) -> Result<()> {
+        self.delete((E::TABLE, E::KIND), org, id, E::IN_USE).await
     }
 
     pub async fn material(&self, org: &str, id: &str) -> Result<Material> {
-        sqlx::query_as(&format!(
-            "SELECT {MATERIAL_COLUMNS} FROM materials WHERE organization_id = $1 AND id = $2"
-        ))
-        .bind(org)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or(StoreError::NotFound)
-    }
-
-    pub async fn list_materials(
-        &self,
-        org: &str,
-        filter: &MaterialFilter,
-        page: &ListParams,
-    ) -> Result<Listed<Material>> {
-        let mut wher = Sql::new(" WHERE organization_id = ");
-        wher.bind(Value::Text(Some(org.into())));
-        if let Some(v) = &filter.category {
-            wher.push(" AND category = ")
-                .bind(Value::Text(Some(v.clone())));
-        }
-        if let Some(v) = &filter.status {
-            wher.push(" AND status = ")
-                .bind(Value::Text(Some(v.clone())));
-        }
-        if let Some(v) = &filter.search {
-            search(&mut wher, v);
-        }
-        let order = order_by(page.sort.as_deref(), MATERIAL_SORTS, "code ASC")?;
-        self.list("materials", MATERIAL_COLUMNS, wher, &order, page)
-            .await
-    }
-
-    pub async fn update_material(
-        &self,
-        org: &str,
-        id: &str,
-        patch: MaterialPatch,
-    ) -> Result<Material> {
-        check_material(
-            patch.code.as_deref(),
-            patch.name.as_deref(),
-            patch.category.as_deref(),
-            patch.unit.as_deref(),
-            patch.specifications.as_ref(),
-            patch.list_price,
-            patch.status.as_deref(),
-        )?;
-        let mut sets: Vec<(&str, Value)> = Vec::new();
-        let text = |v: &Option<String>| v.as_ref().map(|v| Value::Text(Some(v.trim().into())));
-        for (column, value) in [
-            ("code", text(&patch.code)),
-            ("name", text(&patch.name)),
-            ("category", text(&patch.category)),
-            ("unit", text(&patch.unit)),
-            (
-                "specifications",
-                patch
-                    .specifications
-                    .as_ref()
-                    .map(|v| Value::Text(Some(v.to_string()))),
-            ),
-            ("list_price", patch.list_price.map(Value::Real)),
-            ("status", text(&patch.status)),
-        ] {
-            if let Some(value) = value {
-                sets.push((column, value));
-            }
-        }
-        self.update("materials", org, id, sets, DUPLICATE_MATERIAL)
-            .await?;
-        self.material(org, id).await
-    }
-
-    /// Deletes a material with no price observations; one that has some is a conflict.
-    pub async fn delete_material(&self, org: &str, id: &str) -> Result<()> {
-        self.delete(
-            "materials",
-            org,
-            id,
-            "the material has price observations; delete them first",
-        )
-        .await
-    }
-
-    pub async fn create_supplier(&self, org: &str, new: NewSupplier) -> Result<Supplier> {
-        let status = new.status.unwrap_or_else(|| "active".into());
-        check_supplier(
-            Some(&new.code),
-            Some(&new.name),
-            Some(&new.country),
-            Some(new.reliability),
-            Some(&status),
-        )?;
-        let id = new_id();
-        sqlx::query(
-            "INSERT INTO suppliers (id, organization_id, code, name, country, reliability, status, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
-        )
-        .bind(&id)
-        .bind(org)
-        .bind(new.code.trim())
-        .bind(&new.name)
-        .bind(&new.country)
-        .bind(new.reliability)
-        .bind(&status)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(|e| StoreError::from_write(e, DUPLICATE_SUPPLIER))?;
-        self.supplier(org, &id).await
+        self.entry(org, id).await
     }
 
     pub async fn supplier(&self, org: &str, id: &str) -> Result<Supplier> {
-        sqlx::query_as(&format!(
-            "SELECT {SUPPLIER_COLUMNS} FROM suppliers WHERE organization_id = $1 AND id = $2"
-        ))
-        .bind(org)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or(StoreError::NotFound)
-    }
-
-    pub async fn list_suppliers(
-        &self,
-        org: &str,
-        filter: &SupplierFilter,
-        page: &ListParams,
-    ) -> Result<Listed<Supplier>> {
-        let mut wher = Sql::new(" WHERE organization_id = ");
-        wher.bind(Value::Text(Some(org.into())));
-        if let Some(v) = &filter.country {
-            wher.push(" AND country = ")
-                .bind(Value::Text(Some(v.clone())));
-        }
-        if let Some(v) = &filter.status {
-            wher.push(" AND status = ")
-                .bind(Value::Text(Some(v.clone())));
-        }
-        if let Some(v) = &filter.search {
-            search(&mut wher, v);
-        }
-        let order = order_by(page.sort.as_deref(), SUPPLIER_SORTS, "code ASC")?;
-        self.list("suppliers", SUPPLIER_COLUMNS, wher, &order, page)
-            .await
-    }
-
-    pub async fn update_supplier(
-        &self,
-        org: &str,
-        id: &str,
-        patch: SupplierPatch,
-    ) -> Result<Supplier> {
-        check_supplier(
-            patch.code.as_deref(),
-            patch.name.as_deref(),
-            patch.country.as_deref(),
-            patch.reliability,
-            patch.status.as_deref(),
-        )?;
-        let text = |v: &Option<String>| v.as_ref().map(|v| Value::Text(Some(v.trim().into())));
-        let sets = [
-            ("code", text(&patch.code)),
-            ("name", text(&patch.name)),
-            ("country", text(&patch.country)),
-            (
-                "reliability",
-                patch.reliability.map(|v| Value::Real(Some(v))),
-            ),
-            ("status", text(&patch.status)),
-        ]
-        .into_iter()
-        .filter_map(|(c, v)| v.map(|v| (c, v)))
-        .collect();
-        self.update("suppliers", org, id, sets, DUPLICATE_SUPPLIER)
-            .await?;
-        self.supplier(org, id).await
-    }
-
-    pub async fn delete_supplier(&self, org: &str, id: &str) -> Result<()> {
-        self.delete(
-            "suppliers",
-            org,
-            id,
-            "the supplier has price observations; delete them first",
-        )
-        .await
+        self.entry(org, id).await
     }
 
     /// One page of `table`'s rows matching `wher` (one row more is read to tell whether there are more), and
@@ -428,10 +428,11 @@ impl Store {
         })
     }
 
-    /// Sets `sets` on the organization's row `id` (and `updated_at` where the table has it).
+    /// Sets `sets` on the organization's row `id` (and `updated_at` where the table has it); `what` names
+    /// the row when it is not there.
     pub(crate) async fn update(
         &self,
-        table: &str,
+        (table, what): (&str, &'static str),
         org: &str,
         id: &str,
         sets: Vec<(&str, Value)>,
@@ -457,14 +458,14 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_write(e, conflict))?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
+            return Err(StoreError::NotFound(what));
         }
         Ok(())
     }
 
     pub(crate) async fn delete(
         &self,
-        table: &str,
+        (table, what): (&str, &'static str),
         org: &str,
         id: &str,
         conflict: &str,
@@ -478,7 +479,7 @@ impl Store {
         .await
         .map_err(|e| StoreError::from_write(e, conflict))?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
+            return Err(StoreError::NotFound(what));
         }
         Ok(())
     }
@@ -521,12 +522,20 @@ pub struct Supplier {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewSupplier {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"[^\s\u0085]", max_length = 64))]
     pub code: String,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"[^\s\u0085]", max_length = 200)
+    )]
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Z]{2}$"))]
     pub country: String,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1.0))]
     pub reliability: f64,
     /// Default: active.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(active|inactive)$"))]
     pub status: Option<String>,
 }
 
@@ -534,10 +543,18 @@ pub struct NewSupplier {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SupplierPatch {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"[^\s\u0085]", max_length = 64))]
     pub code: Option<String>,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"[^\s\u0085]", max_length = 200)
+    )]
     pub name: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Z]{2}$"))]
     pub country: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1.0))]
     pub reliability: Option<f64>,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(active|inactive)$"))]
     pub status: Option<String>,
 }
 
@@ -553,6 +570,69 @@ impl<'r> FromRow<'r, AnyRow> for Supplier {
             created_at: from_ms(row.try_get("created_at")?),
             updated_at: from_ms(row.try_get("updated_at")?),
         })
+    }
+}
+
+impl Entry for Supplier {
+    type New = NewSupplier;
+    type Patch = SupplierPatch;
+    type Filter = SupplierFilter;
+    const KIND: &'static str = "supplier";
+    const TABLE: &'static str = "suppliers";
+    const COLUMNS: &'static str = SUPPLIER_COLUMNS;
+    const SORTS: &'static [(&'static str, &'static str)] = SUPPLIER_SORTS;
+    const DUPLICATE: &'static str = "a supplier with this code exists in the organization";
+    const IN_USE: &'static str = "the supplier has price observations; delete them first";
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn inserted(new: NewSupplier) -> Result<Columns> {
+        let status = new.status.unwrap_or_else(|| "active".into());
+        check_supplier(
+            Some(&new.code),
+            Some(&new.name),
+            Some(&new.country),
+            Some(new.reliability),
+            Some(&status),
+        )?;
+        Ok(Columns::of([
+            ("code", text(Some(new.code.trim()))),
+            ("name", text(Some(&new.name))),
+            ("country", text(Some(&new.country))),
+            ("reliability", Some(Value::Real(Some(new.reliability)))),
+            ("status", text(Some(&status))),
+        ]))
+    }
+
+    fn changed(patch: SupplierPatch) -> Result<Columns> {
+        check_supplier(
+            patch.code.as_deref(),
+            patch.name.as_deref(),
+            patch.country.as_deref(),
+            patch.reliability,
+            patch.status.as_deref(),
+        )?;
+        let trimmed = |v: &Option<String>| text(v.as_deref().map(str::trim));
+        Ok(Columns::of([
+            ("code", trimmed(&patch.code)),
+            ("name", trimmed(&patch.name)),
+            ("country", trimmed(&patch.country)),
+            (
+                "reliability",
+                patch.reliability.map(|v| Value::Real(Some(v))),
+            ),
+            ("status", trimmed(&patch.status)),
+        ]))
+    }
+
+    fn filtered(filter: &SupplierFilter) -> (Columns, Option<&str>) {
+        let equal = Columns::of([
+            ("country", text(filter.country.as_deref())),
+            ("status", text(filter.status.as_deref())),
+        ]);
+        (equal, filter.search.as_deref())
     }
 }
 
@@ -594,4 +674,3 @@ const SUPPLIER_SORTS: &[(&str, &str)] = &[
     ("created_at", "created_at"),
     ("updated_at", "updated_at"),
 ];
-const DUPLICATE_SUPPLIER: &str = "a supplier with this code exists in the organization";

@@ -21,6 +21,7 @@ mod batches;
 mod catalog;
 mod models;
 mod prices;
+pub mod secrets;
 mod tenants;
 mod validate;
 
@@ -39,23 +40,26 @@ pub use alerts::{
 pub use audit::{AuditEvent, AuditQuery, NewAuditEvent};
 pub use batches::{new_batch_id, BatchJob, BatchState, Chunk, JobError, NewBatchJob};
 pub use catalog::{
-    Material, MaterialFilter, MaterialPatch, NewMaterial, NewSupplier, Supplier, SupplierFilter,
-    SupplierPatch,
+    Columns, Entry, Material, MaterialFilter, MaterialPatch, NewMaterial, NewSupplier, Supplier,
+    SupplierFilter, SupplierPatch,
 };
 pub use models::{ModelPolicy, TrafficPolicy, VersionRecord, VersionState};
 pub use prices::{
     NewPrice, Price, PriceAnomaly, PricePatch, PricePoint, PriceQuery, PriceType, Severity,
 };
 pub use tenants::{ApiKey, Organization, Role};
-pub use validate::{opt_date, parse_date, parse_time, FieldErrors, RowError, DATE_RANGE};
+pub use validate::{
+    opt_date, parse_date, parse_time, parse_time_param, FieldErrors, RowError, DATE_RANGE,
+};
 
 /// Times on the wire are RFC 3339 in UTC; in the database, milliseconds since the epoch.
 pub type Time = chrono::DateTime<chrono::Utc>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("not found")]
-    NotFound,
+    /// What was asked for is not there (or is another organization's): named (`material`, `batch job`).
+    #[error("{0} not found")]
+    NotFound(&'static str),
     /// A uniqueness rule or a reference that forbids the write (a duplicate code; a material that still has
     /// observations).
     #[error("{0}")]
@@ -70,9 +74,25 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migrations: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// A sealed secret that does not open (another key, or tampered with).
+    #[error("a stored secret: {0}")]
+    Secret(String),
 }
 
 impl StoreError {
+    /// The stable snake_case code of the store's answer (the server maps codes to statuses).
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::NotFound(_) => "not_found",
+            StoreError::Conflict(_) => "conflict",
+            StoreError::Invalid(_) => "validation_error",
+            StoreError::Rows(_) => "invalid_rows",
+            StoreError::Database(_) | StoreError::Migration(_) | StoreError::Secret(_) => {
+                "internal"
+            }
+        }
+    }
+
     /// A write's error, with the portable reading of constraint violations (SQLite does not name them).
     fn from_write(e: sqlx::Error, conflict: &str) -> StoreError {
         match &e {
@@ -116,6 +136,8 @@ pub struct Listed<T> {
 pub struct Store {
     pool: AnyPool,
     sqlite: bool,
+    /// Seals secrets written (webhook secrets) and opens them read; without one they are kept as given.
+    sealer: Option<std::sync::Arc<secrets::Sealer>>,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -152,7 +174,33 @@ impl Store {
             .connect(&url)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Store { pool, sqlite })
+        Ok(Store {
+            pool,
+            sqlite,
+            sealer: None,
+        })
+    }
+
+    /// The store, sealing the secrets it writes with `sealer` (and opening those it reads).
+    pub fn with_sealer(mut self, sealer: secrets::Sealer) -> Store {
+        self.sealer = Some(std::sync::Arc::new(sealer));
+        self
+    }
+
+    /// A secret as it is written.
+    fn seal(&self, secret: &str) -> String {
+        match &self.sealer {
+            Some(s) => s.seal(secret),
+            None => secret.to_string(),
+        }
+    }
+
+    /// A secret as it was written, opened.
+    fn open(&self, stored: &str) -> Result<String> {
+        match &self.sealer {
+            Some(s) => s.open(stored),
+            None => Ok(stored.to_string()),
+        }
     }
 
     /// Which database this is: `sqlite` or `postgres`.

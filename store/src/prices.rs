@@ -128,12 +128,16 @@ pub struct NewPrice {
     pub material_id: String,
     #[serde(default)]
     pub supplier_id: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0001, maximum = 1e12))]
     pub price: f64,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Z]{3}$"))]
     pub currency: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0.0))]
     pub quantity: Option<f64>,
     pub price_type: PriceType,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 200))]
     pub source: Option<String>,
 }
 
@@ -142,12 +146,16 @@ pub struct NewPrice {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PricePatch {
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0001, maximum = 1e12))]
     pub price: Option<f64>,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Z]{3}$"))]
     pub currency: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0.0))]
     pub quantity: Option<Option<f64>>,
     pub price_type: Option<PriceType>,
     #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 200))]
     pub source: Option<Option<String>>,
 }
 
@@ -234,7 +242,7 @@ fn check_price(
     source: Option<&str>,
 ) {
     if let Some(v) = price {
-        e.positive("price", v);
+        e.price("price", v);
     }
     if let Some(v) = currency {
         e.code("currency", v, 3, "ISO 4217");
@@ -366,7 +374,7 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?
-        .ok_or(StoreError::NotFound)
+        .ok_or(StoreError::NotFound("price"))
     }
 
     /// Observations by material, supplier, type and time range; newest first unless `sort` says otherwise.
@@ -427,7 +435,7 @@ impl Store {
         .into_iter()
         .filter_map(|(c, v)| v.map(|v| (c, v)))
         .collect();
-        self.update("prices", org, id, sets, "conflicting price")
+        self.update(("prices", "price"), org, id, sets, "conflicting price")
             .await?;
         self.price(org, id).await
     }
@@ -495,7 +503,8 @@ impl Store {
     }
 
     pub async fn delete_price(&self, org: &str, id: &str) -> Result<()> {
-        self.delete("prices", org, id, "conflicting price").await
+        self.delete(("prices", "price"), org, id, "conflicting price")
+            .await
     }
 
     /// Every id of the organization's rows in `table`.

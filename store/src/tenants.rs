@@ -118,7 +118,7 @@ impl Store {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
-            .ok_or(StoreError::NotFound)
+            .ok_or(StoreError::NotFound("organization"))
     }
 
     pub async fn list_organizations(&self) -> Result<Vec<Organization>> {
@@ -236,7 +236,7 @@ impl Store {
             .execute(&self.pool)
             .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
+            return Err(StoreError::NotFound("api key"));
         }
         Ok(())
     }

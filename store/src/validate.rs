@@ -6,6 +6,11 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{StoreError, Time};
 
+/// The smallest unit price taken: one ten-thousandth, the feature history's fixed-point unit.
+pub const MIN_PRICE: f64 = 0.0001;
+/// The largest unit price taken.
+pub const MAX_PRICE: f64 = 1e12;
+
 /// Problems by field name: `{"price": ["must be greater than 0"]}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(transparent)]
@@ -49,6 +54,17 @@ impl FieldErrors {
     pub(crate) fn positive(&mut self, field: &str, value: f64) {
         if !value.is_finite() || value <= 0.0 {
             self.add(field, "must be a number greater than 0");
+        }
+    }
+
+    /// A unit price: between [`MIN_PRICE`] and [`MAX_PRICE`], so that it keeps its value in the feature
+    /// history's fixed point (a smaller one would round to nothing).
+    pub(crate) fn price(&mut self, field: &str, value: f64) {
+        if !(MIN_PRICE..=MAX_PRICE).contains(&value) {
+            self.add(
+                field,
+                format!("must be a number from {MIN_PRICE} to {MAX_PRICE:e}"),
+            );
         }
     }
 
@@ -106,6 +122,20 @@ pub fn parse_time(text: &str) -> Option<Time> {
             .and_utc(),
     };
     in_range(time.date_naive()).then_some(time)
+}
+
+/// A time parameter named `field`, as [`parse_time`] reads it; what to send instead, for that field, when
+/// it is not one.
+pub fn parse_time_param(field: &str, text: Option<String>) -> Result<Option<Time>, FieldErrors> {
+    text.map(|t| {
+        parse_time(&t).ok_or_else(|| {
+            FieldErrors::one(
+                field,
+                format!("use RFC 3339 (2025-03-01T12:00:00Z) or a date; it {DATE_RANGE}"),
+            )
+        })
+    })
+    .transpose()
 }
 
 /// A date, `2025-03-01`, within [`FIRST_DATE`, `LAST_DATE`]; the message says what is wrong otherwise.

@@ -3,8 +3,8 @@
 //! it, so that every run applies the migrations from nothing.
 
 use mercator_store::{
-    ListParams, MaterialFilter, MaterialPatch, NewMaterial, NewPrice, NewSupplier, PriceAnomaly,
-    PricePatch, PriceQuery, PriceType, Role, Severity, Store, StoreError,
+    ListParams, Material, MaterialFilter, MaterialPatch, NewMaterial, NewPrice, NewSupplier,
+    PriceAnomaly, PricePatch, PriceQuery, PriceType, Role, Severity, Store, StoreError, Supplier,
 };
 
 async fn sqlite() -> (Store, tempfile::TempDir) {
@@ -93,7 +93,7 @@ async fn keys_authenticate_by_secret_and_stay_in_their_organization(store: Store
     );
     assert!(matches!(
         store.delete_api_key(&other.id, &key.id).await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound("api key"))
     ));
     store.delete_api_key(&acme.id, &key.id).await.unwrap();
     assert_eq!(
@@ -103,7 +103,7 @@ async fn keys_authenticate_by_secret_and_stay_in_their_organization(store: Store
     );
     assert!(matches!(
         store.create_api_key("no-such-org", "x", Role::Admin).await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound(_))
     ));
 }
 
@@ -113,7 +113,7 @@ async fn organizations_are_listed_and_found(store: Store) {
     assert!(store.list_organizations().await.unwrap().contains(&a));
     assert!(matches!(
         store.organization("missing").await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound(_))
     ));
 }
 
@@ -186,7 +186,7 @@ async fn batch_jobs_commit_each_chunk_once_and_stay_in_their_organization(store:
     assert_eq!(to_run.iter().map(|j| &j.id).collect::<Vec<_>>(), [&job.id]);
     assert!(matches!(
         store.batch_job(&b.id, &job.id).await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound(_))
     ));
     assert_eq!(store.active_batch_jobs(&a.id).await.unwrap(), 2);
     assert_eq!(store.active_batch_jobs(&b.id).await.unwrap(), 0);
@@ -248,7 +248,7 @@ async fn batch_jobs_commit_each_chunk_once_and_stay_in_their_organization(store:
     assert!(store.start_batch_job(&other.id).await.unwrap().is_none());
     assert!(matches!(
         store.cancel_batch_job(&b.id, &other.id).await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound(_))
     ));
     let listed = store
         .batch_jobs(
@@ -400,24 +400,26 @@ async fn materials_are_scoped_unique_filtered_sorted_and_patched(store: Store) {
     let acme = store.create_organization("Acme", false).await.unwrap().id;
     let other = store.create_organization("Other", false).await.unwrap().id;
     let alu = store
-        .create_material(&acme, material("ALU-1", "aluminium"))
+        .create_entry::<Material>(&acme, material("ALU-1", "aluminium"))
         .await
         .unwrap();
     store
-        .create_material(&acme, material("CU-1", "copper"))
+        .create_entry::<Material>(&acme, material("CU-1", "copper"))
         .await
         .unwrap();
     store
-        .create_material(&acme, material("ALU-2", "aluminium"))
+        .create_entry::<Material>(&acme, material("ALU-2", "aluminium"))
         .await
         .unwrap();
     // The same code in another organization is fine; twice in one is a conflict.
     store
-        .create_material(&other, material("ALU-1", "aluminium"))
+        .create_entry::<Material>(&other, material("ALU-1", "aluminium"))
         .await
         .unwrap();
     assert!(matches!(
-        store.create_material(&acme, material("ALU-1", "x")).await,
+        store
+            .create_entry::<Material>(&acme, material("ALU-1", "x"))
+            .await,
         Err(StoreError::Conflict(_))
     ));
     let bad = NewMaterial {
@@ -425,7 +427,7 @@ async fn materials_are_scoped_unique_filtered_sorted_and_patched(store: Store) {
         code: " ".into(),
         ..material("X", "y")
     };
-    match store.create_material(&acme, bad).await {
+    match store.create_entry::<Material>(&acme, bad).await {
         Err(StoreError::Invalid(e)) => {
             assert!(
                 e.0.contains_key("list_price") && e.0.contains_key("code"),
@@ -436,7 +438,7 @@ async fn materials_are_scoped_unique_filtered_sorted_and_patched(store: Store) {
     }
 
     let all = store
-        .list_materials(
+        .entries::<Material>(
             &acme,
             &MaterialFilter::default(),
             &page(10, 0, Some("-code")),
@@ -453,7 +455,7 @@ async fn materials_are_scoped_unique_filtered_sorted_and_patched(store: Store) {
         ..Default::default()
     };
     let second = store
-        .list_materials(&acme, &filter, &page(1, 1, None))
+        .entries::<Material>(&acme, &filter, &page(1, 1, None))
         .await
         .unwrap();
     assert_eq!((second.total, second.has_more), (Some(2), false));
@@ -464,7 +466,7 @@ async fn materials_are_scoped_unique_filtered_sorted_and_patched(store: Store) {
     };
     assert_eq!(
         store
-            .list_materials(&acme, &search, &page(10, 0, None))
+            .entries::<Material>(&acme, &search, &page(10, 0, None))
             .await
             .unwrap()
             .total,
@@ -472,7 +474,7 @@ async fn materials_are_scoped_unique_filtered_sorted_and_patched(store: Store) {
     );
     assert!(matches!(
         store
-            .list_materials(&acme, &filter, &page(10, 0, Some("secret")))
+            .entries::<Material>(&acme, &filter, &page(10, 0, Some("secret")))
             .await,
         Err(StoreError::Invalid(_))
     ));
@@ -481,7 +483,7 @@ async fn materials_are_scoped_unique_filtered_sorted_and_patched(store: Store) {
         serde_json::from_value(serde_json::json!({"name": "Aluminium ingot", "list_price": null}))
             .unwrap();
     let patched = store
-        .update_material(&acme, &alu.id, patch.clone())
+        .update_entry::<Material>(&acme, &alu.id, patch.clone())
         .await
         .unwrap();
     assert_eq!(
@@ -489,22 +491,26 @@ async fn materials_are_scoped_unique_filtered_sorted_and_patched(store: Store) {
         ("Aluminium ingot", None)
     );
     assert_eq!(patched.category, "aluminium", "untouched fields stay");
+    // Not found, and named: the server answers the store's own words.
     assert!(matches!(
-        store.update_material(&other, &alu.id, patch).await,
-        Err(StoreError::NotFound)
+        store.update_entry::<Material>(&other, &alu.id, patch).await,
+        Err(StoreError::NotFound("material"))
     ));
     assert!(matches!(
         store.material(&other, &alu.id).await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound("material"))
     ));
     assert!(matches!(
-        store.delete_material(&other, &alu.id).await,
-        Err(StoreError::NotFound)
+        store.delete_entry::<Material>(&other, &alu.id).await,
+        Err(StoreError::NotFound("material"))
     ));
-    store.delete_material(&acme, &alu.id).await.unwrap();
+    store
+        .delete_entry::<Material>(&acme, &alu.id)
+        .await
+        .unwrap();
     assert!(matches!(
         store.material(&acme, &alu.id).await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound(_))
     ));
 }
 
@@ -520,17 +526,17 @@ async fn prices_land_all_or_nothing_and_query_by_material_and_time(store: Store)
     let acme = store.create_organization("Acme", false).await.unwrap().id;
     let other = store.create_organization("Other", false).await.unwrap().id;
     let m = store
-        .create_material(&acme, material("ALU-1", "aluminium"))
+        .create_entry::<Material>(&acme, material("ALU-1", "aluminium"))
         .await
         .unwrap()
         .id;
     let foreign = store
-        .create_material(&other, material("ALU-1", "aluminium"))
+        .create_entry::<Material>(&other, material("ALU-1", "aluminium"))
         .await
         .unwrap()
         .id;
     let s = store
-        .create_supplier(
+        .create_entry::<Supplier>(
             &acme,
             NewSupplier {
                 code: "S1".into(),
@@ -666,11 +672,11 @@ async fn prices_land_all_or_nothing_and_query_by_material_and_time(store: Store)
     assert_eq!(patched.time, first.time);
     assert!(matches!(
         store.update_price(&other, &first.id, patch).await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound(_))
     ));
     assert!(
         matches!(
-            store.delete_material(&acme, &m).await,
+            store.delete_entry::<Material>(&acme, &m).await,
             Err(StoreError::Conflict(_))
         ),
         "a material with observations stays"
@@ -678,7 +684,7 @@ async fn prices_land_all_or_nothing_and_query_by_material_and_time(store: Store)
     store.delete_price(&acme, &first.id).await.unwrap();
     assert!(matches!(
         store.price(&acme, &first.id).await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound(_))
     ));
 }
 
@@ -690,7 +696,7 @@ async fn alert_events_open_once_per_cooldown_and_deliveries_are_claimed_once(sto
     let acme = store.create_organization("Acme", false).await.unwrap().id;
     let other = store.create_organization("Other", false).await.unwrap().id;
     let m = store
-        .create_material(&acme, material("ALU-1", "aluminium"))
+        .create_entry::<Material>(&acme, material("ALU-1", "aluminium"))
         .await
         .unwrap()
         .id;
@@ -722,7 +728,7 @@ async fn alert_events_open_once_per_cooldown_and_deliveries_are_claimed_once(sto
     assert_eq!(store.all_alert_rules().await.unwrap().len(), 1);
     assert!(matches!(
         store.alert_rule(&other, &held.id).await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound(_))
     ));
 
     let breach = |value: f64| Breach {
@@ -736,20 +742,29 @@ async fn alert_events_open_once_per_cooldown_and_deliveries_are_claimed_once(sto
         severity: Severity::Medium,
         count: 1,
     };
+    // Judged at given times: the cooldown's edge exactly, no waiting.
+    let t0 = chrono::Utc::now();
+    let at = |seconds: i64| t0 + chrono::Duration::seconds(seconds);
     let first = store
-        .record_breach(&acme, &breach(6.0), 3600)
+        .record_breach(&acme, &breach(6.0), 3600, at(0))
         .await
         .unwrap()
         .expect("the first breach opens an event");
-    assert!(store
-        .record_breach(&acme, &breach(7.0), 3600)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(
+        store
+            .record_breach(&acme, &breach(7.0), 3600, at(3599))
+            .await
+            .unwrap()
+            .is_none(),
+        "a second inside the cooldown, the breach folds into the event"
+    );
     let folded = store.alert_event(&acme, &first.id).await.unwrap();
     assert_eq!((folded.breach_count, folded.last_value), (2, 7.0));
-    // A zero cooldown opens an event per breach.
-    let second = store.record_breach(&acme, &breach(8.0), 0).await.unwrap();
+    // The cooldown over, a new event.
+    let second = store
+        .record_breach(&acme, &breach(8.0), 3600, at(3600))
+        .await
+        .unwrap();
     assert!(second.is_some_and(|e| e.id != first.id));
     let listed = store
         .alert_events(&acme, &EventQuery::default(), &page(10, 0, None))
@@ -832,6 +847,6 @@ async fn alert_events_open_once_per_cooldown_and_deliveries_are_claimed_once(sto
     store.delete_alert_rule(&acme, &held.id).await.unwrap();
     assert!(matches!(
         store.alert_event(&acme, &first.id).await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound(_))
     ));
 }

@@ -1,12 +1,11 @@
 //! `/api/v1/alerts`: alert rules (analyst or admin) and the events they open. The handlers translate;
-//! [`crate::alerts`] evaluates.
+//! [`mercator_services::alerts`] evaluates.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use mercator_store::{
-    AlertEvent, AlertRule, AlertRulePatch, Condition, Delivery, EventQuery, EventStatus,
-    NewAlertRule,
+    AlertEvent, AlertRule, AlertRulePatch, Delivery, EventQuery, EventStatus, NewAlertRule,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -32,9 +31,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RuleListQuery {
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    #[param(maximum = 1_000_000_000)]
     pub offset: Option<u64>,
 }
 
@@ -51,8 +53,7 @@ async fn list_rules(
     let listed = app
         .store
         .alert_rules(&caller.organization_id, &page)
-        .await
-        .map_err(ApiError::store("alert rule"))?;
+        .await?;
     Ok(Json(listed.into()))
 }
 
@@ -68,39 +69,13 @@ async fn create_rule(
     caller: Auth<Analyst>,
     ApiJson(new): ApiJson<NewAlertRule>,
 ) -> Result<(StatusCode, Json<AlertRule>), ApiError> {
-    let org = &caller.organization_id;
-    check_horizon(&app, Some(&new.condition))?;
-    check_channels(&app, new.channels.as_deref()).await?;
-    let rules = app
-        .store
-        .alert_rules(
-            org,
-            &mercator_store::ListParams {
-                limit: 1,
-                offset: 0,
-                sort: None,
-                count: true,
-            },
-        )
-        .await
-        .map_err(ApiError::store("alert rule"))?;
-    let max = app.limits.max_alert_rules;
-    if rules.total.unwrap_or(0) >= max as i64 {
-        return Err(ApiError::Conflict(format!(
-            "the organization has {max} alert rules, its limit (--max-alert-rules); delete one first"
-        )));
-    }
-    let rule = app
-        .store
-        .create_alert_rule(org, new)
-        .await
-        .map_err(ApiError::store("alert rule"))?;
-    refresh(&app, org).await?;
+    let rule = app.alerts.create_rule(&caller.organization_id, new).await?;
+    let target = ("alert_rule", rule.id.as_str());
     audit::record(
         &app,
         &caller,
         "alert_rule.create",
-        ("alert_rule", &rule.id),
+        target,
         None::<()>,
         Some(&rule),
     )
@@ -120,7 +95,7 @@ async fn get_rule(
         .alert_rule(&caller.organization_id, &id)
         .await
         .map(Json)
-        .map_err(ApiError::store("alert rule"))
+        .map_err(ApiError::from)
 }
 
 /// Change a rule: the fields given. Events already opened stay.
@@ -134,24 +109,13 @@ async fn update_rule(
     ApiJson(patch): ApiJson<AlertRulePatch>,
 ) -> Result<Json<AlertRule>, ApiError> {
     let org = &caller.organization_id;
-    check_horizon(&app, patch.condition.as_ref())?;
-    check_channels(&app, patch.channels.as_deref()).await?;
-    let before = app
-        .store
-        .alert_rule(org, &id)
-        .await
-        .map_err(ApiError::store("alert rule"))?;
-    let rule = app
-        .store
-        .update_alert_rule(org, &id, patch)
-        .await
-        .map_err(ApiError::store("alert rule"))?;
-    refresh(&app, org).await?;
+    let (before, rule) = app.alerts.update_rule(org, &id, patch).await?;
+    let target = ("alert_rule", id.as_str());
     audit::record(
         &app,
         &caller,
         "alert_rule.update",
-        ("alert_rule", &id),
+        target,
         Some(&before),
         Some(&rule),
     )
@@ -168,22 +132,13 @@ async fn delete_rule(
     caller: Auth<Analyst>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let org = &caller.organization_id;
-    let before = app
-        .store
-        .alert_rule(org, &id)
-        .await
-        .map_err(ApiError::store("alert rule"))?;
-    app.store
-        .delete_alert_rule(org, &id)
-        .await
-        .map_err(ApiError::store("alert rule"))?;
-    refresh(&app, org).await?;
+    let before = app.alerts.delete_rule(&caller.organization_id, &id).await?;
+    let target = ("alert_rule", id.as_str());
     audit::record(
         &app,
         &caller,
         "alert_rule.delete",
-        ("alert_rule", &id),
+        target,
         Some(&before),
         None::<()>,
     )
@@ -191,14 +146,8 @@ async fn delete_rule(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn refresh(app: &AppState, org: &str) -> Result<(), ApiError> {
-    app.alerting
-        .refresh(&app.store, org)
-        .await
-        .map_err(ApiError::store("alert rule"))
-}
-
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventListQuery {
     /// open, acknowledged or resolved.
@@ -210,7 +159,9 @@ pub struct EventListQuery {
     pub from: Option<String>,
     /// Opened before.
     pub to: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    #[param(maximum = 1_000_000_000)]
     pub offset: Option<u64>,
 }
 
@@ -235,8 +186,7 @@ async fn list_events(
     let listed = app
         .store
         .alert_events(&caller.organization_id, &query, &page)
-        .await
-        .map_err(ApiError::store("alert event"))?;
+        .await?;
     Ok(Json(listed.into()))
 }
 
@@ -252,7 +202,7 @@ async fn get_event(
         .alert_event(&caller.organization_id, &id)
         .await
         .map(Json)
-        .map_err(ApiError::store("alert event"))
+        .map_err(ApiError::from)
 }
 
 /// Someone is on it. 409 for a resolved event.
@@ -295,7 +245,7 @@ async fn set_status(
         .set_alert_event_status(org, id, status)
         .await
         .map(Json)
-        .map_err(ApiError::store("alert event"))
+        .map_err(ApiError::from)
 }
 
 /// The webhook deliveries of an event: status (pending, delivered, failed), attempts, the receiver's last
@@ -309,61 +259,10 @@ async fn event_deliveries(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<Delivery>>, ApiError> {
     let org = &caller.organization_id;
-    app.store
-        .alert_event(org, &id)
-        .await
-        .map_err(ApiError::store("alert event"))?;
+    app.store.alert_event(org, &id).await?;
     app.store
         .deliveries(org, &id)
         .await
         .map(Json)
-        .map_err(ApiError::store("alert event"))
-}
-
-/// A forecast rule's horizon must be one the active forecast model covers.
-/// At most --max-alert-channels channels, and each webhook's receiver outside the server's network (unless
-/// --webhook-allow-private).
-async fn check_channels(
-    app: &AppState,
-    channels: Option<&[mercator_store::Channel]>,
-) -> Result<(), ApiError> {
-    let Some(channels) = channels else {
-        return Ok(());
-    };
-    let max = app.limits.max_alert_channels;
-    if channels.len() > max {
-        return Err(ApiError::invalid(
-            "channels",
-            format!("at most {max} channels (--max-alert-channels)"),
-        ));
-    }
-    for channel in channels {
-        if let mercator_store::Channel::Webhook(w) = channel {
-            app.webhooks
-                .egress
-                .check_url(&w.url)
-                .await
-                .map_err(|e| ApiError::invalid("channels.webhook.url", e))?;
-        }
-    }
-    Ok(())
-}
-
-fn check_horizon(app: &AppState, condition: Option<&Condition>) -> Result<(), ApiError> {
-    let Some(Condition::ForecastChange { horizon_days, .. }) = condition else {
-        return Ok(());
-    };
-    let max = app
-        .repository
-        .get(crate::predict::FORECAST_MODEL, None)
-        .ok()
-        .and_then(|m| m.manifest().outputs.first().and_then(|o| o.fixed_row_len()))
-        .unwrap_or(0);
-    if *horizon_days as usize > max {
-        return Err(ApiError::invalid(
-            "condition.horizon_days",
-            format!("the active forecast model covers 1 to {max} days"),
-        ));
-    }
-    Ok(())
+        .map_err(ApiError::from)
 }

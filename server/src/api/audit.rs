@@ -37,29 +37,25 @@ pub async fn record(
         before: before.and_then(|b| serde_json::to_value(b).ok()),
         after: after.and_then(|a| serde_json::to_value(a).ok()),
     };
-    if target.0 == "model" {
-        // Models are shared: every organization hears of the change (not who made it).
-        let note = serde_json::json!({
-            "type": "model", "action": action, "model": target.1, "before": event.before,
-            "after": event.after, "at": chrono::Utc::now(),
-        });
-        app.notifications.send_all(std::sync::Arc::new(note));
-    }
     if let Err(e) = app.store.record_audit(&who.organization_id, event).await {
         tracing::error!(error = %e, action, target_id = target.1, "the audit log could not record a change");
     }
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditListQuery {
     /// e.g. material.update, api_key.delete, model.load
     pub action: Option<String>,
     pub target_type: Option<String>,
     pub target_id: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    #[param(maximum = 1_000_000_000)]
     pub offset: Option<u64>,
     /// at or -at (default).
+    #[param(pattern = "^-?at$")]
     pub sort: Option<String>,
 }
 
@@ -81,7 +77,6 @@ async fn list_audit(
     let listed = app
         .store
         .list_audit(&caller.organization_id, &query, &page)
-        .await
-        .map_err(ApiError::store("audit event"))?;
+        .await?;
     Ok(Json(listed.into()))
 }

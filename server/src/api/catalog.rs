@@ -1,13 +1,15 @@
-//! Materials and suppliers: read by any key of the organization, written by its admins.
+//! Materials and suppliers: read by any key of the organization, written by its admins. One generic for
+//! both ([`mercator_services::catalog`]); a route each, for its own documentation.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use mercator_services::catalog::Cataloged;
 use mercator_store::{
     Material, MaterialFilter, MaterialPatch, NewMaterial, NewSupplier, Supplier, SupplierFilter,
     SupplierPatch,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -15,7 +17,7 @@ use utoipa_axum::routes;
 use super::audit;
 use super::extract::{ApiJson, ApiQuery};
 use super::{page, ErrorEnvelope, Page};
-use crate::auth::{Admin, Auth, Viewer};
+use crate::auth::{Admin, Auth, Principal, Viewer};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -27,7 +29,80 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_supplier, update_supplier, delete_supplier))
 }
 
+async fn list<E: Cataloged>(
+    app: &AppState,
+    org: &str,
+    filter: E::Filter,
+    limit: Option<u32>,
+    offset: Option<u64>,
+    sort: Option<String>,
+) -> Result<Json<Page<E>>, ApiError> {
+    let page = page(app, limit, offset, sort, true)?;
+    let listed = app.catalog.list::<E>(org, &filter, &page).await?;
+    Ok(Json(listed.into()))
+}
+
+async fn get<E: Cataloged>(app: &AppState, org: &str, id: &str) -> Result<Json<E>, ApiError> {
+    let entry = app.catalog.get(org, id).await?;
+    Ok(Json(entry))
+}
+
+async fn create<E: Cataloged + Serialize>(
+    app: &AppState,
+    caller: &Principal,
+    new: E::New,
+) -> Result<(StatusCode, Json<E>), ApiError> {
+    let entry: E = app.catalog.create(&caller.organization_id, new).await?;
+    let action = format!("{}.create", E::KIND);
+    let target = (E::KIND, entry.id());
+    audit::record(app, caller, &action, target, None::<()>, Some(&entry)).await;
+    Ok((StatusCode::CREATED, Json(entry)))
+}
+
+async fn update<E: Cataloged + Serialize>(
+    app: &AppState,
+    caller: &Principal,
+    id: &str,
+    patch: E::Patch,
+) -> Result<Json<E>, ApiError> {
+    let (before, after) = app
+        .catalog
+        .update::<E>(&caller.organization_id, id, patch)
+        .await?;
+    let action = format!("{}.update", E::KIND);
+    audit::record(
+        app,
+        caller,
+        &action,
+        (E::KIND, id),
+        Some(before),
+        Some(&after),
+    )
+    .await;
+    Ok(Json(after))
+}
+
+async fn delete<E: Cataloged + Serialize>(
+    app: &AppState,
+    caller: &Principal,
+    id: &str,
+) -> Result<StatusCode, ApiError> {
+    let before = app.catalog.delete::<E>(&caller.organization_id, id).await?;
+    let action = format!("{}.delete", E::KIND);
+    audit::record(
+        app,
+        caller,
+        &action,
+        (E::KIND, id),
+        Some(before),
+        None::<()>,
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct MaterialQuery {
     pub category: Option<String>,
@@ -36,9 +111,12 @@ pub struct MaterialQuery {
     /// A case-insensitive substring of the code or the name.
     pub q: Option<String>,
     /// 1 to --max-page-size (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    #[param(maximum = 1_000_000_000)]
     pub offset: Option<u64>,
     /// code, name, category, list_price, created_at, updated_at; `-` first for descending. Default: code.
+    #[param(pattern = "^-?(code|name|category|list_price|created_at|updated_at)$")]
     pub sort: Option<String>,
 }
 
@@ -51,18 +129,20 @@ async fn list_materials(
     caller: Auth<Viewer>,
     ApiQuery(q): ApiQuery<MaterialQuery>,
 ) -> Result<Json<Page<Material>>, ApiError> {
-    let page = page(&app, q.limit, q.offset, q.sort, true)?;
     let filter = MaterialFilter {
         category: q.category,
         status: q.status,
         search: q.q,
     };
-    let listed = app
-        .store
-        .list_materials(&caller.organization_id, &filter, &page)
-        .await
-        .map_err(ApiError::store("material"))?;
-    Ok(Json(listed.into()))
+    list(
+        &app,
+        &caller.organization_id,
+        filter,
+        q.limit,
+        q.offset,
+        q.sort,
+    )
+    .await
 }
 
 /// Create a material (admin); its code is unique in the organization (409 otherwise).
@@ -74,22 +154,7 @@ async fn create_material(
     caller: Auth<Admin>,
     ApiJson(new): ApiJson<NewMaterial>,
 ) -> Result<(StatusCode, Json<Material>), ApiError> {
-    let material = app
-        .store
-        .create_material(&caller.organization_id, new)
-        .await
-        .map_err(ApiError::store("material"))?;
-    let target = ("material", material.id.as_str());
-    audit::record(
-        &app,
-        &caller,
-        "material.create",
-        target,
-        None::<()>,
-        Some(&material),
-    )
-    .await;
-    Ok((StatusCode::CREATED, Json(material)))
+    create::<Material>(&app, &caller, new).await
 }
 
 #[utoipa::path(get, path = "/api/v1/materials/{id}", tag = "materials", params(("id" = String, Path)),
@@ -100,12 +165,7 @@ async fn get_material(
     caller: Auth<Viewer>,
     Path(id): Path<String>,
 ) -> Result<Json<Material>, ApiError> {
-    let material = app
-        .store
-        .material(&caller.organization_id, &id)
-        .await
-        .map_err(ApiError::store("material"))?;
-    Ok(Json(material))
+    get(&app, &caller.organization_id, &id).await
 }
 
 /// Change some fields of a material (admin).
@@ -118,28 +178,7 @@ async fn update_material(
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<MaterialPatch>,
 ) -> Result<Json<Material>, ApiError> {
-    let store = &app.store;
-    let org = &caller.organization_id;
-    let before = store
-        .material(org, &id)
-        .await
-        .map_err(ApiError::store("material"))?;
-    let material = store
-        .update_material(org, &id, patch)
-        .await
-        .map_err(ApiError::store("material"))?;
-    app.predictor.forget_material(&id);
-    let target = ("material", id.as_str());
-    audit::record(
-        &app,
-        &caller,
-        "material.update",
-        target,
-        Some(before),
-        Some(&material),
-    )
-    .await;
-    Ok(Json(material))
+    update::<Material>(&app, &caller, &id, patch).await
 }
 
 /// Delete a material with no price observations (admin; 409 if it has some).
@@ -151,31 +190,11 @@ async fn delete_material(
     caller: Auth<Admin>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let store = &app.store;
-    let org = &caller.organization_id;
-    let before = store
-        .material(org, &id)
-        .await
-        .map_err(ApiError::store("material"))?;
-    store
-        .delete_material(org, &id)
-        .await
-        .map_err(ApiError::store("material"))?;
-    app.predictor.forget_material(&id);
-    let target = ("material", id.as_str());
-    audit::record(
-        &app,
-        &caller,
-        "material.delete",
-        target,
-        Some(before),
-        None::<()>,
-    )
-    .await;
-    Ok(StatusCode::NO_CONTENT)
+    delete::<Material>(&app, &caller, &id).await
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SupplierQuery {
     /// ISO 3166-1 alpha-2.
@@ -184,9 +203,12 @@ pub struct SupplierQuery {
     pub status: Option<String>,
     /// A case-insensitive substring of the code or the name.
     pub q: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    #[param(maximum = 1_000_000_000)]
     pub offset: Option<u64>,
     /// code, name, country, reliability, created_at, updated_at; `-` first for descending.
+    #[param(pattern = "^-?(code|name|country|reliability|created_at|updated_at)$")]
     pub sort: Option<String>,
 }
 
@@ -199,18 +221,20 @@ async fn list_suppliers(
     caller: Auth<Viewer>,
     ApiQuery(q): ApiQuery<SupplierQuery>,
 ) -> Result<Json<Page<Supplier>>, ApiError> {
-    let page = page(&app, q.limit, q.offset, q.sort, true)?;
     let filter = SupplierFilter {
         country: q.country,
         status: q.status,
         search: q.q,
     };
-    let listed = app
-        .store
-        .list_suppliers(&caller.organization_id, &filter, &page)
-        .await
-        .map_err(ApiError::store("supplier"))?;
-    Ok(Json(listed.into()))
+    list(
+        &app,
+        &caller.organization_id,
+        filter,
+        q.limit,
+        q.offset,
+        q.sort,
+    )
+    .await
 }
 
 /// Create a supplier (admin).
@@ -222,22 +246,7 @@ async fn create_supplier(
     caller: Auth<Admin>,
     ApiJson(new): ApiJson<NewSupplier>,
 ) -> Result<(StatusCode, Json<Supplier>), ApiError> {
-    let supplier = app
-        .store
-        .create_supplier(&caller.organization_id, new)
-        .await
-        .map_err(ApiError::store("supplier"))?;
-    let target = ("supplier", supplier.id.as_str());
-    audit::record(
-        &app,
-        &caller,
-        "supplier.create",
-        target,
-        None::<()>,
-        Some(&supplier),
-    )
-    .await;
-    Ok((StatusCode::CREATED, Json(supplier)))
+    create::<Supplier>(&app, &caller, new).await
 }
 
 #[utoipa::path(get, path = "/api/v1/suppliers/{id}", tag = "suppliers", params(("id" = String, Path)),
@@ -248,12 +257,7 @@ async fn get_supplier(
     caller: Auth<Viewer>,
     Path(id): Path<String>,
 ) -> Result<Json<Supplier>, ApiError> {
-    let supplier = app
-        .store
-        .supplier(&caller.organization_id, &id)
-        .await
-        .map_err(ApiError::store("supplier"))?;
-    Ok(Json(supplier))
+    get(&app, &caller.organization_id, &id).await
 }
 
 /// Change some fields of a supplier (admin).
@@ -266,28 +270,7 @@ async fn update_supplier(
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<SupplierPatch>,
 ) -> Result<Json<Supplier>, ApiError> {
-    let store = &app.store;
-    let org = &caller.organization_id;
-    let before = store
-        .supplier(org, &id)
-        .await
-        .map_err(ApiError::store("supplier"))?;
-    let supplier = store
-        .update_supplier(org, &id, patch)
-        .await
-        .map_err(ApiError::store("supplier"))?;
-    app.predictor.forget_supplier(&id);
-    let target = ("supplier", id.as_str());
-    audit::record(
-        &app,
-        &caller,
-        "supplier.update",
-        target,
-        Some(before),
-        Some(&supplier),
-    )
-    .await;
-    Ok(Json(supplier))
+    update::<Supplier>(&app, &caller, &id, patch).await
 }
 
 /// Delete a supplier with no price observations (admin; 409 if it has some).
@@ -299,26 +282,5 @@ async fn delete_supplier(
     caller: Auth<Admin>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let store = &app.store;
-    let org = &caller.organization_id;
-    let before = store
-        .supplier(org, &id)
-        .await
-        .map_err(ApiError::store("supplier"))?;
-    store
-        .delete_supplier(org, &id)
-        .await
-        .map_err(ApiError::store("supplier"))?;
-    app.predictor.forget_supplier(&id);
-    let target = ("supplier", id.as_str());
-    audit::record(
-        &app,
-        &caller,
-        "supplier.delete",
-        target,
-        Some(before),
-        None::<()>,
-    )
-    .await;
-    Ok(StatusCode::NO_CONTENT)
+    delete::<Supplier>(&app, &caller, &id).await
 }

@@ -25,7 +25,20 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             ));
         }
         let bytes = body(request, app.limits.max_body_bytes, "--max-body-bytes").await?;
+        object(&bytes)?;
         from_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Every JSON body the API takes is an object: serde would read a struct from an array by position (`[]`
+/// for a body whose fields all have defaults), so anything else is refused before it is parsed.
+fn object(bytes: &[u8]) -> Result<(), ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => Ok(()),
+        Some(_) => Err(ApiError::Validation {
+            message: "the body must be a JSON object".into(),
+            details: FieldErrors::one("body", "expected a JSON object".to_string()),
+        }),
     }
 }
 
@@ -35,42 +48,14 @@ pub async fn body(request: Request, limit: usize, flag: &'static str) -> Result<
     Bytes::from_request(request, &())
         .await
         .map_err(|e| match e {
-            BytesRejection::FailedToBufferBody(_) => ApiError::BodyTooLarge { limit, flag },
+            BytesRejection::FailedToBufferBody(e) => ApiError::body(&e, limit, flag),
             other => ApiError::BadRequest(other.body_text()),
         })
 }
 
 /// `T` from JSON text; a field that does not fit is named by its path (`rows[3].price`).
 pub fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                ApiError::BadRequest(format!("the body is not valid JSON: {inner}"))
-            }
-            _ => {
-                let field = if path == "." {
-                    "body".to_string()
-                } else {
-                    path
-                };
-                ApiError::Validation {
-                    message: format!("`{field}`: {inner}"),
-                    details: FieldErrors::one(&field, strip_position(&inner.to_string())),
-                }
-            }
-        }
-    })
-}
-
-/// serde_json appends "at line 1 column 17": useful in a message, noise in a field's list.
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_string(),
-        None => message.to_string(),
-    }
+    Ok(mercator_services::input::from_json(bytes)?)
 }
 
 pub fn content_type(headers: &HeaderMap) -> Option<&str> {

@@ -7,7 +7,6 @@ pub mod alerts;
 pub mod audit;
 pub mod batch;
 pub mod catalog;
-pub mod csv_body;
 pub mod extract;
 pub mod models;
 pub mod openapi;

@@ -137,6 +137,14 @@ impl Modify for Outside {
                             ),
                         ),
                 );
+            for (name, what) in [
+                ("model", "The model's name."),
+                ("version", "The version's number."),
+            ] {
+                if path.contains(&format!("{{{name}}}")) {
+                    operation = operation.parameter(path_parameter(name, what));
+                }
+            }
             if *key {
                 operation =
                     operation.security(SecurityRequirement::new("api_key", Vec::<String>::new()));
@@ -154,6 +162,76 @@ impl Modify for Outside {
                 None => {
                     doc.paths.paths.insert(path.to_string(), item);
                 }
+            }
+        }
+    }
+}
+
+/// A path parameter of a V2 route: a model's name (a string) or a version's number (a positive integer).
+fn path_parameter(name: &str, description: &str) -> utoipa::openapi::path::Parameter {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    use utoipa::openapi::Required;
+    let schema = if name == "version" {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Int64,
+            )))
+            .minimum(Some(1))
+    } else {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+    };
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Path)
+        .required(Required::True)
+        .description(Some(description))
+        .schema(Some(schema))
+        .build()
+}
+
+/// The WebSocket routes answer only an upgrade: their handshake headers are declared, so a client (or a
+/// schema-driven fuzzer) reading the document knows a plain GET is refused.
+struct Upgrades;
+
+const HANDSHAKE: &[(&str, &str, &str)] = &[
+    ("Connection", "^[Uu]pgrade$", "`Upgrade`"),
+    ("Upgrade", "^websocket$", "`websocket`"),
+    ("Sec-WebSocket-Version", "^13$", "`13`"),
+    (
+        "Sec-WebSocket-Key",
+        "^[A-Za-z0-9+/]{21}[AQgw]==$",
+        "16 random bytes in base64 (RFC 6455)",
+    ),
+];
+
+impl Modify for Upgrades {
+    fn modify(&self, doc: &mut Document) {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::Required;
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let Some(get) = item.get.as_mut().filter(|_| path.starts_with("/ws/")) else {
+                continue;
+            };
+            let parameters = get.parameters.get_or_insert_with(Vec::new);
+            for (name, pattern, what) in HANDSHAKE {
+                parameters.push(
+                    ParameterBuilder::new()
+                        .name(*name)
+                        .parameter_in(ParameterIn::Header)
+                        .required(Required::True)
+                        .description(Some(format!("The WebSocket handshake: {what}.")))
+                        .schema(Some(
+                            ObjectBuilder::new()
+                                .schema_type(Type::String)
+                                .pattern(Some(*pattern)),
+                        ))
+                        .build(),
+                );
             }
         }
     }
@@ -178,9 +256,11 @@ impl Modify for Keys {
 
 /// The documented routes, and `/openapi.json` and `/docs` serving their document.
 pub fn router() -> Router<AppState> {
-    let (router, doc) = utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut doc) = utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(super::routes())
         .split_for_parts();
+    // After the routes are merged: it reads them.
+    Upgrades.modify(&mut doc);
     let json = doc.to_json().expect("the OpenAPI document serializes");
     router
         .route(
@@ -200,9 +280,11 @@ pub fn router() -> Router<AppState> {
 
 /// The whole document, for tests and tools.
 pub fn document() -> Document {
-    utoipa_axum::router::OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+    let mut doc = utoipa_axum::router::OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
         .merge(super::routes())
-        .into_openapi()
+        .into_openapi();
+    Upgrades.modify(&mut doc);
+    doc
 }
 
 /// Interactive docs: Scalar's API reference reading `/openapi.json` (its script comes from a CDN, so

@@ -1,5 +1,5 @@
 //! `/api/v1/predictions` and `/api/v1/analytics`: business predictions in the caller's organization. The
-//! handlers translate; the [`crate::predict::Predictor`] decides.
+//! handlers translate; the [`mercator_services::predict::Predictor`] decides.
 
 use axum::extract::State;
 use axum::Json;
@@ -10,11 +10,11 @@ use super::extract::ApiJson;
 use super::ErrorEnvelope;
 use crate::auth::{Analyst, Auth};
 use crate::error::ApiError;
-use crate::predict::{
+use crate::AppState;
+use mercator_services::predict::{
     AnomalyAnswer, AnomalyRequest, ForecastAnswer, ForecastRequest, PricePrediction, PriceRequest,
     TrendAnswer, TrendRequest,
 };
-use crate::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -35,16 +35,11 @@ async fn predict_price(
     caller: Auth<Analyst>,
     ApiJson(request): ApiJson<PriceRequest>,
 ) -> Result<Json<PricePrediction>, ApiError> {
-    app.predictor
-        .price(
-            &app.store,
-            &app.repository,
-            &app.data_dir,
-            &caller.organization_id,
-            request,
-        )
-        .await
-        .map(Json)
+    Ok(Json(
+        app.predictions
+            .price(&caller.organization_id, request)
+            .await?,
+    ))
 }
 
 /// The material's price trend: a linfa least-squares line through the daily mean prices of the window
@@ -58,10 +53,11 @@ async fn trends(
     caller: Auth<Analyst>,
     ApiJson(request): ApiJson<TrendRequest>,
 ) -> Result<Json<TrendAnswer>, ApiError> {
-    app.predictor
-        .trend(&app.store, &caller.organization_id, request)
-        .await
-        .map(Json)
+    Ok(Json(
+        app.predictions
+            .trend(&caller.organization_id, request)
+            .await?,
+    ))
 }
 
 /// A material's daily price for `horizon_days` from `as_of` on (analyst): the active forecast model on
@@ -76,16 +72,11 @@ async fn forecast(
     caller: Auth<Analyst>,
     ApiJson(request): ApiJson<ForecastRequest>,
 ) -> Result<Json<ForecastAnswer>, ApiError> {
-    app.predictor
-        .forecast(
-            &app.store,
-            &app.repository,
-            &app.data_dir,
-            &caller.organization_id,
-            request,
-        )
-        .await
-        .map(Json)
+    Ok(Json(
+        app.predictions
+            .forecast(&caller.organization_id, request)
+            .await?,
+    ))
 }
 
 /// How unusual prices are (analyst): the stored observations of `material_id` in [`from`, `to`) (default the
@@ -101,15 +92,9 @@ async fn anomalies(
     caller: Auth<Analyst>,
     ApiJson(request): ApiJson<AnomalyRequest>,
 ) -> Result<Json<AnomalyAnswer>, ApiError> {
-    app.predictor
-        .anomalies(
-            &app.store,
-            &app.repository,
-            &app.data_dir,
-            &caller.organization_id,
-            app.limits.max_bulk_rows,
-            request,
-        )
-        .await
-        .map(Json)
+    Ok(Json(
+        app.predictions
+            .anomalies(&caller.organization_id, request)
+            .await?,
+    ))
 }

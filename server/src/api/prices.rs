@@ -1,8 +1,6 @@
 //! Price observations: written by analysts and admins (one, or in bulk as a JSON array or CSV, all or
 //! nothing), read by any key of the organization, and announced on `/ws/prices` as they land.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
@@ -13,12 +11,13 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::csv_body::{self, Columns};
-use super::extract::{content_type, from_json, ApiJson, ApiQuery};
+use super::extract::{content_type, ApiJson, ApiQuery};
 use super::{page, ErrorEnvelope, Page};
 use crate::auth::{Analyst, Auth, Viewer};
 use crate::error::ApiError;
 use crate::AppState;
+use mercator_services::input::csv_body::{self, Columns};
+use mercator_services::input::json_array;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -41,6 +40,7 @@ pub const CSV_COLUMNS: &[&str] = &[
 const CSV_REQUIRED: &[&str] = &["time", "material_id", "price", "currency", "price_type"];
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PriceListQuery {
     pub material_id: Option<String>,
@@ -50,9 +50,12 @@ pub struct PriceListQuery {
     pub from: Option<String>,
     /// Exclusive; RFC 3339 or a date.
     pub to: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    #[param(maximum = 1_000_000_000)]
     pub offset: Option<u64>,
     /// time, price, created_at; `-` first for descending. Default: `-time` (newest first).
+    #[param(pattern = "^-?(time|price|created_at)$")]
     pub sort: Option<String>,
     /// Also count every observation matched (`total`): a scan of them all, so off by default.
     pub count: Option<bool>,
@@ -79,8 +82,7 @@ async fn list_prices(
     let listed = app
         .store
         .list_prices(&caller.organization_id, &query, &page)
-        .await
-        .map_err(ApiError::store("price"))?;
+        .await?;
     Ok(Json(listed.into()))
 }
 
@@ -93,9 +95,11 @@ async fn create_price(
     caller: Auth<Analyst>,
     ApiJson(new): ApiJson<NewPrice>,
 ) -> Result<(StatusCode, Json<Price>), ApiError> {
-    let mut written = ingest(&app, &caller.organization_id, vec![new])
+    let mut written = app
+        .ingest
+        .write(&caller.organization_id, vec![new])
         .await
-        .map_err(|e| match e {
+        .map_err(|e| match ApiError::from(e) {
             // One row: its problems are the request's, by field.
             ApiError::InvalidRows { mut rows, .. } if rows.len() == 1 => ApiError::Validation {
                 message: "the price has invalid values".into(),
@@ -128,119 +132,65 @@ async fn bulk_create_prices(
     caller: Auth<Analyst>,
     request: Request,
 ) -> Result<(StatusCode, Json<BulkResult>), ApiError> {
+    let _admitted = app.heavy.admit(&caller.organization_id)?;
     let kind = content_type(request.headers()).map(str::to_owned);
     let limit = app.limits.max_bulk_body_bytes;
     let bytes = axum::body::to_bytes(request.into_body(), limit)
         .await
-        .map_err(|_| ApiError::BodyTooLarge {
-            limit,
-            flag: "--max-bulk-body-bytes",
-        })?;
+        .map_err(|e| ApiError::body(&e, limit, "--max-bulk-body-bytes"))?;
+    let max_rows = app.limits.max_bulk_rows;
     let rows = match kind.as_deref() {
-        Some("application/json") => from_json::<Vec<NewPrice>>(&bytes)?,
-        Some("text/csv") => from_csv(&bytes, app.limits.max_bulk_rows)?,
+        Some("application/json") => {
+            // Element by element, the row limit checked as each arrives.
+            let mut rows = Vec::new();
+            json_array::<NewPrice, ApiError>(
+                &bytes,
+                max_rows,
+                || ApiError::TooManyRows { limit: max_rows },
+                |_, row| {
+                    rows.push(row);
+                    Ok(())
+                },
+            )?;
+            rows
+        }
+        Some("text/csv") => from_csv(&bytes, max_rows, app.limits.csv)?,
         _ => {
             return Err(ApiError::UnsupportedMediaType(
                 "send a JSON array (application/json) or CSV (text/csv)".into(),
             ))
         }
     };
-    if rows.len() > app.limits.max_bulk_rows {
-        return Err(ApiError::TooManyRows {
-            rows: rows.len(),
-            limit: app.limits.max_bulk_rows,
-        });
-    }
     if rows.is_empty() {
         return Err(ApiError::BadRequest("there are no rows".into()));
     }
-    let inserted = ingest(&app, &caller.organization_id, rows).await?.len();
+    let inserted = app.ingest.write(&caller.organization_id, rows).await?.len();
     Ok((StatusCode::CREATED, Json(BulkResult { inserted })))
 }
 
-/// A write this large refreshes the query planner's statistics (in the background).
-const ANALYZE_AFTER_ROWS: usize = 10_000;
-
-/// Scores prices just written (or corrected) with the active anomaly model, against the history before
-/// their day, and stores each score with its price. A price is never refused for its score: when scoring
-/// fails it stays unscored, and the failure is logged. Off with --score-on-ingest false.
-async fn score(app: &AppState, org: &str, prices: &mut [Price]) {
-    if !app.score_on_ingest {
-        return;
-    }
-    let scores = match app
-        .predictor
-        .score_prices(&app.store, &app.repository, &app.data_dir, org, prices)
-        .await
-    {
-        Ok(Some(scores)) => scores,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::warn!(error = %e, prices = prices.len(), "anomaly scoring failed; prices stored unscored");
-            return;
-        }
-    };
-    let updates: Vec<_> = prices
-        .iter()
-        .zip(&scores)
-        .map(|(p, s)| (p.id.clone(), s.clone()))
-        .collect();
-    if let Err(e) = app.store.set_price_anomalies(org, &updates).await {
-        tracing::warn!(error = %e, "storing anomaly scores failed; prices stored unscored");
-        return;
-    }
-    for (p, s) in prices.iter_mut().zip(scores) {
-        p.anomaly = s;
-    }
-}
-
-/// Writes observations, scores them, evaluates the alert rules on them, and announces them to the
-/// organization's `/ws/prices` listeners.
-async fn ingest(app: &AppState, org: &str, rows: Vec<NewPrice>) -> Result<Vec<Price>, ApiError> {
-    let total = rows.len();
-    let written = app.store.insert_prices(org, rows).await.map_err(|e| {
-        match ApiError::store("price")(e) {
-            ApiError::InvalidRows { rows, .. } => ApiError::InvalidRows { rows, total },
-            e => e,
-        }
-    })?;
-    if written.len() >= ANALYZE_AFTER_ROWS {
-        let store = app.store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store.refresh_statistics().await {
-                tracing::warn!(error = %e, "refreshing the planner's statistics failed");
-            }
-        });
-    }
-    app.predictor
-        .history
-        .add(written.iter().map(|p| observation(org, p)));
-    let mut written = written;
-    score(app, org, &mut written).await;
-    crate::alerts::on_ingest(app, org, &written).await;
-    app.prices
-        .send(org, written.iter().map(|p| Arc::new(p.clone())));
-    Ok(written)
-}
-
 /// Rows of a CSV file: every row's problems are collected, so one answer names them all.
-fn from_csv(bytes: &Bytes, max_rows: usize) -> Result<Vec<NewPrice>, ApiError> {
+pub(crate) fn from_csv(
+    bytes: &Bytes,
+    max_rows: usize,
+    caps: csv_body::Caps,
+) -> Result<Vec<NewPrice>, ApiError> {
     let columns = Columns {
         allowed: CSV_COLUMNS,
         required: CSV_REQUIRED,
         numeric: &["price", "quantity"],
     };
     let (headers, mut reader) = csv_body::open(&bytes[..], &columns)?;
+    caps.check(headers.as_byte_record())?;
     let mut rows = Vec::new();
     let mut bad = Vec::new();
     for (i, record) in reader.records().enumerate() {
         if i >= max_rows {
-            return Err(ApiError::TooManyRows {
-                rows: i + 1 + reader.records().count(),
-                limit: max_rows,
-            });
+            return Err(ApiError::TooManyRows { limit: max_rows });
         }
         let errors = match record {
+            Ok(record) if caps.check(record.as_byte_record()).is_err() => {
+                FieldErrors::one("row", format!("a cell is longer than {} bytes (--csv-max-field-bytes), or the record longer than {} (--csv-max-record-bytes)", caps.field_bytes, caps.record_bytes))
+            }
             Ok(record) => match csv_body::record::<NewPrice>(&headers, &record, &columns) {
                 Ok(price) => match price.check() {
                     errors if errors.is_empty() => {
@@ -270,11 +220,7 @@ async fn get_price(
     caller: Auth<Viewer>,
     Path(id): Path<String>,
 ) -> Result<Json<Price>, ApiError> {
-    let price = app
-        .store
-        .price(&caller.organization_id, &id)
-        .await
-        .map_err(ApiError::store("price"))?;
+    let price = app.store.price(&caller.organization_id, &id).await?;
     Ok(Json(price))
 }
 
@@ -288,24 +234,11 @@ async fn update_price(
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<PricePatch>,
 ) -> Result<Json<Price>, ApiError> {
-    let org = &caller.organization_id;
-    let before = app
-        .store
-        .price(org, &id)
-        .await
-        .map_err(ApiError::store("price"))?;
-    let price = app
-        .store
-        .update_price(org, &id, patch)
-        .await
-        .map_err(ApiError::store("price"))?;
-    // The history follows the correction: the old price out, the new one in; and the score is redone.
-    app.predictor.history.remove(observation(org, &before));
-    app.predictor.history.add([observation(org, &price)]);
-    let mut price = [price];
-    score(&app, org, &mut price).await;
-    let [price] = price;
-    Ok(Json(price))
+    Ok(Json(
+        app.ingest
+            .correct(&caller.organization_id, &id, patch)
+            .await?,
+    ))
 }
 
 /// Delete an observation (analyst).
@@ -317,27 +250,6 @@ async fn delete_price(
     caller: Auth<Analyst>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let org = &caller.organization_id;
-    let before = app
-        .store
-        .price(org, &id)
-        .await
-        .map_err(ApiError::store("price"))?;
-    app.store
-        .delete_price(org, &id)
-        .await
-        .map_err(ApiError::store("price"))?;
-    app.predictor.history.remove(observation(org, &before));
+    app.ingest.delete(&caller.organization_id, &id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// An observation as the feature history keeps it.
-fn observation<'a>(org: &'a str, p: &'a Price) -> mercator_features::online::Observation<'a> {
-    mercator_features::online::Observation {
-        organization: org,
-        material: &p.material_id,
-        supplier: p.supplier_id.as_deref(),
-        observed_at_ms: p.time.timestamp_millis(),
-        price: p.price,
-    }
 }

@@ -5,7 +5,7 @@
 //! - `/ws/notifications`: events for the caller's organization: model events (a model loaded, unloaded,
 //!   activated, rolled back; models are shared, so every organization hears them) as
 //!   `{"type": "model", "action", "model", "before", "after", "at"}`; and alert events,
-//!   `{"type": "alert.fired", ...}` (see [`crate::alerts`]).
+//!   `{"type": "alert.fired", ...}` (see [`mercator_services::alerts`]).
 //!
 //! A listener too slow for a stream gets `{"type": "lagged", "missed": n}` and carries on with the newest.
 //!
@@ -21,7 +21,6 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
-use mercator_store::Price;
 use serde::Deserialize;
 use tokio::sync::broadcast::{self, error::RecvError};
 use utoipa::IntoParams;
@@ -34,72 +33,13 @@ use crate::auth::{Auth, Principal, Viewer};
 use crate::error::ApiError;
 use crate::AppState;
 
-/// An observation written, for its organization's listeners.
-pub type PriceEvent = Arc<Price>;
-
-/// Events a listener may fall behind by before it is told it lagged.
-pub const STREAM_CAPACITY: usize = 16_384;
-
-/// A notification (an alert event, a model event).
-pub type Notification = Arc<serde_json::Value>;
-
 /// The largest message a client may send on a stream (the streams take no commands; pings fit).
 pub const MAX_INCOMING_BYTES: usize = 4096;
 
 /// How often an open socket checks that its key still exists.
 pub const REVALIDATE_EVERY: Duration = Duration::from_secs(2);
 
-/// A broadcast channel per organization, made when its first listener arrives and dropped with its last.
-pub struct Fanout<T> {
-    channels: Mutex<HashMap<Arc<str>, broadcast::Sender<T>>>,
-}
-
-impl<T: Clone> Default for Fanout<T> {
-    fn default() -> Self {
-        Fanout {
-            channels: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-impl<T: Clone> Fanout<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, broadcast::Sender<T>>> {
-        self.channels.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn subscribe(&self, org: &str) -> broadcast::Receiver<T> {
-        let mut channels = self.lock();
-        match channels.get(org) {
-            Some(tx) => tx.subscribe(),
-            None => {
-                let (tx, rx) = broadcast::channel(STREAM_CAPACITY);
-                channels.insert(Arc::from(org), tx);
-                rx
-            }
-        }
-    }
-
-    /// To the organization's listeners, if it has any.
-    pub fn send(&self, org: &str, events: impl IntoIterator<Item = T>) {
-        let mut channels = self.lock();
-        let Some(tx) = channels.get(org) else {
-            return;
-        };
-        if tx.receiver_count() == 0 {
-            channels.remove(org);
-            return;
-        }
-        for event in events {
-            let _ = tx.send(event);
-        }
-    }
-
-    /// To every organization's listeners.
-    pub fn send_all(&self, event: T) {
-        let mut channels = self.lock();
-        channels.retain(|_, tx| tx.send(event.clone()).is_ok());
-    }
-}
+pub use mercator_services::events::{Fanout, Notification, PriceEvent};
 
 /// Open sockets by key, for --max-sockets-per-key.
 #[derive(Default)]
@@ -199,6 +139,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationQuery {
     /// The API key, for clients that cannot set headers on a WebSocket handshake.
@@ -226,6 +167,7 @@ async fn notification_stream(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// Only this material's observations.

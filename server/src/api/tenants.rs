@@ -26,6 +26,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrganization {
+    #[schema(pattern = r"[^\s\u0085]", max_length = 200)]
     pub name: String,
 }
 
@@ -39,6 +40,7 @@ pub struct CreatedOrganization {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
+    #[schema(pattern = r"[^\s\u0085]", max_length = 200)]
     pub name: String,
     pub role: Role,
 }
@@ -79,14 +81,10 @@ async fn create_organization(
 ) -> Result<(StatusCode, Json<CreatedOrganization>), ApiError> {
     name(&new.name)?;
     let store = &app.store;
-    let organization = store
-        .create_organization(new.name.trim(), false)
-        .await
-        .map_err(ApiError::store("organization"))?;
+    let organization = store.create_organization(new.name.trim(), false).await?;
     let (key, secret) = store
         .create_api_key(&organization.id, "admin", Role::Admin)
-        .await
-        .map_err(ApiError::store("organization"))?;
+        .await?;
     let target = ("organization", organization.id.as_str());
     audit::record(
         &app,
@@ -114,11 +112,7 @@ async fn list_organizations(
     State(app): State<AppState>,
     _: Auth<Owner>,
 ) -> Result<Json<List<Organization>>, ApiError> {
-    let items = app
-        .store
-        .list_organizations()
-        .await
-        .map_err(ApiError::store("organization"))?;
+    let items = app.store.list_organizations().await?;
     Ok(Json(List {
         total: items.len(),
         items,
@@ -138,8 +132,7 @@ async fn create_key(
     let (key, secret) = app
         .store
         .create_api_key(&caller.organization_id, new.name.trim(), new.role)
-        .await
-        .map_err(ApiError::store("API key"))?;
+        .await?;
     audit::record(
         &app,
         &caller,
@@ -159,11 +152,7 @@ async fn list_keys(
     State(app): State<AppState>,
     caller: Auth<Admin>,
 ) -> Result<Json<List<ApiKey>>, ApiError> {
-    let items = app
-        .store
-        .list_api_keys(&caller.organization_id)
-        .await
-        .map_err(ApiError::store("API key"))?;
+    let items = app.store.list_api_keys(&caller.organization_id).await?;
     Ok(Json(List {
         total: items.len(),
         items,
@@ -183,14 +172,10 @@ async fn delete_key(
     let org = &caller.organization_id;
     let before = store
         .list_api_keys(org)
-        .await
-        .map_err(ApiError::store("API key"))?
+        .await?
         .into_iter()
         .find(|k| k.id == id);
-    store
-        .delete_api_key(org, &id)
-        .await
-        .map_err(ApiError::store("API key"))?;
+    store.delete_api_key(org, &id).await?;
     app.keys.evict(&id);
     audit::record(
         &app,

@@ -14,11 +14,10 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use mercator_engine::{stats::StatsSnapshot, EngineError, Model};
+use mercator_engine::{stats::StatsSnapshot, Model};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::audit;
 use crate::auth::{Analyst, Auth, Owner, Viewer};
 use crate::error::{ApiError, V2Error};
 use crate::AppState;
@@ -98,43 +97,13 @@ async fn load_model(
     caller: Auth<Owner>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, V2Error> {
-    let before = served_versions(&app, &name);
-    let records = app
-        .store
-        .model_versions(Some(&name))
+    let changed = app
+        .registry
+        .load_model(&name)
         .await
-        .map_err(ApiError::store("model"))?;
-    let retired: std::collections::HashSet<u64> = records
-        .iter()
-        .filter(|r| r.state == mercator_store::VersionState::Retired)
-        .map(|r| r.version)
-        .collect();
-    let (repository, model) = (app.repository.clone(), name.clone());
-    let (source, data) = (app.models_source.clone(), app.data_dir.clone());
-    let imported = tokio::task::spawn_blocking(move || {
-        // New versions of the model in --models-dir join the served repository first (not retired ones).
-        let skip = |_: &str, v: u64| retired.contains(&v);
-        let imported = mercator_engine::import::import(&source, &data, Some(&model), &skip)?;
-        repository.load_model(&model).map(|()| imported)
-    })
-    .await
-    .map_err(|e| ApiError::from(EngineError::Runtime(e.to_string())))??;
-    crate::api::models::record_imports(&app.store, &app.data_dir, &imported).await;
-    remember_loaded(&app, &name).await?;
-    let after = served_versions(&app, &name);
-    audit::record(&app, &caller, "model.load", ("model", &name), before, after).await;
+        .map_err(ApiError::from)?;
+    crate::api::models::audited(&app, &caller, changed).await;
     Ok(Json(json!({})))
-}
-
-/// Records every served version of `name` as loaded, so a restart serves it again.
-async fn remember_loaded(app: &AppState, name: &str) -> Result<(), ApiError> {
-    for model in app.repository.versions(name).unwrap_or_default() {
-        app.store
-            .set_model_version_loaded(name, model.manifest().version, true)
-            .await
-            .map_err(ApiError::store("model"))?;
-    }
-    Ok(())
 }
 
 /// Stops serving a model; requests in flight finish, later ones get 404. Kept across restarts.
@@ -143,33 +112,13 @@ async fn unload_model(
     caller: Auth<Owner>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, V2Error> {
-    let before = served_versions(&app, &name);
-    let versions = app.repository.versions(&name)?;
-    app.repository.unload_model(&name)?;
-    for model in versions {
-        app.store
-            .set_model_version_loaded(&name, model.manifest().version, false)
-            .await
-            .map_err(ApiError::store("model"))?;
-    }
-    audit::record(
-        &app,
-        &caller,
-        "model.unload",
-        ("model", &name),
-        before,
-        None::<()>,
-    )
-    .await;
+    let changed = app
+        .registry
+        .unload_model(&name)
+        .await
+        .map_err(ApiError::from)?;
+    crate::api::models::audited(&app, &caller, changed).await;
     Ok(Json(json!({})))
-}
-
-/// The versions of a model being served, for the audit log (`None`: not served).
-fn served_versions(app: &AppState, name: &str) -> Option<serde_json::Value> {
-    let versions = app.repository.versions(name).ok()?;
-    Some(
-        json!({ "served_versions": versions.iter().map(|m| m.manifest().version).collect::<Vec<_>>() }),
-    )
 }
 
 async fn server_metadata(_: Auth<Viewer>) -> Json<serde_json::Value> {
@@ -320,10 +269,9 @@ async fn infer(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, V2Error> {
     let body = body.map_err(|e| match e {
-        BytesRejection::FailedToBufferBody(_) => ApiError::BodyTooLarge {
-            limit: app.limits.max_body_bytes,
-            flag: "--max-body-bytes",
-        },
+        BytesRejection::FailedToBufferBody(e) => {
+            ApiError::body(&e, app.limits.max_body_bytes, "--max-body-bytes")
+        }
         other => ApiError::BadRequest(other.body_text()),
     })?;
     let model = path.find(&app)?;
@@ -333,30 +281,7 @@ async fn infer(
         .timeout
         .map(|us| Instant::now() + Duration::from_micros(us));
     let wants = Wanted::from_request(&request, &model)?;
-    let mut offset = 0;
-    let mut inputs = Vec::with_capacity(request.inputs.len());
-    for input in request.inputs {
-        let bytes = match input.parameters.binary_data_size {
-            Some(n) => {
-                let chunk = binary.get(offset..offset + n).ok_or_else(|| {
-                    ApiError::BadRequest(format!(
-                        "input `{}`: binary_data_size {n} runs past the end of the body",
-                        input.name
-                    ))
-                })?;
-                offset += n;
-                Some(chunk)
-            }
-            None => None,
-        };
-        inputs.push(input.into_tensor(bytes)?);
-    }
-    if offset != binary.len() {
-        return Err(V2Error(ApiError::BadRequest(format!(
-            "the body has {} binary bytes after the JSON header, the inputs' binary_data_size add up to {offset}",
-            binary.len()
-        ))));
-    }
+    let inputs = tensors(request.inputs, binary)?;
     // A request that names no version is copied to the model's shadow, if it has one.
     let shadow = match path.version {
         None => app.repository.shadow(&path.model),
@@ -370,8 +295,47 @@ async fn infer(
     Ok(encode(&model, request.id, result, &wants)?)
 }
 
+/// The request's inputs as tensors: each from its JSON data, or from its `binary_data_size` bytes of the
+/// binary part, in order; the sizes must add up to the binary part exactly.
+pub(crate) fn tensors(
+    inputs: Vec<types::InputTensor>,
+    binary: &[u8],
+) -> Result<Vec<mercator_engine::Tensor>, ApiError> {
+    let mut offset = 0usize;
+    let mut tensors = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let bytes = match input.parameters.binary_data_size {
+            Some(n) => {
+                let chunk = offset
+                    .checked_add(n)
+                    .and_then(|end| binary.get(offset..end))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "input `{}`: binary_data_size {n} runs past the end of the body",
+                            input.name
+                        ))
+                    })?;
+                offset += n;
+                Some(chunk)
+            }
+            None => None,
+        };
+        tensors.push(input.into_tensor(bytes)?);
+    }
+    if offset != binary.len() {
+        return Err(ApiError::BadRequest(format!(
+            "the body has {} binary bytes after the JSON header, the inputs' binary_data_size add up to {offset}",
+            binary.len()
+        )));
+    }
+    Ok(tensors)
+}
+
 /// Splits the body into the JSON header and the binary tensor data that follows it.
-fn decode<'b>(headers: &HeaderMap, body: &'b Bytes) -> Result<(InferRequest, &'b [u8]), ApiError> {
+pub(crate) fn decode<'b>(
+    headers: &HeaderMap,
+    body: &'b Bytes,
+) -> Result<(InferRequest, &'b [u8]), ApiError> {
     let header_len = match headers.get(HEADER_LENGTH) {
         None => body.len(),
         Some(v) => v
@@ -464,7 +428,7 @@ fn encode(
         outputs: tensors,
     };
     let mut body =
-        serde_json::to_vec(&response).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        serde_json::to_vec(&response).map_err(|e| ApiError::internal("encoding the answer", e))?;
     let mut headers = HeaderMap::new();
     let timing = result.timing;
     headers.insert(
