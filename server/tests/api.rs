@@ -1258,7 +1258,62 @@ async fn the_openapi_document_covers_every_endpoint() {
             }
         }
     }
-    let docs = anonymous.get(s.url("/docs")).send().await.unwrap();
-    assert_eq!(docs.status(), 200);
-    assert!(docs.text().await.unwrap().contains("/openapi.json"));
+}
+
+/// `/docs` works offline: every file the page names (`src`, `href`) is on this server and loads from it,
+/// the start script reads this server's document, and nothing names another host.
+#[tokio::test]
+async fn the_api_reference_loads_every_file_from_the_server() {
+    let s = TestServer::api(Backend::Sqlite, |_| {}).await;
+    let anonymous = reqwest::Client::new();
+    let page = anonymous.get(s.url("/docs")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["cache-control"], "no-cache");
+    let page = page.text().await.unwrap();
+    let named: Vec<String> = page
+        .split(['"', '\''])
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0].ends_with("src=") || w[0].ends_with("href="))
+        .map(|w| w[1].to_string())
+        .collect();
+    assert!(named.len() >= 4, "{named:?} in {page}");
+    for path in &named {
+        assert!(path.starts_with('/'), "{path} is not on this server");
+        let r = anonymous.get(s.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let kind = r.headers()["content-type"].to_str().unwrap().to_string();
+        let cache = r.headers()["cache-control"].to_str().unwrap().to_string();
+        let body = r.bytes().await.unwrap();
+        match path.rsplit('.').next().unwrap() {
+            "js" => {
+                assert!(kind.starts_with("text/javascript"), "{path}: {kind}");
+                let text = String::from_utf8(body.to_vec()).unwrap();
+                if path.contains("/assets/") {
+                    assert!(text.contains("SwaggerUIBundle"), "{path}");
+                    assert!(body.len() > 1_000_000, "{path}: {} bytes", body.len());
+                } else {
+                    assert!(text.contains("\"/openapi.json\""), "{text}");
+                    assert!(text.contains("validatorUrl: null"), "{text}");
+                }
+            }
+            "css" => assert!(
+                kind.starts_with("text/css") && body.len() > 100_000,
+                "{path}"
+            ),
+            "png" => assert_eq!(&body[1..4], b"PNG", "{path}"),
+            other => panic!("{path}: an unexpected kind of file ({other})"),
+        }
+        if path.contains("/assets/") {
+            assert_eq!(cache, "public, max-age=31536000, immutable", "{path}");
+        } else {
+            assert_eq!(cache, "no-cache", "{path}");
+        }
+    }
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "{page}"
+    );
+    let document = anonymous.get(s.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(document.status(), 200);
 }

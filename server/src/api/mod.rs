@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod audit;
 pub mod batch;
 pub mod catalog;
+pub mod docs;
 pub mod extract;
 pub mod models;
 pub mod openapi;

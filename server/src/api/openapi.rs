@@ -1,8 +1,7 @@
 //! The OpenAPI 3 document, generated from the handlers' annotations (utoipa): `/openapi.json`, and
-//! interactive docs at `/docs`. A route is registered and documented in the same `routes!` call, so the
+//! interactive docs at `/docs` (`docs.rs`). A route is registered and documented in the same `routes!` call, so the
 //! two cannot drift.
 
-use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -254,7 +253,7 @@ impl Modify for Keys {
     }
 }
 
-/// The documented routes, and `/openapi.json` and `/docs` serving their document.
+/// The documented routes, `/openapi.json` serving their document, and `/docs` showing it.
 pub fn router() -> Router<AppState> {
     let (router, mut doc) = utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(super::routes())
@@ -275,7 +274,7 @@ pub fn router() -> Router<AppState> {
                 }
             }),
         )
-        .route("/docs", get(|| async { Html(DOCS) }))
+        .merge(super::docs::router())
 }
 
 /// The whole document, for tests and tools.
@@ -286,19 +285,3 @@ pub fn document() -> Document {
     Upgrades.modify(&mut doc);
     doc
 }
-
-/// Interactive docs: Scalar's API reference reading `/openapi.json` (its script comes from a CDN, so
-/// the browser needs the internet; the document itself does not).
-const DOCS: &str = r#"<!doctype html>
-<html>
-  <head>
-    <title>Mercator API</title>
-    <meta charset="utf-8" />
-    <meta name="viewport" content="width=device-width, initial-scale=1" />
-  </head>
-  <body>
-    <script id="api-reference" data-url="/openapi.json"></script>
-    <script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference@1"></script>
-  </body>
-</html>
-"#;
