@@ -4,11 +4,15 @@ ARGS ?=
 
 FUZZ_SECS ?= 60
 
-.PHONY: conformance fuzz run build runtime test lint bench bench-load bench-predictions bench-store bench-batch train fmt
+.PHONY: conformance demo fuzz run build runtime test lint bench bench-load bench-predictions bench-store bench-batch train fmt
 
 ## Serve the shipped models on 127.0.0.1:8000 (flags: make run ARGS="--addr 0.0.0.0:8000").
 run: build
 	$(CARGO) run --release --quiet --bin mercator -- serve $(ARGS)
+
+## `make run` with the demo organization loaded (once) from the fixture: what to try is printed on start.
+demo: build
+	$(CARGO) run --release --quiet --bin mercator -- serve --demo $(ARGS)
 
 ## Build target/release/mercator.
 build: runtime

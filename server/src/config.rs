@@ -115,6 +115,11 @@ pub struct ServeArgs {
     /// receivers). Off, such URLs are refused at rule creation and never connected to [default: false].
     #[arg(long, env = "MERCATOR_WEBHOOK_ALLOW_PRIVATE")]
     pub webhook_allow_private: Option<bool>,
+    /// Load the demo organization on start (materials, suppliers and two years of prices, moved to end
+    /// yesterday, with an analyst key in `<data-dir>/demo.key`); loads nothing a second time
+    /// [default: false].
+    #[arg(long, env = "MERCATOR_DEMO", num_args = 0..=1, default_missing_value = "true")]
+    pub demo: Option<bool>,
     /// Most WebSockets one API key may hold open at once; one more gets 429 [default: 16].
     #[arg(long, env = "MERCATOR_MAX_SOCKETS_PER_KEY")]
     pub max_sockets_per_key: Option<usize>,
@@ -217,6 +222,7 @@ pub struct Config {
     pub alert_max_age_days: u32,
     pub webhook_retry_ms: Vec<u64>,
     pub webhook_allow_private: bool,
+    pub demo: bool,
     pub metrics_key: Option<String>,
     pub max_sockets_per_key: usize,
     pub max_alert_rules: usize,
@@ -263,6 +269,7 @@ impl Default for Config {
                 5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000,
             ],
             webhook_allow_private: false,
+            demo: false,
             metrics_key: None,
             max_sockets_per_key: 16,
             max_alert_rules: 1000,
@@ -359,6 +366,7 @@ impl Config {
                 .webhook_allow_private
                 .or(file.webhook_allow_private)
                 .unwrap_or(d.webhook_allow_private),
+            demo: args.demo.or(file.demo).unwrap_or(d.demo),
             metrics_key: args.metrics_key.or(file.metrics_key),
             max_sockets_per_key: args
                 .max_sockets_per_key
@@ -520,6 +528,7 @@ impl std::fmt::Debug for Config {
             .field("alert_max_age_days", &self.alert_max_age_days)
             .field("webhook_retry_ms", &self.webhook_retry_ms)
             .field("webhook_allow_private", &self.webhook_allow_private)
+            .field("demo", &self.demo)
             .field("metrics_key", &self.metrics_key.as_ref().map(|_| "***"))
             .field("secret_key", &self.secret_key.as_ref().map(|_| "***"))
             .field("max_sockets_per_key", &self.max_sockets_per_key)

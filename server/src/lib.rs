@@ -135,6 +135,8 @@ impl AppState {
 pub struct App {
     pub state: AppState,
     pub config: Config,
+    /// The demo organization, when `--demo` loaded it.
+    pub demo: Option<mercator_services::demo::Loaded>,
 }
 
 impl App {
@@ -344,7 +346,15 @@ impl App {
             background::supervise("batch_janitor", move || janitor.clone().sweep());
             background::supervise("batch_runner", move || jobs.clone().run());
         }
-        Ok(App { state, config })
+        let demo = match config.demo {
+            true => Some(load_demo(&state, &config).await?),
+            false => None,
+        };
+        Ok(App {
+            state,
+            config,
+            demo,
+        })
     }
 
     pub fn router(&self) -> Router {
@@ -389,6 +399,26 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The demo organization, through the same services the API writes with.
+async fn load_demo(
+    state: &AppState,
+    config: &Config,
+) -> Result<mercator_services::demo::Loaded, String> {
+    let started = std::time::Instant::now();
+    let loaded = mercator_services::demo::load(
+        &state.store,
+        &state.catalog,
+        &state.ingest,
+        &config.data_dir,
+        config.clock.now().date_naive(),
+    )
+    .await
+    .map_err(|e| format!("--demo: {e}"))?;
+    tracing::info!(organization = %loaded.organization_id, prices_loaded = loaded.prices_loaded,
+        last_day = %loaded.last_day, seconds = started.elapsed().as_secs_f64(), "demo organization ready");
+    Ok(loaded)
 }
 
 /// The key that seals secrets at rest: `--secret-key`, else the one in `<data-dir>/secret.key` (made on

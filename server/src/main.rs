@@ -63,11 +63,41 @@ fn serve(args: mercator_server::config::ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {} (--addr): {e}", config.addr))?;
         let app = App::load(config).await?;
-        tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "ready");
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(%addr, "ready");
+        if let Some(demo) = &app.demo {
+            eprintln!("{}", demo_banner(demo, addr));
+        }
         app.serve(listener, shutdown_signal())
             .await
             .map_err(|e| e.to_string())
     })
+}
+
+/// What to try next, on the terminal (not in the structured log: it holds a key).
+fn demo_banner(demo: &mercator_services::demo::Loaded, addr: std::net::SocketAddr) -> String {
+    let loaded = match demo.prices_loaded {
+        0 => "already loaded".to_string(),
+        n => format!("{n} prices loaded now"),
+    };
+    let try_it = r#"
+    export MERCATOR=http://ADDR KEY=$(cat FILE)
+    MATERIAL=$(curl -fsS "$MERCATOR/api/v1/materials?q=ALU-001" -H "authorization: Bearer $KEY" | jq -r '.items[0].id')
+    curl -fsS "$MERCATOR/api/v1/predictions/price" -H "authorization: Bearer $KEY" \
+      --json '{"material_id": "'"$MATERIAL"'", "quantity": 500}'
+"#
+    .replace("ADDR", &addr.to_string())
+    .replace("FILE", &demo.key_file.display().to_string());
+    format!(
+        "\n  The demo organization is ready ({loaded}): {} materials, {} suppliers, prices up to {}.\n  \
+         Its analyst key, also in {}:\n\n    {}\n\n  Try:\n{try_it}\n  More in the README (\"Try it in five \
+         minutes\"); the API reference is at http://{addr}/docs\n",
+        demo.materials,
+        demo.suppliers,
+        demo.last_day,
+        demo.key_file.display(),
+        demo.key,
+    )
 }
 
 async fn shutdown_signal() {

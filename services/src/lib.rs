@@ -10,6 +10,7 @@
 //!   open announced on the notification stream and to webhooks (the dispatcher, its egress guard).
 //! - [`catalog`]: materials and suppliers, one generic for both, the prediction caches kept in step.
 //! - [`clock`]: the time the domain judges by, which tests move forward.
+//! - [`demo`]: the demo organization, loaded from the fixture the shipped models were trained on.
 //! - [`events`]: price and notification streams, one channel per organization.
 //! - [`ingest`]: price observations written, folded into the history, scored, judged and announced.
 //! - [`jobs`]: batch predictions: one intake for every body, answered inline or run as a job (runner,
@@ -21,6 +22,7 @@
 pub mod alerts;
 pub mod catalog;
 pub mod clock;
+pub mod demo;
 pub mod events;
 pub mod ingest;
 pub mod input;
