@@ -197,7 +197,7 @@ pub struct VersionDetail {
     #[serde(flatten)]
     pub served: VersionView,
     /// The manifest (model.toml, as JSON), while the version's folder is there.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub manifest: Option<serde_json::Value>,
     /// When and by whom it was registered.
     pub registered: Option<VersionRecord>,
