@@ -15,7 +15,9 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
-use mercator_store::{ApiKey, Role, Store};
+use chrono::{DateTime, Utc};
+use mercator_services::clock::Clock;
+use mercator_store::{ApiKey, KeyScope, Role, Store};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
@@ -29,6 +31,17 @@ pub struct Principal {
     pub role: Role,
     /// An admin of the platform organization: may create and list organizations.
     pub owner: bool,
+    /// The scopes its key may use; None: every scope its role allows.
+    pub scopes: Option<Vec<KeyScope>>,
+    /// When its key stops working.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl Principal {
+    /// Whether it may call a route of `scope`.
+    pub fn allows(&self, scope: KeyScope) -> bool {
+        self.scopes.as_ref().is_none_or(|s| s.contains(&scope))
+    }
 }
 
 /// A role a handler requires, as a type.
@@ -81,18 +94,48 @@ impl<R: Requirement> FromRequestParts<AppState> for Auth<R> {
             Ok(key) => app.keys.verify(key).await,
             Err(e) => Err(e),
         };
+        let scope = scope_of(&parts.method, parts.uri.path());
         verified
-            .and_then(|principal| allow::<R>(&principal).map(|()| principal))
+            .and_then(|principal| allow::<R>(&principal, scope).map(|()| principal))
             .map(|principal| Auth(principal, PhantomData))
             .map_err(|e| e.for_path(parts.uri.path()))
     }
 }
 
-fn allow<R: Requirement>(principal: &Principal) -> Result<(), ApiError> {
+fn allow<R: Requirement>(principal: &Principal, scope: KeyScope) -> Result<(), ApiError> {
     if principal.role < R::ROLE || (R::OWNER && !principal.owner) {
         return Err(ApiError::Forbidden(R::NAME));
     }
+    if !principal.allows(scope) {
+        return Err(ApiError::InsufficientScope(scope.as_str()));
+    }
     Ok(())
+}
+
+/// The scope a route needs, by what it is: the model registry (and Triton's repository extension) is
+/// `models`; predictions, analytics, batch jobs and V2 inference `predict`; keys, organizations and the
+/// audit log `admin`; anything else `read` to read and `write` to change.
+pub fn scope_of(method: &axum::http::Method, path: &str) -> KeyScope {
+    let under = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    if under("/api/v1/models") || under("/v2/repository") {
+        KeyScope::Models
+    } else if under("/api/v1/predictions")
+        || under("/api/v1/analytics")
+        || under("/ws/predictions")
+        || (path.starts_with("/v2/models/") && path.ends_with("/infer"))
+    {
+        KeyScope::Predict
+    } else if under("/api/v1/api-keys") || under("/api/v1/organizations") || under("/api/v1/audit")
+    {
+        KeyScope::Admin
+    } else if matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD) {
+        KeyScope::Read
+    } else {
+        KeyScope::Write
+    }
 }
 
 /// The key in the request: a header, or on the WebSocket routes (`/ws/...`, whose browser clients cannot
@@ -128,37 +171,67 @@ fn from_headers(headers: &HeaderMap) -> Option<&str> {
 pub struct Keys {
     store: Store,
     ttl: Duration,
+    clock: Arc<Clock>,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
     invalid: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Keys used since usage was last written: key id -> when.
+    used: Mutex<HashMap<String, DateTime<Utc>>>,
 }
+
+/// A key's use is marked at most this often (and so written at most this often).
+pub const USAGE_EVERY: Duration = Duration::from_secs(60);
 
 /// How long a key found invalid is answered 401 from memory. Keys are random secrets made by the server,
 /// so a key that was invalid a moment ago can only become valid as a configured MERCATOR_ADMIN_KEY at
 /// the next start.
 pub const INVALID_KEY_TTL: Duration = Duration::from_secs(10);
 
-/// A verified key's principal and when it was verified.
-type Cached = (Arc<Principal>, Instant);
+/// A verified key's principal, when it was verified, and when its use was last marked.
+struct Cached {
+    principal: Arc<Principal>,
+    verified: Instant,
+    marked: Option<Instant>,
+}
 
 /// Past this many cached keys the cache starts over (it holds verified keys only, so this is a bound on
 /// memory, not a defence).
 const MAX_CACHED_KEYS: usize = 10_000;
 
 impl Keys {
-    pub fn new(store: Store, ttl: Duration) -> Keys {
+    pub fn new(store: Store, ttl: Duration, clock: Arc<Clock>) -> Keys {
         Keys {
             store,
             ttl,
+            clock,
             cache: Mutex::new(HashMap::new()),
             invalid: Mutex::new(HashMap::new()),
+            used: Mutex::new(HashMap::new()),
         }
     }
 
+    /// The caller a key names, if it is a key that works now: its use is marked (at most once a minute).
     pub async fn verify(&self, presented: &str) -> Result<Arc<Principal>, ApiError> {
+        let principal = self.principal_of(presented).await?;
+        let now = self.clock.now();
+        if let Some(end) = principal.expires_at.filter(|end| now >= *end) {
+            return Err(ApiError::KeyExpired(end));
+        }
+        Ok(principal)
+    }
+
+    async fn principal_of(&self, presented: &str) -> Result<Arc<Principal>, ApiError> {
+        // A typed key whose checksum does not match is no key: no hashing, no lookup.
+        if !mercator_store::plausible_key(presented) {
+            return Err(ApiError::InvalidKey);
+        }
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        if let Some((principal, at)) = self.cache.lock().expect("key cache").get(&digest) {
-            if at.elapsed() < self.ttl {
-                return Ok(principal.clone());
+        if let Some(cached) = self.cache.lock().expect("key cache").get_mut(&digest) {
+            if cached.verified.elapsed() < self.ttl {
+                if cached.marked.is_none_or(|at| at.elapsed() >= USAGE_EVERY) {
+                    cached.marked = Some(Instant::now());
+                    self.mark_used(&cached.principal.key_id);
+                }
+                return Ok(cached.principal.clone());
             }
         }
         let now = Instant::now();
@@ -189,12 +262,54 @@ impl Keys {
             return Err(ApiError::InvalidKey);
         };
         let principal = Arc::new(self.principal(key).await?);
+        self.mark_used(&principal.key_id);
         let mut cache = self.cache.lock().expect("key cache");
         if cache.len() >= MAX_CACHED_KEYS {
             cache.clear();
         }
-        cache.insert(digest, (principal.clone(), Instant::now()));
+        let now = Instant::now();
+        cache.insert(
+            digest,
+            Cached {
+                principal: principal.clone(),
+                verified: now,
+                marked: Some(now),
+            },
+        );
         Ok(principal)
+    }
+
+    fn mark_used(&self, key_id: &str) {
+        let now = self.clock.now();
+        self.used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key_id.to_string(), now);
+    }
+
+    /// Writes the keys' uses marked since the last time (a failure is logged; those uses are marked again
+    /// the next minute they happen).
+    pub async fn flush_usage(&self) {
+        let used: Vec<(String, DateTime<Utc>)> =
+            std::mem::take(&mut *self.used.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .collect();
+        if used.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.touch_api_keys(&used).await {
+            tracing::warn!(error = %e, keys = used.len(), "writing API keys' last use failed");
+        }
+    }
+
+    /// Writes usage every `every`, until the process ends.
+    pub async fn write_usage(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.flush_usage().await;
+        }
     }
 
     async fn principal(&self, key: ApiKey) -> Result<Principal, ApiError> {
@@ -208,7 +323,14 @@ impl Keys {
             key_id: key.id,
             organization_id: key.organization_id,
             role: key.role,
+            scopes: key.scopes,
+            expires_at: key.expires_at,
         })
+    }
+
+    /// The time keys are judged by.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
     }
 
     /// Forgets a deleted key at once.
@@ -216,7 +338,7 @@ impl Keys {
         self.cache
             .lock()
             .expect("key cache")
-            .retain(|_, (p, _)| p.key_id != key_id);
+            .retain(|_, cached| cached.principal.key_id != key_id);
     }
 }
 
@@ -258,7 +380,10 @@ pub async fn bootstrap(store: &Store, admin_key: Option<&str>) -> Result<(), Str
         }
         None if store.count_api_keys().await.map_err(e)? == 0 => {
             let (_, secret) = store
-                .create_api_key(&platform.id, "admin (first start)", Role::Admin)
+                .create_api_key(
+                    &platform.id,
+                    &mercator_store::KeySpec::unrestricted("admin (first start)", Role::Admin),
+                )
                 .await
                 .map_err(e)?;
             // Shown once, on the terminal, not in the structured log.
@@ -283,7 +408,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("keys.db").display());
         let store = Store::connect(&url).await.unwrap();
-        let keys = Keys::new(store.clone(), Duration::from_secs(30));
+        let keys = Keys::new(store.clone(), Duration::from_secs(30), Arc::default());
         let bad = "mk_not_a_key_0123456789abcdef";
         assert!(matches!(keys.verify(bad).await, Err(ApiError::InvalidKey)));
         store.close().await;
@@ -292,5 +417,55 @@ mod tests {
             keys.verify("mk_another_bad_key_0123456789").await,
             Err(ApiError::Store(_))
         ));
+        // A typed key whose checksum fails never reaches the (closed) store.
+        let mut typo = mercator_store::generate_key();
+        typo.pop();
+        typo.push('!');
+        assert!(matches!(
+            keys.verify(&typo).await,
+            Err(ApiError::InvalidKey)
+        ));
+    }
+
+    #[test]
+    fn routes_need_the_scope_of_what_they_are() {
+        use axum::http::Method;
+        let cases = [
+            (Method::POST, "/api/v1/predictions/price", KeyScope::Predict),
+            (
+                Method::GET,
+                "/api/v1/predictions/batch/bat_1",
+                KeyScope::Predict,
+            ),
+            (
+                Method::POST,
+                "/api/v1/analytics/forecast",
+                KeyScope::Predict,
+            ),
+            (
+                Method::POST,
+                "/v2/models/price/versions/2/infer",
+                KeyScope::Predict,
+            ),
+            (Method::GET, "/ws/predictions/bat_1", KeyScope::Predict),
+            (Method::GET, "/v2/models/price", KeyScope::Read),
+            (Method::GET, "/api/v1/materials", KeyScope::Read),
+            (Method::GET, "/ws/prices", KeyScope::Read),
+            (Method::POST, "/api/v1/prices/bulk", KeyScope::Write),
+            (Method::DELETE, "/api/v1/materials/x", KeyScope::Write),
+            (Method::POST, "/api/v1/api-keys", KeyScope::Admin),
+            (Method::GET, "/api/v1/audit", KeyScope::Admin),
+            (
+                Method::POST,
+                "/api/v1/models/price/rollback",
+                KeyScope::Models,
+            ),
+            (Method::GET, "/api/v1/models", KeyScope::Models),
+            (Method::POST, "/v2/repository/index", KeyScope::Models),
+            (Method::GET, "/api/v1/modelsx", KeyScope::Read),
+        ];
+        for (method, path, scope) in cases {
+            assert_eq!(scope_of(&method, path), scope, "{method} {path}");
+        }
     }
 }

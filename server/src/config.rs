@@ -83,6 +83,12 @@ pub struct ServeArgs {
     /// on another replica keeps working here at most this long) [default: 30].
     #[arg(long, env = "MERCATOR_KEY_CACHE_SECS")]
     pub key_cache_secs: Option<u64>,
+    /// Days until an API key made without `expires_at` stops working [default: 90].
+    #[arg(long, env = "MERCATOR_API_KEY_DEFAULT_TTL_DAYS")]
+    pub api_key_default_ttl_days: Option<u32>,
+    /// Most days from its making an API key may work (a later `expires_at` gets 400) [default: 366].
+    #[arg(long, env = "MERCATOR_API_KEY_MAX_TTL_DAYS")]
+    pub api_key_max_ttl_days: Option<u32>,
     /// Most rows in one bulk price write [default: 200000].
     #[arg(long, env = "MERCATOR_MAX_BULK_ROWS")]
     pub max_bulk_rows: Option<usize>,
@@ -214,6 +220,7 @@ pub struct Config {
     pub database_url: Option<String>,
     pub admin_key: Option<String>,
     pub key_cache: Duration,
+    pub api_keys: mercator_services::identity::KeyPolicy,
     pub max_bulk_rows: usize,
     pub max_bulk_body_bytes: usize,
     pub max_page_size: u32,
@@ -259,6 +266,10 @@ impl Default for Config {
             database_url: None,
             admin_key: None,
             key_cache: Duration::from_secs(30),
+            api_keys: mercator_services::identity::KeyPolicy {
+                default_ttl: chrono::Duration::days(90),
+                max_ttl: chrono::Duration::days(366),
+            },
             max_bulk_rows: 200_000,
             max_bulk_body_bytes: 64 * 1024 * 1024,
             max_page_size: 1000,
@@ -334,6 +345,16 @@ impl Config {
                 .or(file.key_cache_secs)
                 .map(bounded_secs)
                 .unwrap_or(d.key_cache),
+            api_keys: mercator_services::identity::KeyPolicy {
+                default_ttl: args
+                    .api_key_default_ttl_days
+                    .or(file.api_key_default_ttl_days)
+                    .map_or(d.api_keys.default_ttl, days),
+                max_ttl: args
+                    .api_key_max_ttl_days
+                    .or(file.api_key_max_ttl_days)
+                    .map_or(d.api_keys.max_ttl, days),
+            },
             max_bulk_rows: args
                 .max_bulk_rows
                 .or(file.max_bulk_rows)
@@ -481,6 +502,11 @@ impl Config {
 }
 
 /// A timeout flag in seconds (at least one), or its default.
+/// A number of days, at least one and at most ten years.
+fn days(n: u32) -> chrono::Duration {
+    chrono::Duration::days(i64::from(n.clamp(1, 3650)))
+}
+
 fn secs(flag: Option<u64>, default: Duration) -> Duration {
     flag.map_or(default, |s| bounded_secs(s.max(1)))
 }
@@ -544,6 +570,7 @@ impl std::fmt::Debug for Config {
             )
             .field("connections", &self.connections)
             .field("key_cache", &self.key_cache)
+            .field("api_keys", &self.api_keys)
             .field("drain_timeout", &self.drain_timeout)
             .field("ort_lib", &self.ort_lib)
             .finish()

@@ -58,6 +58,10 @@ pub enum ApiError {
     InvalidKey,
     #[error("this needs the {0} role")]
     Forbidden(&'static str),
+    #[error("the API key expired at {0}")]
+    KeyExpired(mercator_store::Time),
+    #[error("the API key's scopes do not include `{0}`, which this route needs")]
+    InsufficientScope(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -112,6 +116,17 @@ impl From<mercator_services::alerts::RuleError> for ApiError {
             RuleError::Invalid { message, details } => ApiError::Validation { message, details },
             RuleError::Conflict(message) => ApiError::Conflict(message),
             RuleError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// A key refused: its field, or the store's answer.
+impl From<mercator_services::identity::KeyError> for ApiError {
+    fn from(e: mercator_services::identity::KeyError) -> ApiError {
+        use mercator_services::identity::KeyError;
+        match e {
+            KeyError::Invalid { message, details } => ApiError::Validation { message, details },
+            KeyError::Store(e) => e.into(),
         }
     }
 }
@@ -224,6 +239,8 @@ impl ApiError {
             ApiError::TooManyHeavyRequests { .. } => "too_many_heavy_requests",
             ApiError::MissingKey | ApiError::InvalidKey => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::KeyExpired(_) => "key_expired",
+            ApiError::InsufficientScope(_) => "insufficient_scope",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::RouteNotFound(_) => "route_not_found",
@@ -302,8 +319,8 @@ pub fn status(code: &str) -> StatusCode {
         "bad_request" | "validation_error" | "invalid_input" | "invalid_request" => {
             StatusCode::BAD_REQUEST
         }
-        "unauthorized" => StatusCode::UNAUTHORIZED,
-        "forbidden" => StatusCode::FORBIDDEN,
+        "unauthorized" | "key_expired" => StatusCode::UNAUTHORIZED,
+        "forbidden" | "insufficient_scope" => StatusCode::FORBIDDEN,
         "not_found" | "route_not_found" | "model_not_found" | "version_not_found" => {
             StatusCode::NOT_FOUND
         }
@@ -609,6 +626,24 @@ mod tests {
             (BatchError::BodyTimeout.into(), 408, "body_timeout"),
             (ApiError::Draining, 503, "shutting_down"),
             (ApiError::MissingKey, 401, "unauthorized"),
+            (
+                ApiError::KeyExpired(chrono::DateTime::UNIX_EPOCH),
+                401,
+                "key_expired",
+            ),
+            (
+                ApiError::InsufficientScope("write"),
+                403,
+                "insufficient_scope",
+            ),
+            (
+                mercator_services::identity::KeyError::Store(mercator_store::StoreError::NotFound(
+                    "organization",
+                ))
+                .into(),
+                404,
+                "not_found",
+            ),
         ];
         for (error, status, code) in cases {
             let (got_status, got_code) = error.status_and_code();

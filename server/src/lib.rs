@@ -85,6 +85,8 @@ pub struct Shared {
     pub limits: Limits,
     pub store: Store,
     pub keys: Arc<Keys>,
+    /// API keys made under the policy (scopes, an end).
+    pub api_keys: Arc<mercator_services::identity::ApiKeys>,
     /// Price observations as they are written, for `/ws/prices`.
     pub prices: Arc<Fanout<PriceEvent>>,
     /// Shadow traffic's figures.
@@ -302,6 +304,17 @@ impl App {
             notifications.clone(),
         ));
         let catalog = Arc::new(Catalog::new(store.clone(), predictions.clone()));
+        let keys = Arc::new(Keys::new(
+            store.clone(),
+            config.key_cache,
+            config.clock.clone(),
+        ));
+        {
+            let keys = keys.clone();
+            background::supervise("key_usage", move || {
+                keys.clone().write_usage(auth::USAGE_EVERY)
+            });
+        }
         let state = AppState(Arc::new(Shared {
             catalog,
             registry,
@@ -329,7 +342,12 @@ impl App {
                 body_read_timeout: config.connections.body_read_timeout,
                 csv: config.batch.csv,
             },
-            keys: Arc::new(Keys::new(store.clone(), config.key_cache)),
+            keys: keys.clone(),
+            api_keys: Arc::new(mercator_services::identity::ApiKeys::new(
+                store.clone(),
+                config.api_keys,
+                config.clock.clone(),
+            )),
             store,
             prices: price_events,
             notifications,

@@ -200,7 +200,9 @@ async fn keys_roles_and_organizations(backend: Backend) {
     for k in body["items"].as_array().unwrap() {
         assert_eq!(k["organization_id"], acme.as_str());
         assert!(
-            k.get("secret").is_none() && k["prefix"].as_str().unwrap().len() == 12,
+            k.get("secret").is_none()
+                && k["prefix"].as_str().unwrap().starts_with("mk_live_")
+                && k["prefix"].as_str().unwrap().len() == 16,
             "{k}"
         );
     }
@@ -1059,6 +1061,146 @@ async fn admin_changes_are_audited_per_organization(backend: Backend) {
     assert_eq!((status, code(&body)), (403, "forbidden"));
 }
 
+/// Keys are typed and checksummed, may be narrowed to scopes, end (by default after 90 days, never past
+/// the limit), and say when they were last used.
+async fn keys_have_scopes_an_end_and_a_last_use(backend: Backend) {
+    let clock = std::sync::Arc::new(mercator_services::clock::Clock::default());
+    let shared = clock.clone();
+    let s = TestServer::api(backend, move |c| c.clock = shared).await;
+    let (_, admin) = organization(&s, "Scoped").await;
+    let make = |body: Value| {
+        let (s, admin) = (&s, &admin);
+        async move { call(s, admin, Method::POST, "/api/v1/api-keys", Some(&body)).await }
+    };
+
+    // Made without an end: 90 days; typed and checksummed; a typo is refused.
+    let (status, plain) = make(json!({"name": "plain", "role": "analyst"})).await;
+    assert_eq!(status, 201, "{plain}");
+    let secret = plain["secret"].as_str().unwrap();
+    assert!(
+        secret.starts_with("mk_live_") && secret.len() == 44,
+        "{secret}"
+    );
+    assert!(secret.starts_with(plain["prefix"].as_str().unwrap()));
+    let end = chrono::DateTime::parse_from_rfc3339(plain["expires_at"].as_str().unwrap()).unwrap();
+    let days = (end.with_timezone(&chrono::Utc) - clock.now()).num_hours() as f64 / 24.0;
+    assert!((89.9..=90.0).contains(&days), "{days} days");
+    assert!(
+        plain["scopes"].is_null() && plain["last_used_at"].is_null(),
+        "{plain}"
+    );
+    let mut typo = secret.to_string();
+    let last = typo.pop().unwrap();
+    typo.push(if last == 'a' { 'b' } else { 'a' });
+    let (status, body) = call(
+        &s,
+        &client_with(&typo),
+        Method::GET,
+        "/api/v1/materials",
+        None,
+    )
+    .await;
+    assert_eq!((status, code(&body)), (401, "unauthorized"));
+
+    // Ends out of bounds are refused naming the field.
+    for end in [
+        (clock.now() + chrono::Duration::days(367)).to_rfc3339(),
+        (clock.now() - chrono::Duration::seconds(5)).to_rfc3339(),
+    ] {
+        let (status, body) = make(json!({"name": "x", "role": "viewer", "expires_at": end})).await;
+        assert_eq!((status, code(&body)), (400, "validation_error"), "{body}");
+        assert!(body["error"]["details"]["expires_at"].is_array(), "{body}");
+    }
+    let (status, body) = make(json!({"name": "x", "role": "viewer", "scopes": []})).await;
+    assert_eq!((status, code(&body)), (400, "validation_error"), "{body}");
+    let (status, body) = make(json!({"name": "x", "role": "viewer", "scopes": ["all"]})).await;
+    assert_eq!(status, 400, "{body}");
+
+    // A read-only admin key reads, but neither writes, predicts nor manages keys.
+    let (status, reader) =
+        make(json!({"name": "reader", "role": "admin", "scopes": ["read"]})).await;
+    assert_eq!(status, 201, "{reader}");
+    assert_eq!(reader["scopes"], json!(["read"]));
+    let reader = client_with(reader["secret"].as_str().unwrap());
+    let (status, _) = call(&s, &reader, Method::GET, "/api/v1/materials", None).await;
+    assert_eq!(status, 200);
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/api/v1/materials",
+            Some(material("M-1", "steel")),
+        ),
+        (Method::GET, "/api/v1/predictions/batch", None),
+        (Method::GET, "/api/v1/api-keys", None),
+    ] {
+        let (status, answer) = call(&s, &reader, method, path, body.as_ref()).await;
+        assert_eq!(
+            (status, code(&answer)),
+            (403, "insufficient_scope"),
+            "{path}: {answer}"
+        );
+    }
+    // The role still bounds a key: predict and write scopes on a viewer give no write.
+    let (_, viewer) =
+        make(json!({"name": "v", "role": "viewer", "scopes": ["write", "predict"]})).await;
+    let viewer = client_with(viewer["secret"].as_str().unwrap());
+    let (status, body) = call(
+        &s,
+        &viewer,
+        Method::POST,
+        "/api/v1/materials",
+        Some(&material("M-2", "steel")),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (403, "forbidden"));
+
+    // An end an hour away works until the clock passes it, from the cache too.
+    let (status, brief) = make(json!({"name": "brief", "role": "analyst",
+        "expires_at": (clock.now() + chrono::Duration::hours(1)).to_rfc3339()}))
+    .await;
+    assert_eq!(status, 201, "{brief}");
+    let brief_id = brief["id"].as_str().unwrap().to_string();
+    let brief_secret = brief["secret"].as_str().unwrap().to_string();
+    let brief = client_with(&brief_secret);
+    let (status, _) = call(&s, &brief, Method::GET, "/api/v1/materials", None).await;
+    assert_eq!(status, 200);
+
+    // Use is recorded: listing writes what is pending first.
+    let (_, keys) = call(&s, &admin, Method::GET, "/api/v1/api-keys", None).await;
+    let used = keys["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == brief_id.as_str())
+        .unwrap()
+        .clone();
+    assert!(used["last_used_at"].is_string(), "{used}");
+
+    // A socket opened with it closes with 1008 once it ends.
+    let url = format!(
+        "{}/ws/prices?api_key={brief_secret}",
+        s.base.replace("http://", "ws://")
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    clock.advance(std::time::Duration::from_secs(3601));
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => return frame,
+                None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await
+    .expect("the socket closes within 5 s");
+    assert_eq!(u16::from(close.expect("a close frame").code), 1008);
+    let (status, body) = call(&s, &brief, Method::GET, "/api/v1/materials", None).await;
+    assert_eq!((status, code(&body)), (401, "key_expired"), "{body}");
+    let (status, _) = call(&s, &admin, Method::GET, "/api/v1/materials", None).await;
+    assert_eq!(status, 200, "the organization's first key has no end");
+}
+
 macro_rules! on_both {
     ($($story:ident),*) => {
         mod on_sqlite {
@@ -1078,6 +1220,7 @@ macro_rules! on_both {
 
 on_both!(
     keys_roles_and_organizations,
+    keys_have_scopes_an_end_and_a_last_use,
     materials_and_suppliers_crud_with_clear_errors,
     organizations_never_see_each_other,
     prices_bulk_all_or_nothing_and_range_queries,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{Days, NaiveDate};
 use mercator_store::{
-    ListParams, Material, MaterialFilter, NewMaterial, NewPrice, NewSupplier, PriceQuery,
+    KeySpec, ListParams, Material, MaterialFilter, NewMaterial, NewPrice, NewSupplier, PriceQuery,
     PriceType, Role, Store, StoreError, Supplier, SupplierFilter,
 };
 use serde::Deserialize;
@@ -286,7 +286,7 @@ async fn key(store: &Store, org: &str, data_dir: &Path) -> Result<(String, PathB
         }
     }
     let (_, secret) = store
-        .create_api_key(org, "demo analyst", Role::Analyst)
+        .create_api_key(org, &KeySpec::unrestricted("demo analyst", Role::Analyst))
         .await?;
     write_private(&path, &secret).map_err(io)?;
     Ok((secret, path))

@@ -47,9 +47,11 @@ pub use models::{ModelPolicy, TrafficPolicy, VersionRecord, VersionState};
 pub use prices::{
     NewPrice, Price, PriceAnomaly, PricePatch, PricePoint, PriceQuery, PriceType, Severity,
 };
-pub use tenants::{ApiKey, Organization, Role};
+pub use tenants::{
+    generate_key, plausible_key, ApiKey, KeyScope, KeySpec, Organization, Role, KEY_PREFIX,
+};
 pub use validate::{
-    opt_date, parse_date, parse_time, parse_time_param, FieldErrors, RowError, DATE_RANGE,
+    opt_date, opt_time, parse_date, parse_time, parse_time_param, FieldErrors, RowError, DATE_RANGE,
 };
 
 /// Times on the wire are RFC 3339 in UTC; in the database, milliseconds since the epoch.

@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 use subtle::ConstantTimeEq;
 
-use crate::{from_ms, new_id, now_ms, random_hex, sha256_hex, Result, Store, StoreError};
+use crate::{from_ms, new_id, now_ms, sha256_hex, Result, Store, StoreError};
 
 /// What a key may do; each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -37,6 +37,48 @@ impl Role {
             "admin" => Role::Admin,
             _ => return None,
         })
+    }
+}
+
+/// What kind of route a key may call, on top of its role (a key's effective rights are its role's narrowed
+/// to its scopes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum KeyScope {
+    /// Predictions, analytics, batch jobs and V2 inference.
+    Predict,
+    /// Reading anything else.
+    Read,
+    /// Writing the catalogue, prices and alert rules.
+    Write,
+    /// The organization's keys, organizations and the audit log.
+    Admin,
+    /// The model registry (its reads and changes) and Triton's repository extension.
+    Models,
+}
+
+impl KeyScope {
+    pub const ALL: [KeyScope; 5] = [
+        KeyScope::Predict,
+        KeyScope::Read,
+        KeyScope::Write,
+        KeyScope::Admin,
+        KeyScope::Models,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyScope::Predict => "predict",
+            KeyScope::Read => "read",
+            KeyScope::Write => "write",
+            KeyScope::Admin => "admin",
+            KeyScope::Models => "models",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KeyScope> {
+        KeyScope::ALL.into_iter().find(|scope| scope.as_str() == s)
     }
 }
 
@@ -71,7 +113,46 @@ pub struct ApiKey {
     pub prefix: String,
     pub name: String,
     pub role: Role,
+    /// The scopes it may use; null: every scope its role allows.
+    pub scopes: Option<Vec<KeyScope>>,
+    /// When it stops working; null: never (the operator's keys).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was last used (to the minute: usage is written at most once a minute).
+    pub last_used_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+}
+
+impl ApiKey {
+    /// Whether it still works at `now`.
+    pub fn active_at(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_none_or(|end| now < end)
+    }
+
+    /// Whether it may call a route of `scope`.
+    pub fn allows(&self, scope: KeyScope) -> bool {
+        self.scopes.as_ref().is_none_or(|s| s.contains(&scope))
+    }
+}
+
+/// A key to make: its name and role, and optionally narrower scopes and an end.
+#[derive(Debug, Clone)]
+pub struct KeySpec {
+    pub name: String,
+    pub role: Role,
+    pub scopes: Option<Vec<KeyScope>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl KeySpec {
+    /// A key of `role` with every scope, that never expires (the operator's and the demo's keys).
+    pub fn unrestricted(name: &str, role: Role) -> KeySpec {
+        KeySpec {
+            name: name.to_string(),
+            role,
+            scopes: None,
+            expires_at: None,
+        }
+    }
 }
 
 impl<'r> FromRow<'r, AnyRow> for ApiKey {
@@ -84,12 +165,28 @@ impl<'r> FromRow<'r, AnyRow> for ApiKey {
             name: row.try_get("name")?,
             role: Role::parse(&role)
                 .ok_or_else(|| sqlx::Error::Decode(format!("unknown role {role}").into()))?,
+            scopes: row
+                .try_get::<Option<String>, _>("scopes")?
+                .map(|text| {
+                    text.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(|s| {
+                            KeyScope::parse(s).ok_or_else(|| {
+                                sqlx::Error::Decode(format!("unknown scope {s}").into())
+                            })
+                        })
+                        .collect::<sqlx::Result<Vec<KeyScope>>>()
+                })
+                .transpose()?,
+            expires_at: row.try_get::<Option<i64>, _>("expires_at")?.map(from_ms),
+            last_used_at: row.try_get::<Option<i64>, _>("last_used_at")?.map(from_ms),
             created_at: from_ms(row.try_get("created_at")?),
         })
     }
 }
 
-const KEY_COLUMNS: &str = "id, organization_id, prefix, name, role, created_at";
+const KEY_COLUMNS: &str =
+    "id, organization_id, prefix, name, role, scopes, expires_at, last_used_at, created_at";
 
 impl Store {
     /// Creates a tenant. `platform`: its admins also manage organizations (only the first start's default
@@ -133,11 +230,10 @@ impl Store {
     pub async fn create_api_key(
         &self,
         organization_id: &str,
-        name: &str,
-        role: Role,
+        spec: &KeySpec,
     ) -> Result<(ApiKey, String)> {
-        let secret = format!("mk_{}_{}", random_hex(6), random_hex(24));
-        self.insert_api_key(organization_id, name, role, &secret)
+        let secret = generate_key();
+        self.insert_api_key(organization_id, spec, &secret)
             .await
             .map(|key| (key, secret))
     }
@@ -150,29 +246,37 @@ impl Store {
         role: Role,
         secret: &str,
     ) -> Result<ApiKey> {
-        self.insert_api_key(organization_id, name, role, secret)
+        self.insert_api_key(organization_id, &KeySpec::unrestricted(name, role), secret)
             .await
     }
 
     async fn insert_api_key(
         &self,
         organization_id: &str,
-        name: &str,
-        role: Role,
+        spec: &KeySpec,
         secret: &str,
     ) -> Result<ApiKey> {
         self.organization(organization_id).await?;
         let id = new_id();
+        let scopes = spec.scopes.as_ref().map(|scopes| {
+            scopes
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        });
         sqlx::query(
-            "INSERT INTO api_keys (id, organization_id, prefix, secret_sha256, name, role, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO api_keys (id, organization_id, prefix, secret_sha256, name, role, scopes, \
+             expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&id)
         .bind(organization_id)
         .bind(prefix_of(secret))
         .bind(sha256_hex(secret))
-        .bind(name)
-        .bind(role.as_str())
+        .bind(&spec.name)
+        .bind(spec.role.as_str())
+        .bind(scopes)
+        .bind(spec.expires_at.map(|t| t.timestamp_millis()))
         .bind(now_ms())
         .execute(&self.pool)
         .await
@@ -210,15 +314,37 @@ impl Store {
         .await?)
     }
 
-    /// Whether the organization's key `id` still exists (an open stream asks, to end when it is deleted).
-    pub async fn api_key_exists(&self, organization_id: &str, id: &str) -> Result<bool> {
-        let found: Option<String> =
-            sqlx::query_scalar("SELECT id FROM api_keys WHERE organization_id = $1 AND id = $2")
-                .bind(organization_id)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(found.is_some())
+    /// Whether the organization's key `id` still exists and has not expired at `now` (an open stream asks,
+    /// to end when it is deleted or expires).
+    pub async fn api_key_active(
+        &self,
+        organization_id: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let found: Option<Option<i64>> = sqlx::query_scalar(
+            "SELECT expires_at FROM api_keys WHERE organization_id = $1 AND id = $2",
+        )
+        .bind(organization_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some_and(|end| end.is_none_or(|end| now.timestamp_millis() < end)))
+    }
+
+    /// Records when keys were last used: (key id, when), one update each.
+    pub async fn touch_api_keys(&self, used: &[(String, DateTime<Utc>)]) -> Result<()> {
+        for (id, at) in used {
+            sqlx::query(
+                "UPDATE api_keys SET last_used_at = $1 WHERE id = $2 \
+                 AND (last_used_at IS NULL OR last_used_at < $1)",
+            )
+            .bind(at.timestamp_millis())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
     }
 
     /// Counts every key of every organization: zero only before the first start's bootstrap.
@@ -242,13 +368,98 @@ impl Store {
     }
 }
 
-/// A key's public, indexed part: its first 12 characters (`mk_` and 9 hex digits for generated keys).
+/// The type prefix of the keys Mercator makes: a leaked key is recognisable (secret scanners match it).
+pub const KEY_PREFIX: &str = "mk_live_";
+/// A made key: the type prefix, 30 base62 characters (178 bits) and 6 of CRC32 over the two.
+const KEY_RANDOM_CHARS: usize = 30;
+const KEY_CHECK_CHARS: usize = 6;
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A new key: `mk_live_`, random base62, then a checksum of what precedes it.
+pub fn generate_key() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let mut key = String::from(KEY_PREFIX);
+    key.extend((0..KEY_RANDOM_CHARS).map(|_| BASE62[rng.random_range(0..62)] as char));
+    let check = checksum(&key);
+    key.push_str(&check);
+    key
+}
+
+/// The base62 CRC32 of `text`, 6 characters.
+fn checksum(text: &str) -> String {
+    let mut n = crc32fast::hash(text.as_bytes());
+    let mut out = [b'0'; KEY_CHECK_CHARS];
+    for digit in out.iter_mut().rev() {
+        *digit = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    out.iter().map(|&b| b as char).collect()
+}
+
+/// Whether a presented key could be one: a key with Mercator's type prefix must have its length and a
+/// checksum that matches (else it is refused without a lookup). Keys in other forms (an operator's
+/// MERCATOR_ADMIN_KEY, keys made before the typed form) are looked up as they are.
+pub fn plausible_key(presented: &str) -> bool {
+    match presented.strip_prefix(KEY_PREFIX) {
+        Some(rest) if rest.len() == KEY_RANDOM_CHARS + KEY_CHECK_CHARS && rest.is_ascii() => {
+            let (body, check) = presented.split_at(presented.len() - KEY_CHECK_CHARS);
+            checksum(body) == check
+        }
+        Some(_) => false,
+        None => true,
+    }
+}
+
+/// A key's public, indexed part: for a typed key its prefix and 8 characters (`mk_live_` + 8), else the first
+/// 12 characters (`mk_` and 9 hex digits for the keys made before the typed form).
 fn prefix_of(secret: &str) -> &str {
+    let chars = if secret.starts_with(KEY_PREFIX) {
+        KEY_PREFIX.len() + 8
+    } else {
+        LEGACY_PREFIX_CHARS
+    };
     let end = secret
         .char_indices()
-        .nth(PREFIX_CHARS)
+        .nth(chars)
         .map_or(secret.len(), |(i, _)| i);
     &secret[..end]
 }
 
-const PREFIX_CHARS: usize = 12;
+const LEGACY_PREFIX_CHARS: usize = 12;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_keys_carry_their_type_and_a_checksum_that_catches_a_typo() {
+        let key = generate_key();
+        assert!(key.starts_with("mk_live_"), "{key}");
+        assert_eq!(key.len(), 8 + 30 + 6);
+        assert!(plausible_key(&key));
+        assert_eq!(prefix_of(&key), &key[..16]);
+        // One character changed anywhere after the prefix: the checksum no longer matches.
+        for at in KEY_PREFIX.len()..key.len() {
+            let mut typo: Vec<u8> = key.clone().into_bytes();
+            typo[at] = if typo[at] == b'a' { b'b' } else { b'a' };
+            let typo = String::from_utf8(typo).unwrap();
+            assert!(!plausible_key(&typo), "{typo}");
+        }
+        assert!(!plausible_key("mk_live_short"));
+        assert!(!plausible_key(&format!("{key}x")));
+        // Other forms are looked up as they are.
+        assert!(plausible_key(
+            "mk_testadmin_0123456789abcdef0123456789abcdef"
+        ));
+        assert_eq!(prefix_of("mk_0a1b2c_0123456789"), "mk_0a1b2c_01");
+    }
+
+    #[test]
+    fn scopes_read_back_as_written() {
+        for scope in KeyScope::ALL {
+            assert_eq!(KeyScope::parse(scope.as_str()), Some(scope));
+        }
+        assert_eq!(KeyScope::parse("everything"), None);
+    }
+}

@@ -161,6 +161,13 @@ pub(crate) fn time<'de, D: Deserializer<'de>>(d: D) -> Result<Time, D::Error> {
     })
 }
 
+/// serde: an optional time as `parse_time` reads it (use with `#[serde(default)]`).
+pub fn opt_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Time>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|text| time(serde::de::value::StringDeserializer::<D::Error>::new(text)))
+        .transpose()
+}
+
 /// serde: an optional date as `parse_date` reads it (use with `#[serde(default)]`).
 pub fn opt_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<chrono::NaiveDate>, D::Error> {
     Option::<String>::deserialize(d)?

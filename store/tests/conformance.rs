@@ -3,8 +3,9 @@
 //! it, so that every run applies the migrations from nothing.
 
 use mercator_store::{
-    ListParams, Material, MaterialFilter, MaterialPatch, NewMaterial, NewPrice, NewSupplier,
-    PriceAnomaly, PricePatch, PriceQuery, PriceType, Role, Severity, Store, StoreError, Supplier,
+    KeyScope, KeySpec, ListParams, Material, MaterialFilter, MaterialPatch, NewMaterial, NewPrice,
+    NewSupplier, PriceAnomaly, PricePatch, PriceQuery, PriceType, Role, Severity, Store,
+    StoreError, Supplier,
 };
 
 async fn sqlite() -> (Store, tempfile::TempDir) {
@@ -60,7 +61,7 @@ async fn keys_authenticate_by_secret_and_stay_in_their_organization(store: Store
     let acme = store.create_organization("Acme", false).await.unwrap();
     let other = store.create_organization("Other", false).await.unwrap();
     let (key, secret) = store
-        .create_api_key(&acme.id, "ci", Role::Analyst)
+        .create_api_key(&acme.id, &KeySpec::unrestricted("ci", Role::Analyst))
         .await
         .unwrap();
     assert!(
@@ -102,9 +103,64 @@ async fn keys_authenticate_by_secret_and_stay_in_their_organization(store: Store
         "a deleted key no longer works"
     );
     assert!(matches!(
-        store.create_api_key("no-such-org", "x", Role::Admin).await,
+        store
+            .create_api_key("no-such-org", &KeySpec::unrestricted("x", Role::Admin))
+            .await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+/// A key's scopes and end read back as made; it is active until its end; usage is recorded and never
+/// goes back.
+async fn keys_keep_their_scopes_end_and_last_use(store: Store) {
+    use chrono::{Duration, TimeZone, Utc};
+    let acme = store.create_organization("Acme", false).await.unwrap();
+    let end = Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap();
+    let spec = KeySpec {
+        name: "reader".into(),
+        role: Role::Analyst,
+        scopes: Some(vec![KeyScope::Predict, KeyScope::Read]),
+        expires_at: Some(end),
+    };
+    let (key, secret) = store.create_api_key(&acme.id, &spec).await.unwrap();
+    assert!(secret.starts_with("mk_live_") && mercator_store::plausible_key(&secret));
+    assert_eq!(key.scopes, Some(vec![KeyScope::Predict, KeyScope::Read]));
+    assert_eq!(key.expires_at, Some(end));
+    assert_eq!(key.last_used_at, None);
+    assert!(key.allows(KeyScope::Predict) && !key.allows(KeyScope::Write));
+    assert_eq!(
+        store.authenticate(&secret).await.unwrap(),
+        Some(key.clone())
+    );
+    let second = Duration::seconds(1);
+    assert!(store
+        .api_key_active(&acme.id, &key.id, end - second)
+        .await
+        .unwrap());
+    assert!(!store.api_key_active(&acme.id, &key.id, end).await.unwrap());
+    assert!(!store
+        .api_key_active("other", &key.id, end - second)
+        .await
+        .unwrap());
+
+    let used = Utc.with_ymd_and_hms(2029, 6, 1, 0, 0, 0).unwrap();
+    store
+        .touch_api_keys(&[(key.id.clone(), used), (key.id.clone(), used - second)])
+        .await
+        .unwrap();
+    let listed = store.list_api_keys(&acme.id).await.unwrap();
+    assert_eq!(
+        listed[0].last_used_at,
+        Some(used),
+        "an older use does not move it back"
+    );
+
+    let (open, _) = store
+        .create_api_key(&acme.id, &KeySpec::unrestricted("ops", Role::Admin))
+        .await
+        .unwrap();
+    assert_eq!((open.scopes, open.expires_at), (None, None));
+    assert!(store.api_key_active(&acme.id, &open.id, end).await.unwrap());
 }
 
 async fn organizations_are_listed_and_found(store: Store) {
@@ -139,6 +195,7 @@ macro_rules! on_both {
 
 on_both!(
     keys_authenticate_by_secret_and_stay_in_their_organization,
+    keys_keep_their_scopes_end_and_last_use,
     organizations_are_listed_and_found,
     materials_are_scoped_unique_filtered_sorted_and_patched,
     prices_land_all_or_nothing_and_query_by_material_and_time,

@@ -112,23 +112,28 @@ pub fn admit(
 }
 
 impl Held {
-    /// Whether the socket's key still exists (a store error keeps the socket: the store may be back).
+    /// Whether the socket's key still exists and has not expired (a store error keeps the socket: the
+    /// store may be back).
     pub async fn still_valid(&self) -> bool {
+        let now = self.app.keys.now();
+        if self.caller.expires_at.is_some_and(|end| now >= end) {
+            return false;
+        }
         !matches!(
             self.app
                 .store
-                .api_key_exists(&self.caller.organization_id, &self.caller.key_id)
+                .api_key_active(&self.caller.organization_id, &self.caller.key_id, now)
                 .await,
             Ok(false)
         )
     }
 }
 
-/// The close frame of a socket whose key was deleted.
+/// The close frame of a socket whose key was deleted or expired.
 pub fn revoked() -> Message {
     Message::Close(Some(CloseFrame {
         code: axum::extract::ws::close_code::POLICY,
-        reason: "the API key was revoked".into(),
+        reason: "the API key was revoked or expired".into(),
     }))
 }
 

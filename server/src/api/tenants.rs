@@ -3,7 +3,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use mercator_store::{ApiKey, FieldErrors, Organization, Role};
+use mercator_store::{ApiKey, FieldErrors, KeyScope, KeySpec, Organization, Role};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -43,6 +43,17 @@ pub struct NewKey {
     #[schema(pattern = r"[^\s\u0085]", max_length = 200)]
     pub name: String,
     pub role: Role,
+    /// The scopes it may use (its role's rights narrowed to them): `predict` (predictions, analytics,
+    /// batch jobs, V2 inference), `read`, `write` (catalogue, prices, alert rules), `admin` (keys,
+    /// organizations, audit), `models` (the registry). Left out: every scope its role allows.
+    #[serde(default)]
+    #[schema(min_items = 1)]
+    pub scopes: Option<Vec<KeyScope>>,
+    /// When it stops working (RFC 3339 or a date): at most `--api-key-max-ttl-days` (366) away; left out,
+    /// `--api-key-default-ttl-days` (90) from now.
+    #[serde(default, deserialize_with = "mercator_store::opt_time")]
+    #[schema(value_type = Option<String>, example = "2027-03-01T00:00:00Z")]
+    pub expires_at: Option<mercator_store::Time>,
 }
 
 /// A key with its secret: the only time the secret is shown.
@@ -82,8 +93,12 @@ async fn create_organization(
     name(&new.name)?;
     let store = &app.store;
     let organization = store.create_organization(new.name.trim(), false).await?;
+    // The organization's first admin key does not expire: it is how the organization gets in.
     let (key, secret) = store
-        .create_api_key(&organization.id, "admin", Role::Admin)
+        .create_api_key(
+            &organization.id,
+            &KeySpec::unrestricted("admin", Role::Admin),
+        )
         .await?;
     let target = ("organization", organization.id.as_str());
     audit::record(
@@ -128,10 +143,15 @@ async fn create_key(
     caller: Auth<Admin>,
     ApiJson(new): ApiJson<NewKey>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    name(&new.name)?;
+    let request = mercator_services::identity::KeyRequest {
+        name: new.name,
+        role: new.role,
+        scopes: new.scopes,
+        expires_at: new.expires_at,
+    };
     let (key, secret) = app
-        .store
-        .create_api_key(&caller.organization_id, new.name.trim(), new.role)
+        .api_keys
+        .create(&caller.organization_id, request)
         .await?;
     audit::record(
         &app,
@@ -152,6 +172,8 @@ async fn list_keys(
     State(app): State<AppState>,
     caller: Auth<Admin>,
 ) -> Result<Json<List<ApiKey>>, ApiError> {
+    // Usage not yet written is written first, so `last_used_at` is current.
+    app.keys.flush_usage().await;
     let items = app.store.list_api_keys(&caller.organization_id).await?;
     Ok(Json(List {
         total: items.len(),
