@@ -95,6 +95,14 @@ impl<R: Requirement> FromRequestParts<AppState> for Auth<R> {
             Err(e) => Err(e),
         };
         let scope = scope_of(&parts.method, parts.uri.path());
+        if let Ok(principal) = &verified {
+            let span = tracing::Span::current();
+            span.record("org", tracing::field::display(&principal.organization_id));
+            span.record(
+                "actor",
+                tracing::field::display(format_args!("key:{}", principal.key_id)),
+            );
+        }
         verified
             .and_then(|principal| allow::<R>(&principal, scope).map(|()| principal))
             .map(|principal| Auth(principal, PhantomData))

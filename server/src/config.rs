@@ -126,6 +126,10 @@ pub struct ServeArgs {
     /// [default: false].
     #[arg(long, env = "MERCATOR_DEMO", num_args = 0..=1, default_missing_value = "true")]
     pub demo: Option<bool>,
+    /// Origins whose pages may call the API from a browser (CORS), comma-separated:
+    /// `https://buyers.example.com,http://localhost:5173` [default: none].
+    #[arg(long, env = "MERCATOR_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Option<Vec<String>>,
     /// Most WebSockets one API key may hold open at once; one more gets 429 [default: 16].
     #[arg(long, env = "MERCATOR_MAX_SOCKETS_PER_KEY")]
     pub max_sockets_per_key: Option<usize>,
@@ -230,6 +234,7 @@ pub struct Config {
     pub webhook_retry_ms: Vec<u64>,
     pub webhook_allow_private: bool,
     pub demo: bool,
+    pub cors_origins: Vec<axum::http::HeaderValue>,
     pub metrics_key: Option<String>,
     pub max_sockets_per_key: usize,
     pub max_alert_rules: usize,
@@ -281,6 +286,7 @@ impl Default for Config {
             ],
             webhook_allow_private: false,
             demo: false,
+            cors_origins: Vec::new(),
             metrics_key: None,
             max_sockets_per_key: 16,
             max_alert_rules: 1000,
@@ -388,6 +394,14 @@ impl Config {
                 .or(file.webhook_allow_private)
                 .unwrap_or(d.webhook_allow_private),
             demo: args.demo.or(file.demo).unwrap_or(d.demo),
+            cors_origins: args
+                .cors_origins
+                .or(file.cors_origins)
+                .unwrap_or_default()
+                .iter()
+                .map(|o| crate::headers::parse_origin(o.trim()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("--cors-origins: {e}"))?,
             metrics_key: args.metrics_key.or(file.metrics_key),
             max_sockets_per_key: args
                 .max_sockets_per_key
@@ -555,6 +569,7 @@ impl std::fmt::Debug for Config {
             .field("webhook_retry_ms", &self.webhook_retry_ms)
             .field("webhook_allow_private", &self.webhook_allow_private)
             .field("demo", &self.demo)
+            .field("cors_origins", &self.cors_origins)
             .field("metrics_key", &self.metrics_key.as_ref().map(|_| "***"))
             .field("secret_key", &self.secret_key.as_ref().map(|_| "***"))
             .field("max_sockets_per_key", &self.max_sockets_per_key)

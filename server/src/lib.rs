@@ -17,6 +17,7 @@ pub mod body_timeout;
 pub mod config;
 pub mod connections;
 pub mod error;
+pub mod headers;
 mod health;
 pub mod metrics;
 #[cfg(test)]
@@ -83,6 +84,8 @@ pub struct Shared {
     pub heavy: Arc<admission::Heavy>,
     pub prometheus: PrometheusHandle,
     pub limits: Limits,
+    /// Origins allowed to call from a browser (--cors-origins).
+    pub cors_origins: Vec<axum::http::HeaderValue>,
     pub store: Store,
     pub keys: Arc<Keys>,
     /// API keys made under the policy (scopes, an end).
@@ -342,6 +345,7 @@ impl App {
                 body_read_timeout: config.connections.body_read_timeout,
                 csv: config.batch.csv,
             },
+            cors_origins: config.cors_origins.clone(),
             keys: keys.clone(),
             api_keys: Arc::new(mercator_services::identity::ApiKeys::new(
                 store.clone(),
@@ -482,6 +486,7 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 pub fn router(state: AppState) -> Router {
     let max_body = state.limits.max_body_bytes;
     let state_timeout = state.limits.body_read_timeout;
+    let cors_origins = state.cors_origins.clone();
     let routes = Router::new()
         .merge(v2::routes())
         .merge(api::openapi::router())
@@ -494,7 +499,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::MethodNotAllowed(method.to_string()).for_path(uri.path())
         })
         .with_state(state);
-    layers(routes, max_body, state_timeout)
+    headers::layer(layers(routes, max_body, state_timeout), &cors_origins)
 }
 
 /// What every route runs inside, innermost first: a panic becomes the 500 envelope (and is counted), HTTP
@@ -509,6 +514,7 @@ pub fn layers(
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             error::panicked,
         ))
+        .layer(axum::middleware::from_fn(request_id::span))
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(body_timeout::layer(body_read_timeout))

@@ -1,4 +1,6 @@
-//! `x-request-id` on every response: the client's when it sent one, else a new one.
+//! `x-request-id` on every response: the client's when it sent one, else a new one; and a tracing span per
+//! request carrying it, so every log line written while serving the request names its request id, and
+//! (once the key is verified) its organization and actor.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -38,4 +40,29 @@ pub fn set() -> SetRequestIdLayer<impl MakeRequestId + Clone> {
 /// Copies the request's `x-request-id` onto the response.
 pub fn propagate() -> PropagateRequestIdLayer {
     PropagateRequestIdLayer::new(HEADER)
+}
+
+/// Serves the request inside a span naming its request id, method and path; the authentication extractor
+/// records `org` and `actor` (`key:<id>`) into it.
+pub async fn span(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    let id = request
+        .headers()
+        .get(HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %request.method(),
+        path = %request.uri().path(),
+        org = tracing::field::Empty,
+        actor = tracing::field::Empty,
+    );
+    let response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
+    response
 }

@@ -1460,3 +1460,133 @@ async fn the_api_reference_loads_every_file_from_the_server() {
     let document = anonymous.get(s.url("/openapi.json")).send().await.unwrap();
     assert_eq!(document.status(), 200);
 }
+
+/// Every answer carries the security headers (errors too); CORS answers only the listed origins, and
+/// lets their pages read a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_carry_security_headers_and_cors_only_for_listed_origins() {
+    let allowed = "https://buyers.example.com";
+    let s = TestServer::api(Backend::Sqlite, |c| {
+        c.cors_origins = vec![reqwest::header::HeaderValue::from_static(
+            "https://buyers.example.com",
+        )]
+    })
+    .await;
+    let anonymous = Client::new();
+    for (client, path, status) in [
+        (&s.client, "/api/v1/materials", 200),
+        (&anonymous, "/api/v1/materials", 401),
+        (&s.client, "/api/v1/nowhere", 404),
+        (&anonymous, "/healthz", 200),
+    ] {
+        let r = client.get(s.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        let h = r.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        assert_eq!(
+            h["content-security-policy"], "default-src 'none'; frame-ancestors 'none'",
+            "{path}"
+        );
+        assert_eq!(h["cache-control"], "no-store", "{path}");
+    }
+    // The API reference keeps its own caching and a policy that lets its scripts run.
+    let docs = anonymous.get(s.url("/docs")).send().await.unwrap();
+    assert_eq!(docs.headers()["cache-control"], "no-cache");
+    assert_eq!(
+        docs.headers()["content-security-policy"],
+        "frame-ancestors 'none'"
+    );
+
+    // A preflight from the listed origin is answered; from another, it is not allowed.
+    let preflight = |origin: &'static str| {
+        anonymous
+            .request(Method::OPTIONS, s.url("/api/v1/predictions/price"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let ok = preflight(allowed).await.unwrap();
+    assert_eq!(ok.headers()["access-control-allow-origin"], allowed);
+    let methods = ok.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+    let other = preflight("https://evil.example.com").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    // A refusal is readable by the listed origin's page, with the request id exposed.
+    let refused = anonymous
+        .get(s.url("/api/v1/materials"))
+        .header("origin", allowed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["access-control-allow-origin"], allowed);
+    let exposed = refused.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(
+        exposed.contains("x-request-id") && exposed.contains("retry-after"),
+        "{exposed}"
+    );
+
+    // Without --cors-origins no origin is allowed.
+    let closed = TestServer::api(Backend::Sqlite, |_| {}).await;
+    let r = anonymous
+        .get(closed.url("/healthz"))
+        .header("origin", allowed)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+/// Log lines written while serving a request carry its request id, organization and actor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_name_the_request_organization_and_actor() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter("mercator_server=debug")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .try_init()
+        .expect("the only subscriber of this test binary");
+    let s = TestServer::api(Backend::Sqlite, |_| {}).await;
+    let (org, admin) = organization(&s, "Logged").await;
+    let (key_id, analyst) = key(&s, &admin, "analyst").await;
+    let r = analyst
+        .get(s.url("/api/v1/materials"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("request_id={id}")))
+        .unwrap_or_else(|| panic!("no line for {id} in\n{text}"));
+    assert!(line.contains(&format!("org={org}")), "{line}");
+    assert!(line.contains(&format!("actor=key:{key_id}")), "{line}");
+    assert!(line.contains("status=200"), "{line}");
+}

@@ -4,7 +4,7 @@
 //! vendored files live under a path naming their version and are cached for a year; the page and its
 //! start script are revalidated on every load.
 
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -63,6 +63,9 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
 ];
 
 const REVALIDATE: &str = "no-cache";
+/// No other page may frame it. (The server's default for JSON, `default-src 'none'`, would stop the page's
+/// scripts; a stricter policy for Swagger UI is untested in a browser here, so it is not set.)
+const PAGE_POLICY: &str = "frame-ancestors 'none'";
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
 /// `/docs`, its start script and the vendored files (no key needed: they describe the API).
@@ -75,6 +78,7 @@ pub fn router() -> Router<AppState> {
                     [
                         (CONTENT_TYPE, "text/html; charset=utf-8"),
                         (CACHE_CONTROL, REVALIDATE),
+                        (CONTENT_SECURITY_POLICY, PAGE_POLICY),
                     ],
                     PAGE.replace("VERSION", VERSION),
                 )
