@@ -35,6 +35,8 @@ pub struct Principal {
     pub scopes: Option<Vec<KeyScope>>,
     /// When its key stops working.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Its key's own rate limits; None: `--rate-limits-key`.
+    pub rate_limits: Option<Arc<mercator_services::limits::Plan>>,
 }
 
 impl Principal {
@@ -90,24 +92,30 @@ impl<R: Requirement> FromRequestParts<AppState> for Auth<R> {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Response> {
-        let verified = match presented(parts) {
-            Ok(key) => app.keys.verify(key).await,
-            Err(e) => Err(e),
+        // The door (`limits::enforce`) verified it already, unless the route is not counted.
+        let verified = match parts.extensions.get::<crate::limits::Verified>() {
+            Some(verified) => Ok(verified.0.clone()),
+            None => match presented(&parts.headers, &parts.uri) {
+                Some(key) => app.keys.verify(key).await.inspect(|p| record_caller(p)),
+                None => Err(ApiError::MissingKey),
+            },
         };
         let scope = scope_of(&parts.method, parts.uri.path());
-        if let Ok(principal) = &verified {
-            let span = tracing::Span::current();
-            span.record("org", tracing::field::display(&principal.organization_id));
-            span.record(
-                "actor",
-                tracing::field::display(format_args!("key:{}", principal.key_id)),
-            );
-        }
         verified
             .and_then(|principal| allow::<R>(&principal, scope).map(|()| principal))
             .map(|principal| Auth(principal, PhantomData))
             .map_err(|e| e.for_path(parts.uri.path()))
     }
+}
+
+/// Names the caller in the request's span (and so on every line logged while serving it).
+pub fn record_caller(principal: &Principal) {
+    let span = tracing::Span::current();
+    span.record("org", tracing::field::display(&principal.organization_id));
+    span.record(
+        "actor",
+        tracing::field::display(format_args!("key:{}", principal.key_id)),
+    );
 }
 
 fn allow<R: Requirement>(principal: &Principal, scope: KeyScope) -> Result<(), ApiError> {
@@ -149,18 +157,14 @@ pub fn scope_of(method: &axum::http::Method, path: &str) -> KeyScope {
 /// The key in the request: a header, or on the WebSocket routes (`/ws/...`, whose browser clients cannot
 /// set headers) the `api_key` query parameter. Elsewhere a key in the URL is not read: URLs end up in
 /// access logs and browser histories.
-fn presented(parts: &Parts) -> Result<&str, ApiError> {
-    from_headers(&parts.headers)
-        .or_else(|| {
-            parts
-                .uri
-                .path()
-                .starts_with("/ws/")
-                .then(|| parts.uri.query())
-                .flatten()
-                .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("api_key=")))
-        })
-        .ok_or(ApiError::MissingKey)
+pub fn presented<'a>(headers: &'a HeaderMap, uri: &'a axum::http::Uri) -> Option<&'a str> {
+    from_headers(headers).or_else(|| {
+        uri.path()
+            .starts_with("/ws/")
+            .then(|| uri.query())
+            .flatten()
+            .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("api_key=")))
+    })
 }
 
 fn from_headers(headers: &HeaderMap) -> Option<&str> {
@@ -326,11 +330,21 @@ impl Keys {
             .organization(&key.organization_id)
             .await
             .map_err(ApiError::Store)?;
+        let rate_limits = key.rate_limits.as_deref().and_then(|text| {
+            text.parse()
+                .inspect_err(|e| {
+                    tracing::warn!(key = %key.id, error = %e,
+                        "a stored key's rate limits do not parse; --rate-limits-key applies")
+                })
+                .ok()
+                .map(Arc::new)
+        });
         Ok(Principal {
             owner: org.platform && key.role == Role::Admin,
             key_id: key.id,
             organization_id: key.organization_id,
             role: key.role,
+            rate_limits,
             scopes: key.scopes,
             expires_at: key.expires_at,
         })

@@ -195,6 +195,31 @@ pub struct ServeArgs {
     /// Heavy requests one organization may have at once; more are answered 429 [default: 2].
     #[arg(long, env = "MERCATOR_MAX_HEAVY_REQUESTS_PER_ORG")]
     pub max_heavy_requests_per_org: Option<usize>,
+    /// Rate limits of requests without a valid credential, per client address (an IPv6 client by its /64):
+    /// CLASS=RATE pairs, comma-separated. Classes: predict, bulk, read, write, admin, login, or `all` for
+    /// every class together; rates N/s, N/min, N/h, N/day, or N/<count><unit> (100/10s). Empty: none
+    /// [default: all=100/h].
+    #[arg(long, env = "MERCATOR_RATE_LIMITS_ANONYMOUS")]
+    pub rate_limits_anonymous: Option<String>,
+    /// Rate limits of each API key made without its own `rate_limits`, in the same form; empty: none
+    /// [default: none].
+    #[arg(long, env = "MERCATOR_RATE_LIMITS_KEY")]
+    pub rate_limits_key: Option<String>,
+    /// Share rate limits between replicas through this Redis, `redis://host:6379/0`; unset, each replica
+    /// limits on its own [default: unset].
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// The prefix of every key Mercator writes in Redis [default: mercator].
+    #[arg(long, env = "MERCATOR_REDIS_KEY_PREFIX")]
+    pub redis_key_prefix: Option<String>,
+    /// Milliseconds to wait for Redis; slower (or unreachable), a replica limits in process for a second
+    /// before asking again [default: 25].
+    #[arg(long, env = "MERCATOR_REDIS_TIMEOUT_MS")]
+    pub redis_timeout_ms: Option<u64>,
+    /// Proxies in front of Mercator that each append the address they saw to X-Forwarded-For: the client
+    /// is that many addresses from the right. 0: the connection's peer is the client [default: 0].
+    #[arg(long, env = "MERCATOR_TRUSTED_PROXY_HOPS")]
+    pub trusted_proxy_hops: Option<usize>,
     /// Open client connections; beyond it new connections wait in the listen backlog [default: 4096].
     #[arg(long, env = "MERCATOR_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -246,6 +271,8 @@ pub struct Config {
     pub max_heavy_requests_per_org: usize,
     pub connections: crate::connections::Settings,
     pub secret_key: Option<String>,
+    /// Rate limits: the plans, Redis, whom to believe about the client's address.
+    pub rate_limits: crate::limits::Settings,
     /// The time alerting judges by: the system's (tests move it forward instead of waiting).
     pub clock: std::sync::Arc<mercator_services::clock::Clock>,
 }
@@ -317,6 +344,12 @@ impl Default for Config {
                 idle_timeout: Duration::from_secs(60),
             },
             secret_key: None,
+            rate_limits: crate::limits::Settings {
+                anonymous: "all=100/h".parse().expect("a valid plan"),
+                key: Default::default(),
+                redis: None,
+                proxy_hops: 0,
+            },
             clock: Default::default(),
         }
     }
@@ -510,8 +543,51 @@ impl Config {
                 ),
             },
             secret_key: args.secret_key.or(file.secret_key),
+            rate_limits: crate::limits::Settings {
+                anonymous: plan(
+                    "--rate-limits-anonymous",
+                    args.rate_limits_anonymous.or(file.rate_limits_anonymous),
+                    d.rate_limits.anonymous,
+                )?,
+                key: plan(
+                    "--rate-limits-key",
+                    args.rate_limits_key.or(file.rate_limits_key),
+                    d.rate_limits.key,
+                )?,
+                redis: args.redis_url.or(file.redis_url).map(|url| {
+                    mercator_services::limits::shared::Settings {
+                        url,
+                        prefix: args
+                            .redis_key_prefix
+                            .or(file.redis_key_prefix)
+                            .unwrap_or_else(|| "mercator".into()),
+                        timeout: Duration::from_millis(
+                            args.redis_timeout_ms
+                                .or(file.redis_timeout_ms)
+                                .unwrap_or(25)
+                                .clamp(1, 60_000),
+                        ),
+                    }
+                }),
+                proxy_hops: args
+                    .trusted_proxy_hops
+                    .or(file.trusted_proxy_hops)
+                    .unwrap_or(d.rate_limits.proxy_hops),
+            },
             clock: d.clock,
         })
+    }
+}
+
+/// A rate limit plan flag, or its default.
+fn plan(
+    flag: &str,
+    text: Option<String>,
+    default: mercator_services::limits::Plan,
+) -> Result<mercator_services::limits::Plan, String> {
+    match text {
+        Some(text) => text.parse().map_err(|e| format!("{flag}: {e}")),
+        None => Ok(default),
     }
 }
 
@@ -584,6 +660,7 @@ impl std::fmt::Debug for Config {
                 &self.max_heavy_requests_per_org,
             )
             .field("connections", &self.connections)
+            .field("rate_limits", &self.rate_limits)
             .field("key_cache", &self.key_cache)
             .field("api_keys", &self.api_keys)
             .field("drain_timeout", &self.drain_timeout)

@@ -57,9 +57,9 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, peer)) => (stream, peer.ip()),
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
                     // Out of file descriptors, say: wait rather than spin.
@@ -72,7 +72,7 @@ pub async fn serve(
         };
         let (router, stopping) = (router.clone(), stopping.clone());
         tokio::spawn(async move {
-            connection(stream, router, settings, stopping).await;
+            connection(stream, peer, router, settings, stopping).await;
             drop(slot);
         });
     }
@@ -115,6 +115,7 @@ enum Phase {
 
 async fn connection(
     stream: TcpStream,
+    peer: std::net::IpAddr,
     router: Router,
     settings: Settings,
     mut stopping: watch::Receiver<bool>,
@@ -130,8 +131,10 @@ async fn connection(
             counter.started.fetch_add(1, Ordering::Relaxed);
             let answered = Answered(counter.clone());
             let router = router.clone();
+            let mut request = request.map(Body::new);
+            request.extensions_mut().insert(crate::limits::Peer(peer));
             async move {
-                let response = router.oneshot(request.map(Body::new)).await;
+                let response = router.oneshot(request).await;
                 drop(answered);
                 response
             }

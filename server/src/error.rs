@@ -72,6 +72,14 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("the server is shutting down")]
     Draining,
+    /// A rate limit reached: its rule, the rate, whose it is (a key's, a client address's).
+    #[error("rate limit `{rule}` of {rate} per {whose} reached; retry in {retry_after} s")]
+    RateLimited {
+        rule: &'static str,
+        rate: String,
+        whose: &'static str,
+        retry_after: u64,
+    },
     #[error("this API key holds {limit} open WebSockets, its limit (--max-sockets-per-key); close one first")]
     TooManySockets { limit: usize },
     /// A pool of worker threads the server needs has lost some (`/readyz`).
@@ -247,6 +255,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Draining => "shutting_down",
             ApiError::TooManySockets { .. } => "too_many_sockets",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::PoolBroken(_) => "not_ready",
             ApiError::Panicked(_) | ApiError::Store(_) | ApiError::Internal { .. } => "internal",
             ApiError::InvalidModel(_) => "invalid_model",
@@ -280,6 +289,12 @@ impl ApiError {
                 json!({ "rows": rows.iter().take(MAX_REPORTED_ROWS).collect::<Vec<_>>(),
                         "invalid_rows": rows.len() })
             }
+            ApiError::RateLimited {
+                rule,
+                rate,
+                retry_after,
+                ..
+            } => json!({ "policy": rule, "limit": rate, "retry_after_seconds": retry_after }),
             _ => json!({}),
         }
     }
@@ -343,7 +358,8 @@ pub fn status(code: &str) -> StatusCode {
         | "too_many_heavy_requests"
         | "disk_quota_exceeded"
         | "too_many_batch_jobs"
-        | "too_many_sockets" => StatusCode::TOO_MANY_REQUESTS,
+        | "too_many_sockets"
+        | "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
         "model_not_ready" | "shutting_down" | "not_ready" => StatusCode::SERVICE_UNAVAILABLE,
         "deadline_exceeded" => StatusCode::GATEWAY_TIMEOUT,
         "insufficient_storage" => StatusCode::INSUFFICIENT_STORAGE,

@@ -5,6 +5,7 @@
 //! - `api/`: the REST API under `/api/v1` (organizations, keys, materials, suppliers, prices), the
 //!   `/ws/prices` stream, and the OpenAPI document.
 //! - `auth.rs`: API keys, roles, the organization a request is scoped to.
+//! - `limits.rs`: rate limits at the door (the domain's limiter), as headers and 429s.
 //! - `health.rs`: `/healthz`, `/readyz`.  `metrics.rs`: `/metrics` and HTTP metrics.
 //! - `jobs/`: batch prediction jobs: input on disk, the runner, chunked results.
 //! - `config.rs`: flags, environment, TOML file.  `error.rs`: the one error format.
@@ -19,6 +20,7 @@ pub mod connections;
 pub mod error;
 pub mod headers;
 mod health;
+pub mod limits;
 pub mod metrics;
 #[cfg(test)]
 mod properties;
@@ -88,6 +90,8 @@ pub struct Shared {
     pub cors_origins: Vec<axum::http::HeaderValue>,
     pub store: Store,
     pub keys: Arc<Keys>,
+    /// Rate limits by key or client address and route class.
+    pub rate_limits: limits::RateLimits,
     /// API keys made under the policy (scopes, an end).
     pub api_keys: Arc<mercator_services::identity::ApiKeys>,
     /// Price observations as they are written, for `/ws/prices`.
@@ -318,7 +322,17 @@ impl App {
                 keys.clone().write_usage(auth::USAGE_EVERY)
             });
         }
+        let rate_limits = limits::RateLimits::new(&config.rate_limits, config.clock.clone())?;
+        {
+            let limiter = rate_limits.limiter.clone();
+            background::supervise("rate_limit_sweep", move || {
+                limiter
+                    .clone()
+                    .sweep_every(std::time::Duration::from_secs(60))
+            });
+        }
         let state = AppState(Arc::new(Shared {
+            rate_limits,
             catalog,
             registry,
             jobs: jobs.clone(),
@@ -498,6 +512,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
             ApiError::MethodNotAllowed(method.to_string()).for_path(uri.path())
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::enforce,
+        ))
         .with_state(state);
     headers::layer(layers(routes, max_body, state_timeout), &cors_origins)
 }

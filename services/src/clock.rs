@@ -20,6 +20,11 @@ impl Clock {
             .unwrap_or(now)
     }
 
+    /// How far a test moved the clock forward.
+    pub fn offset(&self) -> Duration {
+        Duration::from_millis(self.offset_ms.load(Ordering::Acquire).max(0) as u64)
+    }
+
     /// Moves the clock `by` forward.
     pub fn advance(&self, by: Duration) {
         let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);

@@ -57,6 +57,8 @@ pub struct KeyRequest {
     pub scopes: Option<Vec<KeyScope>>,
     /// None: the policy's default.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Its own rate limits ([`crate::limits::Plan`] text); None: the server's default for keys.
+    pub rate_limits: Option<String>,
 }
 
 /// The organization's API keys.
@@ -128,11 +130,26 @@ fn spec(policy: &KeyPolicy, now: DateTime<Utc>, request: KeyRequest) -> Result<K
         Some(end) => end,
         None => after(policy.default_ttl).min(latest),
     };
+    let rate_limits = match request.rate_limits {
+        Some(text) if text.len() > 500 => {
+            return Err(KeyError::invalid(
+                "rate_limits",
+                "must be at most 500 characters",
+            ))
+        }
+        Some(text) => match text.parse::<crate::limits::Plan>() {
+            // Kept in the one spelling the server prints.
+            Ok(plan) => Some(plan.to_string()),
+            Err(e) => return Err(KeyError::invalid("rate_limits", e)),
+        },
+        None => None,
+    };
     Ok(KeySpec {
         name: name.to_string(),
         role: request.role,
         scopes,
         expires_at: Some(expires_at),
+        rate_limits,
     })
 }
 
@@ -151,7 +168,36 @@ mod tests {
             role: Role::Analyst,
             scopes: None,
             expires_at: None,
+            rate_limits: None,
         }
+    }
+
+    #[test]
+    fn rate_limits_are_checked_and_kept_in_one_spelling() {
+        let now = Utc::now();
+        let with = |text: &str| KeyRequest {
+            rate_limits: Some(text.into()),
+            ..request()
+        };
+        let made = spec(&POLICY, now, with(" predict = 600/minute, all=1000/hour")).unwrap();
+        assert_eq!(
+            made.rate_limits.as_deref(),
+            Some("predict=600/min,all=1000/h")
+        );
+        assert_eq!(
+            spec(&POLICY, now, with("")).unwrap().rate_limits.as_deref(),
+            Some(""),
+            "empty: this key has no limit, whatever the default"
+        );
+        for bad in ["predict=0/min", "guess=1/s", "predict=1/s,predict=2/s"] {
+            match spec(&POLICY, now, with(bad)) {
+                Err(KeyError::Invalid { message, .. }) => {
+                    assert!(message.starts_with("rate_limits:"), "{message}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(spec(&POLICY, now, with(&"a".repeat(501))).is_err());
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //!   janitor, progress, results).
 //! - [`registry`]: the model registry: uploads validated before they serve, activation, rollback, traffic,
 //!   load, unload, retire, imports; every change kept in the store and announced as a model event.
+//! - [`limits`]: rate limits (GCRA) per key, user or client address by route class, in process or
+//!   shared through Redis.
 //! - [`input`]: request bodies read by the API's rules (JSON naming the field at fault, CSV read as JSON).
 
 pub mod alerts;
@@ -29,6 +31,7 @@ pub mod identity;
 pub mod ingest;
 pub mod input;
 pub mod jobs;
+pub mod limits;
 pub mod predict;
 pub mod registry;
 pub mod shadow;

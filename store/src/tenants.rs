@@ -119,6 +119,8 @@ pub struct ApiKey {
     pub expires_at: Option<DateTime<Utc>>,
     /// When it was last used (to the minute: usage is written at most once a minute).
     pub last_used_at: Option<DateTime<Utc>>,
+    /// Its own rate limits (`predict=600/min,all=10000/h`); null: the server's default for keys.
+    pub rate_limits: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -141,6 +143,8 @@ pub struct KeySpec {
     pub role: Role,
     pub scopes: Option<Vec<KeyScope>>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// Its own rate limits, as text the caller has checked.
+    pub rate_limits: Option<String>,
 }
 
 impl KeySpec {
@@ -151,6 +155,7 @@ impl KeySpec {
             role,
             scopes: None,
             expires_at: None,
+            rate_limits: None,
         }
     }
 }
@@ -180,13 +185,15 @@ impl<'r> FromRow<'r, AnyRow> for ApiKey {
                 .transpose()?,
             expires_at: row.try_get::<Option<i64>, _>("expires_at")?.map(from_ms),
             last_used_at: row.try_get::<Option<i64>, _>("last_used_at")?.map(from_ms),
+            rate_limits: row.try_get("rate_limits")?,
             created_at: from_ms(row.try_get("created_at")?),
         })
     }
 }
 
 const KEY_COLUMNS: &str =
-    "id, organization_id, prefix, name, role, scopes, expires_at, last_used_at, created_at";
+    "id, organization_id, prefix, name, role, scopes, expires_at, last_used_at, rate_limits, \
+     created_at";
 
 impl Store {
     /// Creates a tenant. `platform`: its admins also manage organizations (only the first start's default
@@ -267,7 +274,7 @@ impl Store {
         });
         sqlx::query(
             "INSERT INTO api_keys (id, organization_id, prefix, secret_sha256, name, role, scopes, \
-             expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             expires_at, rate_limits, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&id)
         .bind(organization_id)
@@ -277,6 +284,7 @@ impl Store {
         .bind(spec.role.as_str())
         .bind(scopes)
         .bind(spec.expires_at.map(|t| t.timestamp_millis()))
+        .bind(spec.rate_limits.as_deref())
         .bind(now_ms())
         .execute(&self.pool)
         .await

@@ -121,11 +121,13 @@ async fn keys_keep_their_scopes_end_and_last_use(store: Store) {
         role: Role::Analyst,
         scopes: Some(vec![KeyScope::Predict, KeyScope::Read]),
         expires_at: Some(end),
+        rate_limits: Some("predict=600/min".into()),
     };
     let (key, secret) = store.create_api_key(&acme.id, &spec).await.unwrap();
     assert!(secret.starts_with("mk_live_") && mercator_store::plausible_key(&secret));
     assert_eq!(key.scopes, Some(vec![KeyScope::Predict, KeyScope::Read]));
     assert_eq!(key.expires_at, Some(end));
+    assert_eq!(key.rate_limits.as_deref(), Some("predict=600/min"));
     assert_eq!(key.last_used_at, None);
     assert!(key.allows(KeyScope::Predict) && !key.allows(KeyScope::Write));
     assert_eq!(

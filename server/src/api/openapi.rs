@@ -236,6 +236,60 @@ impl Modify for Upgrades {
     }
 }
 
+/// Every counted route's class (`x-rate-limit-class`) and its 429, with the headers every counted answer
+/// carries.
+struct Limits;
+
+impl Modify for Limits {
+    fn modify(&self, doc: &mut Document) {
+        use utoipa::openapi::extensions::ExtensionsBuilder;
+        use utoipa::openapi::header::HeaderBuilder;
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::ResponseBuilder;
+        let header = |what: &str| {
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::String))
+                .description(Some(what))
+                .build()
+        };
+        let refused = ResponseBuilder::new()
+            .description(
+                "A rate limit reached (`rate_limited`): wait `Retry-After` seconds. Limits count per API key \
+                 (its own `rate_limits`, else the server's default for keys) or, without a valid key, per \
+                 client address, by the route's class.",
+            )
+            .header("Retry-After", header("Seconds until the request would be admitted."))
+            .header("RateLimit", header("`\"<rule>\";r=<remaining>;t=<seconds until the quota is back>`, per rule."))
+            .header("RateLimit-Policy", header("`\"<rule>\";q=<quota>;w=<window seconds>`, per rule."))
+            .build();
+        for (path, item) in doc.paths.paths.iter_mut() {
+            for (method, operation) in [
+                (axum::http::Method::GET, item.get.as_mut()),
+                (axum::http::Method::POST, item.post.as_mut()),
+                (axum::http::Method::PUT, item.put.as_mut()),
+                (axum::http::Method::PATCH, item.patch.as_mut()),
+                (axum::http::Method::DELETE, item.delete.as_mut()),
+            ] {
+                let Some(operation) = operation else { continue };
+                let Some(class) = crate::limits::class_of(&method, path) else {
+                    continue;
+                };
+                operation
+                    .responses
+                    .responses
+                    .entry("429".into())
+                    .or_insert_with(|| refused.clone().into());
+                let extensions = operation.extensions.get_or_insert_with(Default::default);
+                extensions.merge(
+                    ExtensionsBuilder::new()
+                        .add("x-rate-limit-class", class.as_str())
+                        .build(),
+                );
+            }
+        }
+    }
+}
+
 /// A key as a bearer token or in `X-API-Key`.
 struct Keys;
 
@@ -258,8 +312,9 @@ pub fn router() -> Router<AppState> {
     let (router, mut doc) = utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(super::routes())
         .split_for_parts();
-    // After the routes are merged: it reads them.
+    // After the routes are merged: they read them.
     Upgrades.modify(&mut doc);
+    Limits.modify(&mut doc);
     let json = doc.to_json().expect("the OpenAPI document serializes");
     router
         .route(
@@ -283,5 +338,6 @@ pub fn document() -> Document {
         .merge(super::routes())
         .into_openapi();
     Upgrades.modify(&mut doc);
+    Limits.modify(&mut doc);
     doc
 }

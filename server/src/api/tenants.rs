@@ -54,6 +54,12 @@ pub struct NewKey {
     #[serde(default, deserialize_with = "mercator_store::opt_time")]
     #[schema(value_type = Option<String>, example = "2027-03-01T00:00:00Z")]
     pub expires_at: Option<mercator_store::Time>,
+    /// Its own rate limits, replacing the server's default for keys (`--rate-limits-key`): `CLASS=RATE`
+    /// pairs, comma-separated. Classes `predict`, `bulk`, `read`, `write`, `admin`, `login`, or `all` for
+    /// every class together; rates `N/s`, `N/min`, `N/h`, `N/day` or `N/<count><unit>`. Empty: no limit.
+    #[serde(default)]
+    #[schema(example = "predict=600/min,all=20000/h", max_length = 500)]
+    pub rate_limits: Option<String>,
 }
 
 /// A key with its secret: the only time the secret is shown.
@@ -148,6 +154,7 @@ async fn create_key(
         role: new.role,
         scopes: new.scopes,
         expires_at: new.expires_at,
+        rate_limits: new.rate_limits,
     };
     let (key, secret) = app
         .api_keys
