@@ -10,6 +10,9 @@
 //! the tokens other replicas hold unspent. A refusal is remembered until its retry time: a flood of refused
 //! requests costs no round trips.
 //!
+//! Times in Redis are whole microseconds (Lua's numbers are doubles: nanoseconds since 1970 would not be
+//! exact), so a quota finer than one request per microsecond (over 1,000,000 a second) counts as that.
+//!
 //! Redis unreachable, or slower than the timeout: the caller limits in process instead (fail open to the
 //! local limit, never to none) until [`RETRY_EVERY`] has passed, then tries again. Logged once per outage,
 //! counted per request in `mercator_rate_limit_fallbacks_total`.
