@@ -1,8 +1,9 @@
 //! Rate limits at the door. Every request but the probes (`/healthz`, `/readyz`), `/metrics`, the API
 //! reference and CORS preflights is counted before its handler runs, by its route class
 //! ([`class_of`]): against its API key (the key's own `rate_limits`, else `--rate-limits-key`), or, when
-//! it carries no valid key, against its client address (`--rate-limits-anonymous`), so that guessing keys
-//! is limited too. The decision is the domain's ([`mercator_services::limits`]); here it becomes headers:
+//! it presents a credential that is not valid (or signs in), against its client address
+//! (`--rate-limits-anonymous`), so that guessing keys is limited too. A request with no credential at all
+//! to a route that needs one is not counted: it is answered 401 from memory. The decision is the domain's ([`mercator_services::limits`]); here it becomes headers:
 //! - on every counted response, `RateLimit-Policy: "predict";q=60;w=60` and `RateLimit: "predict";r=59;t=1`
 //!   (draft-ietf-httpapi-ratelimit-headers: quota, window, remaining, seconds until the quota is back),
 //!   one item per rule that applied;
@@ -115,7 +116,12 @@ pub fn class_of(method: &Method, path: &str) -> Option<Class> {
     if method == Method::OPTIONS
         || matches!(
             path,
-            "/healthz" | "/readyz" | "/metrics" | "/docs" | "/openapi.json"
+            "/healthz"
+                | "/readyz"
+                | "/metrics"
+                | "/docs"
+                | "/openapi.json"
+                | "/.well-known/jwks.json"
         )
         || path.starts_with("/docs/")
     {
@@ -145,6 +151,9 @@ pub async fn enforce(State(app): State<AppState>, mut request: Request, next: Ne
     let limits = &app.rate_limits;
     let verified = match auth::presented(request.headers(), request.uri()) {
         Some(key) => app.keys.verify(key).await,
+        // Nothing to guess and nothing served: the handler answers 401 from memory, uncounted (only
+        // signing in is open to callers without a credential).
+        None if class != Class::Login => return next.run(request).await,
         None => Err(ApiError::MissingKey),
     };
     let (verdict, whose) = match &verified {

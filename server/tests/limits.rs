@@ -1,5 +1,5 @@
 //! Rate limits over real HTTP: a key's own limit at its edge, the headers every counted answer carries,
-//! requests without a valid key limited per client address, two replicas sharing one limit through the
+//! requests with a key that is not valid limited per client address, two replicas sharing one limit through the
 //! real Redis, and what happens while Redis cannot be reached.
 
 mod common;
@@ -180,8 +180,8 @@ async fn the_default_for_keys_and_the_rest_envelope() {
     assert!(body["error"]["details"]["rate_limits"].is_array(), "{body}");
 }
 
-/// Without a valid key a request counts against its client address, so guessing keys is limited too; the
-/// probes, metrics and API reference are never counted; behind trusted proxies the client is the address
+/// A request with a credential that is not valid counts against its client address, so guessing keys is
+/// limited (one with no credential at all is answered 401 uncounted); the probes, metrics and API reference are never counted; behind trusted proxies the client is the address
 /// they forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_without_a_valid_key_are_limited_per_client_address() {
@@ -220,14 +220,20 @@ async fn requests_without_a_valid_key_are_limited_per_client_address() {
     }
     assert!(doc["paths"]["/healthz"]["get"]["x-rate-limit-class"].is_null());
 
-    let r = anonymous
-        .get(s.url("/api/v1/materials"))
-        .send()
-        .await
-        .unwrap();
+    // No credential at all: 401 from memory, not counted (nothing is guessed).
+    for _ in 0..5 {
+        let r = anonymous
+            .get(s.url("/api/v1/materials"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(header(&r, "ratelimit").is_none());
+    }
+    let guess = client_with("mk_live_notakeyatall00000000000000000000");
+    let r = guess.get(s.url("/api/v1/materials")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(header(&r, "ratelimit"), Some("\"all\";r=2;t=1200"));
-    let guess = client_with("mk_live_notakeyatall00000000000000000000");
     assert_eq!(
         guess
             .get(s.url("/api/v1/materials"))
@@ -275,7 +281,7 @@ async fn requests_without_a_valid_key_are_limited_per_client_address() {
     })
     .await;
     let from = |client: &'static str| {
-        anonymous
+        guess
             .get(proxied.url("/api/v1/materials"))
             .header("x-forwarded-for", format!("203.0.113.9, {client}"))
             .send()
@@ -345,15 +351,11 @@ async fn two_replicas_sharing_redis_enforce_one_limit() {
     }
     assert_eq!(admitted, 10, "one limit for both replicas");
 
-    let anonymous = Client::new();
+    let guess = client_with("mk_live_notakeyatall00000000000000000000");
     let mut statuses = Vec::new();
     for i in 0..7 {
         let s = if i % 2 == 0 { &b } else { &a };
-        let r = anonymous
-            .get(s.url("/api/v1/suppliers"))
-            .send()
-            .await
-            .unwrap();
+        let r = guess.get(s.url("/api/v1/suppliers")).send().await.unwrap();
         statuses.push(r.status().as_u16());
     }
     assert_eq!(statuses, [401, 401, 401, 401, 429, 429, 429]);
