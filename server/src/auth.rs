@@ -26,7 +26,10 @@ use crate::AppState;
 /// The caller, once its key is verified.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    pub key_id: String,
+    /// Its key's id, or its user's.
+    pub actor_id: String,
+    /// A signed-in user's session; None: an API key.
+    pub session: Option<String>,
     pub organization_id: String,
     pub role: Role,
     /// An admin of the platform organization: may create and list organizations.
@@ -40,6 +43,14 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Who acted, as logs and the audit trail name it: a key by its id, a user as `user:<id>`.
+    pub fn actor(&self) -> std::borrow::Cow<'_, str> {
+        match self.session {
+            None => std::borrow::Cow::Borrowed(&self.actor_id),
+            Some(_) => std::borrow::Cow::Owned(format!("user:{}", self.actor_id)),
+        }
+    }
+
     /// Whether it may call a route of `scope`.
     pub fn allows(&self, scope: KeyScope) -> bool {
         self.scopes.as_ref().is_none_or(|s| s.contains(&scope))
@@ -96,7 +107,7 @@ impl<R: Requirement> FromRequestParts<AppState> for Auth<R> {
         let verified = match parts.extensions.get::<crate::limits::Verified>() {
             Some(verified) => Ok(verified.0.clone()),
             None => match presented(&parts.headers, &parts.uri) {
-                Some(key) => app.keys.verify(key).await.inspect(|p| record_caller(p)),
+                Some(key) => identify(app, key).await.inspect(|p| record_caller(p)),
                 None => Err(ApiError::MissingKey),
             },
         };
@@ -108,13 +119,41 @@ impl<R: Requirement> FromRequestParts<AppState> for Auth<R> {
     }
 }
 
+/// The caller a credential names: a signed-in user's access token (a JWT), or an API key.
+pub async fn identify(app: &AppState, presented: &str) -> Result<Arc<Principal>, ApiError> {
+    if !looks_like_jwt(presented) {
+        return app.keys.verify(presented).await;
+    }
+    let caller = app.sessions.verify(presented).await?;
+    Ok(Arc::new(Principal {
+        actor_id: caller.user_id.clone(),
+        session: Some(caller.session_id.clone()),
+        organization_id: caller.organization_id.clone(),
+        role: caller.role,
+        owner: caller.platform && caller.role == Role::Admin,
+        scopes: None,
+        // A user's sockets last while the session stands, not only the access token that opened them.
+        expires_at: None,
+        rate_limits: None,
+    }))
+}
+
+/// A compact JWS: a JSON header (`{"` in base64url is `eyJ`) and three dot-separated parts. API keys have
+/// neither.
+fn looks_like_jwt(presented: &str) -> bool {
+    presented.starts_with("eyJ") && presented.bytes().filter(|b| *b == b'.').count() == 2
+}
+
 /// Names the caller in the request's span (and so on every line logged while serving it).
 pub fn record_caller(principal: &Principal) {
     let span = tracing::Span::current();
     span.record("org", tracing::field::display(&principal.organization_id));
     span.record(
         "actor",
-        tracing::field::display(format_args!("key:{}", principal.key_id)),
+        tracing::field::display(match principal.session {
+            None => format!("key:{}", principal.actor_id),
+            Some(_) => format!("user:{}", principal.actor_id),
+        }),
     );
 }
 
@@ -241,7 +280,7 @@ impl Keys {
             if cached.verified.elapsed() < self.ttl {
                 if cached.marked.is_none_or(|at| at.elapsed() >= USAGE_EVERY) {
                     cached.marked = Some(Instant::now());
-                    self.mark_used(&cached.principal.key_id);
+                    self.mark_used(&cached.principal.actor_id);
                 }
                 return Ok(cached.principal.clone());
             }
@@ -274,7 +313,7 @@ impl Keys {
             return Err(ApiError::InvalidKey);
         };
         let principal = Arc::new(self.principal(key).await?);
-        self.mark_used(&principal.key_id);
+        self.mark_used(&principal.actor_id);
         let mut cache = self.cache.lock().expect("key cache");
         if cache.len() >= MAX_CACHED_KEYS {
             cache.clear();
@@ -341,7 +380,8 @@ impl Keys {
         });
         Ok(Principal {
             owner: org.platform && key.role == Role::Admin,
-            key_id: key.id,
+            actor_id: key.id,
+            session: None,
             organization_id: key.organization_id,
             role: key.role,
             rate_limits,
@@ -360,7 +400,7 @@ impl Keys {
         self.cache
             .lock()
             .expect("key cache")
-            .retain(|_, cached| cached.principal.key_id != key_id);
+            .retain(|_, cached| cached.principal.actor_id != key_id);
     }
 }
 

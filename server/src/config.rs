@@ -205,6 +205,33 @@ pub struct ServeArgs {
     /// [default: none].
     #[arg(long, env = "MERCATOR_RATE_LIMITS_KEY")]
     pub rate_limits_key: Option<String>,
+    /// Rate limits of each signed-in user, in the same form [default: all=1000/h,predict=60/min,bulk=10/h].
+    #[arg(long, env = "MERCATOR_RATE_LIMITS_USER")]
+    pub rate_limits_user: Option<String>,
+    /// Sign-in attempts per account (whatever the address), in the same form [default: login=10/15min].
+    #[arg(long, env = "MERCATOR_RATE_LIMITS_LOGIN")]
+    pub rate_limits_login: Option<String>,
+    /// The Ed25519 keys that sign access tokens: 64 hex digits each (a seed), comma-separated; the first
+    /// signs, all verify (rotation: put a new key first, keep the old one past the access token lifetime).
+    /// Unset: a key generated into `<data-dir>/jwt-signing.keys` on first start. Replicas must share them.
+    #[arg(long, env = "MERCATOR_JWT_SIGNING_KEYS", hide_env_values = true)]
+    pub jwt_signing_keys: Option<String>,
+    /// The access tokens' `iss` [default: mercator].
+    #[arg(long, env = "MERCATOR_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The access tokens' `aud` [default: mercator-api].
+    #[arg(long, env = "MERCATOR_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Seconds an access token is valid [default: 900].
+    #[arg(long, env = "MERCATOR_ACCESS_TOKEN_TTL_SECS")]
+    pub access_token_ttl_secs: Option<u64>,
+    /// Seconds a refresh token is valid (each refresh makes a new one) [default: 604800].
+    #[arg(long, env = "MERCATOR_REFRESH_TOKEN_TTL_SECS")]
+    pub refresh_token_ttl_secs: Option<u64>,
+    /// Password hashes computed at once (argon2id, 19 MiB and ~40 ms of a core each); more wait
+    /// [default: 2].
+    #[arg(long, env = "MERCATOR_MAX_PASSWORD_HASHES")]
+    pub max_password_hashes: Option<usize>,
     /// Share rate limits between replicas through this Redis, `redis://host:6379/0`; unset, each replica
     /// limits on its own [default: unset].
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
@@ -273,8 +300,37 @@ pub struct Config {
     pub secret_key: Option<String>,
     /// Rate limits: the plans, Redis, whom to believe about the client's address.
     pub rate_limits: crate::limits::Settings,
+    /// Users' sessions: token signing, lifetimes, sign-in limits.
+    pub sessions: SessionConfig,
     /// The time alerting judges by: the system's (tests move it forward instead of waiting).
     pub clock: std::sync::Arc<mercator_services::clock::Clock>,
+}
+
+/// How sessions are signed and how long they last.
+#[derive(Clone)]
+pub struct SessionConfig {
+    /// None: `<data-dir>/jwt-signing.keys`, generated on first start.
+    pub signing_keys: Option<String>,
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub login_limits: mercator_services::limits::Plan,
+    pub max_password_hashes: usize,
+}
+
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionConfig")
+            .field("signing_keys", &self.signing_keys.as_ref().map(|_| "***"))
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("access_ttl", &self.access_ttl)
+            .field("refresh_ttl", &self.refresh_ttl)
+            .field("login_limits", &self.login_limits.to_string())
+            .field("max_password_hashes", &self.max_password_hashes)
+            .finish()
+    }
 }
 
 impl Config {
@@ -347,8 +403,20 @@ impl Default for Config {
             rate_limits: crate::limits::Settings {
                 anonymous: "all=100/h".parse().expect("a valid plan"),
                 key: Default::default(),
+                user: "all=1000/h,predict=60/min,bulk=10/h"
+                    .parse()
+                    .expect("a valid plan"),
                 redis: None,
                 proxy_hops: 0,
+            },
+            sessions: SessionConfig {
+                signing_keys: None,
+                issuer: "mercator".into(),
+                audience: "mercator-api".into(),
+                access_ttl: Duration::from_secs(900),
+                refresh_ttl: Duration::from_secs(7 * 24 * 3600),
+                login_limits: "login=10/15min".parse().expect("a valid plan"),
+                max_password_hashes: 2,
             },
             clock: Default::default(),
         }
@@ -554,6 +622,11 @@ impl Config {
                     args.rate_limits_key.or(file.rate_limits_key),
                     d.rate_limits.key,
                 )?,
+                user: plan(
+                    "--rate-limits-user",
+                    args.rate_limits_user.or(file.rate_limits_user),
+                    d.rate_limits.user,
+                )?,
                 redis: args.redis_url.or(file.redis_url).map(|url| {
                     mercator_services::limits::shared::Settings {
                         url,
@@ -573,6 +646,35 @@ impl Config {
                     .trusted_proxy_hops
                     .or(file.trusted_proxy_hops)
                     .unwrap_or(d.rate_limits.proxy_hops),
+            },
+            sessions: SessionConfig {
+                signing_keys: args.jwt_signing_keys.or(file.jwt_signing_keys),
+                issuer: args
+                    .jwt_issuer
+                    .or(file.jwt_issuer)
+                    .unwrap_or(d.sessions.issuer),
+                audience: args
+                    .jwt_audience
+                    .or(file.jwt_audience)
+                    .unwrap_or(d.sessions.audience),
+                access_ttl: secs(
+                    args.access_token_ttl_secs.or(file.access_token_ttl_secs),
+                    d.sessions.access_ttl,
+                ),
+                refresh_ttl: secs(
+                    args.refresh_token_ttl_secs.or(file.refresh_token_ttl_secs),
+                    d.sessions.refresh_ttl,
+                ),
+                login_limits: plan(
+                    "--rate-limits-login",
+                    args.rate_limits_login.or(file.rate_limits_login),
+                    d.sessions.login_limits,
+                )?,
+                max_password_hashes: args
+                    .max_password_hashes
+                    .or(file.max_password_hashes)
+                    .unwrap_or(d.sessions.max_password_hashes)
+                    .clamp(1, 64),
             },
             clock: d.clock,
         })
@@ -661,6 +763,7 @@ impl std::fmt::Debug for Config {
             )
             .field("connections", &self.connections)
             .field("rate_limits", &self.rate_limits)
+            .field("sessions", &self.sessions)
             .field("key_cache", &self.key_cache)
             .field("api_keys", &self.api_keys)
             .field("drain_timeout", &self.drain_timeout)

@@ -101,6 +101,12 @@ pub enum ApiError {
     Prediction(#[from] mercator_features::FeatureError),
     #[error(transparent)]
     Predict(#[from] mercator_services::predict::PredictError),
+    /// Signing in, refreshing, or an access token refused.
+    #[error(transparent)]
+    Session(mercator_services::identity::sessions::SessionError),
+    /// A user refused (a field, a duplicate email).
+    #[error(transparent)]
+    Users(#[from] mercator_services::identity::users::UserError),
     /// A batch's answer instead of results (too large, no room, not ready, ...).
     #[error(transparent)]
     Batch(BatchError),
@@ -112,6 +118,23 @@ impl From<BatchError> for ApiError {
         match e {
             BatchError::Store(e) => e.into(),
             e => ApiError::Batch(e),
+        }
+    }
+}
+
+/// Too many sign-ins for one account is a rate limit like the others; the rest are the session's own.
+impl From<mercator_services::identity::sessions::SessionError> for ApiError {
+    fn from(e: mercator_services::identity::sessions::SessionError) -> ApiError {
+        use mercator_services::identity::sessions::SessionError;
+        match e {
+            SessionError::Throttled { rate, retry_after } => ApiError::RateLimited {
+                rule: "login",
+                rate,
+                whose: "account",
+                retry_after,
+            },
+            SessionError::Store(e) => e.into(),
+            e => ApiError::Session(e),
         }
     }
 }
@@ -236,6 +259,8 @@ impl ApiError {
             ApiError::Predict(e) => e.code(),
             ApiError::Prediction(e) => e.code(),
             ApiError::Batch(e) => e.code(),
+            ApiError::Session(e) => e.code(),
+            ApiError::Users(e) => e.code(),
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Validation { .. } => "validation_error",
             ApiError::InvalidRows { .. } => "invalid_rows",
@@ -284,6 +309,10 @@ impl ApiError {
                 e.details().map_or_else(|| json!({}), |d| json!(d))
             }
             ApiError::Batch(BatchError::Validation { details, .. }) => json!(details),
+            ApiError::Users(mercator_services::identity::users::UserError::Invalid {
+                details,
+                ..
+            }) => json!(details),
             ApiError::InvalidRows { rows, .. } => {
                 // Enough to fix a file; a file that is all wrong does not produce a giant answer.
                 json!({ "rows": rows.iter().take(MAX_REPORTED_ROWS).collect::<Vec<_>>(),
@@ -334,7 +363,11 @@ pub fn status(code: &str) -> StatusCode {
         "bad_request" | "validation_error" | "invalid_input" | "invalid_request" => {
             StatusCode::BAD_REQUEST
         }
-        "unauthorized" | "key_expired" => StatusCode::UNAUTHORIZED,
+        "unauthorized"
+        | "key_expired"
+        | "invalid_credentials"
+        | "token_expired"
+        | "refresh_token_reused" => StatusCode::UNAUTHORIZED,
         "forbidden" | "insufficient_scope" => StatusCode::FORBIDDEN,
         "not_found" | "route_not_found" | "model_not_found" | "version_not_found" => {
             StatusCode::NOT_FOUND
@@ -404,7 +437,11 @@ impl ApiError {
             self.to_string()
         };
         let mut response = status.into_response();
-        if matches!(
+        if let ApiError::RateLimited { retry_after, .. } = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        } else if matches!(
             status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
         ) {

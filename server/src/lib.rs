@@ -92,6 +92,10 @@ pub struct Shared {
     pub keys: Arc<Keys>,
     /// Rate limits by key or client address and route class.
     pub rate_limits: limits::RateLimits,
+    /// Users' sign-ins, refreshes and access tokens.
+    pub sessions: Arc<mercator_services::identity::sessions::Sessions>,
+    /// Users made and changed by their organization's admins.
+    pub users: Arc<mercator_services::identity::users::Users>,
     /// API keys made under the policy (scopes, an end).
     pub api_keys: Arc<mercator_services::identity::ApiKeys>,
     /// Price observations as they are written, for `/ws/prices`.
@@ -331,7 +335,10 @@ impl App {
                     .sweep_every(std::time::Duration::from_secs(60))
             });
         }
+        let (sessions, users) = identity(&config, &store, &rate_limits)?;
         let state = AppState(Arc::new(Shared {
+            sessions,
+            users,
             rate_limits,
             catalog,
             registry,
@@ -455,6 +462,66 @@ async fn load_demo(
     tracing::info!(organization = %loaded.organization_id, prices_loaded = loaded.prices_loaded,
         last_day = %loaded.last_day, seconds = started.elapsed().as_secs_f64(), "demo organization ready");
     Ok(loaded)
+}
+
+/// Sessions (their signing keys: `--jwt-signing-keys`, else `<data-dir>/jwt-signing.keys`, made on first
+/// start) and users.
+#[allow(clippy::type_complexity)]
+fn identity(
+    config: &Config,
+    store: &Store,
+    limits: &limits::RateLimits,
+) -> Result<
+    (
+        Arc<mercator_services::identity::sessions::Sessions>,
+        Arc<mercator_services::identity::users::Users>,
+    ),
+    String,
+> {
+    use mercator_services::identity::{passwords, sessions, users};
+    let text = match &config.sessions.signing_keys {
+        Some(keys) => keys.clone(),
+        None => {
+            let path = config.data_dir.join("jwt-signing.keys");
+            match std::fs::read_to_string(&path) {
+                Ok(keys) => keys,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let key = sessions::SigningKeys::generate();
+                    write_private(&path, &key).map_err(|e| format!("{}: {e}", path.display()))?;
+                    if config.database_url.is_some() {
+                        tracing::warn!(
+                            "a token signing key was generated into {}; replicas sharing this database \
+                             must share it: set MERCATOR_JWT_SIGNING_KEYS",
+                            path.display()
+                        );
+                    }
+                    key
+                }
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            }
+        }
+    };
+    let keys = sessions::SigningKeys::parse(&text)
+        .map_err(|e| format!("MERCATOR_JWT_SIGNING_KEYS: {e}"))?;
+    let hasher = passwords::Hasher::new(config.sessions.max_password_hashes);
+    let c = &config.sessions;
+    let sessions = Arc::new(sessions::Sessions::new(
+        store.clone(),
+        hasher.clone(),
+        sessions::Settings {
+            issuer: c.issuer.clone(),
+            audience: c.audience.clone(),
+            access_ttl: c.access_ttl,
+            refresh_ttl: c.refresh_ttl,
+            standing_ttl: config.key_cache,
+            keys: Arc::new(keys),
+            login_limits: c.login_limits.clone(),
+        },
+        config.clock.clone(),
+        limits.limiter.clone(),
+    ));
+    let users = Arc::new(users::Users::new(store.clone(), hasher, sessions.clone()));
+    Ok((sessions, users))
 }
 
 /// The key that seals secrets at rest: `--secret-key`, else the one in `<data-dir>/secret.key` (made on

@@ -20,6 +20,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use mercator_services::clock::Clock;
+use mercator_services::identity::sessions::SessionError;
 use mercator_services::limits::{shared, Class, Limiter, Plan, Subject, Verdict};
 use mercator_store::KeyScope;
 
@@ -34,6 +35,8 @@ pub struct Settings {
     pub anonymous: Plan,
     /// API keys made without their own.
     pub key: Plan,
+    /// Signed-in users.
+    pub user: Plan,
     /// Shared through Redis; None: each replica on its own.
     pub redis: Option<shared::Settings>,
     /// Proxies that append to X-Forwarded-For in front of this server.
@@ -45,6 +48,7 @@ impl std::fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("anonymous", &self.anonymous.to_string())
             .field("key", &self.key.to_string())
+            .field("user", &self.user.to_string())
             .field("redis", &self.redis.as_ref().map(|_| "***"))
             .field("proxy_hops", &self.proxy_hops)
             .finish()
@@ -67,6 +71,7 @@ pub struct RateLimits {
     pub limiter: Arc<Limiter>,
     anonymous: Plan,
     key: Plan,
+    user: Plan,
     proxy_hops: usize,
 }
 
@@ -80,6 +85,7 @@ impl RateLimits {
             limiter: Arc::new(limiter),
             anonymous: settings.anonymous.clone(),
             key: settings.key.clone(),
+            user: settings.user.clone(),
             proxy_hops: settings.proxy_hops,
         })
     }
@@ -150,19 +156,31 @@ pub async fn enforce(State(app): State<AppState>, mut request: Request, next: Ne
     };
     let limits = &app.rate_limits;
     let verified = match auth::presented(request.headers(), request.uri()) {
-        Some(key) => app.keys.verify(key).await,
+        Some(key) => auth::identify(&app, key).await,
         // Nothing to guess and nothing served: the handler answers 401 from memory, uncounted (only
         // signing in is open to callers without a credential).
         None if class != Class::Login => return next.run(request).await,
         None => Err(ApiError::MissingKey),
     };
     let (verdict, whose) = match &verified {
+        Ok(principal) if principal.session.is_some() => {
+            let subject = Subject::User(&principal.actor_id);
+            (
+                limits.limiter.check(subject, &limits.user, class).await,
+                "user",
+            )
+        }
         Ok(principal) => {
             let plan = principal.rate_limits.as_deref().unwrap_or(&limits.key);
-            let subject = Subject::Key(&principal.key_id);
+            let subject = Subject::Key(&principal.actor_id);
             (limits.limiter.check(subject, plan, class).await, "key")
         }
-        Err(ApiError::MissingKey | ApiError::InvalidKey | ApiError::KeyExpired(_)) => {
+        Err(
+            ApiError::MissingKey
+            | ApiError::InvalidKey
+            | ApiError::KeyExpired(_)
+            | ApiError::Session(SessionError::InvalidToken(_) | SessionError::TokenExpired),
+        ) => {
             let subject = Subject::address(limits.client(&request));
             let verdict = limits
                 .limiter

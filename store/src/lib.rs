@@ -23,6 +23,7 @@ mod models;
 mod prices;
 pub mod secrets;
 mod tenants;
+mod users;
 mod validate;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -50,6 +51,7 @@ pub use prices::{
 pub use tenants::{
     generate_key, plausible_key, ApiKey, KeyScope, KeySpec, Organization, Role, KEY_PREFIX,
 };
+pub use users::{RefreshToken, Spent, User, UserChange};
 pub use validate::{
     opt_date, opt_time, parse_date, parse_time, parse_time_param, FieldErrors, RowError, DATE_RANGE,
 };

@@ -30,7 +30,7 @@ pub async fn record(
     after: Option<impl Serialize>,
 ) {
     let event = NewAuditEvent {
-        actor_key_id: &who.key_id,
+        actor_key_id: &who.actor(),
         action,
         target_type: target.0,
         target_id: target.1,

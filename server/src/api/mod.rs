@@ -16,6 +16,7 @@ pub mod prices;
 pub mod stream;
 pub mod tenants;
 pub mod upload;
+pub mod users;
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -27,6 +28,7 @@ use crate::AppState;
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(tenants::routes())
+        .merge(users::routes())
         .merge(audit::routes())
         .merge(models::routes())
         .merge(upload::routes())

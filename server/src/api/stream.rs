@@ -97,7 +97,7 @@ pub fn admit(
 ) -> Result<(WebSocketUpgrade, Held), ApiError> {
     let slot = app
         .sockets
-        .open(&caller.key_id, app.limits.max_sockets_per_key)?;
+        .open(&caller.actor_id, app.limits.max_sockets_per_key)?;
     let upgrade = upgrade
         .max_message_size(MAX_INCOMING_BYTES)
         .max_frame_size(MAX_INCOMING_BYTES);
@@ -119,13 +119,21 @@ impl Held {
         if self.caller.expires_at.is_some_and(|end| now >= end) {
             return false;
         }
-        !matches!(
-            self.app
-                .store
-                .api_key_active(&self.caller.organization_id, &self.caller.key_id, now)
-                .await,
-            Ok(false)
-        )
+        let active = match &self.caller.session {
+            None => {
+                self.app
+                    .store
+                    .api_key_active(&self.caller.organization_id, &self.caller.actor_id, now)
+                    .await
+            }
+            Some(session) => {
+                self.app
+                    .sessions
+                    .still_valid(&self.caller.actor_id, session)
+                    .await
+            }
+        };
+        !matches!(active, Ok(false))
     }
 }
 

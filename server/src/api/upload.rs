@@ -55,7 +55,7 @@ async fn upload(
     let parts = read_parts(request, app.limits.max_model_bytes).await?;
     let new = NewVersion {
         name,
-        by: caller.key_id.clone(),
+        by: caller.actor().into_owned(),
         model: parts
             .model
             .ok_or_else(|| invalid("model", "the ONNX file is required"))?,

@@ -1,7 +1,14 @@
+//! Who may call: API keys made under the platform's policy, users with passwords ([`users`],
+//! [`passwords`]) and their signed-in sessions ([`sessions`]).
+//!
 //! API keys made under the platform's policy: a key names its scopes (or has every scope its role allows)
 //! and ends (`expires_at`, by default `--api-key-default-ttl-days` after it is made, at most
 //! `--api-key-max-ttl-days`). The operator's keys (the first start's, `MERCATOR_ADMIN_KEY`, an
 //! organization's first admin key, the demo's) are made without an end by the server itself.
+
+pub mod passwords;
+pub mod sessions;
+pub mod users;
 
 use std::sync::Arc;
 
