@@ -236,6 +236,159 @@ impl Modify for Upgrades {
     }
 }
 
+/// The least a caller must be for each operation (`x-minimum-role`): `none` (no credential), `viewer`,
+/// `analyst`, `admin`, or `owner` (an admin of the platform organization). A key or a user below it gets
+/// 403 `forbidden`; the role matrix test (tests/roles.rs) checks every row against the server, and a unit
+/// test that every documented operation has one.
+pub const MINIMUM_ROLES: &[(&str, &str, &str)] = &[
+    ("get", "/.well-known/jwks.json", "none"),
+    ("get", "/api/v1/alerts", "analyst"),
+    ("post", "/api/v1/alerts", "analyst"),
+    ("get", "/api/v1/alerts/events", "analyst"),
+    ("get", "/api/v1/alerts/events/{id}", "analyst"),
+    ("post", "/api/v1/alerts/events/{id}/acknowledge", "analyst"),
+    ("get", "/api/v1/alerts/events/{id}/deliveries", "analyst"),
+    ("post", "/api/v1/alerts/events/{id}/resolve", "analyst"),
+    ("delete", "/api/v1/alerts/{id}", "analyst"),
+    ("get", "/api/v1/alerts/{id}", "analyst"),
+    ("patch", "/api/v1/alerts/{id}", "analyst"),
+    ("post", "/api/v1/analytics/anomalies", "analyst"),
+    ("post", "/api/v1/analytics/forecast", "analyst"),
+    ("post", "/api/v1/analytics/trends", "analyst"),
+    ("get", "/api/v1/api-keys", "admin"),
+    ("post", "/api/v1/api-keys", "admin"),
+    ("delete", "/api/v1/api-keys/{id}", "admin"),
+    ("get", "/api/v1/audit", "admin"),
+    ("post", "/api/v1/auth/login", "none"),
+    ("post", "/api/v1/auth/logout", "viewer"),
+    ("post", "/api/v1/auth/refresh", "none"),
+    ("get", "/api/v1/materials", "viewer"),
+    ("post", "/api/v1/materials", "admin"),
+    ("delete", "/api/v1/materials/{id}", "admin"),
+    ("get", "/api/v1/materials/{id}", "viewer"),
+    ("patch", "/api/v1/materials/{id}", "admin"),
+    ("get", "/api/v1/models", "admin"),
+    ("get", "/api/v1/models/{name}", "admin"),
+    ("post", "/api/v1/models/{name}/rollback", "owner"),
+    ("put", "/api/v1/models/{name}/traffic", "owner"),
+    ("post", "/api/v1/models/{name}/versions", "owner"),
+    (
+        "delete",
+        "/api/v1/models/{name}/versions/{version}",
+        "owner",
+    ),
+    ("get", "/api/v1/models/{name}/versions/{version}", "admin"),
+    (
+        "post",
+        "/api/v1/models/{name}/versions/{version}/activate",
+        "owner",
+    ),
+    (
+        "post",
+        "/api/v1/models/{name}/versions/{version}/load",
+        "owner",
+    ),
+    (
+        "post",
+        "/api/v1/models/{name}/versions/{version}/unload",
+        "owner",
+    ),
+    ("get", "/api/v1/organizations", "owner"),
+    ("post", "/api/v1/organizations", "owner"),
+    ("get", "/api/v1/predictions/batch", "viewer"),
+    ("post", "/api/v1/predictions/batch", "analyst"),
+    ("delete", "/api/v1/predictions/batch/{id}", "analyst"),
+    ("get", "/api/v1/predictions/batch/{id}", "viewer"),
+    ("post", "/api/v1/predictions/batch/{id}/cancel", "analyst"),
+    ("get", "/api/v1/predictions/batch/{id}/errors", "viewer"),
+    ("get", "/api/v1/predictions/batch/{id}/results", "viewer"),
+    ("post", "/api/v1/predictions/price", "analyst"),
+    ("get", "/api/v1/prices", "viewer"),
+    ("post", "/api/v1/prices", "analyst"),
+    ("post", "/api/v1/prices/bulk", "analyst"),
+    ("delete", "/api/v1/prices/{id}", "analyst"),
+    ("get", "/api/v1/prices/{id}", "viewer"),
+    ("patch", "/api/v1/prices/{id}", "analyst"),
+    ("get", "/api/v1/suppliers", "viewer"),
+    ("post", "/api/v1/suppliers", "admin"),
+    ("delete", "/api/v1/suppliers/{id}", "admin"),
+    ("get", "/api/v1/suppliers/{id}", "viewer"),
+    ("patch", "/api/v1/suppliers/{id}", "admin"),
+    ("get", "/api/v1/users", "admin"),
+    ("post", "/api/v1/users", "admin"),
+    ("get", "/api/v1/users/me", "viewer"),
+    ("delete", "/api/v1/users/{id}", "admin"),
+    ("get", "/api/v1/users/{id}", "admin"),
+    ("patch", "/api/v1/users/{id}", "admin"),
+    ("get", "/healthz", "none"),
+    ("get", "/metrics", "none"),
+    ("get", "/readyz", "none"),
+    ("get", "/v2", "viewer"),
+    ("get", "/v2/health/live", "viewer"),
+    ("get", "/v2/health/ready", "viewer"),
+    ("get", "/v2/models/stats", "viewer"),
+    ("get", "/v2/models/{model}", "viewer"),
+    ("get", "/v2/models/{model}/config", "viewer"),
+    ("post", "/v2/models/{model}/infer", "analyst"),
+    ("get", "/v2/models/{model}/ready", "viewer"),
+    ("get", "/v2/models/{model}/stats", "viewer"),
+    ("get", "/v2/models/{model}/versions/{version}", "viewer"),
+    (
+        "get",
+        "/v2/models/{model}/versions/{version}/config",
+        "viewer",
+    ),
+    (
+        "post",
+        "/v2/models/{model}/versions/{version}/infer",
+        "analyst",
+    ),
+    (
+        "get",
+        "/v2/models/{model}/versions/{version}/ready",
+        "viewer",
+    ),
+    (
+        "get",
+        "/v2/models/{model}/versions/{version}/stats",
+        "viewer",
+    ),
+    ("get", "/ws/notifications", "viewer"),
+    ("get", "/ws/predictions/{batch_id}", "viewer"),
+    ("get", "/ws/prices", "viewer"),
+];
+
+struct Roles;
+
+impl Modify for Roles {
+    fn modify(&self, doc: &mut Document) {
+        use utoipa::openapi::extensions::ExtensionsBuilder;
+        for (path, item) in doc.paths.paths.iter_mut() {
+            for (method, operation) in [
+                ("get", item.get.as_mut()),
+                ("post", item.post.as_mut()),
+                ("put", item.put.as_mut()),
+                ("patch", item.patch.as_mut()),
+                ("delete", item.delete.as_mut()),
+            ] {
+                let Some(operation) = operation else { continue };
+                let Some((_, _, role)) = MINIMUM_ROLES
+                    .iter()
+                    .find(|(m, p, _)| *m == method && p == path)
+                else {
+                    continue;
+                };
+                let extensions = operation.extensions.get_or_insert_with(Default::default);
+                extensions.merge(
+                    ExtensionsBuilder::new()
+                        .add("x-minimum-role", *role)
+                        .build(),
+                );
+            }
+        }
+    }
+}
+
 /// Every counted route's class (`x-rate-limit-class`) and its 429, with the headers every counted answer
 /// carries.
 struct Limits;
@@ -315,6 +468,7 @@ pub fn router() -> Router<AppState> {
     // After the routes are merged: they read them.
     Upgrades.modify(&mut doc);
     Limits.modify(&mut doc);
+    Roles.modify(&mut doc);
     let json = doc.to_json().expect("the OpenAPI document serializes");
     router
         .route(
@@ -339,5 +493,47 @@ pub fn document() -> Document {
         .into_openapi();
     Upgrades.modify(&mut doc);
     Limits.modify(&mut doc);
+    Roles.modify(&mut doc);
     doc
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every documented operation states its minimum role, and every stated role is an operation.
+    #[test]
+    fn every_operation_states_its_minimum_role() {
+        let doc = super::document();
+        let mut operations = Vec::new();
+        for (path, item) in &doc.paths.paths {
+            for (method, present) in [
+                ("get", item.get.is_some()),
+                ("post", item.post.is_some()),
+                ("put", item.put.is_some()),
+                ("patch", item.patch.is_some()),
+                ("delete", item.delete.is_some()),
+            ] {
+                if present {
+                    operations.push((method.to_string(), path.clone()));
+                }
+            }
+        }
+        for (method, path) in &operations {
+            assert!(
+                super::MINIMUM_ROLES
+                    .iter()
+                    .any(|(m, p, _)| m == method && p == path),
+                "{method} {path} has no row in MINIMUM_ROLES"
+            );
+        }
+        for (method, path, role) in super::MINIMUM_ROLES {
+            assert!(
+                operations.iter().any(|(m, p)| m == method && p == path),
+                "{method} {path} is in MINIMUM_ROLES but not documented"
+            );
+            assert!(
+                ["none", "viewer", "analyst", "admin", "owner"].contains(role),
+                "{role}"
+            );
+        }
+    }
 }
