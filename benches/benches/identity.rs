@@ -58,7 +58,7 @@ fn bench(c: &mut Criterion) {
             clock.clone(),
             limiter.clone(),
         );
-        let tokens = sessions.login("bench@example.com", PASSWORD).await.unwrap();
+        let (tokens, _) = sessions.login("bench@example.com", PASSWORD).await.unwrap();
         (store, sessions, tokens.access_token, key)
     });
     let keys = mercator_server::auth::Keys::new(store, Duration::from_secs(3600), clock.clone());

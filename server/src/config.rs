@@ -232,6 +232,9 @@ pub struct ServeArgs {
     /// [default: 2].
     #[arg(long, env = "MERCATOR_MAX_PASSWORD_HASHES")]
     pub max_password_hashes: Option<usize>,
+    /// Days audit events are kept; older ones are deleted hourly. 0: kept forever [default: 365].
+    #[arg(long, env = "MERCATOR_AUDIT_RETENTION_DAYS")]
+    pub audit_retention_days: Option<u32>,
     /// Share rate limits between replicas through this Redis, `redis://host:6379/0`; unset, each replica
     /// limits on its own [default: unset].
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
@@ -302,6 +305,8 @@ pub struct Config {
     pub rate_limits: crate::limits::Settings,
     /// Users' sessions: token signing, lifetimes, sign-in limits.
     pub sessions: SessionConfig,
+    /// How long audit events are kept; None: forever.
+    pub audit_retention: Option<Duration>,
     /// The time alerting judges by: the system's (tests move it forward instead of waiting).
     pub clock: std::sync::Arc<mercator_services::clock::Clock>,
 }
@@ -409,6 +414,7 @@ impl Default for Config {
                 redis: None,
                 proxy_hops: 0,
             },
+            audit_retention: Some(Duration::from_secs(365 * 24 * 3600)),
             sessions: SessionConfig {
                 signing_keys: None,
                 issuer: "mercator".into(),
@@ -647,6 +653,11 @@ impl Config {
                     .or(file.trusted_proxy_hops)
                     .unwrap_or(d.rate_limits.proxy_hops),
             },
+            audit_retention: match args.audit_retention_days.or(file.audit_retention_days) {
+                Some(0) => None,
+                Some(days) => Some(Duration::from_secs(u64::from(days.min(36_500)) * 24 * 3600)),
+                None => d.audit_retention,
+            },
             sessions: SessionConfig {
                 signing_keys: args.jwt_signing_keys.or(file.jwt_signing_keys),
                 issuer: args
@@ -764,6 +775,7 @@ impl std::fmt::Debug for Config {
             .field("connections", &self.connections)
             .field("rate_limits", &self.rate_limits)
             .field("sessions", &self.sessions)
+            .field("audit_retention", &self.audit_retention)
             .field("key_cache", &self.key_cache)
             .field("api_keys", &self.api_keys)
             .field("drain_timeout", &self.drain_timeout)

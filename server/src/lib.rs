@@ -94,6 +94,8 @@ pub struct Shared {
     pub rate_limits: limits::RateLimits,
     /// Users' sign-ins, refreshes and access tokens.
     pub sessions: Arc<mercator_services::identity::sessions::Sessions>,
+    /// Failed authentications, summarised into the audit log each minute.
+    pub failed_auth: Arc<api::audit::Failures>,
     /// Users made and changed by their organization's admins.
     pub users: Arc<mercator_services::identity::users::Users>,
     /// API keys made under the policy (scopes, an end).
@@ -339,6 +341,7 @@ impl App {
         let state = AppState(Arc::new(Shared {
             sessions,
             users,
+            failed_auth: Arc::default(),
             rate_limits,
             catalog,
             registry,
@@ -385,6 +388,19 @@ impl App {
             background::supervise("forecast_schedule", move || {
                 alerts.clone().run_schedule(every)
             });
+            let summaries = state.clone();
+            background::supervise("failed_auth_summaries", move || {
+                api::audit::Failures::flush_every(
+                    summaries.clone(),
+                    std::time::Duration::from_secs(60),
+                )
+            });
+            if let Some(keep) = config.audit_retention {
+                let store = state.store.clone();
+                background::supervise("audit_retention", move || {
+                    api::audit::retain(store.clone(), keep)
+                });
+            }
             let janitor = jobs.clone();
             background::supervise("batch_janitor", move || janitor.clone().sweep());
             background::supervise("batch_runner", move || jobs.clone().run());

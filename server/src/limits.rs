@@ -63,6 +63,20 @@ pub struct Peer(pub IpAddr);
 #[derive(Clone)]
 pub struct Verified(pub Arc<Principal>);
 
+/// Where a request came from, for the audit trail: set by the door for the request's handler (a task
+/// local: the handler runs in the door's task), read by `api::audit::record`. Header values are shared
+/// bytes, so it costs no copy.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub ip: IpAddr,
+    pub user_agent: Option<HeaderValue>,
+    pub request_id: Option<HeaderValue>,
+}
+
+tokio::task_local! {
+    pub static ORIGIN: Origin;
+}
+
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
@@ -155,11 +169,20 @@ pub async fn enforce(State(app): State<AppState>, mut request: Request, next: Ne
         return next.run(request).await;
     };
     let limits = &app.rate_limits;
+    let origin = Origin {
+        ip: limits.client(&request),
+        user_agent: request.headers().get(header::USER_AGENT).cloned(),
+        request_id: request.headers().get(crate::request_id::HEADER).cloned(),
+    };
     let verified = match auth::presented(request.headers(), request.uri()) {
-        Some(key) => auth::identify(&app, key).await,
+        Some(key) => auth::identify(&app, key).await.inspect_err(|e| {
+            if !matches!(e, ApiError::Store(_)) {
+                app.failed_auth.note(key, origin.ip);
+            }
+        }),
         // Nothing to guess and nothing served: the handler answers 401 from memory, uncounted (only
         // signing in is open to callers without a credential).
-        None if class != Class::Login => return next.run(request).await,
+        None if class != Class::Login => return ORIGIN.scope(origin, next.run(request)).await,
         None => Err(ApiError::MissingKey),
     };
     let (verdict, whose) = match &verified {
@@ -181,7 +204,7 @@ pub async fn enforce(State(app): State<AppState>, mut request: Request, next: Ne
             | ApiError::KeyExpired(_)
             | ApiError::Session(SessionError::InvalidToken(_) | SessionError::TokenExpired),
         ) => {
-            let subject = Subject::address(limits.client(&request));
+            let subject = Subject::address(origin.ip);
             let verdict = limits
                 .limiter
                 .check(subject, &limits.anonymous, class)
@@ -210,7 +233,7 @@ pub async fn enforce(State(app): State<AppState>, mut request: Request, next: Ne
         write_headers(&verdict, headers);
         return response;
     }
-    let mut response = next.run(request).await;
+    let mut response = ORIGIN.scope(origin, next.run(request)).await;
     write_headers(&verdict, response.headers_mut());
     response
 }

@@ -13,8 +13,15 @@ use crate::{
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEvent {
     pub id: String,
-    /// The API key that acted.
+    /// Who acted: an API key's id, `user:<id>` for a signed-in user, `system` for the server itself.
     pub actor_key_id: String,
+    /// `key`, `user` or `system` (null on rows older than this column).
+    pub actor_type: Option<String>,
+    /// The client's address, as `--trusted-proxy-hops` reads it.
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// The request's `x-request-id`: it finds the request's log lines.
+    pub request_id: Option<String>,
     /// `<target>.<verb>`: organization.create, api_key.create, api_key.delete, material.update, model.load...
     pub action: String,
     pub target_type: String,
@@ -30,6 +37,10 @@ pub struct AuditEvent {
 #[derive(Debug, Clone)]
 pub struct NewAuditEvent<'a> {
     pub actor_key_id: &'a str,
+    pub actor_type: &'a str,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
     pub action: &'a str,
     pub target_type: &'a str,
     pub target_id: &'a str,
@@ -47,6 +58,10 @@ impl<'r> FromRow<'r, AnyRow> for AuditEvent {
         Ok(AuditEvent {
             id: row.try_get("id")?,
             actor_key_id: row.try_get("actor_key_id")?,
+            actor_type: row.try_get("actor_type")?,
+            ip: row.try_get("ip")?,
+            user_agent: row.try_get("user_agent")?,
+            request_id: row.try_get("request_id")?,
             action: row.try_get("action")?,
             target_type: row.try_get("target_type")?,
             target_id: row.try_get("target_id")?,
@@ -66,13 +81,15 @@ pub struct AuditQuery {
 }
 
 const COLUMNS: &str =
-    "id, actor_key_id, action, target_type, target_id, before_state, after_state, at";
+    "id, actor_key_id, actor_type, ip, user_agent, request_id, action, target_type, \
+     target_id, before_state, after_state, at";
 
 impl Store {
     pub async fn record_audit(&self, org: &str, event: NewAuditEvent<'_>) -> Result<()> {
         sqlx::query(
             "INSERT INTO audit_events (id, organization_id, actor_key_id, action, target_type, target_id, \
-             before_state, after_state, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             before_state, after_state, at, actor_type, ip, user_agent, request_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(new_id())
         .bind(org)
@@ -83,9 +100,22 @@ impl Store {
         .bind(event.before.map(|v| v.to_string()))
         .bind(event.after.map(|v| v.to_string()))
         .bind(now_ms())
+        .bind(event.actor_type)
+        .bind(event.ip)
+        .bind(event.user_agent.map(|ua| ua.chars().take(512).collect::<String>()))
+        .bind(event.request_id)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Deletes every organization's events recorded before `cutoff`; answers how many.
+    pub async fn purge_audit_before(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM audit_events WHERE at < $1")
+            .bind(cutoff.timestamp_millis())
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 
     /// The organization's events, newest first.

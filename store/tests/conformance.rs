@@ -175,6 +175,148 @@ async fn organizations_are_listed_and_found(store: Store) {
     ));
 }
 
+/// Users: one account per email (any case), changes that end sessions move the token version on and
+/// revoke refresh tokens; a refresh token is spent once, and spending it again revokes its family.
+async fn users_and_refresh_tokens_rotate_once(store: Store) {
+    use chrono::{Duration, Utc};
+    use mercator_store::{Role, Spent, UserChange};
+    let acme = store.create_organization("Acme", false).await.unwrap();
+    let user = store
+        .create_user(
+            &acme.id,
+            "Ana@Example.com",
+            Some("Ana"),
+            Role::Analyst,
+            Some("$argon2id$x"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(user.email, "ana@example.com");
+    assert!(user.has_password && user.active);
+    assert!(matches!(
+        store
+            .create_user(&acme.id, "ANA@example.com", None, Role::Viewer, None)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let other = store.create_organization("Other", false).await.unwrap();
+    assert!(matches!(
+        store.user(&other.id, &user.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let now = Utc::now();
+    let family = store
+        .insert_refresh_token(&user.id, None, "hash-1", now + Duration::days(7))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.spend_refresh_token("hash-1", now).await.unwrap(),
+        Spent::Fresh(_)
+    ));
+    store
+        .insert_refresh_token(&user.id, Some(&family), "hash-2", now + Duration::days(7))
+        .await
+        .unwrap();
+    assert!(store.family_live(&family).await.unwrap());
+    assert!(matches!(
+        store.spend_refresh_token("hash-1", now).await.unwrap(),
+        Spent::Reused(_)
+    ));
+    assert!(
+        !store.family_live(&family).await.unwrap(),
+        "reuse revokes the family"
+    );
+    assert!(matches!(
+        store.spend_refresh_token("hash-2", now).await.unwrap(),
+        Spent::Reused(_)
+    ));
+    assert!(matches!(
+        store.spend_refresh_token("nothing", now).await.unwrap(),
+        Spent::Unknown
+    ));
+    // A name change keeps sessions; a role change ends them.
+    let renamed = store
+        .update_user(
+            &acme.id,
+            &user.id,
+            &UserChange {
+                name: Some(Some("Ana B".into())),
+                ..UserChange::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(renamed.token_version, user.token_version);
+    let promoted = store
+        .update_user(
+            &acme.id,
+            &user.id,
+            &UserChange {
+                role: Some(Role::Admin),
+                ..UserChange::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(promoted.token_version, user.token_version + 1);
+    assert_eq!(
+        store.user_standing(&user.id).await.unwrap(),
+        Some((promoted.token_version, true))
+    );
+}
+
+/// Retention deletes events older than the cutoff, in every organization, and nothing newer.
+async fn audit_events_keep_their_origin_and_age_out(store: Store) {
+    use mercator_store::{AuditQuery, ListParams, NewAuditEvent};
+    let acme = store.create_organization("Acme", false).await.unwrap();
+    store
+        .record_audit(
+            &acme.id,
+            NewAuditEvent {
+                actor_key_id: "user:u1",
+                actor_type: "user",
+                ip: Some("203.0.113.7".into()),
+                user_agent: Some("curl/8".into()),
+                request_id: Some("req-1".into()),
+                action: "price.create",
+                target_type: "price",
+                target_id: "p1",
+                before: None,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    let page = ListParams {
+        limit: 10,
+        offset: 0,
+        sort: None,
+        count: true,
+    };
+    let listed = store
+        .list_audit(&acme.id, &AuditQuery::default(), &page)
+        .await
+        .unwrap();
+    let event = &listed.items[0];
+    assert_eq!(
+        (
+            event.actor_type.as_deref(),
+            event.ip.as_deref(),
+            event.request_id.as_deref()
+        ),
+        (Some("user"), Some("203.0.113.7"), Some("req-1"))
+    );
+    let past = chrono::Utc::now() - chrono::Duration::days(1);
+    assert_eq!(store.purge_audit_before(past).await.unwrap(), 0);
+    let future = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(store.purge_audit_before(future).await.unwrap(), 1);
+    let listed = store
+        .list_audit(&acme.id, &AuditQuery::default(), &page)
+        .await
+        .unwrap();
+    assert!(listed.items.is_empty());
+}
+
 macro_rules! on_both {
     ($($story:ident),*) => {
         mod on_sqlite {
@@ -203,7 +345,9 @@ on_both!(
     prices_land_all_or_nothing_and_query_by_material_and_time,
     model_versions_are_claimed_once_and_keep_their_state,
     alert_events_open_once_per_cooldown_and_deliveries_are_claimed_once,
-    batch_jobs_commit_each_chunk_once_and_stay_in_their_organization
+    batch_jobs_commit_each_chunk_once_and_stay_in_their_organization,
+    users_and_refresh_tokens_rotate_once,
+    audit_events_keep_their_origin_and_age_out
 );
 
 /// A job runs on the node that holds its input; each chunk commits once, in order; a queued job cancels at

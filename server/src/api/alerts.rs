@@ -214,13 +214,7 @@ async fn acknowledge_event(
     caller: Auth<Analyst>,
     Path(id): Path<String>,
 ) -> Result<Json<AlertEvent>, ApiError> {
-    set_status(
-        &app,
-        &caller.organization_id,
-        &id,
-        EventStatus::Acknowledged,
-    )
-    .await
+    set_status(&app, &caller, &id, EventStatus::Acknowledged).await
 }
 
 /// Done with it; final. 409 for a resolved event.
@@ -232,20 +226,33 @@ async fn resolve_event(
     caller: Auth<Analyst>,
     Path(id): Path<String>,
 ) -> Result<Json<AlertEvent>, ApiError> {
-    set_status(&app, &caller.organization_id, &id, EventStatus::Resolved).await
+    set_status(&app, &caller, &id, EventStatus::Resolved).await
 }
 
 async fn set_status(
     app: &AppState,
-    org: &str,
+    caller: &Auth<Analyst>,
     id: &str,
     status: EventStatus,
 ) -> Result<Json<AlertEvent>, ApiError> {
-    app.store
-        .set_alert_event_status(org, id, status)
-        .await
-        .map(Json)
-        .map_err(ApiError::from)
+    let event = app
+        .store
+        .set_alert_event_status(&caller.organization_id, id, status)
+        .await?;
+    let action = match status {
+        EventStatus::Resolved => "alert_event.resolve",
+        _ => "alert_event.acknowledge",
+    };
+    audit::record(
+        app,
+        caller,
+        action,
+        ("alert_event", id),
+        None::<()>,
+        Some(&event),
+    )
+    .await;
+    Ok(Json(event))
 }
 
 /// The webhook deliveries of an event: status (pending, delivered, failed), attempts, the receiver's last

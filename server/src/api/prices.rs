@@ -107,7 +107,17 @@ async fn create_price(
             },
             e => e,
         })?;
-    Ok((StatusCode::CREATED, Json(written.remove(0))))
+    let price = written.remove(0);
+    super::audit::record(
+        &app,
+        &caller,
+        "price.create",
+        ("price", &price.id),
+        None::<()>,
+        Some(&price),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(price)))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -164,7 +174,22 @@ async fn bulk_create_prices(
     if rows.is_empty() {
         return Err(ApiError::BadRequest("there are no rows".into()));
     }
-    let inserted = app.ingest.write(&caller.organization_id, rows).await?.len();
+    let written = app.ingest.write(&caller.organization_id, rows).await?;
+    let inserted = written.len();
+    // One entry for the write, with its count and the first and last ids (not a row per price).
+    let ids = (
+        written.first().map(|p| &p.id),
+        written.last().map(|p| &p.id),
+    );
+    super::audit::record(
+        &app,
+        &caller,
+        "price.bulk_create",
+        ("price", ids.0.map_or("", |id| id.as_str())),
+        None::<()>,
+        Some(serde_json::json!({ "inserted": inserted, "first_id": ids.0, "last_id": ids.1 })),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(BulkResult { inserted })))
 }
 
@@ -234,11 +259,21 @@ async fn update_price(
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<PricePatch>,
 ) -> Result<Json<Price>, ApiError> {
-    Ok(Json(
-        app.ingest
-            .correct(&caller.organization_id, &id, patch)
-            .await?,
-    ))
+    let before = app.store.price(&caller.organization_id, &id).await.ok();
+    let price = app
+        .ingest
+        .correct(&caller.organization_id, &id, patch)
+        .await?;
+    super::audit::record(
+        &app,
+        &caller,
+        "price.update",
+        ("price", &id),
+        before,
+        Some(&price),
+    )
+    .await;
+    Ok(Json(price))
 }
 
 /// Delete an observation (analyst).
@@ -250,6 +285,16 @@ async fn delete_price(
     caller: Auth<Analyst>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let before = app.store.price(&caller.organization_id, &id).await.ok();
     app.ingest.delete(&caller.organization_id, &id).await?;
+    super::audit::record(
+        &app,
+        &caller,
+        "price.delete",
+        ("price", &id),
+        before,
+        None::<()>,
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -212,7 +212,18 @@ async fn login(
     State(app): State<AppState>,
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Json<Tokens>, ApiError> {
-    Ok(Json(app.sessions.login(&body.email, &body.password).await?))
+    let (tokens, who) = app.sessions.login(&body.email, &body.password).await?;
+    audit::record_as(
+        &app,
+        &who.organization_id,
+        ("user", &format!("user:{}", who.user_id)),
+        "session.login",
+        ("session", &who.session_id),
+        None::<()>,
+        None::<()>,
+    )
+    .await;
+    Ok(Json(tokens))
 }
 
 /// Spend a refresh token for a new pair. A refresh token spent twice ends its session (401
@@ -224,7 +235,33 @@ async fn refresh(
     State(app): State<AppState>,
     ApiJson(body): ApiJson<RefreshBody>,
 ) -> Result<Json<Tokens>, ApiError> {
-    Ok(Json(app.sessions.refresh(&body.refresh_token).await?))
+    use mercator_services::identity::sessions::SessionError;
+    match app.sessions.refresh(&body.refresh_token).await {
+        Ok(tokens) => Ok(Json(tokens)),
+        Err(SessionError::RefreshReused {
+            user_id,
+            organization_id,
+        }) => {
+            if !organization_id.is_empty() {
+                audit::record_as(
+                    &app,
+                    &organization_id,
+                    ("user", &format!("user:{user_id}")),
+                    "session.refresh_reused",
+                    ("user", &user_id),
+                    None::<()>,
+                    None::<()>,
+                )
+                .await;
+            }
+            Err(SessionError::RefreshReused {
+                user_id,
+                organization_id,
+            }
+            .into())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Sign out: the caller's session ends (its access and refresh tokens stop working).
@@ -237,6 +274,15 @@ async fn logout(State(app): State<AppState>, caller: Auth<Viewer>) -> Result<Sta
         ));
     };
     app.sessions.logout(session).await?;
+    audit::record(
+        &app,
+        &caller,
+        "session.logout",
+        ("session", session),
+        None::<()>,
+        None::<()>,
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

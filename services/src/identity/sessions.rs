@@ -168,6 +168,14 @@ pub struct Tokens {
     pub expires_in: u64,
 }
 
+/// Who signed in, and the session begun.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    pub user_id: String,
+    pub organization_id: String,
+    pub session_id: String,
+}
+
 /// The signed-in caller an access token names.
 #[derive(Debug, Clone)]
 pub struct SessionCaller {
@@ -195,7 +203,11 @@ pub enum SessionError {
     InvalidRefresh,
     /// A refresh token spent before: the session it belongs to is ended.
     #[error("the refresh token was already used; the session is ended")]
-    RefreshReused,
+    RefreshReused {
+        user_id: String,
+        /// Empty when the user is gone.
+        organization_id: String,
+    },
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("signing: {0}")]
@@ -209,7 +221,7 @@ impl SessionError {
             SessionError::Throttled { .. } => "rate_limited",
             SessionError::InvalidToken(_) | SessionError::InvalidRefresh => "unauthorized",
             SessionError::TokenExpired => "token_expired",
-            SessionError::RefreshReused => "refresh_token_reused",
+            SessionError::RefreshReused { .. } => "refresh_token_reused",
             SessionError::Store(e) => e.code(),
             SessionError::Internal(_) => "internal",
         }
@@ -252,9 +264,13 @@ impl Sessions {
         self.settings.keys.jwks()
     }
 
-    /// Signs in: a new session's tokens. Attempts per account are limited (`login_limits`) before the
-    /// password is even checked.
-    pub async fn login(&self, email: &str, password: &str) -> Result<Tokens, SessionError> {
+    /// Signs in: a new session's tokens, and who signed in. Attempts per account are limited
+    /// (`login_limits`) before the password is even checked.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<(Tokens, SignedIn), SessionError> {
         let email = email.trim().to_lowercase();
         let verdict = self
             .limiter
@@ -294,14 +310,22 @@ impl Sessions {
                 now + self.refresh_ttl(),
             )
             .await?;
-        self.issue(
+        let tokens = self.issue(
             &user.id,
             &user.organization_id,
             user.role,
             &family,
             user.token_version,
             refresh,
-        )
+        )?;
+        Ok((
+            tokens,
+            SignedIn {
+                user_id: user.id,
+                organization_id: user.organization_id,
+                session_id: family,
+            },
+        ))
     }
 
     /// Spends a refresh token for a new pair; a token spent before ends its session (401).
@@ -317,7 +341,16 @@ impl Sessions {
                 tracing::warn!(user = %reused.user_id, session = %reused.family_id,
                     "a refresh token was used twice: the session is ended");
                 self.forget_session(&reused.family_id);
-                return Err(SessionError::RefreshReused);
+                let organization_id = self
+                    .store
+                    .user_by_id(&reused.user_id)
+                    .await?
+                    .map(|u| u.organization_id)
+                    .unwrap_or_default();
+                return Err(SessionError::RefreshReused {
+                    user_id: reused.user_id,
+                    organization_id,
+                });
             }
             Spent::Expired | Spent::Unknown => return Err(SessionError::InvalidRefresh),
         };

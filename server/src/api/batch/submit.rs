@@ -113,6 +113,15 @@ pub(super) async fn predict_batch(
         Intake::Raw(answers) => raw(answers, csv_out),
         Intake::Job(job) => {
             let accepted = Accepted::of(*job);
+            super::super::audit::record(
+                &app,
+                &caller,
+                "batch.submit",
+                ("batch_job", &accepted.batch_id),
+                None::<()>,
+                Some(&accepted),
+            )
+            .await;
             (
                 StatusCode::ACCEPTED,
                 [(header::LOCATION, accepted.status_url.clone())],

@@ -89,7 +89,7 @@ pub(super) async fn cancel_job(
     caller: Auth<Analyst>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    cancel(&app, &caller.organization_id, &id).await
+    cancel(&app, &caller, &id).await
 }
 
 /// Cancel a batch job (analyst), as `DELETE /api/v1/predictions/batch/{id}` does: for clients that cannot
@@ -103,11 +103,20 @@ pub(super) async fn cancel_job_post(
     caller: Auth<Analyst>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    cancel(&app, &caller.organization_id, &id).await
+    cancel(&app, &caller, &id).await
 }
 
-async fn cancel(app: &AppState, org: &str, id: &str) -> Result<Response, ApiError> {
-    let job = app.jobs.cancel(org, id).await?;
+async fn cancel(app: &AppState, caller: &Auth<Analyst>, id: &str) -> Result<Response, ApiError> {
+    let job = app.jobs.cancel(&caller.organization_id, id).await?;
+    super::super::audit::record(
+        app,
+        caller,
+        "batch.cancel",
+        ("batch_job", id),
+        None::<()>,
+        Some(serde_json::json!({ "state": job.state })),
+    )
+    .await;
     let status = if job.state.is_terminal() {
         StatusCode::OK
     } else {
