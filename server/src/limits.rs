@@ -220,7 +220,7 @@ pub async fn enforce(State(app): State<AppState>, mut request: Request, next: Ne
     }
     if let Some(wait) = verdict.retry_after {
         let binding = verdict.binding().map(|s| s.rule);
-        let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let retry_after = mercator_services::limits::whole_secs(wait);
         let mut response = ApiError::RateLimited {
             rule: binding.map_or("all", |r| r.name()),
             rate: binding.map(|r| r.rate.to_string()).unwrap_or_default(),
@@ -248,7 +248,7 @@ fn write_headers(verdict: &Verdict, headers: &mut HeaderMap) {
     for (i, status) in statuses.enumerate() {
         let sep = if i == 0 { "" } else { ", " };
         let name = status.rule.name();
-        let reset = status.reset.as_secs() + u64::from(status.reset.subsec_nanos() > 0);
+        let reset = mercator_services::limits::whole_secs(status.reset);
         let _ = write!(
             policy,
             "{sep}\"{name}\";q={};w={}",

@@ -362,31 +362,43 @@ struct Roles;
 
 impl Modify for Roles {
     fn modify(&self, doc: &mut Document) {
-        use utoipa::openapi::extensions::ExtensionsBuilder;
-        for (path, item) in doc.paths.paths.iter_mut() {
-            for (method, operation) in [
-                ("get", item.get.as_mut()),
-                ("post", item.post.as_mut()),
-                ("put", item.put.as_mut()),
-                ("patch", item.patch.as_mut()),
-                ("delete", item.delete.as_mut()),
-            ] {
-                let Some(operation) = operation else { continue };
-                let Some((_, _, role)) = MINIMUM_ROLES
-                    .iter()
-                    .find(|(m, p, _)| *m == method && p == path)
-                else {
-                    continue;
-                };
-                let extensions = operation.extensions.get_or_insert_with(Default::default);
-                extensions.merge(
-                    ExtensionsBuilder::new()
-                        .add("x-minimum-role", *role)
-                        .build(),
-                );
+        each_operation(doc, |method, path, operation| {
+            if let Some((_, _, role)) = MINIMUM_ROLES
+                .iter()
+                .find(|(m, p, _)| *m == method.as_str().to_lowercase() && *p == path)
+            {
+                extend(operation, "x-minimum-role", role);
+            }
+        });
+    }
+}
+
+/// Every operation of the document, with its method and path.
+fn each_operation(
+    doc: &mut Document,
+    mut f: impl FnMut(&axum::http::Method, &str, &mut utoipa::openapi::path::Operation),
+) {
+    use axum::http::Method;
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for (method, operation) in [
+            (Method::GET, item.get.as_mut()),
+            (Method::POST, item.post.as_mut()),
+            (Method::PUT, item.put.as_mut()),
+            (Method::PATCH, item.patch.as_mut()),
+            (Method::DELETE, item.delete.as_mut()),
+        ] {
+            if let Some(operation) = operation {
+                f(&method, path, operation);
             }
         }
     }
+}
+
+/// Adds an `x-` extension to an operation.
+fn extend(operation: &mut utoipa::openapi::path::Operation, name: &str, value: &str) {
+    use utoipa::openapi::extensions::ExtensionsBuilder;
+    let extensions = operation.extensions.get_or_insert_with(Default::default);
+    extensions.merge(ExtensionsBuilder::new().add(name, value).build());
 }
 
 /// Every counted route's class (`x-rate-limit-class`) and its 429, with the headers every counted answer
@@ -395,7 +407,6 @@ struct Limits;
 
 impl Modify for Limits {
     fn modify(&self, doc: &mut Document) {
-        use utoipa::openapi::extensions::ExtensionsBuilder;
         use utoipa::openapi::header::HeaderBuilder;
         use utoipa::openapi::schema::{ObjectBuilder, Type};
         use utoipa::openapi::ResponseBuilder;
@@ -408,38 +419,24 @@ impl Modify for Limits {
         let refused = ResponseBuilder::new()
             .description(
                 "A rate limit reached (`rate_limited`): wait `Retry-After` seconds. Limits count per API key \
-                 (its own `rate_limits`, else the server's default for keys) or, without a valid key, per \
-                 client address, by the route's class.",
+                 (its own `rate_limits`, else the server's default for keys), per signed-in user, or, for a \
+                 key or token that is not valid, per client address, by the route's class.",
             )
             .header("Retry-After", header("Seconds until the request would be admitted."))
             .header("RateLimit", header("`\"<rule>\";r=<remaining>;t=<seconds until the quota is back>`, per rule."))
             .header("RateLimit-Policy", header("`\"<rule>\";q=<quota>;w=<window seconds>`, per rule."))
             .build();
-        for (path, item) in doc.paths.paths.iter_mut() {
-            for (method, operation) in [
-                (axum::http::Method::GET, item.get.as_mut()),
-                (axum::http::Method::POST, item.post.as_mut()),
-                (axum::http::Method::PUT, item.put.as_mut()),
-                (axum::http::Method::PATCH, item.patch.as_mut()),
-                (axum::http::Method::DELETE, item.delete.as_mut()),
-            ] {
-                let Some(operation) = operation else { continue };
-                let Some(class) = crate::limits::class_of(&method, path) else {
-                    continue;
-                };
-                operation
-                    .responses
-                    .responses
-                    .entry("429".into())
-                    .or_insert_with(|| refused.clone().into());
-                let extensions = operation.extensions.get_or_insert_with(Default::default);
-                extensions.merge(
-                    ExtensionsBuilder::new()
-                        .add("x-rate-limit-class", class.as_str())
-                        .build(),
-                );
-            }
-        }
+        each_operation(doc, |method, path, operation| {
+            let Some(class) = crate::limits::class_of(method, path) else {
+                return;
+            };
+            operation
+                .responses
+                .responses
+                .entry("429".into())
+                .or_insert_with(|| refused.clone().into());
+            extend(operation, "x-rate-limit-class", class.as_str());
+        });
     }
 }
 

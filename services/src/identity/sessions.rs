@@ -61,26 +61,21 @@ struct Key {
 }
 
 impl SigningKeys {
-    /// Keys from their seeds: 64 hex digits each, comma-separated, the signing key first.
+    /// Keys from their seeds: 64 hex digits each, comma-separated, the signing key first (the form of
+    /// `--secret-key`, read by the same parser).
     pub fn parse(text: &str) -> Result<SigningKeys, String> {
-        let keys = text
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|hex| {
-                let bytes = decode_hex(hex).ok_or("a signing key is 64 hex digits")?;
-                let seed: [u8; 32] = bytes
-                    .try_into()
-                    .map_err(|_| "a signing key is 64 hex digits")?;
-                let signing = SigningKey::from_bytes(&seed);
+        let keys: Vec<Key> = mercator_store::secrets::Sealer::parse_keys(text)?
+            .iter()
+            .map(|seed| {
+                let signing = SigningKey::from_bytes(seed);
                 let verifying = signing.verifying_key();
-                Ok(Key {
+                Key {
                     kid: thumbprint(&verifying),
                     signing,
                     verifying,
-                })
+                }
             })
-            .collect::<Result<Vec<Key>, &str>>()?;
+            .collect();
         if keys.is_empty() {
             return Err("no signing key".into());
         }
@@ -89,10 +84,7 @@ impl SigningKeys {
 
     /// A new key's seed, in the form `parse` reads.
     pub fn generate() -> String {
-        use rand::RngCore;
-        let mut seed = [0u8; 32];
-        rand::rng().fill_bytes(&mut seed);
-        seed.iter().map(|b| format!("{b:02x}")).collect()
+        mercator_store::secrets::Sealer::generate_key()
     }
 
     /// The public keys as a JWK Set (RFC 7517, OKP keys of RFC 8037).
@@ -107,11 +99,6 @@ impl SigningKeys {
             .collect();
         serde_json::json!({ "keys": keys })
     }
-
-    /// The key that signs (the first).
-    pub fn kid(&self) -> &str {
-        &self.keys[0].kid
-    }
 }
 
 /// RFC 7638: the base64url SHA-256 of the key's canonical JWK.
@@ -121,16 +108,6 @@ fn thumbprint(key: &VerifyingKey) -> String {
         B64.encode(key.as_bytes())
     );
     B64.encode(Sha256::digest(canonical.as_bytes()))
-}
-
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) || !hex.is_ascii() {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
-        .collect()
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -272,6 +249,10 @@ impl Sessions {
         password: &str,
     ) -> Result<(Tokens, SignedIn), SessionError> {
         let email = email.trim().to_lowercase();
+        if email.len() > 254 || password.len() > 4 * super::passwords::MAX_CHARS {
+            // No account has such an email or password: nothing to hash.
+            return Err(SessionError::InvalidCredentials);
+        }
         let verdict = self
             .limiter
             .check(
@@ -286,7 +267,7 @@ impl Sessions {
                     .binding()
                     .map(|s| s.rule.rate.to_string())
                     .unwrap_or_default(),
-                retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                retry_after: crate::limits::whole_secs(wait),
             });
         }
         let found = self.store.user_for_login(&email).await?;
@@ -564,10 +545,10 @@ impl Sessions {
         }
         let now = self.clock.now().timestamp();
         let leeway = LEEWAY.as_secs() as i64;
-        if claims.nbf > now + leeway {
+        if claims.nbf > now.saturating_add(leeway) {
             return Err(Bad("not valid yet"));
         }
-        if claims.exp + leeway <= now {
+        if claims.exp.saturating_add(leeway) <= now {
             return Err(SessionError::TokenExpired);
         }
         Ok(claims)
@@ -587,8 +568,5 @@ fn random_token() -> String {
 }
 
 fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    mercator_engine::import::sha256_hex(text.as_bytes())
 }

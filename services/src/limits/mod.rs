@@ -291,6 +291,11 @@ impl Verdict {
     }
 }
 
+/// A wait in whole seconds, rounded up (what `Retry-After` and the RateLimit headers say).
+pub fn whole_secs(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
 /// The limiter: in-process buckets, and the Redis-shared ones when configured.
 pub struct Limiter {
     local: local::Buckets,

@@ -249,7 +249,7 @@ impl Shared {
                 lease.tokens = 0;
             }
             if admitted {
-                lease.tokens += granted - 1;
+                lease.tokens += granted.saturating_sub(1);
                 lease.expires = now + nanos(LEASE_TTL.min(rule.rate.window / 10));
                 lease.remaining = remaining;
                 lease.full_at = now + nanos(micros(reset));
