@@ -61,6 +61,12 @@ impl OnlineHistory {
         }
     }
 
+    /// Holds what `other` holds instead (a history rebuilt beside this one, swapped in whole).
+    pub fn replace(&self, other: OnlineHistory) {
+        let other = other.orgs.into_inner().unwrap_or_else(|e| e.into_inner());
+        *self.orgs.write().unwrap_or_else(|e| e.into_inner()) = other;
+    }
+
     /// Takes prices out (a deletion, or the old side of a correction).
     pub fn remove(&self, o: Observation) {
         let mut orgs = self.orgs.write().unwrap_or_else(|e| e.into_inner());

@@ -395,7 +395,12 @@ impl Keys {
         self.clock.now()
     }
 
-    /// Forgets a deleted key at once.
+    /// Forgets every cached key (a replica that fell too far behind the change feed).
+    pub fn evict_all(&self) {
+        self.cache.lock().expect("key cache").clear();
+    }
+
+    /// Forgets a deleted key at once (here, or on another replica through the change feed).
     pub fn evict(&self, key_id: &str) {
         self.cache
             .lock()

@@ -79,8 +79,9 @@ pub struct ServeArgs {
     /// Unset on a first start: one is generated and printed once.
     #[arg(long, env = "MERCATOR_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
-    /// How long a verified API key is trusted without asking the store again, in seconds (a key deleted
-    /// on another replica keeps working here at most this long) [default: 30].
+    /// How long a verified API key is trusted without asking the store again, in seconds. A key deleted
+    /// on another replica is forgotten here through the change feed at once; this bounds it when the feed
+    /// cannot be read [default: 30].
     #[arg(long, env = "MERCATOR_KEY_CACHE_SECS")]
     pub key_cache_secs: Option<u64>,
     /// Days until an API key made without `expires_at` stops working [default: 90].
@@ -246,6 +247,14 @@ pub struct ServeArgs {
     /// before asking again [default: 25].
     #[arg(long, env = "MERCATOR_REDIS_TIMEOUT_MS")]
     pub redis_timeout_ms: Option<u64>,
+    /// Milliseconds between two reads of the change feed when no notification came (replicas on one
+    /// PostgreSQL apply each other's changes; a notification makes it at once) [default: 2000].
+    #[arg(long, env = "MERCATOR_FLEET_POLL_MS")]
+    pub fleet_poll_ms: Option<u64>,
+    /// Seconds the change feed may go unread before /readyz answers 503 (this replica would serve
+    /// state the others have changed) [default: 30].
+    #[arg(long, env = "MERCATOR_FLEET_MAX_LAG_SECS")]
+    pub fleet_max_lag_secs: Option<u64>,
     /// Proxies in front of Mercator that each append the address they saw to X-Forwarded-For: the client
     /// is that many addresses from the right. 0: the connection's peer is the client [default: 0].
     #[arg(long, env = "MERCATOR_TRUSTED_PROXY_HOPS")]
@@ -307,6 +316,10 @@ pub struct Config {
     pub sessions: SessionConfig,
     /// How long audit events are kept; None: forever.
     pub audit_retention: Option<Duration>,
+    /// How the change feed is read.
+    pub fleet: mercator_services::fleet::Settings,
+    /// How long the change feed may go unread before the replica is not ready.
+    pub fleet_max_lag: Duration,
     /// The time alerting judges by: the system's (tests move it forward instead of waiting).
     pub clock: std::sync::Arc<mercator_services::clock::Clock>,
 }
@@ -415,6 +428,8 @@ impl Default for Config {
                 proxy_hops: 0,
             },
             audit_retention: Some(Duration::from_secs(365 * 24 * 3600)),
+            fleet: Default::default(),
+            fleet_max_lag: Duration::from_secs(30),
             sessions: SessionConfig {
                 signing_keys: None,
                 issuer: "mercator".into(),
@@ -658,6 +673,19 @@ impl Config {
                 Some(days) => Some(Duration::from_secs(u64::from(days.min(36_500)) * 24 * 3600)),
                 None => d.audit_retention,
             },
+            fleet: mercator_services::fleet::Settings {
+                poll: args
+                    .fleet_poll_ms
+                    .or(file.fleet_poll_ms)
+                    .map(|ms| Duration::from_millis(ms.clamp(10, 3_600_000)))
+                    .unwrap_or(d.fleet.poll),
+                retention: d.fleet.retention,
+            },
+            fleet_max_lag: args
+                .fleet_max_lag_secs
+                .or(file.fleet_max_lag_secs)
+                .map(|s| Duration::from_secs(s.clamp(1, 86_400)))
+                .unwrap_or(d.fleet_max_lag),
             sessions: SessionConfig {
                 signing_keys: args.jwt_signing_keys.or(file.jwt_signing_keys),
                 issuer: args
@@ -776,6 +804,8 @@ impl std::fmt::Debug for Config {
             .field("rate_limits", &self.rate_limits)
             .field("sessions", &self.sessions)
             .field("audit_retention", &self.audit_retention)
+            .field("fleet", &self.fleet)
+            .field("fleet_max_lag", &self.fleet_max_lag)
             .field("key_cache", &self.key_cache)
             .field("api_keys", &self.api_keys)
             .field("drain_timeout", &self.drain_timeout)

@@ -85,6 +85,11 @@ pub enum ApiError {
     /// A pool of worker threads the server needs has lost some (`/readyz`).
     #[error("the {0} threads are not all running")]
     PoolBroken(&'static str),
+    /// The change feed has gone unread longer than --fleet-max-lag-secs (`/readyz`).
+    #[error(
+        "the change feed has not been read for {0} s: this replica may serve what others changed"
+    )]
+    FeedBehind(u64),
     /// A handler panicked: a bug; the request failed and the server goes on.
     #[error("the handler panicked: {0}")]
     Panicked(String),
@@ -281,7 +286,7 @@ impl ApiError {
             ApiError::Draining => "shutting_down",
             ApiError::TooManySockets { .. } => "too_many_sockets",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::PoolBroken(_) => "not_ready",
+            ApiError::PoolBroken(_) | ApiError::FeedBehind(_) => "not_ready",
             ApiError::Panicked(_) | ApiError::Store(_) | ApiError::Internal { .. } => "internal",
             ApiError::InvalidModel(_) => "invalid_model",
         }

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -14,8 +14,17 @@ pub fn routes() -> Router<AppState> {
         .route("/readyz", get(readyz))
 }
 
-/// 200 once every model is loaded and warmed up; 503 before, and while draining.
-async fn readyz(State(app): State<AppState>) -> Result<StatusCode, ApiError> {
+/// 200 once every model is loaded and warmed up, with the store's backend and how far this replica is
+/// behind the change feed; 503 before, while draining, and when the feed has gone unread too long.
+async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     app.check_ready()?;
-    Ok(StatusCode::OK)
+    let lag = app.fleet.lag();
+    if lag.seconds_behind > app.fleet_max_lag.as_secs_f64() {
+        return Err(ApiError::FeedBehind(lag.seconds_behind as u64));
+    }
+    Ok(Json(serde_json::json!({
+        "status": "ready",
+        "store": app.store.backend(),
+        "change_feed": lag,
+    })))
 }

@@ -40,6 +40,7 @@ use mercator_engine::{import, Repository, Runtime};
 use mercator_services::alerts::{self, Alerts};
 use mercator_services::catalog::Catalog;
 use mercator_services::events::{Fanout, Notification, PriceEvent};
+use mercator_services::fleet::{Follower, Projections};
 use mercator_services::ingest::Ingest;
 use mercator_services::jobs::{self, Jobs};
 use mercator_services::predict::Predictions;
@@ -122,6 +123,10 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Materials and suppliers, the prediction caches kept in step.
     pub catalog: Arc<Catalog>,
+    /// Other replicas' changes, applied here from the store's change feed.
+    pub fleet: Arc<Follower>,
+    /// How long the feed may go unread before /readyz answers 503 (--fleet-max-lag-secs).
+    pub fleet_max_lag: std::time::Duration,
     draining: Arc<AtomicBool>,
 }
 
@@ -178,6 +183,9 @@ impl App {
             Err(e) => return Err(format!("resealing stored secrets: {e}")),
         }
         tracing::info!(backend = store.backend(), "store open");
+        // Changes after this one are applied from the feed: read before anything is loaded, so a change
+        // made during the load is applied again (idempotently) rather than missed.
+        let feed_start = store.last_change().await.map_err(|e| e.to_string())?;
         auth::bootstrap(&store, config.admin_key.as_deref()).await?;
         // The registry says which versions are retired (never imported again) and which are unloaded.
         let records = store
@@ -261,9 +269,10 @@ impl App {
             config.max_bulk_rows,
         ));
         let started = std::time::Instant::now();
-        let prices = predictions.rebuild().await?;
+        let (prices, history_at) = predictions.rebuild().await?;
         tracing::info!(
             prices,
+            history_at,
             seconds = started.elapsed().as_secs_f64(),
             "price history rebuilt"
         );
@@ -338,7 +347,28 @@ impl App {
             });
         }
         let (sessions, users) = identity(&config, &store, &rate_limits)?;
+        let fleet = Arc::new(Follower::new(
+            store.clone(),
+            Projections {
+                registry: registry.clone(),
+                alerts: alerts.clone(),
+                predictions: predictions.clone(),
+                sessions: sessions.clone(),
+                forget_key: {
+                    let keys = keys.clone();
+                    Box::new(move |id| match id {
+                        Some(id) => keys.evict(id),
+                        None => keys.evict_all(),
+                    })
+                },
+            },
+            config.fleet,
+            feed_start,
+            history_at,
+        ));
         let state = AppState(Arc::new(Shared {
+            fleet: fleet.clone(),
+            fleet_max_lag: config.fleet_max_lag,
             sessions,
             users,
             failed_auth: Arc::default(),
@@ -401,6 +431,7 @@ impl App {
                     api::audit::retain(store.clone(), keep)
                 });
             }
+            background::supervise("change_feed", move || fleet.clone().run());
             let janitor = jobs.clone();
             background::supervise("batch_janitor", move || janitor.clone().sweep());
             background::supervise("batch_runner", move || jobs.clone().run());

@@ -98,12 +98,7 @@ impl Ingest {
         id: &str,
         patch: PricePatch,
     ) -> Result<Price, IngestError> {
-        let before = self
-            .store
-            .price(org, id)
-            .await
-            .map_err(IngestError::Store)?;
-        let price = self
+        let (before, price) = self
             .store
             .update_price(org, id, patch)
             .await
@@ -120,10 +115,6 @@ impl Ingest {
     pub async fn delete(&self, org: &str, id: &str) -> Result<(), IngestError> {
         let before = self
             .store
-            .price(org, id)
-            .await
-            .map_err(IngestError::Store)?;
-        self.store
             .delete_price(org, id)
             .await
             .map_err(IngestError::Store)?;

@@ -12,6 +12,7 @@
 //! - [`clock`]: the time the domain judges by, which tests move forward.
 //! - [`demo`]: the demo organization, loaded from the fixture the shipped models were trained on.
 //! - [`events`]: price and notification streams, one channel per organization.
+//! - [`fleet`]: replicas on one database kept in step through the store's change feed.
 //! - [`identity`]: API keys made under the platform's policy (scopes, an end).
 //! - [`ingest`]: price observations written, folded into the history, scored, judged and announced.
 //! - [`jobs`]: batch predictions: one intake for every body, answered inline or run as a job (runner,
@@ -27,6 +28,7 @@ pub mod catalog;
 pub mod clock;
 pub mod demo;
 pub mod events;
+pub mod fleet;
 pub mod identity;
 pub mod ingest;
 pub mod input;

@@ -3,8 +3,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
-use sqlx::{FromRow, Row};
+use sqlx::{AnyConnection, FromRow, Row};
 
+use crate::changes::{ChangeKind, Changed};
 use crate::validate::present;
 use crate::{
     from_ms, json, new_id, now_ms, order_by, FieldErrors, ListParams, Listed, Result, Sql, Store,
@@ -118,6 +119,7 @@ impl Entry for Material {
     type Patch = MaterialPatch;
     type Filter = MaterialFilter;
     const KIND: &'static str = "material";
+    const CHANGE: ChangeKind = ChangeKind::Material;
     const TABLE: &'static str = "materials";
     const COLUMNS: &'static str = MATERIAL_COLUMNS;
     const SORTS: &'static [(&'static str, &'static str)] = MATERIAL_SORTS;
@@ -259,6 +261,8 @@ pub trait Entry: for<'r> FromRow<'r, AnyRow> + Send + Unpin + Sized {
     type Filter: Sync;
     /// What it is called: `material`, `supplier`.
     const KIND: &'static str;
+    /// What the change feed calls a change to one (replicas drop their cached copy).
+    const CHANGE: ChangeKind;
     const TABLE: &'static str;
     const COLUMNS: &'static str;
     /// Sort keys and their columns.
@@ -362,14 +366,24 @@ impl Store {
     /// Changes the fields a patch gives; answers the entry as it is now.
     pub async fn update_entry<E: Entry>(&self, org: &str, id: &str, patch: E::Patch) -> Result<E> {
         let Columns(sets) = E::changed(patch)?;
-        self.update((E::TABLE, E::KIND), org, id, sets, E::DUPLICATE)
+        let mut tx = self.pool.begin().await?;
+        self.update(&mut tx, (E::TABLE, E::KIND), org, id, sets, E::DUPLICATE)
             .await?;
+        self.record_change(&mut tx, Changed::of(E::CHANGE, Some(org), id))
+            .await?;
+        tx.commit().await?;
         self.entry(org, id).await
     }
 
     /// Deletes an entry no price refers to; one that prices refer to is a conflict.
     pub async fn delete_entry<E: Entry>(&self, org: &str, id: &str) -> Result<()> {
-        self.delete((E::TABLE, E::KIND), org, id, E::IN_USE).await
+        let mut tx = self.pool.begin().await?;
+        self.delete(&mut tx, (E::TABLE, E::KIND), org, id, E::IN_USE)
+            .await?;
+        self.record_change(&mut tx, Changed::of(E::CHANGE, Some(org), id))
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn material(&self, org: &str, id: &str) -> Result<Material> {
@@ -432,6 +446,7 @@ impl Store {
     /// the row when it is not there.
     pub(crate) async fn update(
         &self,
+        conn: &mut AnyConnection,
         (table, what): (&str, &'static str),
         org: &str,
         id: &str,
@@ -454,7 +469,7 @@ impl Store {
             .bind(Value::Text(Some(id.into())));
         let done = sql
             .query()
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await
             .map_err(|e| StoreError::from_write(e, conflict))?;
         if done.rows_affected() == 0 {
@@ -465,6 +480,7 @@ impl Store {
 
     pub(crate) async fn delete(
         &self,
+        conn: &mut AnyConnection,
         (table, what): (&str, &'static str),
         org: &str,
         id: &str,
@@ -475,7 +491,7 @@ impl Store {
         ))
         .bind(org)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await
         .map_err(|e| StoreError::from_write(e, conflict))?;
         if done.rows_affected() == 0 {
@@ -578,6 +594,7 @@ impl Entry for Supplier {
     type Patch = SupplierPatch;
     type Filter = SupplierFilter;
     const KIND: &'static str = "supplier";
+    const CHANGE: ChangeKind = ChangeKind::Supplier;
     const TABLE: &'static str = "suppliers";
     const COLUMNS: &'static str = SUPPLIER_COLUMNS;
     const SORTS: &'static [(&'static str, &'static str)] = SUPPLIER_SORTS;

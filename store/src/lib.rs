@@ -19,6 +19,7 @@ mod alerts;
 mod audit;
 mod batches;
 mod catalog;
+mod changes;
 mod models;
 mod prices;
 pub mod secrets;
@@ -44,6 +45,7 @@ pub use catalog::{
     Columns, Entry, Material, MaterialFilter, MaterialPatch, NewMaterial, NewSupplier, Supplier,
     SupplierFilter, SupplierPatch,
 };
+pub use changes::{Change, ChangeKind, ChangeListener, Observed, PriceMoves, CHANNEL};
 pub use models::{ModelPolicy, TrafficPolicy, VersionRecord, VersionState};
 pub use prices::{
     NewPrice, Price, PriceAnomaly, PricePatch, PricePoint, PriceQuery, PriceType, Severity,
@@ -140,6 +142,10 @@ pub struct Listed<T> {
 pub struct Store {
     pool: AnyPool,
     sqlite: bool,
+    /// Where it connected (a feed listener opens its own connection there).
+    url: std::sync::Arc<str>,
+    /// This process's name in the change feed.
+    replica: std::sync::Arc<str>,
     /// Seals secrets written (webhook secrets) and opens them read; without one they are kept as given.
     sealer: Option<std::sync::Arc<secrets::Sealer>>,
 }
@@ -152,10 +158,10 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
-        let url = if sqlite && !url.contains('?') {
-            format!("{url}?mode=rwc")
+        let url: std::sync::Arc<str> = if sqlite && !url.contains('?') {
+            format!("{url}?mode=rwc").into()
         } else {
-            url.to_string()
+            url.into()
         };
         let pool = AnyPoolOptions::new()
             // SQLite has one writer: a small pool; PostgreSQL is shared by replicas: keep it modest too.
@@ -181,6 +187,8 @@ impl Store {
         Ok(Store {
             pool,
             sqlite,
+            url,
+            replica: changes::replica_name(),
             sealer: None,
         })
     }

@@ -4,6 +4,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
+use crate::changes::{ChangeKind, Changed};
 use crate::{now_ms, Result, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -117,7 +118,8 @@ impl Store {
         size_bytes: u64,
         created_by: &str,
     ) -> Result<()> {
-        sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
             "INSERT INTO model_versions (name, version, sha256, size_bytes, created_at, created_by) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name, version) DO NOTHING",
         )
@@ -127,8 +129,13 @@ impl Store {
         .bind(size_bytes as i64)
         .bind(now_ms())
         .bind(created_by)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if done.rows_affected() > 0 {
+            self.record_change(&mut tx, Changed::of(ChangeKind::Model, None, name))
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -174,6 +181,7 @@ impl Store {
             Ok((sha, size)) => (VersionState::Ready, sha, size, None),
             Err(reason) => (VersionState::Failed, "", 0, Some(reason)),
         };
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE model_versions SET state = $3, sha256 = $4, size_bytes = $5, reason = $6, \
              loaded = $7 WHERE name = $1 AND version = $2",
@@ -185,20 +193,27 @@ impl Store {
         .bind(size as i64)
         .bind(reason)
         .bind(i64::from(state == VersionState::Ready))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        self.record_change(&mut tx, Changed::of(ChangeKind::Model, None, name))
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Marks a version retired (it stays as a tombstone) and not loaded.
     pub async fn retire_model_version(&self, name: &str, version: u64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE model_versions SET state = 'retired', loaded = 0 WHERE name = $1 AND version = $2",
         )
         .bind(name)
         .bind(version as i64)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        self.record_change(&mut tx, Changed::of(ChangeKind::Model, None, name))
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -209,12 +224,16 @@ impl Store {
         version: u64,
         loaded: bool,
     ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE model_versions SET loaded = $3 WHERE name = $1 AND version = $2")
             .bind(name)
             .bind(version as i64)
             .bind(i64::from(loaded))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        self.record_change(&mut tx, Changed::of(ChangeKind::Model, None, name))
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -282,6 +301,7 @@ impl Store {
         traffic: &TrafficPolicy,
     ) -> Result<()> {
         let text = serde_json::to_string(traffic).expect("a policy serializes");
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO model_policies (name, active_version, previous_version, updated_at, traffic) \
              VALUES ($1, $2, NULL, $3, $4) ON CONFLICT (name) DO UPDATE SET traffic = $4, updated_at = $3",
@@ -290,13 +310,17 @@ impl Store {
         .bind(active as i64)
         .bind(now_ms())
         .bind(text)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        self.record_change(&mut tx, Changed::of(ChangeKind::Model, None, name))
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Records `version` as active and `previous` as what rollback returns to.
     pub async fn set_model_policy(&self, name: &str, policy: ModelPolicy) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO model_policies (name, active_version, previous_version, updated_at) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET \
@@ -306,8 +330,11 @@ impl Store {
         .bind(policy.active_version as i64)
         .bind(policy.previous_version.map(|v| v as i64))
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        self.record_change(&mut tx, Changed::of(ChangeKind::Model, None, name))
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

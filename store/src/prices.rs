@@ -5,8 +5,9 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
-use sqlx::{FromRow, Row};
+use sqlx::{AnyConnection, FromRow, Row};
 
+use crate::changes::{Changed, Observed, PriceMoves};
 use crate::validate::{present, time};
 use crate::{
     from_ms, new_id, now_ms, order_by, FieldErrors, ListParams, Listed, Result, RowError, Sql,
@@ -352,6 +353,12 @@ impl Store {
                 StoreError::from_write(e, "a material or supplier of these rows was just deleted")
             })?;
         }
+        let moves = PriceMoves {
+            add: prices.iter().map(Price::observed).collect(),
+            remove: Vec::new(),
+        };
+        self.record_change(&mut tx, Changed::prices(org, &moves))
+            .await?;
         tx.commit().await?;
         Ok(prices)
     }
@@ -367,14 +374,8 @@ impl Store {
     }
 
     pub async fn price(&self, org: &str, id: &str) -> Result<Price> {
-        sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM prices WHERE organization_id = $1 AND id = $2"
-        ))
-        .bind(org)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or(StoreError::NotFound("price"))
+        let mut conn = self.pool.acquire().await?;
+        price_in(&mut conn, org, id).await
     }
 
     /// Observations by material, supplier, type and time range; newest first unless `sort` says otherwise.
@@ -410,7 +411,13 @@ impl Store {
         self.list("prices", COLUMNS, wher, &order, page).await
     }
 
-    pub async fn update_price(&self, org: &str, id: &str, patch: PricePatch) -> Result<Price> {
+    /// Corrects an observation; answers it before and after.
+    pub async fn update_price(
+        &self,
+        org: &str,
+        id: &str,
+        patch: PricePatch,
+    ) -> Result<(Price, Price)> {
         let mut e = FieldErrors::default();
         check_price(
             &mut e,
@@ -435,34 +442,77 @@ impl Store {
         .into_iter()
         .filter_map(|(c, v)| v.map(|v| (c, v)))
         .collect();
-        self.update(("prices", "price"), org, id, sets, "conflicting price")
+        let mut tx = self.pool.begin().await?;
+        let before = price_in(&mut tx, org, id).await?;
+        self.update(
+            &mut tx,
+            ("prices", "price"),
+            org,
+            id,
+            sets,
+            "conflicting price",
+        )
+        .await?;
+        let after = price_in(&mut tx, org, id).await?;
+        let moves = PriceMoves {
+            add: vec![after.observed()],
+            remove: vec![before.observed()],
+        };
+        self.record_change(&mut tx, Changed::prices(org, &moves))
             .await?;
-        self.price(org, id).await
+        tx.commit().await?;
+        Ok((before, after))
     }
 
-    /// A page of every organization's observations as the feature history needs them, in id order after
-    /// `after` (how the server rebuilds its history at start).
-    pub async fn price_points(&self, after: &str, limit: usize) -> Result<Vec<PricePoint>> {
-        let rows = sqlx::query(
-            "SELECT id, organization_id, material_id, supplier_id, observed_at, price FROM prices \
-             WHERE id > $1 ORDER BY id LIMIT $2",
-        )
-        .bind(after)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(PricePoint {
-                    id: row.try_get("id")?,
-                    organization_id: row.try_get("organization_id")?,
-                    material_id: row.try_get("material_id")?,
-                    supplier_id: row.try_get("supplier_id")?,
-                    observed_at_ms: row.try_get("observed_at")?,
-                    price: row.try_get("price")?,
+    /// Every organization's observations as the feature history needs them, `page` at a time in id order,
+    /// read in one snapshot together with the newest change of the feed it includes: a history built from
+    /// them and the changes after that number is exact (how a server builds its history at start).
+    pub async fn price_snapshot(
+        &self,
+        page: usize,
+        mut each: impl FnMut(Vec<PricePoint>),
+    ) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        if !self.sqlite {
+            // SQLite's read transaction is a snapshot from its first read (WAL).
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM fleet_changes")
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut after = String::new();
+        loop {
+            let rows = sqlx::query(
+                "SELECT id, organization_id, material_id, supplier_id, observed_at, price FROM prices \
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .bind(&after)
+            .bind(page as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            let points = rows
+                .iter()
+                .map(|row| {
+                    Ok(PricePoint {
+                        id: row.try_get("id")?,
+                        organization_id: row.try_get("organization_id")?,
+                        material_id: row.try_get("material_id")?,
+                        supplier_id: row.try_get("supplier_id")?,
+                        observed_at_ms: row.try_get("observed_at")?,
+                        price: row.try_get("price")?,
+                    })
                 })
-            })
-            .collect()
+                .collect::<Result<Vec<PricePoint>>>()?;
+            let Some(last) = points.last() else {
+                break;
+            };
+            after = last.id.clone();
+            each(points);
+        }
+        tx.commit().await?;
+        Ok(seq.unwrap_or(0))
     }
 
     /// Records the anomaly scores of observations (None clears one: a corrected price that cannot be scored).
@@ -502,9 +552,20 @@ impl Store {
         Ok(())
     }
 
-    pub async fn delete_price(&self, org: &str, id: &str) -> Result<()> {
-        self.delete(("prices", "price"), org, id, "conflicting price")
-            .await
+    /// Deletes an observation; answers it as it was.
+    pub async fn delete_price(&self, org: &str, id: &str) -> Result<Price> {
+        let mut tx = self.pool.begin().await?;
+        let before = price_in(&mut tx, org, id).await?;
+        self.delete(&mut tx, ("prices", "price"), org, id, "conflicting price")
+            .await?;
+        let moves = PriceMoves {
+            add: Vec::new(),
+            remove: vec![before.observed()],
+        };
+        self.record_change(&mut tx, Changed::prices(org, &moves))
+            .await?;
+        tx.commit().await?;
+        Ok(before)
     }
 
     /// Every id of the organization's rows in `table`.
@@ -517,5 +578,29 @@ impl Store {
         .await?
         .into_iter()
         .collect())
+    }
+}
+
+/// The organization's observation `id`, read on `conn` (inside a writing transaction, as it is there).
+async fn price_in(conn: &mut AnyConnection, org: &str, id: &str) -> Result<Price> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM prices WHERE organization_id = $1 AND id = $2"
+    ))
+    .bind(org)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(StoreError::NotFound("price"))
+}
+
+impl Price {
+    /// The observation as the price history keeps it.
+    pub fn observed(&self) -> Observed {
+        Observed(
+            self.material_id.clone(),
+            self.supplier_id.clone(),
+            self.time.timestamp_millis(),
+            self.price,
+        )
     }
 }

@@ -6,6 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 use subtle::ConstantTimeEq;
 
+use crate::changes::{ChangeKind, Changed};
 use crate::{from_ms, new_id, now_ms, sha256_hex, Result, Store, StoreError};
 
 /// What a key may do; each role includes the ones before it.
@@ -364,14 +365,21 @@ impl Store {
 
     /// Deletes one of the organization's keys; another organization's key is `NotFound`.
     pub async fn delete_api_key(&self, organization_id: &str, id: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM api_keys WHERE organization_id = $1 AND id = $2")
             .bind(organization_id)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("api key"));
         }
+        self.record_change(
+            &mut tx,
+            Changed::of(ChangeKind::Key, Some(organization_id), id),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

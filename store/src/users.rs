@@ -7,6 +7,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
+use crate::changes::{ChangeKind, Changed};
 use crate::{from_ms, new_id, now_ms, Result, Role, Store, StoreError};
 
 /// A user as stored (the password hash is not part of it).
@@ -197,6 +198,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        self.record_change(
+            &mut tx,
+            Changed::of(ChangeKind::User, Some(organization_id), id),
+        )
+        .await?;
         tx.commit().await?;
         self.user(organization_id, id).await
     }
@@ -290,13 +296,17 @@ impl Store {
 
     /// Revokes every token of a family (a logout, or a token reused).
     pub async fn revoke_family(&self, family_id: &str, now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE refresh_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
         )
         .bind(now.timestamp_millis())
         .bind(family_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        self.record_change(&mut tx, Changed::of(ChangeKind::Session, None, family_id))
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 

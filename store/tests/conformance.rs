@@ -864,10 +864,14 @@ async fn prices_land_all_or_nothing_and_query_by_material_and_time(store: Store)
         serde_json::json!({"price": 9.5, "price_type": "invoice", "source": null}),
     )
     .unwrap();
-    let patched = store
+    let (before, patched) = store
         .update_price(&acme, &first.id, patch.clone())
         .await
         .unwrap();
+    assert_eq!(
+        (before.id.as_str(), before.price),
+        (first.id.as_str(), first.price)
+    );
     assert_eq!(
         (patched.price, patched.price_type),
         (9.5, PriceType::Invoice)

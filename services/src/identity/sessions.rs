@@ -429,7 +429,13 @@ impl Sessions {
         self.lock().retain(|_, c| c.caller.user_id != user_id);
     }
 
-    fn forget_session(&self, session_id: &str) {
+    /// Forgets every verified token (a replica that fell too far behind the change feed).
+    pub fn forget_all(&self) {
+        self.lock().clear();
+    }
+
+    /// Forgets a session's verified tokens (it ended, here or on another replica).
+    pub fn forget_session(&self, session_id: &str) {
         self.lock().retain(|_, c| c.caller.session_id != session_id);
     }
 

@@ -154,23 +154,21 @@ impl Predictions {
         }
     }
 
-    /// Rebuilds every organization's history from the store. Returns the prices read.
-    pub async fn rebuild(&self) -> Result<usize, String> {
-        let mut after = String::new();
+    /// Rebuilds every organization's history from the store (what it held is dropped). Returns the prices
+    /// read and the newest change of the feed they include.
+    pub async fn rebuild(&self) -> Result<(usize, i64), String> {
+        let history = OnlineHistory::default();
         let mut total = 0;
-        loop {
-            let page: Vec<PricePoint> = self
-                .store
-                .price_points(&after, REBUILD_PAGE)
-                .await
-                .map_err(|e| format!("rebuilding the price history: {e}"))?;
-            let Some(last) = page.last() else {
-                return Ok(total);
-            };
-            after = last.id.clone();
-            total += page.len();
-            self.history.add(page.iter().map(observation));
-        }
+        let seq = self
+            .store
+            .price_snapshot(REBUILD_PAGE, |page| {
+                total += page.len();
+                history.add(page.iter().map(observation));
+            })
+            .await
+            .map_err(|e| format!("rebuilding the price history: {e}"))?;
+        self.history.replace(history);
+        Ok((total, seq))
     }
 
     /// Forgets a material's cached attributes (it changed or is gone).
@@ -180,6 +178,20 @@ impl Predictions {
 
     pub fn forget_supplier(&self, id: &str) {
         self.suppliers.forget(id);
+    }
+
+    /// Forgets every cached attribute (a replica that fell too far behind the change feed).
+    pub fn forget_catalog(&self) {
+        self.materials
+            .0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.suppliers
+            .0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// The category of the organization's material `id` (cached).

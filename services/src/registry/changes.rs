@@ -180,6 +180,59 @@ impl Registry {
         Ok(self.announce((), event))
     }
 
+    /// Serves what the store records for `name` after another replica changed it: versions loaded and
+    /// unloaded, the active version, the traffic split and shadow. Idempotent (it reads the store's
+    /// state, not the change), and nothing is announced: the replica that made the change did.
+    pub async fn follow(&self, name: &str) -> Result<(), RegistryError> {
+        let records = self.store.model_versions(Some(name)).await?;
+        let wanted =
+            |r: &&mercator_store::VersionRecord| r.state == VersionState::Ready && r.loaded;
+        let served = |v: u64| self.repository.get(name, Some(&v.to_string())).is_ok();
+        for record in records.iter().filter(wanted).filter(|r| !served(r.version)) {
+            if !self.version_dir(name, record.version).is_dir() {
+                tracing::warn!(model = %name, version = record.version,
+                    "another replica serves a version whose files this replica does not have");
+                continue;
+            }
+            let (repository, model, version) =
+                (self.repository.clone(), name.to_string(), record.version);
+            tokio::task::spawn_blocking(move || repository.load_version(&model, version))
+                .await
+                .map_err(|e| RegistryError::internal("loading a version", e))??;
+        }
+        if !records.is_empty() && !records.iter().any(|r| wanted(&r)) {
+            match self.repository.unload_model(name) {
+                Ok(()) | Err(EngineError::ModelNotFound(_)) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(policy) = self.store.model_policy(name).await? {
+            if self
+                .repository
+                .active(name)
+                .is_some_and(|a| a != policy.active_version)
+            {
+                self.repository.activate(name, policy.active_version)?;
+            }
+        }
+        let traffic = self.store.model_traffic(name).await?.unwrap_or_default();
+        let current = self.repository.traffic(name);
+        let (split, shadow) = current
+            .as_deref()
+            .map_or((&[][..], None), |t| (&t.split[..], t.shadow));
+        if split != traffic.split || shadow != traffic.shadow {
+            self.repository
+                .set_traffic(name, traffic.split, traffic.shadow)?;
+        }
+        for record in records.iter().filter(|r| !wanted(r) && served(r.version)) {
+            if let Err(e) = self.repository.remove_version(name, record.version) {
+                tracing::warn!(model = %name, version = record.version, error = %e,
+                    "a version another replica stopped serving still serves here");
+            }
+        }
+        Ok(())
+    }
+
     /// The versions of a model being served, for the audit log (`None`: not served).
     fn served_versions(&self, name: &str) -> Option<serde_json::Value> {
         let versions = self.repository.versions(name).ok()?;

@@ -1,6 +1,7 @@
 //! Alert rules created, read, changed and deleted; a rule's webhook secrets are sealed at rest.
 
 use super::*;
+use crate::changes::{ChangeKind, Changed};
 
 impl Store {
     /// The rule's values and references: material and supplier scopes must be the organization's.
@@ -63,6 +64,7 @@ impl Store {
         };
         self.check_rule(org, &rule).await?;
         let v = values(&rule, |secret| self.seal(secret));
+        let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
             "INSERT INTO alert_rules ({RULE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         ))
@@ -78,9 +80,12 @@ impl Store {
         .bind(rule.enabled as i64)
         .bind(now.timestamp_millis())
         .bind(now.timestamp_millis())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::from_write(e, "an alert rule of this name exists"))?;
+        self.record_change(&mut tx, Changed::of(ChangeKind::Rules, Some(org), &rule.id))
+            .await?;
+        tx.commit().await?;
         Ok(rule)
     }
 
@@ -222,7 +227,9 @@ impl Store {
         }
         self.check_rule(org, &rule).await?;
         let v = values(&rule, |secret| self.seal(secret));
+        let mut tx = self.pool.begin().await?;
         self.update(
+            &mut tx,
             ("alert_rules", "alert rule"),
             org,
             id,
@@ -242,6 +249,9 @@ impl Store {
             "an alert rule of this name exists",
         )
         .await?;
+        self.record_change(&mut tx, Changed::of(ChangeKind::Rules, Some(org), id))
+            .await?;
+        tx.commit().await?;
         self.alert_rule(org, id).await
     }
 
@@ -266,6 +276,8 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("alert rule"));
         }
+        self.record_change(&mut tx, Changed::of(ChangeKind::Rules, Some(org), id))
+            .await?;
         tx.commit().await?;
         Ok(())
     }

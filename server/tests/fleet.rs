@@ -1,0 +1,485 @@
+//! Three replicas of the real binary on one PostgreSQL database: a change made on one is served by the
+//! others within a second (through the change feed and its notification, not a reload: the feed's poll is
+//! set to a minute here), a rule made on one fires once on another's ingest, and a replica that finds the
+//! feed cut reloads everything from the store.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{client_with, shipped_models, PgDatabase, ADMIN_KEY};
+use serde_json::{json, Value};
+
+/// How long a change may take to reach another replica.
+const PROPAGATION: Duration = Duration::from_secs(1);
+
+struct Replica {
+    child: Child,
+    base: String,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Fleet {
+    replicas: Vec<Replica>,
+    db: PgDatabase,
+    client: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(db: &PgDatabase, secret_key: &str, models: &Path, args: &[&str]) -> Replica {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_mercator"))
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--models-dir")
+        .arg(models)
+        .args(["--database-url", &db.url, "--webhook-allow-private", "true"])
+        // Only a notification makes a change arrive within the second.
+        .args(["--fleet-poll-ms", "60000"])
+        .args(args)
+        .env("MERCATOR_ADMIN_KEY", ADMIN_KEY)
+        .env("MERCATOR_SECRET_KEY", secret_key)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the mercator binary starts");
+    Replica {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        _data: data,
+    }
+}
+
+impl Fleet {
+    async fn start(n: usize, args: &[&str]) -> Fleet {
+        let db = PgDatabase::create().await;
+        let secret_key = mercator_store::secrets::Sealer::generate_key();
+        let client = client_with(ADMIN_KEY);
+        // The first one migrates the database and registers the admin key; the others start after it.
+        let mut replicas = vec![spawn(&db, &secret_key, &shipped_models(), args)];
+        wait_ready(&client, &replicas[0].base).await;
+        for _ in 1..n {
+            replicas.push(spawn(&db, &secret_key, &shipped_models(), args));
+        }
+        for r in &replicas[1..] {
+            wait_ready(&client, &r.base).await;
+        }
+        Fleet {
+            replicas,
+            db,
+            client,
+        }
+    }
+
+    fn url(&self, i: usize, path: &str) -> String {
+        format!("{}{path}", self.replicas[i].base)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let r = request.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, i: usize, path: &str) -> (u16, Value) {
+        self.send(self.client.get(self.url(i, path))).await
+    }
+
+    async fn post(&self, i: usize, path: &str, body: &Value) -> (u16, Value) {
+        self.send(self.client.post(self.url(i, path)).json(body))
+            .await
+    }
+
+    /// The newest change recorded, read from the database.
+    async fn newest_change(&self) -> i64 {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.db.url).await.unwrap();
+        sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(seq) FROM fleet_changes")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .unwrap_or(0)
+    }
+
+    /// Waits until replica `i` has applied every change recorded so far.
+    async fn caught_up(&self, i: usize) {
+        let newest = self.newest_change().await;
+        until(
+            PROPAGATION,
+            &format!("replica {i} applies change {newest}"),
+            || async {
+                let (_, ready) = self.get(i, "/readyz").await;
+                ready["change_feed"]["applied"].as_i64().unwrap_or(0) >= newest
+            },
+        )
+        .await;
+    }
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the replica at {base} never became ready");
+}
+
+/// Polls `check` until it holds, failing after `within`; answers how long it took.
+async fn until<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What replica `i` serves for `price`: the active version and the traffic split, as its engine holds them.
+async fn serving(f: &Fleet, i: usize) -> (u64, Value) {
+    let (status, model) = f.get(i, "/api/v1/models/price").await;
+    assert_eq!(status, 200, "{model}");
+    (
+        model["active_version"].as_u64().unwrap(),
+        model["traffic"]["split"].clone(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_serve_each_others_changes_within_a_second() {
+    let f = Fleet::start(3, &[]).await;
+    let (active, _) = serving(&f, 0).await;
+    let other = if active == 2 { 1 } else { 2 };
+
+    // Activate on A: B and C serve it within the second, and V2 clients see the version's inputs.
+    let (status, body) = f
+        .post(
+            0,
+            &format!("/api/v1/models/price/versions/{other}/activate"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for i in [1, 2] {
+        until(
+            PROPAGATION,
+            &format!("replica {i} serves version {other}"),
+            || async { serving(&f, i).await.0 == other },
+        )
+        .await;
+        let (_, meta) = f.get(i, "/v2/models/price").await;
+        let width = if other == 2 { 27 } else { 20 };
+        assert_eq!(meta["inputs"][0]["shape"][1], json!(width), "{meta}");
+    }
+
+    // A split set on B is followed on A and C.
+    let split = json!({"split": [{"version": 1, "percent": 90}, {"version": 2, "percent": 10}]});
+    let (status, body) = f
+        .send(
+            f.client
+                .put(f.url(1, "/api/v1/models/price/traffic"))
+                .json(&split),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for i in [0, 2] {
+        until(
+            PROPAGATION,
+            &format!("replica {i} follows the split"),
+            || async { serving(&f, i).await.1 == split["split"] },
+        )
+        .await;
+    }
+
+    // A key deleted on A is refused on B and C within the second (each had it cached).
+    let (status, key) = f
+        .post(
+            0,
+            "/api/v1/api-keys",
+            &json!({"name": "short-lived", "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{key}");
+    let holder = client_with(key["secret"].as_str().unwrap());
+    for i in [1, 2] {
+        let r = holder
+            .get(f.url(i, "/api/v1/materials"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "the new key works on replica {i}");
+    }
+    let id = key["id"].as_str().unwrap();
+    let (status, _) = f
+        .send(f.client.delete(f.url(0, &format!("/api/v1/api-keys/{id}"))))
+        .await;
+    assert_eq!(status, 204);
+    for i in [1, 2] {
+        until(
+            PROPAGATION,
+            &format!("replica {i} refuses the deleted key"),
+            || async {
+                let r = holder
+                    .get(f.url(i, "/api/v1/materials"))
+                    .send()
+                    .await
+                    .unwrap();
+                r.status() == 401
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prices_and_rules_cross_replicas_and_a_rule_fires_once() {
+    let f = Fleet::start(3, &[]).await;
+    let (status, material) = f
+        .post(
+            0,
+            "/api/v1/materials",
+            &json!({"code": "CU-1", "name": "copper", "category": "copper", "unit": "kg"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{material}");
+    let material = material["id"].as_str().unwrap().to_string();
+    let (status, supplier) = f
+        .post(
+            0,
+            "/api/v1/suppliers",
+            &json!({"code": "S-1", "name": "s", "country": "DE", "reliability": 0.9}),
+        )
+        .await;
+    assert_eq!(status, 201, "{supplier}");
+    let supplier = supplier["id"].as_str().unwrap().to_string();
+    let today = chrono::Utc::now().date_naive();
+    let history: Vec<Value> = (1..=40)
+        .map(|d| {
+            json!({"time": format!("{}T00:00:00Z", today - chrono::Days::new(d)),
+                   "material_id": material, "supplier_id": supplier,
+                   "price": 10.0 + (d % 3) as f64, "currency": "EUR", "quantity": 100.0, "price_type": "quote"})
+        })
+        .collect();
+    let (status, body) = f.post(0, "/api/v1/prices/bulk", &json!(history)).await;
+    assert_eq!(status, 201, "{body}");
+    f.caught_up(1).await;
+
+    // A price posted to A changes B's next prediction: B's history took it in.
+    let request = json!({"material_id": material, "supplier_id": supplier, "quantity": 100.0,
+                         "as_of": (today + chrono::Days::new(1)).to_string()});
+    let (status, before) = f.post(1, "/api/v1/predictions/price", &request).await;
+    assert_eq!(status, 200, "{before}");
+    let (status, body) = f
+        .post(0, "/api/v1/prices", &json!({"time": format!("{today}T00:00:00Z"), "material_id": material,
+            "supplier_id": supplier, "price": 30.0, "currency": "EUR", "quantity": 100.0, "price_type": "quote"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    until(
+        PROPAGATION,
+        "replica B's features take in A's price",
+        || async {
+            let (_, after) = f.post(1, "/api/v1/predictions/price", &request).await;
+            after["features_used"] != before["features_used"]
+        },
+    )
+    .await;
+    // And B's features equal A's, which wrote it.
+    let (_, on_a) = f.post(0, "/api/v1/predictions/price", &request).await;
+    let (_, on_b) = f.post(1, "/api/v1/predictions/price", &request).await;
+    assert_eq!(on_a["features_used"], on_b["features_used"]);
+    assert_eq!(on_a["predicted_price"], on_b["predicted_price"]);
+
+    // A rule made on B fires on an ingest at A: one event, one webhook delivery.
+    let (url, got) = receiver().await;
+    let (status, rule) = f
+        .post(1, "/api/v1/alerts", &json!({"name": "copper above 100", "scope": {"material_id": material},
+            "condition": {"type": "price_above", "threshold": 100.0},
+            "channels": ["websocket", {"webhook": {"url": format!("{url}/hook"), "secret": "0123456789abcdef0123"}}]}))
+        .await;
+    assert_eq!(status, 201, "{rule}");
+    let rule = rule["id"].as_str().unwrap().to_string();
+    f.caught_up(0).await;
+    let now = chrono::Utc::now().to_rfc3339();
+    let (status, body) = f
+        .post(
+            0,
+            "/api/v1/prices",
+            &json!({"time": now, "material_id": material, "supplier_id": supplier,
+            "price": 150.0, "currency": "EUR", "quantity": 100.0, "price_type": "quote"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    until(
+        Duration::from_secs(10),
+        "the webhook is delivered",
+        || async { !got.lock().unwrap().is_empty() },
+    )
+    .await;
+    // Every replica dispatches webhooks and judged nothing it did not ingest: still one of each later.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(got.lock().unwrap().len(), 1, "one delivery");
+    for i in 0..3 {
+        let (status, events) = f
+            .get(i, &format!("/api/v1/alerts/events?rule_id={rule}"))
+            .await;
+        assert_eq!(status, 200, "{events}");
+        assert_eq!(
+            events["items"].as_array().unwrap().len(),
+            1,
+            "replica {i}: {events}"
+        );
+    }
+
+    // A correction and a deletion on C reach A's history too: its features come back to B's.
+    let (_, prices) = f
+        .get(2, &format!("/api/v1/prices?material_id={material}&limit=2"))
+        .await;
+    let newest = prices["items"][0]["id"].as_str().unwrap().to_string();
+    let (status, body) = f
+        .send(
+            f.client
+                .delete(f.url(2, &format!("/api/v1/prices/{newest}"))),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = f
+        .send(
+            f.client
+                .patch(f.url(
+                    2,
+                    &format!(
+                        "/api/v1/prices/{}",
+                        prices["items"][1]["id"].as_str().unwrap()
+                    ),
+                ))
+                .json(&json!({"price": 12.5})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for i in [0, 1] {
+        f.caught_up(i).await;
+    }
+    let (_, on_a) = f.post(0, "/api/v1/predictions/price", &request).await;
+    let (_, on_b) = f.post(1, "/api/v1/predictions/price", &request).await;
+    let (_, on_c) = f.post(2, "/api/v1/predictions/price", &request).await;
+    assert_eq!(on_a["features_used"], on_c["features_used"]);
+    assert_eq!(on_b["features_used"], on_c["features_used"]);
+}
+
+/// A replica that finds the feed pruned past what it read reloads from the store: here the store is
+/// changed behind every replica's back and the feed jumps, as after a long cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_finds_the_feed_cut_reloads_everything() {
+    let f = Fleet::start(2, &[]).await;
+    let (active, _) = serving(&f, 1).await;
+    let other = if active == 2 { 1 } else { 2 };
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&f.db.url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO model_policies (name, active_version, updated_at) VALUES ('price', $1, 0) \
+             ON CONFLICT (name) DO UPDATE SET active_version = $1",
+        )
+        .bind(other as i64)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        // A change numbered past a gap, and its notification.
+        sqlx::query(
+            "INSERT INTO fleet_changes (seq, kind, entity, origin, at) \
+             SELECT COALESCE(MAX(seq), 0) + 10, 'rules', 'nothing', 'elsewhere', 0 FROM fleet_changes",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        sqlx::query("SELECT pg_notify('mercator_fleet', '')")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    for i in [0, 1] {
+        until(PROPAGATION, &format!("replica {i} reloads"), || async {
+            serving(&f, i).await.0 == other
+        })
+        .await;
+        f.caught_up(i).await;
+    }
+    // The listener's connection is cut: the replica reconnects and reads what it missed.
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&f.db.url).await.unwrap();
+        let cut: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(cut.len(), 2, "one listener per replica");
+    }
+    let (status, body) = f
+        .post(
+            0,
+            &format!("/api/v1/models/price/versions/{active}/activate"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    until(
+        Duration::from_secs(5),
+        "replica B follows after its listener was cut",
+        || async { serving(&f, 1).await.0 == active },
+    )
+    .await;
+}
+
+type Received = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A webhook receiver on loopback that answers 200 and keeps every body.
+async fn receiver() -> (String, Received) {
+    let got: Received = Default::default();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |axum::extract::State(got): axum::extract::State<Received>, body: String| async move {
+                    got.lock().unwrap().push(body);
+                    axum::http::StatusCode::OK
+                },
+            ),
+        )
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
