@@ -4,7 +4,7 @@ ARGS ?=
 
 FUZZ_SECS ?= 60
 
-.PHONY: conformance demo fuzz run build runtime test lint bench bench-load bench-predictions bench-store bench-batch train fmt
+.PHONY: conformance demo fleet fuzz run build runtime test lint bench bench-load bench-predictions bench-store bench-batch train fmt
 
 ## Serve the shipped models on 127.0.0.1:8000 (flags: make run ARGS="--addr 0.0.0.0:8000").
 run: build
@@ -13,6 +13,10 @@ run: build
 ## `make run` with the demo organization loaded (once) from the fixture: what to try is printed on start.
 demo: build
 	$(CARGO) run --release --quiet --bin mercator -- serve --demo $(ARGS)
+
+## N replicas (default 3) on one PostgreSQL database and Redis, ports 8001.., to try a fleet.
+fleet: runtime
+	scripts/fleet.sh $(or $(N),3) $(ARGS)
 
 ## Build target/release/mercator.
 build: runtime

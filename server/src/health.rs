@@ -25,6 +25,12 @@ async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, 
     Ok(Json(serde_json::json!({
         "status": "ready",
         "store": app.store.backend(),
+        "replica": app.store.replica(),
+        "redis": match &app.relay {
+            None => "off",
+            Some(relay) if relay.is_subscribed() => "up",
+            Some(_) => "down",
+        },
         "change_feed": lag,
     })))
 }

@@ -39,6 +39,7 @@ use axum::Router;
 use mercator_engine::{import, Repository, Runtime};
 use mercator_services::alerts::{self, Alerts};
 use mercator_services::catalog::Catalog;
+use mercator_services::events::relay::Relay;
 use mercator_services::events::{Fanout, Notification, PriceEvent};
 use mercator_services::fleet::{Follower, Projections};
 use mercator_services::ingest::Ingest;
@@ -123,6 +124,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Materials and suppliers, the prediction caches kept in step.
     pub catalog: Arc<Catalog>,
+    /// Events to and from the other replicas' listeners, through Redis (--redis-url).
+    pub relay: Option<Arc<Relay>>,
     /// Other replicas' changes, applied here from the store's change feed.
     pub fleet: Arc<Follower>,
     /// How long the feed may go unread before /readyz answers 503 (--fleet-max-lag-secs).
@@ -292,6 +295,16 @@ impl App {
         let rules = alerts.load().await?;
         tracing::info!(rules, "alert rules indexed");
         let price_events = Arc::new(Fanout::default());
+        // With Redis, every replica's events reach every replica's WebSocket listeners.
+        let relay = match &config.rate_limits.redis {
+            Some(redis) => {
+                let relay = Relay::start(&redis.url, &redis.prefix, store.replica())?;
+                price_events.relay_through(&relay, "px");
+                notifications.relay_through(&relay, "ntf");
+                Some(relay)
+            }
+            None => None,
+        };
         let ingest = Arc::new(Ingest::new(
             store.clone(),
             predictions.clone(),
@@ -367,6 +380,7 @@ impl App {
             history_at,
         ));
         let state = AppState(Arc::new(Shared {
+            relay,
             fleet: fleet.clone(),
             fleet_max_lag: config.fleet_max_lag,
             sessions,

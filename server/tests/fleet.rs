@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{client_with, shipped_models, PgDatabase, ADMIN_KEY};
+use common::{client_with, shipped_models, PgDatabase, RedisProxy, ADMIN_KEY};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 /// How long a change may take to reach another replica.
@@ -460,6 +461,220 @@ async fn a_replica_that_finds_the_feed_cut_reloads_everything() {
         || async { serving(&f, 1).await.0 == active },
     )
     .await;
+}
+
+/// The forecast rules' round runs once per period across the fleet, and when the replica that ran the last
+/// one is killed, the next periods are run by the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_periodic_round_runs_once_per_period_and_moves_when_its_runner_dies() {
+    let mut f = Fleet::start(3, &["--forecast-alert-interval-secs", "1"]).await;
+    let mut names = Vec::new();
+    for i in 0..3 {
+        let (_, ready) = f.get(i, "/readyz").await;
+        names.push(ready["replica"].as_str().unwrap().to_string());
+    }
+    let runs = |db: String| async move {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
+        sqlx::query_as::<_, (i64, String)>(
+            "SELECT slot, holder FROM fleet_runs WHERE task = 'forecast_rules' ORDER BY slot",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+    };
+    let gapless = |runs: &[(i64, String)]| runs.windows(2).all(|w| w[1].0 == w[0].0 + 1);
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let before = runs(f.db.url.clone()).await;
+    assert!(before.len() >= 3, "{before:?}");
+    assert!(gapless(&before), "one round every period: {before:?}");
+    assert!(
+        before.iter().all(|(_, h)| names.contains(h)),
+        "{before:?} {names:?}"
+    );
+
+    // Kill the one that ran the last round: the rounds go on, every period, on the others.
+    let last = &before.last().unwrap().1;
+    let victim = names.iter().position(|n| n == last).unwrap();
+    let killed = f.replicas.remove(victim);
+    drop(killed);
+    let (started, after_kill) = (before.last().unwrap().0, Instant::now());
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let after = runs(f.db.url.clone()).await;
+    assert!(gapless(&after), "no period lost: {after:?}");
+    let later: Vec<&(i64, String)> = after
+        .iter()
+        .filter(|(slot, _)| *slot > started + 1)
+        .collect();
+    assert!(
+        later.len() >= 2,
+        "{after:?} ({:?} after the kill)",
+        after_kill.elapsed()
+    );
+    assert!(
+        later.iter().all(|(_, h)| h != last),
+        "the killed replica runs nothing: {after:?}"
+    );
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn socket(f: &Fleet, i: usize, path: &str) -> Socket {
+    let url = f.url(i, path).replace("http://", "ws://");
+    let (socket, _) = tokio_tungstenite::connect_async(format!("{url}?api_key={ADMIN_KEY}"))
+        .await
+        .unwrap();
+    socket
+}
+
+/// Reads frames until one `wanted` holds, failing after `within`.
+async fn hear(socket: &mut Socket, within: Duration, what: &str, wanted: impl Fn(&Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: not heard within {within:?}"))
+            .expect("the socket stays open")
+            .unwrap();
+        if let Ok(text) = frame.to_text() {
+            if wanted(&serde_json::from_str(text).unwrap_or(Value::Null)) {
+                return;
+            }
+        }
+    }
+}
+
+async fn redis_state(f: &Fleet, i: usize) -> String {
+    let (_, ready) = f.get(i, "/readyz").await;
+    ready["redis"].as_str().unwrap_or_default().to_string()
+}
+
+/// With Redis, a WebSocket client on any replica hears every replica's prices and notifications; a rate
+/// limit holds across replicas; Redis lost and back, the replicas subscribe again, and what happened while
+/// it was gone reached their state through the change feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_clients_hear_every_replica_through_redis() {
+    let proxy = RedisProxy::start().await;
+    let redis = format!("redis://{}/0", proxy.addr);
+    let prefix = format!("fleet-{}-{}", std::process::id(), rand_suffix());
+    let f = Fleet::start(3, &["--redis-url", &redis, "--redis-key-prefix", &prefix]).await;
+    for i in 0..3 {
+        until(
+            Duration::from_secs(5),
+            &format!("replica {i} subscribes"),
+            || async { redis_state(&f, i).await == "up" },
+        )
+        .await;
+    }
+    let (_, material) = f
+        .post(
+            0,
+            "/api/v1/materials",
+            &json!({"code": "AL-1", "name": "aluminium", "category": "aluminium", "unit": "kg"}),
+        )
+        .await;
+    let material = material["id"].as_str().unwrap().to_string();
+    let mut prices_on_c = socket(&f, 2, "/ws/prices").await;
+    let mut notes_on_b = socket(&f, 1, "/ws/notifications").await;
+    let price = |p: f64| {
+        json!({"time": chrono::Utc::now().to_rfc3339(), "material_id": material, "price": p,
+               "currency": "EUR", "price_type": "quote"})
+    };
+
+    // A price posted to A reaches the /ws/prices client on C.
+    let (status, written) = f.post(0, "/api/v1/prices", &price(11.0)).await;
+    assert_eq!(status, 201, "{written}");
+    hear(&mut prices_on_c, PROPAGATION, "A's price on C", |frame| {
+        frame["type"] == "price" && frame["price"]["id"] == written["id"]
+    })
+    .await;
+    // A model event on A reaches /ws/notifications on B.
+    let (active, _) = serving(&f, 0).await;
+    let other = if active == 2 { 1 } else { 2 };
+    let (status, _) = f
+        .post(
+            0,
+            &format!("/api/v1/models/price/versions/{other}/activate"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    hear(
+        &mut notes_on_b,
+        PROPAGATION,
+        "A's activation on B",
+        |frame| frame["type"] == "model" && frame["action"] == "model.activate",
+    )
+    .await;
+
+    // A key's limit holds across the three: 9 reads an hour, 27 asked round the fleet.
+    let (status, key) = f
+        .post(
+            0,
+            "/api/v1/api-keys",
+            &json!({"name": "limited", "role": "viewer", "rate_limits": "read=9/h"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{key}");
+    let limited = client_with(key["secret"].as_str().unwrap());
+    let mut admitted = 0;
+    for n in 0..27 {
+        let r = limited
+            .get(f.url(n % 3, "/api/v1/materials"))
+            .send()
+            .await
+            .unwrap();
+        admitted += usize::from(r.status() == 200);
+    }
+    assert_eq!(admitted, 9, "one limit for the fleet");
+
+    // Redis goes away: the replicas notice, prices still reach every replica's history through the feed.
+    proxy.cut();
+    for i in 0..3 {
+        until(
+            Duration::from_secs(5),
+            &format!("replica {i} notices"),
+            || async { redis_state(&f, i).await == "down" },
+        )
+        .await;
+    }
+    let (status, meanwhile) = f.post(0, "/api/v1/prices", &price(12.0)).await;
+    assert_eq!(status, 201, "{meanwhile}");
+    f.caught_up(2).await;
+    let (_, listed) = f
+        .get(2, &format!("/api/v1/prices?material_id={material}"))
+        .await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
+    proxy.restore().await;
+    for i in 0..3 {
+        until(
+            Duration::from_secs(5),
+            &format!("replica {i} subscribes again"),
+            || async { redis_state(&f, i).await == "up" },
+        )
+        .await;
+    }
+    let (status, after) = f.post(0, "/api/v1/prices", &price(13.0)).await;
+    assert_eq!(status, 201, "{after}");
+    hear(
+        &mut prices_on_c,
+        PROPAGATION,
+        "A's price on C after Redis came back",
+        |frame| frame["price"]["id"] == after["id"],
+    )
+    .await;
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .elapsed()
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    h.finish()
 }
 
 type Received = std::sync::Arc<std::sync::Mutex<Vec<String>>>;

@@ -5,17 +5,12 @@
 mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{client_with, PgDatabase, TestServer};
+use common::{client_with, PgDatabase, RedisProxy, TestServer, REDIS};
 use mercator_services::limits::shared;
 use reqwest::{Client, Response};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-
-const REDIS: &str = "127.0.0.1:6379";
 
 /// A key made by the platform admin with these rate limits: its id and a client holding it.
 async fn key_with_limits(s: &TestServer, limits: &str) -> (String, Client) {
@@ -361,58 +356,11 @@ async fn two_replicas_sharing_redis_enforce_one_limit() {
     assert_eq!(statuses, [401, 401, 401, 401, 429, 429, 429]);
 }
 
-/// A TCP relay to Redis that can be cut (every connection dropped, nothing accepted) and restored.
-struct Relay {
-    addr: std::net::SocketAddr,
-    tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl Relay {
-    async fn start() -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let relay = Relay {
-            addr: listener.local_addr().unwrap(),
-            tasks: Arc::default(),
-        };
-        relay.serve(listener);
-        relay
-    }
-
-    fn serve(&self, listener: TcpListener) {
-        let tasks = self.tasks.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                let pipe = tokio::spawn(async move {
-                    if let Ok(mut redis) = tokio::net::TcpStream::connect(REDIS).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut redis).await;
-                    }
-                });
-                tasks.lock().unwrap().push(pipe);
-            }
-        });
-        self.tasks.lock().unwrap().push(accept);
-    }
-
-    fn cut(&self) {
-        for task in self.tasks.lock().unwrap().drain(..) {
-            task.abort();
-        }
-    }
-
-    async fn restore(&self) {
-        let listener = TcpListener::bind(self.addr).await.unwrap();
-        self.serve(listener);
-    }
-}
-
 /// Redis cut off: no request fails, each replica limits in process (a limit still, never none), logs it
 /// and counts it; Redis back: the shared count resumes where it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_unreachable_each_replica_limits_on_its_own() {
-    let relay = Relay::start().await;
+    let relay = RedisProxy::start().await;
     let prefix = fresh_prefix();
     let models = tempfile::tempdir().unwrap();
     let dir = models.path().to_path_buf();

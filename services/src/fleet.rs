@@ -280,6 +280,33 @@ impl Follower {
     }
 }
 
+/// Runs `round` once per period of `every` across the fleet: every replica wakes at each period's start (wall
+/// clock, so replicas agree on the periods), and the one that claims the period in the store runs it. No
+/// leader to elect or lose: a replica that dies just stops claiming, and the next period is another's.
+pub async fn each_period<F, Fut>(store: Store, task: &'static str, every: Duration, mut round: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let period = i64::try_from(every.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(100);
+    loop {
+        let now = chrono::Utc::now().timestamp_millis();
+        let slot = now / period + 1;
+        let wait = slot.saturating_mul(period).saturating_sub(now);
+        tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
+        match store.claim_run(task, slot).await {
+            Ok(true) => {
+                round().await;
+                metrics::counter!("mercator_fleet_rounds_total", "task" => task).increment(1);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(task, error = %e, "claiming a periodic round failed"),
+        }
+    }
+}
+
 fn observation<'a>(org: &'a str, o: &'a Observed) -> Observation<'a> {
     Observation {
         organization: org,

@@ -170,7 +170,8 @@ impl Store {
         .bind(change.kind.as_str())
         .bind(change.organization_id)
         .bind(change.entity)
-        .bind(change.payload)
+        // One process serves a SQLite file: nobody reads the observations, so they are not kept.
+        .bind(change.payload.filter(|_| !self.sqlite))
         .bind(&*self.replica)
         .bind(now_ms())
         .execute(&mut *conn)

@@ -22,6 +22,7 @@ mod catalog;
 mod changes;
 mod models;
 mod prices;
+mod runs;
 pub mod secrets;
 mod tenants;
 mod users;

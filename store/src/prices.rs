@@ -56,7 +56,7 @@ pub struct PricePoint {
     pub price: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Price {
     pub id: String,
@@ -106,7 +106,7 @@ impl Severity {
 }
 
 /// An observation's anomaly score as stored with it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PriceAnomaly {
     /// 0 to 1, higher is stranger.

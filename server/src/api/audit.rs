@@ -212,20 +212,20 @@ fn to_csv(events: &[AuditEvent]) -> Result<Vec<u8>, csv::Error> {
     out.into_inner().map_err(|e| e.into_error().into())
 }
 
-/// Deletes events older than `keep` every hour, until the process ends.
+/// Deletes events older than `keep` every hour (on one replica of a fleet), until the process ends.
 pub async fn retain(store: mercator_store::Store, keep: std::time::Duration) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
-    loop {
-        tick.tick().await;
-        let Ok(keep) = chrono::Duration::from_std(keep) else {
-            return;
-        };
+    let Ok(keep) = chrono::Duration::from_std(keep) else {
+        return;
+    };
+    let every = std::time::Duration::from_secs(3600);
+    mercator_services::fleet::each_period(store.clone(), "audit_retention", every, || async {
         match store.purge_audit_before(chrono::Utc::now() - keep).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "audit events past retention deleted"),
             Err(e) => tracing::warn!(error = %e, "deleting audit events past retention failed"),
         }
-    }
+    })
+    .await
 }
 
 /// Failed authentications, counted per (credential prefix, client address) and written to the platform

@@ -480,3 +480,53 @@ pub fn requests_csv(f: &Fixture, rows: usize, bad_every: usize) -> (String, Vec<
     }
     (csv, bad)
 }
+
+/// The Redis every machine runs.
+pub const REDIS: &str = "127.0.0.1:6379";
+
+/// A TCP relay to Redis that can be cut (every connection dropped, nothing accepted) and restored.
+pub struct RedisProxy {
+    pub addr: std::net::SocketAddr,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl RedisProxy {
+    pub async fn start() -> RedisProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = RedisProxy {
+            addr: listener.local_addr().unwrap(),
+            tasks: std::sync::Arc::default(),
+        };
+        relay.serve(listener);
+        relay
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let tasks = self.tasks.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let pipe = tokio::spawn(async move {
+                    if let Ok(mut redis) = tokio::net::TcpStream::connect(REDIS).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut redis).await;
+                    }
+                });
+                tasks.lock().unwrap().push(pipe);
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    pub fn cut(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    pub async fn restore(&self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+}

@@ -10,14 +10,12 @@ use super::Alerts;
 use crate::predict::ForecastRequest;
 
 impl Alerts {
-    /// Evaluates the forecast rules every `every`, from one period after start.
+    /// Evaluates the forecast rules once every `every` across the fleet (one replica per period, each
+    /// period from its start on the wall clock).
     pub async fn run_schedule(self: std::sync::Arc<Self>, every: Duration) {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            self.evaluate_forecasts().await;
-        }
+        let store = self.store.clone();
+        crate::fleet::each_period(store, "forecast_rules", every, || self.evaluate_forecasts())
+            .await
     }
 
     /// One round over every organization's enabled forecast rules.
