@@ -396,6 +396,53 @@ async fn prices_and_rules_cross_replicas_and_a_rule_fires_once() {
     assert_eq!(on_b["features_used"], on_c["features_used"]);
 }
 
+/// A version uploaded to A is served by B and C: they fetch its files from the store, check them against
+/// the recorded artifact, and load it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_uploaded_to_one_replica_serves_on_all() {
+    let f = Fleet::start(3, &[]).await;
+    let shipped = shipped_models().join("price/1");
+    let mut form = reqwest::multipart::Form::new();
+    for (part, bytes) in [
+        ("model", std::fs::read(shipped.join("model.onnx")).unwrap()),
+        (
+            "manifest",
+            std::fs::read(shipped.join("model.toml")).unwrap(),
+        ),
+        (
+            "golden",
+            std::fs::read(common::repo_root().join("fixtures/golden/price.json")).unwrap(),
+        ),
+    ] {
+        form = form.part(part, reqwest::multipart::Part::bytes(bytes).file_name(part));
+    }
+    let (status, uploaded) = f
+        .send(
+            f.client
+                .post(f.url(0, "/api/v1/models/price/versions"))
+                .multipart(form),
+        )
+        .await;
+    assert_eq!(status, 201, "{uploaded}");
+    let version = uploaded["version"].as_u64().unwrap();
+    let golden = common::golden("price");
+    for i in [1, 2] {
+        let path = format!("/v2/models/price/versions/{version}/infer");
+        until(
+            Duration::from_secs(10),
+            &format!("replica {i} serves the upload"),
+            || async { f.post(i, &path, &golden.request(0, 4)).await.0 == 200 },
+        )
+        .await;
+        let (_, answer) = f.post(i, &path, &golden.request(0, 4)).await;
+        common::assert_close(
+            &common::floats(&answer["outputs"][0]["data"]),
+            &golden.expected("price", 0, 4),
+            "the uploaded version's answers on another replica",
+        );
+    }
+}
+
 /// A replica that finds the feed pruned past what it read reloads from the store: here the store is
 /// changed behind every replica's back and the feed jumps, as after a long cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

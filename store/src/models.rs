@@ -211,6 +211,11 @@ impl Store {
         .bind(version as i64)
         .execute(&mut *tx)
         .await?;
+        sqlx::query("DELETE FROM model_files WHERE name = $1 AND version = $2")
+            .bind(name)
+            .bind(version as i64)
+            .execute(&mut *tx)
+            .await?;
         self.record_change(&mut tx, Changed::of(ChangeKind::Model, None, name))
             .await?;
         tx.commit().await?;
@@ -336,5 +341,51 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Keeps an uploaded version's files (relative path, bytes), replacing any kept before, for the other
+    /// replicas of a fleet. Not on SQLite: one process serves it, and the files are on its disk already.
+    pub async fn put_model_files(
+        &self,
+        name: &str,
+        version: u64,
+        files: &[(String, Vec<u8>)],
+    ) -> Result<()> {
+        if self.sqlite {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM model_files WHERE name = $1 AND version = $2")
+            .bind(name)
+            .bind(version as i64)
+            .execute(&mut *tx)
+            .await?;
+        for (path, bytes) in files {
+            sqlx::query(
+                "INSERT INTO model_files (name, version, path, bytes) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(name)
+            .bind(version as i64)
+            .bind(path)
+            .bind(bytes.as_slice())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// An uploaded version's files, as kept (empty: none kept, an imported version).
+    pub async fn model_files(&self, name: &str, version: u64) -> Result<Vec<(String, Vec<u8>)>> {
+        let rows = sqlx::query(
+            "SELECT path, bytes FROM model_files WHERE name = $1 AND version = $2 ORDER BY path",
+        )
+        .bind(name)
+        .bind(version as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("path")?, row.try_get("bytes")?)))
+            .collect()
     }
 }

@@ -190,9 +190,20 @@ impl Registry {
         let served = |v: u64| self.repository.get(name, Some(&v.to_string())).is_ok();
         for record in records.iter().filter(wanted).filter(|r| !served(r.version)) {
             if !self.version_dir(name, record.version).is_dir() {
-                tracing::warn!(model = %name, version = record.version,
-                    "another replica serves a version whose files this replica does not have");
-                continue;
+                match self.fetch(record).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(model = %name, version = record.version,
+                            "another replica serves a version whose files the store does not keep");
+                        continue;
+                    }
+                    Err(RegistryError::Store(e)) => return Err(e.into()),
+                    Err(e) => {
+                        tracing::warn!(model = %name, version = record.version, error = %e,
+                            "a version uploaded to another replica cannot be fetched");
+                        continue;
+                    }
+                }
             }
             let (repository, model, version) =
                 (self.repository.clone(), name.to_string(), record.version);
@@ -231,6 +242,60 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// Brings a version uploaded to another replica into this one's data directory from the files the
+    /// store keeps, checked against the artifact the registry recorded. False when the store keeps none.
+    async fn fetch(&self, record: &mercator_store::VersionRecord) -> Result<bool, RegistryError> {
+        let files = self.store.model_files(&record.name, record.version).await?;
+        if files.is_empty() {
+            return Ok(false);
+        }
+        let (data, name, version) = (self.data_dir.clone(), record.name.clone(), record.version);
+        let source = data.join("staging").join(format!(
+            "fetch-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let fetched = tokio::task::spawn_blocking(move || {
+            let dir = source.join(&name).join(version.to_string());
+            let result = std::fs::create_dir_all(&dir)
+                .and_then(|()| {
+                    files
+                        .iter()
+                        .try_for_each(|(file, bytes)| std::fs::write(dir.join(file), bytes))
+                })
+                .map_err(|e| RegistryError::internal("writing a fetched version", e))
+                .and_then(|()| {
+                    let only = |_: &str, v: u64| v != version;
+                    import::import(&source, &data, Some(&name), &only).map_err(RegistryError::from)
+                });
+            let _ = std::fs::remove_dir_all(&source);
+            result.map(|_| {
+                import::artifact_of(
+                    &import::served_dir(&data)
+                        .join(&name)
+                        .join(version.to_string()),
+                )
+            })
+        })
+        .await
+        .map_err(|e| RegistryError::internal("fetching a version", e))??;
+        match fetched {
+            Some((sha, _)) if Some(&sha) == record.sha256.as_ref() => Ok(true),
+            other => {
+                let dir = self.version_dir(&record.name, record.version);
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(RegistryError::internal(
+                    "fetching a version",
+                    format!(
+                        "its artifact is {:?}, the registry recorded {:?}",
+                        other.map(|o| o.0),
+                        record.sha256
+                    ),
+                ))
+            }
+        }
     }
 
     /// The versions of a model being served, for the audit log (`None`: not served).

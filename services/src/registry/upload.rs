@@ -177,7 +177,19 @@ impl Registry {
             std::fs::copy(staged.join("model.toml"), target.join("model.toml")).map_err(io)?;
             Ok(())
         })();
-        if let Err(e) = written {
+        // Kept in the store too, so every replica of a fleet can serve it.
+        let kept = match written {
+            Ok(()) => match staged_files(staged) {
+                Ok(files) => self
+                    .store
+                    .put_model_files(&m.name, m.version, &files)
+                    .await
+                    .map_err(RegistryError::from),
+                Err(e) => Err(RegistryError::internal("reading a staged upload", e)),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = kept {
             let _ = std::fs::remove_dir_all(&target);
             dispose(model).await;
             return Err(e);
@@ -185,6 +197,19 @@ impl Registry {
         self.repository.insert_version(model.clone());
         Ok(model)
     }
+}
+
+/// The files of a staged version (its folder holds files only): name and bytes.
+fn staged_files(dir: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            files.push((name, std::fs::read(entry.path())?));
+        }
+    }
+    Ok(files)
 }
 
 /// Runs the golden inputs through the staged version and compares every golden output.
