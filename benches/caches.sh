@@ -37,7 +37,7 @@ measure() {  # name, method, path, body file or ""
     line=$(BODY_FILE="$4" wrk -t1 -c1 -d"${DURATION}s" -s benches/post.lua "http://127.0.0.1:8115$3" | tail -n 1)
   else
     size=$(curl -sf -H "authorization: Bearer $API_KEY" "http://127.0.0.1:8115$3" | wc -c)
-    line=$(wrk -t1 -c1 -d"${DURATION}s" -s benches/get.lua "http://127.0.0.1:8115$3" | tail -n 1)
+    line=$(wrk -t1 -c1 -d"${DURATION}s" -s benches/post.lua "http://127.0.0.1:8115$3" | tail -n 1)
   fi
   echo "{\"answer\":\"$1\",\"bytes\":$size,\"result\":$line}" | tee -a "$results"
 }

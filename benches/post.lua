@@ -1,9 +1,12 @@
--- wrk script: POST the body in $BODY_FILE and print one JSON line of results.
-local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
+-- wrk script: POST the body in $BODY_FILE (GET without one) and print one JSON line of results.
+local path = os.getenv("BODY_FILE")
+if path then
+  local f = assert(io.open(path, "rb"))
+  wrk.method = "POST"
+  wrk.body = f:read("*a")
+  f:close()
+  wrk.headers["Content-Type"] = "application/json"
+end
 if os.getenv("API_KEY") then
   wrk.headers["Authorization"] = "Bearer " .. os.getenv("API_KEY")
 end

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{client_with, ingest_fixture_at, requests_csv, shipped_models, ADMIN_KEY};
+use common::{client_with, free_port, ingest_fixture_at, requests_csv, shipped_models, ADMIN_KEY};
 use serde_json::{json, Value};
 
 fn start(data: &Path, models: &Path, port: u16) -> Child {
@@ -40,14 +40,6 @@ async fn wait_ready(client: &reqwest::Client, base: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the server never became ready");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

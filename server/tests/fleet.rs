@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{client_with, shipped_models, PgDatabase, RedisProxy, ADMIN_KEY};
+use common::{client_with, free_port, shipped_models, PgDatabase, RedisProxy, ADMIN_KEY};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -33,14 +33,6 @@ struct Fleet {
     replicas: Vec<Replica>,
     db: PgDatabase,
     client: reqwest::Client,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn spawn(db: &PgDatabase, secret_key: &str, models: &Path, args: &[&str]) -> Replica {

@@ -481,6 +481,15 @@ pub fn requests_csv(f: &Fixture, rows: usize, bad_every: usize) -> (String, Vec<
     (csv, bad)
 }
 
+/// A port nothing listens on now (for a server started as its own process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The Redis every machine runs.
 pub const REDIS: &str = "127.0.0.1:6379";
 
