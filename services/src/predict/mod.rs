@@ -60,18 +60,38 @@ struct SupplierInfo {
 }
 
 /// Rows' attributes by id, with the organization that owns each: read from the store on a miss, dropped
-/// when the row changes.
-struct Cache<T>(RwLock<HashMap<String, (String, T)>>);
+/// when the row changes. A read that a change overtook (dropped while the store was being read, here or
+/// through the change feed) answers but is not kept, so a stale copy never settles in the cache.
+struct Cache<T> {
+    entries: RwLock<HashMap<String, (String, T)>>,
+    /// Counts drops: a miss keeps what it read only if none happened meanwhile.
+    drops: std::sync::atomic::AtomicU64,
+}
 
 impl<T> Default for Cache<T> {
     fn default() -> Self {
-        Cache(RwLock::default())
+        Cache {
+            entries: RwLock::default(),
+            drops: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 }
 
 impl<T: Clone> Cache<T> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, (String, T)>> {
+        self.entries.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn forget(&self, id: &str) {
-        self.0.write().unwrap_or_else(|e| e.into_inner()).remove(id);
+        let mut entries = self.write();
+        self.drops.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        entries.remove(id);
+    }
+
+    fn clear(&self) {
+        let mut entries = self.write();
+        self.drops.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        entries.clear();
     }
 
     /// The attributes of `id` if `org` owns it: not found `what` otherwise, as the store answers.
@@ -83,7 +103,7 @@ impl<T: Clone> Cache<T> {
         load: impl FnOnce() -> F,
     ) -> Result<T, PredictError> {
         let cached = self
-            .0
+            .entries
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
@@ -91,11 +111,12 @@ impl<T: Clone> Cache<T> {
         let (owner, info) = match cached {
             Some(entry) => entry,
             None => {
+                let drops = self.drops.load(std::sync::atomic::Ordering::Acquire);
                 let info = load().await?;
-                self.0
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id.to_string(), (org.to_string(), info.clone()));
+                let mut entries = self.write();
+                if self.drops.load(std::sync::atomic::Ordering::Acquire) == drops {
+                    entries.insert(id.to_string(), (org.to_string(), info.clone()));
+                }
                 (org.to_string(), info)
             }
         };
@@ -182,16 +203,8 @@ impl Predictions {
 
     /// Forgets every cached attribute (a replica that fell too far behind the change feed).
     pub fn forget_catalog(&self) {
-        self.materials
-            .0
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        self.suppliers
-            .0
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.materials.clear();
+        self.suppliers.clear();
     }
 
     /// The category of the organization's material `id` (cached).
@@ -348,5 +361,47 @@ pub fn observation(p: &PricePoint) -> Observation<'_> {
         supplier: p.supplier_id.as_deref(),
         observed_at_ms: p.observed_at_ms,
         price: p.price,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// A read that a change overtook (the entry dropped while the store was read) answers, but is not
+    /// kept: the next read asks the store again. An untroubled read is kept.
+    #[tokio::test]
+    async fn a_read_overtaken_by_a_change_is_not_kept() {
+        let cache: Cache<u32> = Cache::default();
+        let loads = AtomicU32::new(0);
+        let read = |value: u32, changed_meanwhile: bool| {
+            let (cache, loads) = (&cache, &loads);
+            async move {
+                loads.fetch_add(1, Ordering::SeqCst);
+                if changed_meanwhile {
+                    cache.forget("m");
+                }
+                Ok(value)
+            }
+        };
+        let get = |value, changed| cache.get("org", "m", "material", move || read(value, changed));
+        assert_eq!(get(1, true).await.unwrap(), 1);
+        assert_eq!(
+            get(2, false).await.unwrap(),
+            2,
+            "the overtaken read was not kept"
+        );
+        assert_eq!(
+            get(3, false).await.unwrap(),
+            2,
+            "an untroubled read is kept"
+        );
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+        assert!(matches!(
+            cache.get("other", "m", "material", || read(4, false)).await,
+            Err(PredictError::NotFound("material"))
+        ));
     }
 }
