@@ -251,8 +251,8 @@ pub struct ServeArgs {
     /// PostgreSQL apply each other's changes; a notification makes it at once) [default: 2000].
     #[arg(long, env = "MERCATOR_FLEET_POLL_MS")]
     pub fleet_poll_ms: Option<u64>,
-    /// Seconds the change feed may go unread before /readyz answers 503 (this replica would serve
-    /// state the others have changed) [default: 30].
+    /// Seconds this replica may be behind the change feed, while the store answers, before /readyz
+    /// answers 503 (it would serve state the others have changed) [default: 30].
     #[arg(long, env = "MERCATOR_FLEET_MAX_LAG_SECS")]
     pub fleet_max_lag_secs: Option<u64>,
     /// Proxies in front of Mercator that each append the address they saw to X-Forwarded-For: the client

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{client_with, free_port, shipped_models, PgDatabase, RedisProxy, ADMIN_KEY};
+use common::{
+    client_with, free_port, shipped_models, PgDatabase, Proxy, ADMIN_KEY, POSTGRES, REDIS,
+};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -35,18 +37,27 @@ struct Fleet {
     client: reqwest::Client,
 }
 
-fn spawn(db: &PgDatabase, secret_key: &str, models: &Path, args: &[&str]) -> Replica {
+fn spawn(database_url: &str, secret_key: &str, models: &Path, args: &[&str]) -> Replica {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
+    // Only a notification makes a change arrive within the second, unless the test sets its own poll.
+    let poll: &[&str] = match args.contains(&"--fleet-poll-ms") {
+        true => &[],
+        false => &["--fleet-poll-ms", "60000"],
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_mercator"))
         .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(data.path())
         .arg("--models-dir")
         .arg(models)
-        .args(["--database-url", &db.url, "--webhook-allow-private", "true"])
-        // Only a notification makes a change arrive within the second.
-        .args(["--fleet-poll-ms", "60000"])
+        .args([
+            "--database-url",
+            database_url,
+            "--webhook-allow-private",
+            "true",
+        ])
+        .args(poll)
         .args(args)
         .env("MERCATOR_ADMIN_KEY", ADMIN_KEY)
         .env("MERCATOR_SECRET_KEY", secret_key)
@@ -67,10 +78,10 @@ impl Fleet {
         let secret_key = mercator_store::secrets::Sealer::generate_key();
         let client = client_with(ADMIN_KEY);
         // The first one migrates the database and registers the admin key; the others start after it.
-        let mut replicas = vec![spawn(&db, &secret_key, &shipped_models(), args)];
+        let mut replicas = vec![spawn(&db.url, &secret_key, &shipped_models(), args)];
         wait_ready(&client, &replicas[0].base).await;
         for _ in 1..n {
-            replicas.push(spawn(&db, &secret_key, &shipped_models(), args));
+            replicas.push(spawn(&db.url, &secret_key, &shipped_models(), args));
         }
         for r in &replicas[1..] {
             wait_ready(&client, &r.base).await;
@@ -556,6 +567,68 @@ async fn a_periodic_round_runs_once_per_period_and_moves_when_its_runner_dies() 
     );
 }
 
+/// A replica whose database stops answering stays ready (inference needs no database, and every replica
+/// is behind alike), says so, and is caught up again when the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_from_its_database_keeps_serving_and_says_so() {
+    let db = PgDatabase::create().await;
+    let proxy = Proxy::start(POSTGRES).await;
+    let through = db.url.replace(POSTGRES, &proxy.addr.to_string());
+    let secret_key = mercator_store::secrets::Sealer::generate_key();
+    let args = ["--fleet-max-lag-secs", "1", "--fleet-poll-ms", "200"];
+    let replica = spawn(&through, &secret_key, &shipped_models(), &args);
+    let client = client_with(ADMIN_KEY);
+    wait_ready(&client, &replica.base).await;
+    let golden = common::golden("price");
+    let infer = || async {
+        client
+            .post(format!("{}/v2/models/price/versions/1/infer", replica.base))
+            .json(&golden.request(0, 2))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(infer().await, 200);
+    let ready = || async {
+        let r = client
+            .get(format!("{}/readyz", replica.base))
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap_or_default(),
+        )
+    };
+    assert_eq!(ready().await.1["store"]["reachable"], true);
+
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, body) = ready().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["store"]["reachable"], false, "{body}");
+    assert!(
+        body["change_feed"]["seconds_behind"].as_f64().unwrap() > 1.0,
+        "{body}"
+    );
+    assert_eq!(infer().await, 200, "inference goes on without the database");
+
+    proxy.restore().await;
+    until(
+        Duration::from_secs(10),
+        "the replica reaches its database again",
+        || async {
+            let (status, body) = ready().await;
+            status == 200
+                && body["store"]["reachable"] == true
+                && body["change_feed"]["seconds_behind"].as_f64() < Some(1.0)
+        },
+    )
+    .await;
+    drop(replica);
+}
+
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -594,7 +667,7 @@ async fn redis_state(f: &Fleet, i: usize) -> String {
 /// it was gone reached their state through the change feed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_clients_hear_every_replica_through_redis() {
-    let proxy = RedisProxy::start().await;
+    let proxy = Proxy::start(REDIS).await;
     let redis = format!("redis://{}/0", proxy.addr);
     let prefix = format!("fleet-{}-{}", std::process::id(), rand_suffix());
     let f = Fleet::start(3, &["--redis-url", &redis, "--redis-key-prefix", &prefix]).await;

@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{client_with, PgDatabase, RedisProxy, TestServer, REDIS};
+use common::{client_with, PgDatabase, Proxy, TestServer, REDIS};
 use mercator_services::limits::shared;
 use reqwest::{Client, Response};
 use serde_json::{json, Value};
@@ -360,7 +360,7 @@ async fn two_replicas_sharing_redis_enforce_one_limit() {
 /// and counts it; Redis back: the shared count resumes where it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_unreachable_each_replica_limits_on_its_own() {
-    let relay = RedisProxy::start().await;
+    let relay = Proxy::start(REDIS).await;
     let prefix = fresh_prefix();
     let models = tempfile::tempdir().unwrap();
     let dir = models.path().to_path_buf();

@@ -109,7 +109,7 @@ const OUTSIDE: &[(&str, &str, &str, bool)] = &[
     (
         "get",
         "/readyz",
-        "Readiness: 200 once every model is warm; 503 while draining",
+        "Readiness: 200 once every model is warm, with the store, Redis and the change feed's lag; 503 while draining or stuck behind the feed",
         false,
     ),
     ("get", "/metrics", "Prometheus metrics", false),

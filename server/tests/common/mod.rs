@@ -493,17 +493,23 @@ pub fn free_port() -> u16 {
 /// The Redis every machine runs.
 pub const REDIS: &str = "127.0.0.1:6379";
 
-/// A TCP relay to Redis that can be cut (every connection dropped, nothing accepted) and restored.
-pub struct RedisProxy {
+/// The PostgreSQL every machine runs.
+pub const POSTGRES: &str = "127.0.0.1:5432";
+
+/// A TCP relay to a service (Redis, PostgreSQL) that can be cut (every connection dropped, nothing
+/// accepted) and restored.
+pub struct Proxy {
     pub addr: std::net::SocketAddr,
+    target: &'static str,
     tasks: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
 
-impl RedisProxy {
-    pub async fn start() -> RedisProxy {
+impl Proxy {
+    pub async fn start(target: &'static str) -> Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let relay = RedisProxy {
+        let relay = Proxy {
             addr: listener.local_addr().unwrap(),
+            target,
             tasks: std::sync::Arc::default(),
         };
         relay.serve(listener);
@@ -511,15 +517,15 @@ impl RedisProxy {
     }
 
     fn serve(&self, listener: tokio::net::TcpListener) {
-        let tasks = self.tasks.clone();
+        let (tasks, target) = (self.tasks.clone(), self.target);
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
                     return;
                 };
                 let pipe = tokio::spawn(async move {
-                    if let Ok(mut redis) = tokio::net::TcpStream::connect(REDIS).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut redis).await;
+                    if let Ok(mut service) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut service).await;
                     }
                 });
                 tasks.lock().unwrap().push(pipe);
