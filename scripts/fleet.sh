@@ -19,8 +19,9 @@ mkdir -p "$state"
 target="${CARGO_TARGET_DIR:-$root/target}"
 
 scripts/install-runtime.sh
-cargo build --quiet --release --bin mercator
-mercator="$target/release/mercator"
+# MERCATOR_BIN: a binary built elsewhere; else this checkout's release build.
+mercator="${MERCATOR_BIN:-$target/release/mercator}"
+[ -n "${MERCATOR_BIN:-}" ] || cargo build --quiet --release --bin mercator
 
 if [ -z "${DATABASE_URL:-}" ]; then
   psql -q -h 127.0.0.1 -U postgres -d test -tc "SELECT 1 FROM pg_database WHERE datname = 'mercator_fleet'" \
