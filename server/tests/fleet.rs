@@ -778,15 +778,10 @@ async fn websocket_clients_hear_every_replica_through_redis() {
     .await;
 }
 
+/// A number no other test process draws (a Redis prefix of this test's own).
 fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now()
-            .elapsed()
-            .map_or(0, |d| d.as_nanos() as u64),
-    );
-    h.finish()
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::process::id())
 }
 
 type Received = std::sync::Arc<std::sync::Mutex<Vec<String>>>;

@@ -60,7 +60,7 @@ pub struct Projections {
 }
 
 /// How far behind the feed this replica is, for `/readyz`.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Lag {
     /// The last change applied.
     pub applied: i64,
