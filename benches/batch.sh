@@ -40,24 +40,7 @@ for _ in $(seq 1 300); do
 done
 python3 benches/fixture.py "$base" "$out/batch-ids.json" "$out/predict-row.json"
 
-# Request files: the purchases of the feature frame in turn (material, supplier, quantity, the day asked on,
-# delivery after its lead time).
-python3 - "$out/batch-ids.json" "$out" <<'PY'
-import csv, datetime, json, math, sys
-ids = json.load(open(sys.argv[1]))
-frame = list(csv.DictReader(open(f"{sys.argv[2]}/batch-frame.csv")))
-requests = []
-for r in frame:
-    day = datetime.date.fromisoformat(r["observed_on"])
-    delivery = day + datetime.timedelta(days=int(float(r["lead_days"])))
-    requests.append(f'{ids["materials"][r["material_code"]]},{round(math.exp(float(r["log_quantity"])))},'
-                    f'{ids["suppliers"][r["supplier_code"]]},{delivery},{day}\n')
-for rows in (100_000, 1_000_000):
-    with open(f"{sys.argv[2]}/batch-{rows}.csv", "w") as f:
-        f.write("material_id,quantity,supplier_id,delivery_date,as_of\n")
-        for i in range(rows):
-            f.write(requests[i % len(requests)])
-PY
+python3 benches/batch_requests.py "$out/batch-ids.json" "$out/batch-frame.csv" "$out" 100000 1000000
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 submit() {

@@ -156,13 +156,18 @@ pub struct ServeArgs {
     /// Rows per chunk of a batch job: what is committed at once, and redone after a crash [default: 16384].
     #[arg(long, env = "MERCATOR_BATCH_CHUNK_ROWS")]
     pub batch_chunk_rows: Option<usize>,
-    /// Batch jobs one server runs at once [default: 2].
-    #[arg(long, env = "MERCATOR_BATCH_MAX_RUNNING_JOBS")]
-    pub batch_max_running_jobs: Option<usize>,
+    /// Chunks of batch jobs one replica computes at once, of any job [default: 2].
+    #[arg(long, env = "MERCATOR_BATCH_MAX_RUNNING_CHUNKS")]
+    pub batch_max_running_chunks: Option<usize>,
+    /// How long a replica holds a batch chunk it claimed without renewing the claim (it renews every third
+    /// of this while it computes); a replica that dies loses its chunks to the others after this long, in
+    /// seconds [default: 30].
+    #[arg(long, env = "MERCATOR_BATCH_LEASE_SECS")]
+    pub batch_lease_secs: Option<u64>,
     /// Queued and running batch jobs an organization may have [default: 10].
     #[arg(long, env = "MERCATOR_BATCH_MAX_ACTIVE_JOBS")]
     pub batch_max_active_jobs: Option<u64>,
-    /// How long an ended batch job's results are kept, in seconds; then its files are deleted and its
+    /// How long an ended batch job's results are kept, in seconds; then its chunks are deleted and its
     /// results answer 410 [default: 604800, 7 days].
     #[arg(long, env = "MERCATOR_BATCH_RETENTION_SECS")]
     pub batch_retention_secs: Option<u64>,
@@ -399,6 +404,7 @@ impl Default for Config {
                 max_rows: 10_000_000,
                 max_body_bytes: 2 * 1024 * 1024 * 1024,
                 max_running: 2,
+                lease: Duration::from_secs(30),
                 max_active_per_org: 10,
                 retention: Duration::from_secs(7 * 24 * 3600),
                 disk_factor: 3.0,
@@ -561,10 +567,15 @@ impl Config {
                     .or(file.batch_max_body_bytes)
                     .unwrap_or(d.batch.max_body_bytes),
                 max_running: args
-                    .batch_max_running_jobs
-                    .or(file.batch_max_running_jobs)
+                    .batch_max_running_chunks
+                    .or(file.batch_max_running_chunks)
                     .unwrap_or(d.batch.max_running)
                     .max(1),
+                lease: args
+                    .batch_lease_secs
+                    .or(file.batch_lease_secs)
+                    .map(|s| bounded_secs(s.max(1)))
+                    .unwrap_or(d.batch.lease),
                 max_active_per_org: args
                     .batch_max_active_jobs
                     .or(file.batch_max_active_jobs)

@@ -383,7 +383,6 @@ pub fn status(code: &str) -> StatusCode {
         "results_expired" => StatusCode::GONE,
         "body_too_large" | "too_many_rows" | "batch_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
         "unsupported_media_type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "results_on_another_node" => StatusCode::MISDIRECTED_REQUEST,
         "invalid_rows"
         | "invalid_model"
         | "invalid_quantity"
@@ -631,11 +630,6 @@ mod tests {
             ),
             (FeatureError::Day(1 << 30).into(), 422, "invalid_date"),
             (ApiError::BodyTimeout, 408, "body_timeout"),
-            (
-                BatchError::ResultsElsewhere("n".into()).into(),
-                421,
-                "results_on_another_node",
-            ),
             (
                 BatchError::InsufficientStorage { free: 0, needed: 1 }.into(),
                 507,

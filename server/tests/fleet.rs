@@ -1,7 +1,8 @@
 //! Three replicas of the real binary on one PostgreSQL database: a change made on one is served by the
 //! others within a second (through the change feed and its notification, not a reload: the feed's poll is
 //! set to a minute here), a rule made on one fires once on another's ingest, and a replica that finds the
-//! feed cut reloads everything from the store.
+//! feed cut reloads everything from the store; a batch job runs on every replica and survives the death of
+//! the one that took it.
 
 mod common;
 
@@ -804,4 +805,169 @@ async fn receiver() -> (String, Received) {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, got)
+}
+
+/// Chunks replica `node` holds, read from the database.
+async fn chunks_held(db: &str, node: &str) -> i64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(db).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM batch_chunks WHERE holder = $1 AND state = 'running' AND lease_until > 0",
+    )
+    .bind(node)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+}
+
+/// A metric's value summed over its series, from a replica's `/metrics`.
+async fn metric(f: &Fleet, i: usize, name: &str, label: &str) -> f64 {
+    let text = f
+        .client
+        .get(f.url(i, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn submit_job(f: &Fleet, i: usize, csv: &str) -> String {
+    let r = f
+        .client
+        .post(f.url(i, "/api/v1/predictions/batch"))
+        .header("content-type", "text/csv")
+        .header("prefer", "respond-async")
+        .body(csv.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    body["batch_id"].as_str().unwrap().to_string()
+}
+
+async fn job_ended(f: &Fleet, i: usize, id: &str) -> Value {
+    let path = format!("/api/v1/predictions/batch/{id}");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let job = f.get(i, &path).await.1;
+        if ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap_or("")) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "{id} never ended: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn results_text(f: &Fleet, i: usize, id: &str) -> String {
+    let r = f
+        .client
+        .get(f.url(
+            i,
+            &format!("/api/v1/predictions/batch/{id}/results?format=csv"),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+/// One large job runs on all three replicas at once; the one that took it is killed (SIGKILL) while it
+/// holds chunks: the other two take those over when their leases run out and finish it, every row answered
+/// once and equal to a run never interrupted; its progress reaches a WebSocket client on another replica,
+/// and its results are read from a third.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_on_every_replica_and_a_killed_one_loses_no_row() {
+    let mut f = Fleet::start(
+        3,
+        &["--batch-chunk-rows", "4000", "--batch-lease-secs", "2"],
+    )
+    .await;
+    let fixture = common::ingest_fixture_at(&f.replicas[0].base, &f.client).await;
+    f.caught_up(1).await;
+    f.caught_up(2).await;
+    const ROWS: usize = 200_000;
+    let (csv, _) = common::requests_csv(&fixture, ROWS, 997);
+    let node =
+        std::fs::read_to_string(f.replicas[0]._data.path().join("node-id")).expect("A's node id");
+
+    let id = submit_job(&f, 0, &csv).await;
+    let mut progress = socket(&f, 1, &format!("/ws/predictions/{id}")).await;
+    // Kill A once chunks have committed and while it holds some.
+    let path = format!("/api/v1/predictions/batch/{id}");
+    until(Duration::from_secs(120), "chunks commit", || async {
+        f.get(1, &path).await.1["processed_rows"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 12_000
+    })
+    .await;
+    until(Duration::from_secs(60), "A holds a chunk", || async {
+        chunks_held(&f.db.url, node.trim()).await > 0
+    })
+    .await;
+    let committed_by_a = metric(&f, 0, "mercator_batch_chunks_total", "committed").await;
+    f.replicas[0].child.kill().unwrap();
+    f.replicas[0].child.wait().unwrap();
+    let killed_at = f.get(1, &path).await.1;
+    assert_eq!(killed_at["state"], "running", "{killed_at}");
+
+    // B's WebSocket follows the job to its end, its count never going back.
+    let mut seen = Vec::new();
+    let last = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(300), progress.next())
+            .await
+            .expect("progress keeps coming")
+            .expect("the socket stays open until the end")
+            .unwrap();
+        let Ok(text) = frame.to_text() else { continue };
+        let Ok(m) = serde_json::from_str::<Value>(text) else {
+            continue;
+        };
+        seen.push(m["processed"].as_u64().unwrap());
+        if m["type"] == "final" {
+            break m;
+        }
+    };
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert_eq!(
+        (last["state"].as_str(), last["processed"].as_u64()),
+        (Some("succeeded"), Some(ROWS as u64)),
+        "{last}"
+    );
+    let job = f.get(2, &path).await.1;
+    assert!(job["attempts"].as_u64().unwrap() >= 2, "taken over: {job}");
+    assert_eq!(job["failed_rows"], ROWS as u64 / 997, "{job}");
+
+    // The job ran on all three: A before it died, B and C after; B and C took over A's chunks.
+    assert!(committed_by_a >= 1.0, "A committed {committed_by_a}");
+    for i in [1, 2] {
+        let committed = metric(&f, i, "mercator_batch_chunks_total", "committed").await;
+        assert!(committed >= 1.0, "replica {i} committed {committed}");
+    }
+    let reclaimed = metric(&f, 1, "mercator_batch_chunk_claims_total", "reclaimed").await
+        + metric(&f, 2, "mercator_batch_chunk_claims_total", "reclaimed").await;
+    assert!(reclaimed >= 1.0, "A's chunks taken over: {reclaimed}");
+
+    // Every row once, in order, read from C; equal to a run never interrupted.
+    let interrupted = results_text(&f, 2, &id).await;
+    let rows: Vec<usize> = interrupted
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(rows, (1..=ROWS).collect::<Vec<_>>(), "every row once");
+    let clean = submit_job(&f, 1, &csv).await;
+    assert_eq!(job_ended(&f, 2, &clean).await["state"], "succeeded");
+    assert!(
+        results_text(&f, 1, &clean).await == interrupted,
+        "an interrupted job's results equal a clean run's"
+    );
 }

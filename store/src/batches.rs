@@ -1,5 +1,6 @@
-//! Batch prediction jobs: the job row (state, counts, the input's chunks) and the one-statement commit that
-//! moves a job on by one chunk.
+//! Batch prediction jobs: the job row (state, counts, the input's chunks) and its chunks, claimed by any
+//! replica under a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has one writer) and committed once,
+//! fenced by the claim's token, in one transaction with the job's counts.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -97,6 +98,12 @@ pub struct BatchJob {
     pub cancel_requested_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     pub chunks: Vec<Chunk>,
+    /// A price job's CSV header: what each chunk's records are.
+    #[serde(skip)]
+    pub header: Vec<String>,
+    /// A raw job's outputs, as JSON (what its result rows hold).
+    #[serde(skip)]
+    pub outputs: Option<String>,
 }
 
 /// What a new job is.
@@ -109,8 +116,26 @@ pub struct NewBatchJob {
     pub input_format: String,
     pub input_bytes: u64,
     pub chunks: Vec<Chunk>,
+    /// A price job's CSV header.
+    pub header: Vec<String>,
+    /// A raw job's outputs, as JSON.
+    pub outputs: Option<String>,
     /// The client's `Idempotency-Key`, unique in the organization.
     pub idempotency_key: Option<String>,
+}
+
+/// A chunk a replica claimed: its job as the claim left it, its rows and input (CSV records, no header),
+/// and the token its renewals and commit carry.
+#[derive(Debug, Clone)]
+pub struct ClaimedChunk {
+    pub job: BatchJob,
+    pub index: u64,
+    pub first_row: u64,
+    pub rows: u64,
+    pub input: Vec<u8>,
+    pub token: i64,
+    /// Claimed before by a replica whose lease ran out (or that restarted).
+    pub reclaimed: bool,
 }
 
 /// A new job id: `bat_` and a time-sortable id.
@@ -120,7 +145,7 @@ pub fn new_batch_id() -> String {
 
 const COLUMNS: &str = "id, organization_id, node, model, model_version, state, input_format, input_bytes, \
     total_rows, processed_rows, failed_rows, chunks, chunks_total, chunks_done, attempts, error_code, \
-    error_message, created_at, started_at, finished_at, cancel_requested_at";
+    error_message, created_at, started_at, finished_at, cancel_requested_at, input_header, outputs";
 
 impl<'r> FromRow<'r, AnyRow> for BatchJob {
     fn from_row(row: &'r AnyRow) -> sqlx::Result<Self> {
@@ -157,6 +182,11 @@ impl<'r> FromRow<'r, AnyRow> for BatchJob {
             finished_at: t("finished_at")?,
             cancel_requested_at: t("cancel_requested_at")?,
             chunks: chunks_from_text(&chunks),
+            header: row
+                .try_get::<Option<String>, _>("input_header")?
+                .and_then(|h| serde_json::from_str(&h).ok())
+                .unwrap_or_default(),
+            outputs: row.try_get("outputs")?,
         })
     }
 }
@@ -184,15 +214,46 @@ fn chunks_from_text(text: &str) -> Vec<Chunk> {
 }
 
 impl Store {
-    /// Records a queued job of organization `org`. With an idempotency key the organization has used, the
-    /// job made with it is returned instead (`Conflict` only if the organization is gone).
+    /// Writes chunk `index` of the job `job_id` that `org` is submitting: its rows and its input (CSV records,
+    /// no header). Written before the job ([`Store::create_batch_job`]): until the job row exists, no replica
+    /// claims it.
+    pub async fn add_batch_chunk(
+        &self,
+        org: &str,
+        job_id: &str,
+        index: u64,
+        chunk: &Chunk,
+        input: &[u8],
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO batch_chunks (job_id, idx, organization_id, first_row, row_count, state, attempt, \
+             claims, input, created_at) VALUES ($1, $2, $3, $4, $5, 'pending', 0, 0, $6, $7)",
+        )
+        .bind(job_id)
+        .bind(index as i64)
+        .bind(org)
+        .bind(chunk.first_row as i64)
+        .bind(chunk.rows as i64)
+        .bind(input)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_write(e, "the organization does not exist"))?;
+        Ok(())
+    }
+
+    /// Records a queued job of organization `org` whose chunks are written. With an idempotency key the
+    /// organization has used, the job made with it is returned instead, and the chunks written for this one
+    /// are removed (`Conflict` only if the organization is gone).
     pub async fn create_batch_job(&self, org: &str, new: NewBatchJob) -> Result<BatchJob> {
         let total: u64 = new.chunks.iter().map(|c| c.rows).sum();
+        let header = (!new.header.is_empty())
+            .then(|| serde_json::to_string(&new.header).unwrap_or_default());
         let inserted = sqlx::query(
             "INSERT INTO batch_jobs (id, organization_id, node, model, model_version, state, input_format, \
              input_bytes, total_rows, processed_rows, failed_rows, chunks, chunks_total, chunks_done, attempts, \
-             created_at, idempotency_key) \
-             VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, 0, 0, $9, $10, 0, 0, $11, $12)",
+             created_at, idempotency_key, input_header, outputs) \
+             VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, 0, 0, $9, $10, 0, 0, $11, $12, $13, $14)",
         )
         .bind(&new.id)
         .bind(org)
@@ -206,18 +267,34 @@ impl Store {
         .bind(new.chunks.len() as i64)
         .bind(now_ms())
         .bind(&new.idempotency_key)
+        .bind(header)
+        .bind(&new.outputs)
         .execute(&self.pool)
         .await;
         match inserted {
             Ok(_) => self.batch_job(org, &new.id).await,
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                let key = new.idempotency_key.as_deref().unwrap_or_default();
-                self.batch_job_by_key(org, key)
-                    .await?
-                    .ok_or_else(|| StoreError::Conflict("the job id is taken".into()))
+            Err(e) => {
+                self.remove_batch_chunks(&new.id).await?;
+                match e {
+                    sqlx::Error::Database(d) if d.is_unique_violation() => {
+                        let key = new.idempotency_key.as_deref().unwrap_or_default();
+                        self.batch_job_by_key(org, key)
+                            .await?
+                            .ok_or_else(|| StoreError::Conflict("the job id is taken".into()))
+                    }
+                    e => Err(StoreError::from_write(e, "the organization does not exist")),
+                }
             }
-            Err(e) => Err(StoreError::from_write(e, "the organization does not exist")),
         }
+    }
+
+    /// Removes the chunks of a job that was never recorded.
+    pub async fn remove_batch_chunks(&self, job_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM batch_chunks WHERE job_id = $1")
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// The organization's job made with an idempotency key.
@@ -228,21 +305,6 @@ impl Store {
         .bind(org)
         .bind(key)
         .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    /// Jobs of `node` that ended before `cutoff`: whose results have expired.
-    pub async fn batch_jobs_ended_before(
-        &self,
-        node: &str,
-        cutoff: DateTime<Utc>,
-    ) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM batch_jobs WHERE node = $1 AND finished_at < $2 ORDER BY id",
-        )
-        .bind(node)
-        .bind(cutoff.timestamp_millis())
-        .fetch_all(&self.pool)
         .await?)
     }
 
@@ -275,8 +337,8 @@ impl Store {
             .await
     }
 
-    /// Bytes uploaded by the organization's jobs whose files are still kept: not ended, or ended at or after
-    /// `cutoff` (older ones' results have expired and their files are deleted).
+    /// Bytes uploaded by the organization's jobs whose chunks are still kept: not ended, or ended at or
+    /// after `cutoff` (older ones' results have expired and are deleted).
     pub async fn batch_job_bytes(&self, org: &str, cutoff: DateTime<Utc>) -> Result<u64> {
         let n: i64 = sqlx::query_scalar(
             "SELECT CAST(COALESCE(SUM(input_bytes), 0) AS BIGINT) FROM batch_jobs \
@@ -300,68 +362,214 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// The jobs `node` should run: queued or running (a running one was cut short by a restart), oldest
-    /// first.
-    pub async fn batch_jobs_to_run(&self, node: &str) -> Result<Vec<BatchJob>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM batch_jobs WHERE node = $1 AND state IN ('queued', 'running') ORDER BY id"
-        ))
-        .bind(node)
-        .fetch_all(&self.pool)
-        .await?)
+    /// Claims the next chunk for `holder` until `lease` from now: a pending chunk, or a running one whose
+    /// lease has run out, of a queued or running job. Fair across organizations: the chunk comes from the
+    /// organization with the fewest chunks running anywhere, of those the one served longest ago (so
+    /// organizations take turns), then the oldest job, then the first chunk.
+    /// Starts the job (state `running`); a chunk taken over from a replica that stopped renewing it counts
+    /// one more attempt of the job, once for all the chunks that replica held. None when there is nothing
+    /// to run.
+    pub async fn claim_batch_chunk(
+        &self,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<Option<ClaimedChunk>> {
+        // Skipping the rows another claim holds is what lets replicas claim at once without waiting on one
+        // another; only the chunk is locked (`OF c`), never its job.
+        let lock = if self.sqlite {
+            ""
+        } else {
+            " FOR UPDATE OF c SKIP LOCKED"
+        };
+        let claim = format!(
+            "UPDATE batch_chunks SET state = 'running', holder = $1, token = $2, lease_until = $3, \
+             claims = claims + 1, claimed_at = $4 \
+             WHERE (job_id, idx) = (SELECT c.job_id, c.idx FROM batch_chunks c \
+               WHERE (c.state = 'pending' OR (c.state = 'running' AND c.lease_until < $4)) \
+               AND EXISTS (SELECT 1 FROM batch_jobs j WHERE j.id = c.job_id AND j.state IN ('queued', 'running')) \
+               ORDER BY (SELECT COUNT(*) FROM batch_chunks r WHERE r.organization_id = c.organization_id \
+                 AND r.state = 'running' AND r.lease_until >= $4), \
+                 (SELECT COALESCE(MAX(r.claimed_at), 0) FROM batch_chunks r \
+                   WHERE r.organization_id = c.organization_id), c.job_id, c.idx \
+               LIMIT 1{lock}) \
+             RETURNING job_id, idx, first_row, row_count, attempt, claims, input"
+        );
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        // A chunk whose job ended between the pick and the job's update is dropped, and the next tried.
+        for _ in 0..8 {
+            let now = now_ms();
+            let token = (rand::random::<u64>() >> 1) as i64;
+            let mut tx = self.pool.begin().await?;
+            let Some(row) = sqlx::query(&claim)
+                .bind(holder)
+                .bind(token)
+                .bind(now.saturating_add(lease_ms))
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                tx.commit().await?;
+                return Ok(None);
+            };
+            let job_id: String = row.try_get("job_id")?;
+            let index: i64 = row.try_get("idx")?;
+            let attempt: i64 = row.try_get("attempt")?;
+            let claims: i64 = row.try_get("claims")?;
+            let reclaimed = claims > 1;
+            if reclaimed {
+                // Only the first chunk taken over from a run moves the job to its next attempt: the others
+                // of that run find the count moved on already.
+                sqlx::query(
+                    "UPDATE batch_jobs SET attempts = attempts + 1 WHERE id = $1 AND attempts = $2",
+                )
+                .bind(&job_id)
+                .bind(attempt)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let job: Option<BatchJob> = sqlx::query_as(&format!(
+                "UPDATE batch_jobs SET state = 'running', started_at = COALESCE(started_at, $1), \
+                 attempts = CASE WHEN attempts = 0 THEN 1 ELSE attempts END \
+                 WHERE id = $2 AND state IN ('queued', 'running') RETURNING {COLUMNS}"
+            ))
+            .bind(now)
+            .bind(&job_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(job) = job else {
+                sqlx::query(
+                    "UPDATE batch_chunks SET state = 'dropped', input = NULL WHERE job_id = $1 AND idx = $2",
+                )
+                .bind(&job_id)
+                .bind(index)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                continue;
+            };
+            sqlx::query("UPDATE batch_chunks SET attempt = $1 WHERE job_id = $2 AND idx = $3")
+                .bind(job.attempts as i64)
+                .bind(&job_id)
+                .bind(index)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(Some(ClaimedChunk {
+                job,
+                index: index as u64,
+                first_row: row.try_get::<i64, _>("first_row")? as u64,
+                rows: row.try_get::<i64, _>("row_count")? as u64,
+                input: row
+                    .try_get::<Option<Vec<u8>>, _>("input")?
+                    .unwrap_or_default(),
+                token,
+                reclaimed,
+            }));
+        }
+        Ok(None)
     }
 
-    /// Starts (or resumes) a queued or running job: state `running`, one more attempt. None when the job
-    /// has ended meanwhile (cancelled while queued).
-    pub async fn start_batch_job(&self, id: &str) -> Result<Option<BatchJob>> {
+    /// Extends a claim's lease to `lease` from now. False when the claim is lost: its lease ran out and
+    /// another replica took the chunk, or its job ended.
+    pub async fn renew_batch_chunk(
+        &self,
+        job_id: &str,
+        index: u64,
+        token: i64,
+        lease: std::time::Duration,
+    ) -> Result<bool> {
+        let until =
+            now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2));
         let done = sqlx::query(
-            "UPDATE batch_jobs SET state = 'running', attempts = attempts + 1, \
-             started_at = COALESCE(started_at, $1) WHERE id = $2 AND state IN ('queued', 'running')",
+            "UPDATE batch_chunks SET lease_until = $1 WHERE job_id = $2 AND idx = $3 AND token = $4 \
+             AND state = 'running'",
         )
-        .bind(now_ms())
-        .bind(id)
+        .bind(until)
+        .bind(job_id)
+        .bind(index as i64)
+        .bind(token)
         .execute(&self.pool)
         .await?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
-        }
-        Ok(
-            sqlx::query_as(&format!("SELECT {COLUMNS} FROM batch_jobs WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(done.rows_affected() == 1)
     }
 
-    /// Commits chunk `index` of a running job (its results file is in place): `rows` more processed rows,
-    /// `failed` of them with errors. Applies once: false when the job is not running or has committed that
-    /// chunk already. Also says whether a cancel has been asked for.
+    /// Lets a claim go at once (its lease ends now), for any replica to take the chunk again.
+    pub async fn release_batch_chunk(&self, job_id: &str, index: u64, token: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE batch_chunks SET lease_until = 0 WHERE job_id = $1 AND idx = $2 AND token = $3 \
+             AND state = 'running'",
+        )
+        .bind(job_id)
+        .bind(index as i64)
+        .bind(token)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Lets go every claim `holder` has: a replica starting again holds nothing it claimed before, so what
+    /// it held is taken again at once (by it or another) instead of after the leases run out.
+    pub async fn release_batch_chunks(&self, holder: &str) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE batch_chunks SET lease_until = 0 WHERE holder = $1 AND state = 'running'",
+        )
+        .bind(holder)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Commits a claimed chunk: its results (`rows` rows, `failed` of them with errors) and the job's counts
+    /// in one transaction, the last chunk ending the job `succeeded`. Applies once, and only while the claim
+    /// holds (the token is the chunk's and the job runs): None when it does not, and nothing is written.
     pub async fn commit_batch_chunk(
         &self,
-        id: &str,
+        job_id: &str,
         index: u64,
+        token: i64,
+        result: &[u8],
         rows: u64,
         failed: u64,
-    ) -> Result<(bool, bool)> {
+    ) -> Result<Option<BatchJob>> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
-            "UPDATE batch_jobs SET chunks_done = chunks_done + 1, processed_rows = processed_rows + $1, \
-             failed_rows = failed_rows + $2 WHERE id = $3 AND state = 'running' AND chunks_done = $4",
+            "UPDATE batch_chunks SET state = 'done', result = $1, failed = $2, input = NULL, \
+             lease_until = NULL WHERE job_id = $3 AND idx = $4 AND token = $5 AND state = 'running'",
         )
+        .bind(result)
+        .bind(failed as i64)
+        .bind(job_id)
+        .bind(index as i64)
+        .bind(token)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let job: Option<BatchJob> = sqlx::query_as(&format!(
+            "UPDATE batch_jobs SET chunks_done = chunks_done + 1, processed_rows = processed_rows + $1, \
+             failed_rows = failed_rows + $2, \
+             state = CASE WHEN chunks_done + 1 >= chunks_total THEN 'succeeded' ELSE state END, \
+             finished_at = CASE WHEN chunks_done + 1 >= chunks_total THEN $3 ELSE finished_at END \
+             WHERE id = $4 AND state = 'running' RETURNING {COLUMNS}"
+        ))
         .bind(rows as i64)
         .bind(failed as i64)
-        .bind(id)
-        .bind(index as i64)
-        .execute(&self.pool)
+        .bind(now_ms())
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
         .await?;
-        let cancel: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT cancel_requested_at FROM batch_jobs WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok((done.rows_affected() == 1, matches!(cancel, Some(Some(_)))))
+        if job.is_none() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(job)
     }
 
-    /// Ends a queued or running job in `state` (with the error that failed it). False when it had ended.
+    /// Ends a queued or running job in `state` (with the error that failed it); its chunks not committed are
+    /// dropped. False when it had ended.
     pub async fn finish_batch_job(
         &self,
         id: &str,
@@ -379,31 +587,73 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        self.drop_open_chunks(id).await?;
         Ok(done.rows_affected() == 1)
     }
 
-    /// Asks for a job to stop: a queued job is cancelled at once; a running one is marked, and its runner
-    /// stops at its next chunk. An ended job is left as it is. Returns the job as it now stands.
+    /// An ended job's chunks that never committed: dropped, their input with them.
+    async fn drop_open_chunks(&self, id: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE batch_chunks SET state = 'dropped', input = NULL WHERE job_id = $1 \
+             AND state IN ('pending', 'running')",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Cancels a queued or running job at once, keeping the chunks committed; a chunk being computed
+    /// anywhere is not committed after this. An ended job is left as it is. Returns the job as it now stands.
     pub async fn cancel_batch_job(&self, org: &str, id: &str) -> Result<BatchJob> {
         let now = now_ms();
-        sqlx::query(
+        let done = sqlx::query(
             "UPDATE batch_jobs SET state = 'cancelled', finished_at = $1, cancel_requested_at = $1 \
-             WHERE organization_id = $2 AND id = $3 AND state = 'queued'",
+             WHERE organization_id = $2 AND id = $3 AND state IN ('queued', 'running')",
         )
         .bind(now)
         .bind(org)
         .bind(id)
         .execute(&self.pool)
         .await?;
-        sqlx::query(
-            "UPDATE batch_jobs SET cancel_requested_at = $1 WHERE organization_id = $2 AND id = $3 \
-             AND state = 'running' AND cancel_requested_at IS NULL",
-        )
-        .bind(now)
-        .bind(org)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        if done.rows_affected() == 1 {
+            self.drop_open_chunks(id).await?;
+        }
         self.batch_job(org, id).await
+    }
+
+    /// A committed chunk's results (None: not committed, or deleted with the job's results).
+    pub async fn batch_chunk_result(&self, job_id: &str, index: u64) -> Result<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar(
+            "SELECT result FROM batch_chunks WHERE job_id = $1 AND idx = $2 AND state = 'done'",
+        )
+        .bind(job_id)
+        .bind(index as i64)
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten())
+    }
+
+    /// Deletes the chunks (inputs and results) of jobs that ended before `cutoff`, and those of submits
+    /// that never became a job, written before `cutoff` and over an hour ago (a submit writes its chunks
+    /// before its job). Returns how many chunks went.
+    pub async fn purge_batch_chunks(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        let cutoff = cutoff.timestamp_millis();
+        let unborn = cutoff.min(now_ms() - 3_600_000);
+        let ended = sqlx::query(
+            "DELETE FROM batch_chunks WHERE job_id IN \
+             (SELECT id FROM batch_jobs WHERE finished_at < $1)",
+        )
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
+        let orphans = sqlx::query(
+            "DELETE FROM batch_chunks WHERE created_at < $1 \
+             AND NOT EXISTS (SELECT 1 FROM batch_jobs j WHERE j.id = batch_chunks.job_id)",
+        )
+        .bind(unborn)
+        .execute(&self.pool)
+        .await?;
+        Ok(ended.rows_affected() + orphans.rows_affected())
     }
 }

@@ -350,107 +350,211 @@ on_both!(
     audit_events_keep_their_origin_and_age_out
 );
 
-/// A job runs on the node that holds its input; each chunk commits once, in order; a queued job cancels at
-/// once, a running one is marked; another organization never sees it.
+/// A job's chunks are written before the job and claimed by any replica under a lease, fairly across
+/// organizations, two claims never getting one chunk; a chunk commits once, only under the claim that holds
+/// it, and the last one ends the job; a lease that runs out is taken over (one more attempt); cancel ends a
+/// job at once; another organization never sees it.
 async fn batch_jobs_commit_each_chunk_once_and_stay_in_their_organization(store: Store) {
     use mercator_store::{new_batch_id, BatchState, Chunk, NewBatchJob};
+    use std::time::Duration;
     let a = store.create_organization("A", false).await.unwrap();
     let b = store.create_organization("B", false).await.unwrap();
-    let chunks: Vec<Chunk> = (0..3)
-        .map(|i| Chunk {
-            first_row: i * 10,
-            rows: 10,
-            byte_start: 20 + i * 100,
-            byte_end: 120 + i * 100,
-        })
-        .collect();
-    let new = |node: &str| NewBatchJob {
-        id: new_batch_id(),
-        node: node.into(),
-        model: "price".into(),
-        model_version: 2,
-        input_format: "csv".into(),
-        input_bytes: 320,
-        chunks: chunks.clone(),
-        idempotency_key: None,
+    let lease = Duration::from_secs(30);
+    let chunks = |n: u64| -> Vec<Chunk> {
+        (0..n)
+            .map(|i| Chunk {
+                first_row: i * 10,
+                rows: 10,
+                byte_start: 20 + i * 100,
+                byte_end: 120 + i * 100,
+            })
+            .collect()
     };
-    let job = store.create_batch_job(&a.id, new("n1")).await.unwrap();
+    let submit = |org: String, n: u64, key: Option<&'static str>| {
+        let store = store.clone();
+        async move {
+            let id = new_batch_id();
+            for (i, c) in chunks(n).iter().enumerate() {
+                let input = format!("row {i}\n");
+                store
+                    .add_batch_chunk(&org, &id, i as u64, c, input.as_bytes())
+                    .await
+                    .unwrap();
+            }
+            let new = NewBatchJob {
+                id,
+                node: "n1".into(),
+                model: "price".into(),
+                model_version: 2,
+                input_format: "csv".into(),
+                input_bytes: 100 * n,
+                chunks: chunks(n),
+                header: vec!["material_id".into(), "quantity".into()],
+                outputs: None,
+                idempotency_key: key.map(str::to_string),
+            };
+            store.create_batch_job(&org, new).await.unwrap()
+        }
+    };
+    // Chunks whose job is not recorded yet are never claimed.
+    store
+        .add_batch_chunk(&a.id, "bat_unborn", 0, &chunks(1)[0], b"x\n")
+        .await
+        .unwrap();
+    assert!(store
+        .claim_batch_chunk("n1", lease)
+        .await
+        .unwrap()
+        .is_none());
+
+    let first = submit(a.id.clone(), 3, None).await;
     assert_eq!(
         (
-            job.state,
-            job.total_rows,
-            job.chunks_total,
-            job.chunks.clone()
+            first.state,
+            first.total_rows,
+            first.chunks_total,
+            first.chunks.clone(),
+            first.header.len()
         ),
-        (BatchState::Queued, 30, 3, chunks.clone())
+        (BatchState::Queued, 30, 3, chunks(3), 2)
     );
-    let other = store.create_batch_job(&a.id, new("n2")).await.unwrap();
-    let to_run = store.batch_jobs_to_run("n1").await.unwrap();
-    assert_eq!(to_run.iter().map(|j| &j.id).collect::<Vec<_>>(), [&job.id]);
+    let second = submit(a.id.clone(), 2, None).await;
+    let other = submit(b.id.clone(), 1, None).await;
     assert!(matches!(
-        store.batch_job(&b.id, &job.id).await,
+        store.batch_job(&b.id, &first.id).await,
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(store.active_batch_jobs(&a.id).await.unwrap(), 2);
-    assert_eq!(store.active_batch_jobs(&b.id).await.unwrap(), 0);
+    assert_eq!(store.active_batch_jobs(&b.id).await.unwrap(), 1);
 
-    // Not running yet: nothing commits.
+    // The oldest job first; then B, which has nothing running, before A's next chunk; then A again.
+    let c0 = store.claim_batch_chunk("n1", lease).await.unwrap().unwrap();
+    assert_eq!((c0.job.id.as_str(), c0.index), (first.id.as_str(), 0));
+    assert_eq!((c0.job.state, c0.job.attempts), (BatchState::Running, 1));
     assert_eq!(
-        store.commit_batch_chunk(&job.id, 0, 10, 1).await.unwrap(),
-        (false, false)
+        (c0.first_row, c0.rows, c0.input.as_slice()),
+        (0, 10, &b"row 0\n"[..])
     );
-    let started = store.start_batch_job(&job.id).await.unwrap().unwrap();
-    assert_eq!((started.state, started.attempts), (BatchState::Running, 1));
-    assert!(started.started_at.is_some());
-    assert_eq!(
-        store.commit_batch_chunk(&job.id, 0, 10, 1).await.unwrap(),
-        (true, false)
+    assert!(c0.job.started_at.is_some() && !c0.reclaimed);
+    let cb = store.claim_batch_chunk("n2", lease).await.unwrap().unwrap();
+    assert_eq!(cb.job.id, other.id, "fair across organizations");
+    // Two replicas claiming at once get two chunks.
+    let (x, y) = tokio::join!(
+        store.claim_batch_chunk("n1", lease),
+        store.claim_batch_chunk("n2", lease)
     );
-    // The same chunk again, or one out of order: refused.
-    assert_eq!(
-        store.commit_batch_chunk(&job.id, 0, 10, 1).await.unwrap(),
-        (false, false)
-    );
-    assert_eq!(
-        store.commit_batch_chunk(&job.id, 2, 10, 0).await.unwrap(),
-        (false, false)
-    );
-    // A restart resumes where the job was: one more attempt, the count kept.
-    let resumed = store.start_batch_job(&job.id).await.unwrap().unwrap();
+    let (x, y) = (x.unwrap().unwrap(), y.unwrap().unwrap());
+    assert_ne!((&x.job.id, x.index), (&y.job.id, y.index));
+    let mut claimed = vec![(x.job.id.clone(), x.index), (y.job.id.clone(), y.index)];
+    claimed.sort();
+    let mut expected = vec![(first.id.clone(), 1), (first.id.clone(), 2)];
+    expected.sort();
+    assert_eq!(claimed, expected, "A's oldest job before its next one");
+    let c1 = if x.index == 1 { x } else { y };
+
+    // A commit carries its claim's token, and applies once.
+    assert!(store
+        .commit_batch_chunk(&first.id, 0, c0.token + 1, b"r0\n", 10, 1)
+        .await
+        .unwrap()
+        .is_none());
+    let job = store
+        .commit_batch_chunk(&first.id, 0, c0.token, b"r0\n", 10, 1)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (
-            resumed.attempts,
-            resumed.chunks_done,
-            resumed.processed_rows,
-            resumed.failed_rows
+            job.chunks_done,
+            job.processed_rows,
+            job.failed_rows,
+            job.state
         ),
-        (2, 1, 10, 1)
-    );
-    // Cancel: marked while running, seen at the next commit.
-    let marked = store.cancel_batch_job(&a.id, &job.id).await.unwrap();
-    assert_eq!(marked.state, BatchState::Running);
-    assert!(marked.cancel_requested_at.is_some());
-    assert_eq!(
-        store.commit_batch_chunk(&job.id, 1, 10, 0).await.unwrap(),
-        (true, true)
+        (1, 10, 1, BatchState::Running)
     );
     assert!(store
-        .finish_batch_job(&job.id, BatchState::Cancelled, None)
+        .commit_batch_chunk(&first.id, 0, c0.token, b"r0\n", 10, 1)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        store.batch_chunk_result(&first.id, 0).await.unwrap(),
+        Some(b"r0\n".to_vec())
+    );
+    assert_eq!(store.batch_chunk_result(&first.id, 1).await.unwrap(), None);
+
+    // A replica that starts again lets go of what it held: taken over at once, one more attempt for the
+    // job however many chunks it held; the old claim can neither renew nor commit.
+    assert!(store
+        .renew_batch_chunk(&first.id, 1, c1.token, lease)
         .await
         .unwrap());
+    let held = store.release_batch_chunks("n1").await.unwrap()
+        + store.release_batch_chunks("n2").await.unwrap();
+    assert_eq!(held, 3, "x, y and B's chunk: the committed one is not held");
+    let mut taken = Vec::new();
+    while let Some(c) = store.claim_batch_chunk("n3", lease).await.unwrap() {
+        taken.push(c);
+    }
+    let again: Vec<&mercator_store::ClaimedChunk> =
+        taken.iter().filter(|c| c.job.id == first.id).collect();
+    assert!(
+        again.iter().all(|c| c.reclaimed && c.job.attempts == 2),
+        "{again:?}"
+    );
+    assert!(!store
+        .renew_batch_chunk(&first.id, c1.index, c1.token, lease)
+        .await
+        .unwrap());
+    assert!(store
+        .commit_batch_chunk(&first.id, c1.index, c1.token, b"late\n", 10, 0)
+        .await
+        .unwrap()
+        .is_none());
+    // The new claims commit; the last chunk ends the job.
+    let mut last = None;
+    for c in taken.iter().filter(|c| c.job.id == first.id) {
+        last = store
+            .commit_batch_chunk(&first.id, c.index, c.token, b"r\n", 10, 0)
+            .await
+            .unwrap();
+    }
+    let done = last.unwrap();
+    assert_eq!(
+        (
+            done.state,
+            done.chunks_done,
+            done.processed_rows,
+            done.attempts
+        ),
+        (BatchState::Succeeded, 3, 30, 2)
+    );
+    assert!(done.finished_at.is_some());
     assert!(
         !store
-            .finish_batch_job(&job.id, BatchState::Succeeded, None)
+            .finish_batch_job(&first.id, BatchState::Failed, None)
             .await
             .unwrap(),
         "an ended job stays ended"
     );
-    // A queued job cancels at once, and cannot start after.
-    let cancelled = store.cancel_batch_job(&a.id, &other.id).await.unwrap();
+
+    // Cancel ends a job at once, running or queued; what it had claimed no longer commits.
+    let running = taken.iter().find(|c| c.job.id == second.id).unwrap();
+    let cancelled = store.cancel_batch_job(&a.id, &second.id).await.unwrap();
     assert_eq!(cancelled.state, BatchState::Cancelled);
-    assert!(store.start_batch_job(&other.id).await.unwrap().is_none());
+    assert!(cancelled.cancel_requested_at.is_some() && cancelled.finished_at.is_some());
+    assert!(store
+        .commit_batch_chunk(&second.id, running.index, running.token, b"r\n", 10, 0)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .claim_batch_chunk("n1", lease)
+        .await
+        .unwrap()
+        .is_none());
     assert!(matches!(
-        store.cancel_batch_job(&b.id, &other.id).await,
+        store.cancel_batch_job(&b.id, &second.id).await,
         Err(StoreError::NotFound(_))
     ));
     let listed = store
@@ -464,33 +568,32 @@ async fn batch_jobs_commit_each_chunk_once_and_stay_in_their_organization(store:
         )
         .await
         .unwrap();
-    assert_eq!(listed.items.len(), 2);
-    let final_job = store.batch_job(&a.id, &job.id).await.unwrap();
-    assert_eq!((final_job.processed_rows, final_job.chunks_done), (20, 2));
+    assert_eq!(listed.items.len(), 1);
     assert_eq!(store.active_batch_jobs(&a.id).await.unwrap(), 0);
 
-    // Ended jobs of a node by when they ended, for the results janitor.
+    // Expired results go with their chunks; unborn chunks go once they are old.
     let now = chrono::Utc::now();
-    assert!(store
-        .batch_jobs_ended_before("n1", now - chrono::Duration::hours(1))
-        .await
-        .unwrap()
-        .is_empty());
-    let ended = store
-        .batch_jobs_ended_before("n1", now + chrono::Duration::seconds(1))
-        .await
-        .unwrap();
-    assert_eq!(ended, std::slice::from_ref(&job.id));
+    assert_eq!(
+        store
+            .purge_batch_chunks(now - chrono::Duration::hours(1))
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        store
+            .purge_batch_chunks(now + chrono::Duration::seconds(1))
+            .await
+            .unwrap()
+            >= 5
+    );
+    assert_eq!(store.batch_chunk_result(&first.id, 0).await.unwrap(), None);
 
     // An idempotency key names one job in its organization: a second submit with it gets the first job.
-    let keyed = |key: &str| NewBatchJob {
-        idempotency_key: Some(key.into()),
-        ..new("n1")
-    };
-    let first = store.create_batch_job(&a.id, keyed("k-1")).await.unwrap();
-    let again = store.create_batch_job(&a.id, keyed("k-1")).await.unwrap();
+    let first = submit(a.id.clone(), 1, Some("k-1")).await;
+    let again = submit(a.id.clone(), 1, Some("k-1")).await;
     assert_eq!(again.id, first.id);
-    let elsewhere = store.create_batch_job(&b.id, keyed("k-1")).await.unwrap();
+    let elsewhere = submit(b.id.clone(), 1, Some("k-1")).await;
     assert_ne!(elsewhere.id, first.id, "keys are per organization");
     assert_eq!(
         store

@@ -38,9 +38,6 @@ pub enum BatchError {
     ResultsNotReady(&'static str),
     #[error("the job's results expired at {0} (--batch-retention-secs) and were deleted")]
     ResultsExpired(String),
-    /// Results asked of a replica other than the one whose data directory holds them.
-    #[error("the job ran on node {0}, whose data directory holds its results: ask that server")]
-    ResultsElsewhere(String),
     /// The server's own failure, named for what failed (batch files, a task, the preparing threads).
     #[error("{what}: {detail}")]
     Internal { what: &'static str, detail: String },
@@ -89,12 +86,21 @@ impl BatchError {
             BatchError::InsufficientStorage { .. } => "insufficient_storage",
             BatchError::ResultsNotReady(_) => "results_not_ready",
             BatchError::ResultsExpired(_) => "results_expired",
-            BatchError::ResultsElsewhere(_) => "results_on_another_node",
             BatchError::Internal { .. } => "internal",
             BatchError::Engine(e) => e.code(),
             BatchError::Predict(e) => e.code(),
             BatchError::Store(e) => e.code(),
         }
+    }
+
+    /// A failure of the store's connection (not of the job): the chunk is let go for another try, not the
+    /// job failed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            BatchError::Store(StoreError::Database(_))
+                | BatchError::Predict(PredictError::Store(StoreError::Database(_)))
+        )
     }
 
     /// The engine's error inside, whichever layer carried it up.

@@ -460,13 +460,27 @@ pub fn headers(path: &Path) -> Result<StringRecord, BatchError> {
 pub fn read_chunk<T>(
     path: &Path,
     chunk: &Chunk,
-    mut parse: impl FnMut(Result<&StringRecord, BatchError>) -> T,
+    parse: impl FnMut(Result<&StringRecord, BatchError>) -> T,
 ) -> Result<Vec<T>, BatchError> {
+    chunk_bytes(path, chunk).and_then(|bytes| parse_chunk(&bytes, chunk, parse))
+}
+
+/// A chunk's bytes of the input file: its records, without the header.
+pub fn chunk_bytes(path: &Path, chunk: &Chunk) -> Result<Vec<u8>, BatchError> {
     let mut file = std::fs::File::open(path).map_err(io)?;
     file.seek(SeekFrom::Start(chunk.byte_start)).map_err(io)?;
     let mut bytes = vec![0u8; (chunk.byte_end - chunk.byte_start) as usize];
     file.read_exact(&mut bytes).map_err(io)?;
-    let mut reader = builder(false).flexible(true).from_reader(bytes.as_slice());
+    Ok(bytes)
+}
+
+/// A chunk's records read from its bytes, each made into a `T` by `parse`; as many as were indexed.
+pub fn parse_chunk<T>(
+    bytes: &[u8],
+    chunk: &Chunk,
+    mut parse: impl FnMut(Result<&StringRecord, BatchError>) -> T,
+) -> Result<Vec<T>, BatchError> {
+    let mut reader = builder(false).flexible(true).from_reader(bytes);
     let mut rows = Vec::with_capacity(chunk.rows as usize);
     let mut record = StringRecord::new();
     loop {

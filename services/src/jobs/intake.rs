@@ -94,6 +94,10 @@ struct Spooled {
     bytes: u64,
     chunks: Vec<Chunk>,
     rows: u64,
+    /// The CSV header of a price batch.
+    header: Vec<String>,
+    /// The outputs of a raw batch's model.
+    outputs: Option<Vec<results::Output>>,
 }
 
 impl Spooled {
@@ -104,6 +108,8 @@ impl Spooled {
             bytes: 0,
             chunks: Vec::new(),
             rows: 0,
+            header: Vec::new(),
+            outputs: None,
         }
     }
 
@@ -304,7 +310,7 @@ impl Jobs {
                 settings.max_rows,
             )?;
             spooled.bytes = std::fs::metadata(spooled.input()).map_err(input::io)?.len();
-            results::Shape::keep(&outputs, &spooled.dir).map_err(input::io)?;
+            spooled.outputs = Some(outputs);
             Ok(spooled)
         })
         .await?;
@@ -331,11 +337,8 @@ impl Jobs {
         let settings = self.settings;
         let (width, outputs) = (target.width, target.outputs.clone());
         let layout = input::Layout::Features { width };
-        let spooled = blocking(move || {
-            results::Shape::keep(&outputs, &spooled.dir).map_err(input::io)?;
-            index(spooled, layout, &settings)
-        })
-        .await?;
+        spooled.outputs = Some(outputs);
+        let spooled = blocking(move || index(spooled, layout, &settings)).await?;
         if self.inline.answers(spooled.rows, 0, respond_async) {
             let chunks = spooled.chunks.clone();
             let checked = blocking(move || {
@@ -472,10 +475,25 @@ impl Jobs {
                 limit,
             });
         }
+        // The chunks first, one at a time (a chunk's input in memory at once), then the job: a job exists
+        // only with all its chunks, and chunks without one are never claimed.
         let id = new_batch_id();
-        let dir = self.job_dir(&id);
-        std::fs::rename(&spooled.dir, &dir).map_err(input::io)?;
-        std::fs::create_dir_all(dir.join("results")).map_err(input::io)?;
+        let input = spooled.input();
+        for (index, chunk) in spooled.chunks.iter().enumerate() {
+            let (path, at) = (input.clone(), *chunk);
+            let bytes = blocking(move || input::chunk_bytes(&path, &at)).await?;
+            if let Err(e) = store
+                .add_batch_chunk(org, &id, index as u64, chunk, &bytes)
+                .await
+            {
+                let _ = store.remove_batch_chunks(&id).await;
+                return Err(e.into());
+            }
+        }
+        let outputs = spooled
+            .outputs
+            .as_ref()
+            .map(|o| serde_json::to_string(o).unwrap_or_default());
         let new = NewBatchJob {
             id: id.clone(),
             node: self.node.clone(),
@@ -484,20 +502,12 @@ impl Jobs {
             input_format: spooled.format.into(),
             input_bytes: spooled.bytes,
             chunks: spooled.chunks.clone(),
+            header: spooled.header.clone(),
+            outputs,
             idempotency_key,
         };
-        let job = match store.create_batch_job(org, new).await {
-            // Another submit with the same key made the job first.
-            Ok(job) if job.id != id => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Ok(job);
-            }
-            Ok(job) => job,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e.into());
-            }
-        };
+        // The spool goes when this returns: the input is in the store now.
+        let job = store.create_batch_job(org, new).await?;
         self.wake.notify_one();
         Ok(job)
     }
@@ -561,6 +571,9 @@ fn index(
     }
     spooled.rows = indexed.rows;
     spooled.chunks = indexed.chunks;
+    if matches!(layout, input::Layout::Price) {
+        spooled.header = indexed.headers.iter().map(str::to_string).collect();
+    }
     Ok(spooled)
 }
 

@@ -1,18 +1,20 @@
 //! Batch predictions: a batch is answered in the request when it is small, and becomes a job when it is
-//! not. A job's input is kept under `--data-dir/batches/{id}/` as CSV, cut into chunks at submit; this
-//! node's runner takes its jobs from the store (queued, or running when a restart cut them short), runs each
-//! chunk through its model's queue in the background lane (price requests through the price model, raw
-//! feature rows through the model they name; on background sessions at idle priority), and commits chunk
-//! by chunk: the chunk's results file renamed into place, then one store update. A job restarted after a
-//! crash resumes at its first uncommitted chunk, so no row is lost or answered twice.
+//! not. A job's input is spooled to `--data-dir/batches/` as CSV, cut into chunks, and each chunk's rows
+//! written to the store with the job. Every replica's runner claims chunks from the store under a lease it
+//! renews while it computes (any job's, fairly across organizations), runs each through its model's queue
+//! in the background lane (price requests through the price model, raw feature rows through the model they
+//! name; on background sessions at idle priority), and commits it: its results and the job's counts in one
+//! transaction, only while the lease is still its own. A replica that dies (or restarts) stops renewing,
+//! and its chunks are claimed again, so no row is lost or answered twice, and one large job runs on every
+//! replica at once.
 //!
 //! - `intake.rs`: one pipeline for every body: spool → index → [`Intake::Prices`] / [`Intake::Raw`]
 //!   answered inline, or [`Intake::Job`].
 //! - `input.rs`: what a batch may hold, turned into the CSV on disk, indexed into chunks.
-//! - `runner.rs`: the runner, one job's run, its chunks computed on the preparing threads (`prep.rs`).
+//! - `runner.rs`: the runner, a claimed chunk computed on the preparing threads (`prep.rs`) and committed.
 //! - `progress.rs`: a job's progress, published on a watch per job.
 //! - `janitor.rs`: expired results deleted; `disk.rs`: free space.
-//! - `results.rs`: the chunk files, and the results rendered from them as CSV, JSON or Parquet.
+//! - `results.rs`: the results rendered from the committed chunks as CSV, JSON or Parquet.
 
 mod disk;
 mod error;
@@ -49,16 +51,19 @@ pub struct Settings {
     pub max_rows: u64,
     /// Largest CSV or Parquet upload (--batch-max-body-bytes).
     pub max_body_bytes: usize,
-    /// Jobs one node runs at once (--batch-max-running-jobs).
+    /// Chunks one replica computes at once (--batch-max-running-chunks).
     pub max_running: usize,
+    /// How long a claimed chunk is held without a renewal before another replica may take it
+    /// (--batch-lease-secs); renewed every third of it.
+    pub lease: Duration,
     /// Queued and running jobs an organization may have (--batch-max-active-jobs).
     pub max_active_per_org: u64,
     /// How long an ended job's results are kept (--batch-retention-secs).
     pub retention: Duration,
     /// Free space a job needs, in multiples of its upload (--batch-disk-factor).
     pub disk_factor: f64,
-    /// Disk an organization's jobs may hold: uploads times `disk_factor`, until results expire
-    /// (--batch-max-disk-bytes-per-org).
+    /// Space an organization's jobs may hold (inputs and results in the store, spools on disk): uploads times
+    /// `disk_factor`, until results expire (--batch-max-disk-bytes-per-org).
     pub max_disk_bytes_per_org: u64,
     /// Length caps on a CSV upload's cells and records (--csv-max-field-bytes, --csv-max-record-bytes).
     pub csv: crate::input::csv_body::Caps,
@@ -95,8 +100,10 @@ pub struct Deps {
 }
 
 pub struct Jobs {
+    /// Where uploads are spooled.
     dir: PathBuf,
-    /// This node's id (kept in the data directory): which jobs are this node's to run.
+    /// This replica's id (kept in the data directory): the holder of the chunks it claims, so that it lets
+    /// go of them at once when it starts again.
     pub node: String,
     pub settings: Settings,
     pub inline: Inline,
@@ -104,22 +111,19 @@ pub struct Jobs {
     repository: Arc<Repository>,
     predictions: Arc<Predictions>,
     draining: Arc<AtomicBool>,
-    /// Cancel flags of the jobs running here.
-    running: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Chunks computing here, per job.
+    running: Mutex<HashMap<String, usize>>,
     /// Progress of jobs, for listeners.
     watches: progress::Watches,
     wake: Notify,
     prep: prep::Prep,
 }
 
-/// A job's input, under its directory.
+/// A spooled input, under its spool directory.
 const INPUT: &str = "input.csv";
 
 /// Preparing threads: two, so one chunk is assembled while another waits for the model.
 const PREP_THREADS: usize = 2;
-
-/// How long a cancel waits for a running job to stop before answering that it has not yet.
-const CANCEL_WAIT: Duration = Duration::from_secs(2);
 
 impl Jobs {
     /// Opens `data_dir/batches`, removing spools a crash left, and reads (or makes) this node's id.
@@ -170,10 +174,6 @@ impl Jobs {
         self.prep.is_whole()
     }
 
-    fn job_dir(&self, id: &str) -> PathBuf {
-        self.dir.join(id)
-    }
-
     fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
@@ -193,46 +193,15 @@ impl Jobs {
         Ok(self.store.batch_jobs(org, state, page).await?)
     }
 
-    /// Cancels a job: a queued one at once; a running one stops before its next commit, keeping the rows
-    /// committed. Waits up to two seconds for a running job to stop, then answers the job as it is (ended,
-    /// or still running with `cancel_requested_at` set). An ended job is left as it is.
+    /// Cancels a queued or running job at once, keeping the rows committed; a chunk computing anywhere is not
+    /// committed after this. An ended job is left as it is.
     pub async fn cancel(&self, org: &str, id: &str) -> Result<BatchJob, BatchError> {
-        let job = self.store.cancel_batch_job(org, id).await?;
-        if let Some(flag) = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-        {
-            flag.store(true, Ordering::Release);
-        }
-        if job.state.is_terminal() {
-            return Ok(job);
-        }
-        // A running job stops at its next commit, and its runner then drops the job's progress sender:
-        // wait for that (up to CANCEL_WAIT) instead of polling the store, then read the end. Subscribed
-        // before the second read, so an end between the two is not missed.
-        let mut progress = self.subscribe(id);
-        let ended = async {
-            let job = self.store.batch_job(org, id).await?;
-            if job.state.is_terminal() {
-                return Ok(job);
-            }
-            let stopped = async { while progress.changed().await.is_ok() {} };
-            // Timed out: still running (here, or on the replica that runs it).
-            let _ = tokio::time::timeout(CANCEL_WAIT, stopped).await;
-            self.store.batch_job(org, id).await
-        }
-        .await;
-        // Unsubscribed whatever the reads answered, so no watch is left behind.
-        drop(progress);
-        self.unsubscribe(id);
-        Ok(ended?)
+        Ok(self.store.cancel_batch_job(org, id).await?)
     }
 
     /// The rows of an ended job that `pick` takes, rendered in `format` by a blocking task as they are read,
-    /// with how many rows that is when it is known. Not before the job ends (`results_not_ready`), not from
-    /// another node (`results_on_another_node`), not once its results expired (`results_expired`).
+    /// with how many rows that is when it is known. Not before the job ends (`results_not_ready`), not once
+    /// its results expired (`results_expired`). Any replica answers: the results are in the store.
     pub async fn results(
         &self,
         org: &str,
@@ -244,15 +213,12 @@ impl Jobs {
         if !job.state.is_terminal() {
             return Err(BatchError::ResultsNotReady(job.state.as_str()));
         }
-        if job.node != self.node {
-            return Err(BatchError::ResultsElsewhere(job.node));
-        }
         if self.expired(&job) {
             let at = self.expires_at(&job).unwrap_or_else(chrono::Utc::now);
             return Err(BatchError::ResultsExpired(at.to_rfc3339()));
         }
         let total = pick.rows(&job);
-        let chunks = results::render(job, self.job_dir(id), format, pick);
+        let chunks = results::render(job, self.store.clone(), format, pick);
         Ok(results::Rendered { total, chunks })
     }
 }

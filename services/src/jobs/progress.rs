@@ -143,6 +143,8 @@ mod tests {
             chunks_total: 1,
             chunks_done: 0,
             chunks: Vec::new(),
+            header: Vec::new(),
+            outputs: None,
             attempts: 1,
             error: None,
             created_at: at,

@@ -1,17 +1,16 @@
-//! A job's results: one CSV file per committed chunk (`results/c000042.csv`, no header), written to a
-//! temporary name, synced and renamed into place before the store counts it, so a file under its final name
-//! is whole. Rendered on read, one chunk at a time, as CSV (the files as they are, after a header), JSON (a
-//! streamed array, or NDJSON) or Parquet (one row group per chunk), never held whole in memory.
+//! A job's results: CSV records per committed chunk (no header), kept in the store with the chunk, so any
+//! replica answers them. Rendered on read, one chunk at a time, as CSV (the records as they are, after a
+//! header), JSON (a streamed array, or NDJSON) or Parquet (one row group per chunk), never held whole in
+//! memory.
 //!
 //! A price job's rows have [`COLUMNS`]; a job of raw feature rows has `row`, one column per output value
 //! (`name`, or `name_1..name_N` for an output of N values a row), `error_code`, `error_message`: its
-//! [`Shape`] is kept beside its results (`outputs.json`).
+//! [`Shape`] is kept with the job.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use mercator_store::BatchJob;
+use mercator_store::{BatchJob, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -47,21 +46,14 @@ pub enum Shape {
     Outputs(Vec<Output>),
 }
 
-const SHAPE_FILE: &str = "outputs.json";
-
 impl Shape {
-    /// A job's shape: the outputs kept in its directory, or a price job's.
-    pub fn of(job: &BatchJob, dir: &Path) -> std::io::Result<Shape> {
+    /// A job's shape: the outputs kept with it, or a price job's.
+    pub fn of(job: &BatchJob) -> std::io::Result<Shape> {
         if job.input_format != super::input::FEATURES {
             return Ok(Shape::Price);
         }
-        let bytes = std::fs::read(dir.join(SHAPE_FILE))?;
-        Ok(Shape::Outputs(serde_json::from_slice(&bytes)?))
-    }
-
-    /// Keeps a feature-row job's outputs in its (spool) directory.
-    pub fn keep(outputs: &[Output], dir: &Path) -> std::io::Result<()> {
-        std::fs::write(dir.join(SHAPE_FILE), serde_json::to_vec(outputs)?)
+        let outputs = job.outputs.as_deref().unwrap_or("[]");
+        Ok(Shape::Outputs(serde_json::from_str(outputs)?))
     }
 
     pub fn columns(&self) -> Vec<String> {
@@ -204,39 +196,6 @@ fn float(buffer: &mut ryu::Buffer, v: f64) -> &str {
     s.strip_suffix(".0").unwrap_or(s)
 }
 
-/// Where chunk `index`'s results are once committed.
-pub fn chunk_path(dir: &Path, index: u64) -> PathBuf {
-    dir.join("results").join(format!("c{index:06}.csv"))
-}
-
-/// Puts a chunk's results in place whole: written to `.tmp`, synced, renamed, the directory synced.
-pub fn commit_file(dir: &Path, index: u64, bytes: &[u8]) -> std::io::Result<u64> {
-    let path = chunk_path(dir, index);
-    let tmp = path.with_extension("csv.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_data()?;
-    drop(file);
-    std::fs::rename(&tmp, &path)?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
-    Ok(bytes.len() as u64)
-}
-
-/// Removes what a crash may have left half-written (`*.tmp`).
-pub fn remove_partial(dir: &Path) -> std::io::Result<()> {
-    let results = dir.join("results");
-    std::fs::create_dir_all(&results)?;
-    for entry in std::fs::read_dir(&results)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "tmp") {
-            std::fs::remove_file(path)?;
-        }
-    }
-    Ok(())
-}
-
 /// How results are rendered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -302,17 +261,19 @@ pub struct Rendered {
 /// errors (`not_run`).
 pub fn render(
     job: BatchJob,
-    dir: PathBuf,
+    store: Store,
     format: Format,
     pick: Pick,
 ) -> mpsc::Receiver<std::io::Result<Bytes>> {
     let (tx, rx) = mpsc::channel(2);
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        let result = Shape::of(&job, &dir).and_then(|shape| {
+        let result = Shape::of(&job).and_then(|shape| {
             let read = Reader {
                 job: &job,
                 shape: &shape,
-                dir: &dir,
+                store: &store,
+                runtime: &runtime,
                 pick,
             };
             match format {
@@ -328,24 +289,30 @@ pub fn render(
     rx
 }
 
-/// What rendering reads: the job, its shape and directory, and which rows.
+/// What rendering reads: the job, its shape, the store holding its chunks (read from the blocking task
+/// through the runtime), and which rows.
 struct Reader<'a> {
     job: &'a BatchJob,
     shape: &'a Shape,
-    dir: &'a Path,
+    store: &'a Store,
+    runtime: &'a tokio::runtime::Handle,
     pick: Pick,
 }
 
 impl Reader<'_> {
-    /// A chunk's records that the pick takes: from its file, or (never run) a `not_run` error per row.
+    /// A chunk's records that the pick takes: as committed, or (never run) a `not_run` error per row.
     fn chunk(&self, index: u64) -> std::io::Result<Vec<u8>> {
         let (job, pick) = (self.job, self.pick);
         let chunk = job.chunks[index as usize];
         if chunk.first_row + chunk.rows <= pick.offset {
             return Ok(Vec::new());
         }
-        let records = if index < job.chunks_done {
-            std::fs::read(chunk_path(self.dir, index))?
+        let committed = self
+            .runtime
+            .block_on(self.store.batch_chunk_result(&job.id, index))
+            .map_err(std::io::Error::other)?;
+        let records = if let Some(records) = committed {
+            records
         } else {
             let mut w = csv::Writer::from_writer(Vec::new());
             let message = format!("the job {} before this row ran", job.state.as_str());

@@ -1,83 +1,132 @@
-//! The runner: this node's queued (and interrupted) jobs started, at most --batch-max-running-jobs at
-//! once; one job's run, chunk by chunk, each computed on the preparing threads and committed in order.
+//! The runner: every replica claims chunks of any job from the store, at most --batch-max-running-chunks
+//! at once, renews each claim's lease while it computes (on the preparing threads), and commits it. A
+//! chunk's failure fails its job; a lost lease (another replica took the chunk) or a store that cannot be
+//! reached lets the chunk go, for whoever claims it next.
 
-use std::collections::VecDeque;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mercator_store::{BatchState, Chunk, JobError};
+use mercator_store::{BatchJob, BatchState, Chunk, ClaimedChunk, JobError};
 
-use super::{input, prep, results, BatchError, Jobs, Progress, INPUT};
+use super::{input, prep, results, BatchError, Jobs, Progress};
 use crate::predict::Named;
 use mercator_engine::Slices;
 
+/// How often an idle runner looks for chunks another replica's submit wrote (its own submits wake it).
+const POLL: Duration = Duration::from_secs(1);
+
 impl Jobs {
-    /// The runner: starts this node's queued (and interrupted) jobs, at most `max_running` at once, oldest
-    /// first; woken by each submit and each job's end, and every few seconds; until the server drains.
+    /// The runner: lets go of what this replica held before it started, then claims chunks while it has
+    /// room, woken by each submit here, each chunk's end, and every second; until the server drains, when
+    /// the chunks computing here are let go for other replicas.
     pub async fn run(self: Arc<Self>) {
+        match self.store.release_batch_chunks(&self.node).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(chunks = n, "batch chunks held before a restart let go"),
+            Err(e) => tracing::warn!(error = %e, "cannot let go of the batch chunks held before"),
+        }
+        let mut tasks = tokio::task::JoinSet::new();
         loop {
             if self.is_draining() {
-                return;
+                break;
             }
-            match self.store.batch_jobs_to_run(&self.node).await {
-                Ok(jobs) => {
-                    for job in jobs {
-                        let flag = {
-                            let mut running =
-                                self.running.lock().unwrap_or_else(|e| e.into_inner());
-                            if running.len() >= self.settings.max_running {
-                                break;
-                            }
-                            if running.contains_key(&job.id) {
-                                continue;
-                            }
-                            let flag = Arc::new(AtomicBool::new(false));
-                            running.insert(job.id.clone(), flag.clone());
-                            flag
+            while tasks.len() < self.settings.max_running {
+                match self
+                    .store
+                    .claim_batch_chunk(&self.node, self.settings.lease)
+                    .await
+                {
+                    Ok(Some(claimed)) => {
+                        let kind = if claimed.reclaimed {
+                            "reclaimed"
+                        } else {
+                            "new"
                         };
-                        tokio::spawn(run_job(self.clone(), job.id, flag));
+                        metrics::counter!("mercator_batch_chunk_claims_total", "kind" => kind)
+                            .increment(1);
+                        self.track(&claimed.job.id, true);
+                        tasks.spawn(run_chunk(self.clone(), claimed));
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot claim a batch chunk");
+                        break;
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot read the batch jobs to run"),
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = tokio::time::sleep(POLL) => {}
             }
+        }
+        // Draining: what computes here is dropped, and its chunks let go at once rather than when their
+        // leases run out.
+        tasks.shutdown().await;
+        if let Err(e) = self.store.release_batch_chunks(&self.node).await {
+            tracing::warn!(error = %e, "cannot let go of the batch chunks held");
+        }
+    }
+
+    /// Counts a chunk of `job` computing here in or out; the job's progress watch goes with the last one
+    /// when nobody listens.
+    fn track(&self, job: &str, start: bool) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if start {
+            *running.entry(job.to_string()).or_default() += 1;
+            return;
+        }
+        let left = running.get_mut(job).map(|n| {
+            *n = n.saturating_sub(1);
+            *n
+        });
+        if left == Some(0) {
+            running.remove(job);
+            drop(running);
+            self.unsubscribe(job);
         }
     }
 }
 
-/// How a run ended.
+/// How a chunk ended here.
 enum Outcome {
-    Done,
-    Cancelled,
-    /// Not this run's to finish: the server is stopping (the job resumes at the next start) or the job
-    /// ended elsewhere.
-    Left,
+    Committed(Box<BatchJob>),
+    /// The lease went to another replica, or the job ended: nothing of this run counts.
+    Lost,
+    /// Let go for another try (the store could not be reached, or the server is stopping).
+    Released,
+    Failed(BatchError),
 }
 
-async fn run_job(jobs: Arc<Jobs>, id: String, cancel: Arc<AtomicBool>) {
-    let outcome = execute(&jobs, &id, &cancel).await;
-    let ended = match outcome {
-        Ok(Outcome::Done) => Some((BatchState::Succeeded, None)),
-        Ok(Outcome::Cancelled) => Some((BatchState::Cancelled, None)),
-        Ok(Outcome::Left) => None,
-        Err(e)
-            if jobs.is_draining()
-                && matches!(
-                    e.engine(),
-                    Some(
-                        mercator_engine::EngineError::ShuttingDown
-                            | mercator_engine::EngineError::NotReady { .. }
-                    )
-                ) =>
-        {
-            None
+async fn run_chunk(jobs: Arc<Jobs>, claimed: ClaimedChunk) {
+    let id = claimed.job.id.clone();
+    let outcome = execute(&jobs, &claimed).await;
+    let outcome = match outcome {
+        Outcome::Failed(e) if jobs.is_draining() && draining_error(&e) => Outcome::Released,
+        Outcome::Failed(e) if e.is_transient() => {
+            tracing::warn!(batch_id = %id, error = %e, "a batch chunk let go after a store failure");
+            Outcome::Released
         }
-        Err(e) => {
+        other => other,
+    };
+    let name = match &outcome {
+        Outcome::Committed(job) => {
+            jobs.watches
+                .publish(&id, Progress::average(job, chrono::Utc::now()));
+            if job.state.is_terminal() {
+                jobs.watches.end(&id);
+            }
+            "committed"
+        }
+        Outcome::Lost => "lost",
+        Outcome::Released => {
+            let _ = jobs
+                .store
+                .release_batch_chunk(&id, claimed.index, claimed.token)
+                .await;
+            "released"
+        }
+        Outcome::Failed(e) => {
             tracing::error!(batch_id = %id, error = %e, "batch job failed");
             let code = match e.engine() {
                 Some(
@@ -86,44 +135,73 @@ async fn run_job(jobs: Arc<Jobs>, id: String, cancel: Arc<AtomicBool>) {
                 ) => "model_version_unavailable",
                 _ => e.code(),
             };
-            Some((
-                BatchState::Failed,
-                Some(JobError {
-                    code: code.into(),
-                    message: e.to_string(),
-                }),
-            ))
+            let error = JobError {
+                code: code.into(),
+                message: e.to_string(),
+            };
+            if let Err(e) = jobs
+                .store
+                .finish_batch_job(&id, BatchState::Failed, Some(error))
+                .await
+            {
+                tracing::warn!(batch_id = %id, error = %e, "cannot record the job's end");
+            }
+            jobs.watches.end(&id);
+            "failed"
         }
     };
-    if let Some((state, error)) = ended {
-        match jobs.store.finish_batch_job(&id, state, error).await {
-            Ok(_) => {
-                let _ = std::fs::remove_file(jobs.job_dir(&id).join(INPUT));
-            }
-            Err(e) => tracing::warn!(batch_id = %id, error = %e, "cannot record the job's end"),
-        }
-    }
-    jobs.running
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
-    // Listeners see the sender go and read the end from the store.
-    jobs.watches.end(&id);
+    metrics::counter!("mercator_batch_chunks_total", "outcome" => name).increment(1);
+    jobs.track(&id, false);
     jobs.wake.notify_one();
 }
 
-/// What every chunk of one run of a job needs.
-struct Run {
-    jobs: Arc<Jobs>,
-    /// The pinned version.
-    model: mercator_engine::Model,
-    org: String,
-    input: PathBuf,
-    rows: Rows,
-    chunks: Vec<Chunk>,
+/// Errors of a server that is stopping: the chunk is someone else's to run.
+fn draining_error(e: &BatchError) -> bool {
+    matches!(
+        e.engine(),
+        Some(
+            mercator_engine::EngineError::ShuttingDown
+                | mercator_engine::EngineError::NotReady { .. }
+        )
+    )
 }
 
-/// What a job's input rows are, as its runner reads them.
+/// One claimed chunk computed while its lease is renewed (a third of the lease apart), then committed.
+async fn execute(jobs: &Arc<Jobs>, claimed: &ClaimedChunk) -> Outcome {
+    let job = &claimed.job;
+    let work = compute(jobs.clone(), claimed.clone());
+    tokio::pin!(work);
+    let mut renew =
+        tokio::time::interval((jobs.settings.lease / 3).max(Duration::from_millis(100)));
+    renew.tick().await;
+    let computed = loop {
+        tokio::select! {
+            computed = &mut work => break computed,
+            _ = renew.tick() => match jobs.store.renew_batch_chunk(
+                &job.id, claimed.index, claimed.token, jobs.settings.lease).await {
+                Ok(true) => {}
+                Ok(false) => return Outcome::Lost,
+                // The store may be back before the lease runs out; the commit decides.
+                Err(e) => tracing::warn!(batch_id = %job.id, error = %e, "cannot renew a batch chunk's lease"),
+            },
+        }
+    };
+    let (bytes, rows, failed) = match computed {
+        Ok(computed) => computed,
+        Err(e) => return Outcome::Failed(e),
+    };
+    match jobs
+        .store
+        .commit_batch_chunk(&job.id, claimed.index, claimed.token, &bytes, rows, failed)
+        .await
+    {
+        Ok(Some(job)) => Outcome::Committed(Box::new(job)),
+        Ok(None) => Outcome::Lost,
+        Err(e) => Outcome::Failed(e.into()),
+    }
+}
+
+/// What a job's input rows are, as a chunk reads them.
 enum Rows {
     Price(input::PriceColumns),
     /// Raw feature rows: values a row, and the values of each row's answer.
@@ -133,127 +211,88 @@ enum Rows {
     },
 }
 
-/// A computed chunk: its index, its encoded results, its row and error counts.
-type Computed = (u64, Vec<u8>, u64, u64);
+/// What computing one chunk needs.
+struct Run {
+    jobs: Arc<Jobs>,
+    /// The job's pinned version.
+    model: mercator_engine::Model,
+    org: String,
+    input: Vec<u8>,
+    chunk: Chunk,
+}
 
-/// Chunks at most this many ahead of the commit: one computing while the previous one commits.
-const AHEAD: usize = 2;
+/// A computed chunk: its encoded results, its row and error counts.
+type Computed = (Vec<u8>, u64, u64);
 
-async fn execute(jobs: &Arc<Jobs>, id: &str, cancel: &AtomicBool) -> Result<Outcome, BatchError> {
-    let store = &jobs.store;
-    let Some(job) = store.start_batch_job(id).await.map_err(BatchError::from)? else {
-        return Ok(Outcome::Left);
-    };
-    jobs.watches.publish(id, Progress::of(&job, 0.0));
+/// A claimed chunk's results: its rows read as the job's input says, answered, encoded.
+async fn compute(jobs: Arc<Jobs>, claimed: ClaimedChunk) -> Result<Computed, BatchError> {
+    let job = claimed.job;
     let model = jobs
         .repository
         .get(&job.model, Some(&job.model_version.to_string()))?;
-    let dir = jobs.job_dir(id);
-    let input = dir.join(INPUT);
-    let rows = {
-        let (dir, input, job) = (dir.clone(), input.clone(), job.clone());
-        let manifest = model.manifest().clone();
-        tokio::task::spawn_blocking(move || {
-            results::remove_partial(&dir).map_err(input::io)?;
-            if job.input_format != input::FEATURES {
-                return input::headers(&input).map(|h| Rows::Price(input::PriceColumns::new(&h)));
-            }
-            let shape = results::Shape::of(&job, &dir).map_err(input::io)?;
-            let width = manifest.inputs.first().and_then(|i| i.fixed_row_len());
-            match (width, shape) {
-                (Some(width), results::Shape::Outputs(outputs)) => Ok(Rows::Features {
-                    width,
-                    values: outputs.iter().map(|o| o.width).sum(),
-                }),
-                _ => Err(BatchError::BadRequest(format!(
+    let rows = if job.input_format != input::FEATURES {
+        let header = csv::StringRecord::from(job.header.clone());
+        Rows::Price(input::PriceColumns::new(&header))
+    } else {
+        let shape = results::Shape::of(&job).map_err(input::io)?;
+        let width = model
+            .manifest()
+            .inputs
+            .first()
+            .and_then(|i| i.fixed_row_len());
+        match (width, shape) {
+            (Some(width), results::Shape::Outputs(outputs)) => Rows::Features {
+                width,
+                values: outputs.iter().map(|o| o.width).sum(),
+            },
+            _ => {
+                return Err(BatchError::BadRequest(format!(
                     "{} {} does not take raw feature rows",
-                    manifest.name, manifest.version
-                ))),
+                    job.model, job.model_version
+                )))
             }
-        })
-        .await
-        .map_err(join)??
+        }
     };
     let run = Arc::new(Run {
-        jobs: jobs.clone(),
+        jobs,
         model,
         org: job.organization_id.clone(),
-        input: input.clone(),
-        rows,
-        chunks: job.chunks.clone(),
+        input: claimed.input,
+        chunk: Chunk {
+            first_row: claimed.first_row,
+            rows: claimed.rows,
+            byte_start: 0,
+            byte_end: 0,
+        },
     });
-    let started = Instant::now();
-    let base = job.processed_rows;
-    let mut current = job.clone();
-    let mut inflight: VecDeque<tokio::task::JoinHandle<Result<Computed, BatchError>>> =
-        VecDeque::new();
-    let mut next = job.chunks_done;
-    loop {
-        while inflight.len() < AHEAD && next < job.chunks_total && !cancel.load(Ordering::Acquire) {
-            inflight.push_back(tokio::spawn(compute(run.clone(), next)));
-            next += 1;
-        }
-        let Some(task) = inflight.pop_front() else {
-            break;
-        };
-        let (index, bytes, rows, failed) = task.await.map_err(join)??;
-        if cancel.load(Ordering::Acquire) {
-            return Ok(Outcome::Cancelled);
-        }
-        let d = dir.clone();
-        tokio::task::spawn_blocking(move || results::commit_file(&d, index, &bytes))
-            .await
-            .map_err(join)?
-            .map_err(input::io)?;
-        let (applied, cancel_asked) = store
-            .commit_batch_chunk(id, index, rows, failed)
-            .await
-            .map_err(BatchError::from)?;
-        if !applied {
-            return Ok(Outcome::Left);
-        }
-        current.processed_rows += rows;
-        current.failed_rows += failed;
-        current.chunks_done += 1;
-        let rate =
-            (current.processed_rows - base) as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        jobs.watches.publish(id, Progress::of(&current, rate));
-        if cancel_asked {
-            return Ok(Outcome::Cancelled);
+    match rows {
+        Rows::Price(columns) => compute_prices(run, columns).await,
+        Rows::Features { width, values } => {
+            let on_prep = run.clone();
+            run.jobs
+                .prep
+                .run(move || compute_features(&on_prep, width, values))
+                .await
+                .map_err(prep_failed)?
         }
     }
-    Ok(if cancel.load(Ordering::Acquire) {
-        Outcome::Cancelled
-    } else {
-        Outcome::Done
-    })
 }
 
-/// One chunk of price requests, on the preparing threads: read and parsed, its catalog looked up (on the
-/// runtime: the store is async), priced in the model's background lane, encoded. A chunk of raw feature
-/// rows goes to [`compute_features`].
-async fn compute(run: Arc<Run>, index: u64) -> Result<Computed, BatchError> {
-    let chunk = run.chunks[index as usize];
-    let columns = match &run.rows {
-        Rows::Price(columns) => columns.clone(),
-        Rows::Features { width, values } => {
-            let (width, values, on_prep) = (*width, *values, run.clone());
-            return run
-                .jobs
-                .prep
-                .run(move || compute_features(&on_prep, index, width, values))
-                .await
-                .map_err(prep_failed)?;
-        }
-    };
+/// One chunk of price requests, on the preparing threads: parsed, its catalog looked up (on the runtime:
+/// the store is async), priced in the model's background lane, encoded.
+async fn compute_prices(
+    run: Arc<Run>,
+    columns: input::PriceColumns,
+) -> Result<Computed, BatchError> {
+    let chunk = run.chunk;
     // Everything per row happens on the preparing threads: a runtime thread busy for a chunk's 16,384 rows
     // (milliseconds) would hold up every interactive request queued on it.
-    let input = run.input.clone();
+    let on_prep = run.clone();
     let (requests, errors, named) = run
         .jobs
         .prep
         .run(move || {
-            let parsed = input::read_chunk(&input, &chunk, |record| {
+            let parsed = input::parse_chunk(&on_prep.input, &chunk, |record| {
                 record.and_then(|r| columns.parse(r))
             })?;
             let (requests, errors) = input::split(parsed);
@@ -280,7 +319,7 @@ async fn compute(run: Arc<Run>, index: u64) -> Result<Computed, BatchError> {
                     .map_err(|e| input::io(e.into()))?;
             }
             let bytes = w.into_inner().map_err(|e| input::io(e.into_error()))?;
-            Ok((index, bytes, chunk.rows, failed))
+            Ok((bytes, chunk.rows, failed))
         })
         .await
         .map_err(prep_failed)?
@@ -288,14 +327,9 @@ async fn compute(run: Arc<Run>, index: u64) -> Result<Computed, BatchError> {
 
 /// A chunk of raw feature rows, on a preparing thread: read and checked, sent to the model's background
 /// lane in slices as they fill, each row's output values (or its error) encoded.
-fn compute_features(
-    run: &Run,
-    index: u64,
-    width: usize,
-    values: usize,
-) -> Result<Computed, BatchError> {
-    let chunk = run.chunks[index as usize];
-    let parsed = input::read_chunk(&run.input, &chunk, |record| {
+fn compute_features(run: &Run, width: usize, values: usize) -> Result<Computed, BatchError> {
+    let chunk = run.chunk;
+    let parsed = input::parse_chunk(&run.input, &chunk, |record| {
         record.and_then(|r| input::parse_features(r, width))
     })?;
     let mut slices = Slices::new(&run.model, width)?;
@@ -328,7 +362,7 @@ fn compute_features(
             .map_err(|e| input::io(e.into()))?;
     }
     let bytes = w.into_inner().map_err(|e| input::io(e.into_error()))?;
-    Ok((index, bytes, chunk.rows, failed))
+    Ok((bytes, chunk.rows, failed))
 }
 
 fn prep_failed(e: prep::PrepError) -> BatchError {
@@ -338,8 +372,4 @@ fn prep_failed(e: prep::PrepError) -> BatchError {
         }
         prep::PrepError::Gone => BatchError::internal("the batch preparing threads", "gone"),
     }
-}
-
-fn join(e: tokio::task::JoinError) -> BatchError {
-    BatchError::internal("a batch task", e)
 }

@@ -1,7 +1,7 @@
 //! Jobs listed, shown and cancelled; an ended job's results and errors, streamed in the format asked for.
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use mercator_services::jobs::results::{self, Format};
@@ -77,13 +77,12 @@ pub(super) async fn get_job(
     Ok(Json(JobView::of(&app, job)))
 }
 
-/// Cancel a batch job (analyst): a queued job at once; a running one stops before its next commit, keeping
-/// the rows committed (the rest answer `not_run`). Answers the job once it has stopped (200), or 202 with
-/// `cancel_requested_at` if it has not within 2 seconds. An ended job is left as it is.
+/// Cancel a batch job (analyst), queued or running, at once: the rows committed are kept (the rest answer
+/// `not_run`), and a chunk computing on any replica is not committed after this. Answers the job (200). An
+/// ended job is left as it is.
 #[utoipa::path(delete, path = "/api/v1/predictions/batch/{id}", tag = "predictions",
     params(("id" = String, Path)), security(("api_key" = [])),
-    responses((status = 200, body = JobView), (status = 202, body = JobView),
-              (status = "4XX", body = ErrorEnvelope)))]
+    responses((status = 200, body = JobView), (status = "4XX", body = ErrorEnvelope)))]
 pub(super) async fn cancel_job(
     State(app): State<AppState>,
     caller: Auth<Analyst>,
@@ -96,8 +95,7 @@ pub(super) async fn cancel_job(
 /// send DELETE, and where a cancel reads better as an action.
 #[utoipa::path(post, path = "/api/v1/predictions/batch/{id}/cancel", tag = "predictions",
     params(("id" = String, Path)), security(("api_key" = [])),
-    responses((status = 200, body = JobView), (status = 202, body = JobView),
-              (status = "4XX", body = ErrorEnvelope)))]
+    responses((status = 200, body = JobView), (status = "4XX", body = ErrorEnvelope)))]
 pub(super) async fn cancel_job_post(
     State(app): State<AppState>,
     caller: Auth<Analyst>,
@@ -117,12 +115,7 @@ async fn cancel(app: &AppState, caller: &Auth<Analyst>, id: &str) -> Result<Resp
         Some(serde_json::json!({ "state": job.state })),
     )
     .await;
-    let status = if job.state.is_terminal() {
-        StatusCode::OK
-    } else {
-        StatusCode::ACCEPTED
-    };
-    Ok((status, Json(JobView::of(app, job))).into_response())
+    Ok(Json(JobView::of(app, job)).into_response())
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -138,8 +131,8 @@ pub struct ResultsQuery {
     pub offset: Option<u64>,
 }
 
-/// A job's results, once it has ended (409 before; 410 once expired; 421 from a replica that did not run
-/// it): one row per input row, in input order, streamed. CSV columns of price requests: row,
+/// A job's results, once it has ended (409 before; 410 once expired), from any replica: one row per input
+/// row, in input order, streamed. CSV columns of price requests: row,
 /// predicted_price, lower, upper, level, confidence_score, model_version, as_of, error_code, error_message;
 /// of raw feature rows: row, each output value (`name`, or `name_1..name_N`), error_code, error_message.
 /// JSON rows as the inline answer's; Parquet with the CSV's columns. Rows a cancelled or failed job never
