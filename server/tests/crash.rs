@@ -251,3 +251,83 @@ async fn a_batch_job_killed_midway_resumes_and_loses_no_row() {
         "an interrupted job's results equal a clean run's"
     );
 }
+
+/// A job taken by a server from before chunks were kept in the store (its input and committed results in
+/// the data directory) is moved into the store when the new server starts: its committed rows are
+/// answered as they were, the rest run, and the directory goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_from_before_the_store_kept_chunks_is_adopted_and_finishes() {
+    use sqlx::Connection;
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = client_with(ADMIN_KEY);
+    let mut server = start(data.path(), &shipped_models(), port);
+    wait_ready(&client, &base).await;
+    let fixture = ingest_fixture_at(&base, &client).await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    // What the old server left: a running job of two chunks of two rows, the first committed.
+    let (csv, _) = requests_csv(&fixture, 4, 0);
+    let lines: Vec<&str> = csv.split_inclusive('\n').collect();
+    let at = |n: usize| lines[..n].iter().map(|l| l.len()).sum::<usize>();
+    let chunks = format!("[[0,2,{},{}],[2,2,{},{}]]", at(1), at(3), at(3), at(5));
+    let id = "bat_0000000000000000000000000000legacy";
+    let dir = data.path().join("batches").join(id);
+    std::fs::create_dir_all(dir.join("results")).unwrap();
+    std::fs::write(dir.join("input.csv"), &csv).unwrap();
+    let committed = "1,9.5,9,10,0.8,0.5,2,2025-07-01,,\n2,8.5,8,9,0.8,0.5,2,2025-07-01,,\n";
+    std::fs::write(dir.join("results/c000000.csv"), committed).unwrap();
+    let url = format!("sqlite://{}", data.path().join("mercator.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let org: String = sqlx::query_scalar("SELECT id FROM organizations LIMIT 1")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO batch_jobs (id, organization_id, node, model, model_version, state, input_format, \
+         input_bytes, total_rows, processed_rows, failed_rows, chunks, chunks_total, chunks_done, attempts, \
+         created_at, started_at) \
+         VALUES ($1, $2, 'node_old', 'price', 2, 'running', 'csv', $3, 4, 2, 0, $4, 2, 1, 1, 0, 0)",
+    )
+    .bind(id)
+    .bind(&org)
+    .bind(csv.len() as i64)
+    .bind(&chunks)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    drop(db);
+
+    let mut server = start(data.path(), &shipped_models(), port);
+    wait_ready(&client, &base).await;
+    let done = wait_end(&client, &base, id).await;
+    assert_eq!(
+        (done["state"].as_str(), done["processed_rows"].as_u64()),
+        (Some("succeeded"), Some(4)),
+        "{done}"
+    );
+    let results = results_csv(&client, &base, id).await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let rows: Vec<&str> = results.lines().skip(1).collect();
+    assert_eq!(rows.len(), 4, "{results}");
+    assert_eq!(
+        format!("{}\n{}\n", rows[0], rows[1]),
+        committed,
+        "committed rows as they were"
+    );
+    assert!(
+        rows[2].starts_with("3,") && rows[3].starts_with("4,"),
+        "{results}"
+    );
+    assert!(
+        rows[2].split(',').nth(1).unwrap().parse::<f64>().unwrap() > 0.0,
+        "{results}"
+    );
+    assert!(
+        !dir.exists(),
+        "the directory goes once the store has the job"
+    );
+}

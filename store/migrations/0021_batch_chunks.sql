@@ -2,8 +2,9 @@
 -- The submitting replica writes each chunk's input rows (CSV records, no header) before the job row, so a
 -- chunk whose job does not exist is never claimed (and the janitor removes it, an intake that died).
 -- A replica claims a chunk (pending, or running under a lease that has run out) and holds it under
--- `token` until `lease_until` (ms), renewing it while it computes; the commit writes the results and moves
--- the job on in one transaction, only while the token is still the chunk's: each chunk commits once.
+-- `token` until `lease_until` (ms, on the database's clock), renewing it while it computes; the commit
+-- writes the results and moves the job on in one transaction, only while the token is still the chunk's:
+-- each chunk commits once.
 -- `attempt` is the job's run the claim belongs to; `claims` counts the claims (above 1: taken over).
 CREATE TABLE batch_chunks (
     job_id          TEXT NOT NULL,

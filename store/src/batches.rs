@@ -124,6 +124,9 @@ pub struct NewBatchJob {
     pub idempotency_key: Option<String>,
 }
 
+/// A legacy job's chunk as its files held it: its input while not committed, its results once committed.
+pub type LegacyChunk = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// A chunk a replica claimed: its job as the claim left it, its rows and input (CSV records, no header),
 /// and the token its renewals and commit carry.
 #[derive(Debug, Clone)]
@@ -288,6 +291,74 @@ impl Store {
         }
     }
 
+    /// A job taken before chunks were kept in the store (its input and results in the data directory of
+    /// the replica that took it): None when there is no such job, or its chunks are in the store already.
+    pub async fn legacy_batch_job(&self, id: &str) -> Result<Option<BatchJob>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM batch_jobs b WHERE id = $1 \
+             AND NOT EXISTS (SELECT 1 FROM batch_chunks c WHERE c.job_id = b.id)"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Whether a job of that id exists.
+    pub async fn batch_job_exists(&self, id: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM batch_jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Moves a legacy job into the store in one transaction: each chunk with its input (not yet committed)
+    /// or its results (committed), and the job's header and outputs. Chunks a job that ended never
+    /// committed are dropped.
+    pub async fn adopt_batch_job(
+        &self,
+        job: &BatchJob,
+        header: &[String],
+        outputs: Option<&str>,
+        chunks: &[LegacyChunk],
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (index, ((input, result), chunk)) in chunks.iter().zip(&job.chunks).enumerate() {
+            let state = match (result, job.state.is_terminal()) {
+                (Some(_), _) => "done",
+                (None, false) => "pending",
+                (None, true) => "dropped",
+            };
+            sqlx::query(
+                "INSERT INTO batch_chunks (job_id, idx, organization_id, first_row, row_count, state, \
+                 attempt, claims, input, result, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10)",
+            )
+            .bind(&job.id)
+            .bind(index as i64)
+            .bind(&job.organization_id)
+            .bind(chunk.first_row as i64)
+            .bind(chunk.rows as i64)
+            .bind(state)
+            .bind(job.attempts as i64)
+            .bind(if state == "pending" { input.as_deref() } else { None })
+            .bind(result.as_deref())
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let header =
+            (!header.is_empty()).then(|| serde_json::to_string(header).unwrap_or_default());
+        sqlx::query("UPDATE batch_jobs SET input_header = $1, outputs = $2 WHERE id = $3")
+            .bind(header)
+            .bind(outputs)
+            .bind(&job.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Removes the chunks of a job that was never recorded.
     pub async fn remove_batch_chunks(&self, job_id: &str) -> Result<()> {
         sqlx::query("DELETE FROM batch_chunks WHERE job_id = $1")
@@ -381,14 +452,15 @@ impl Store {
         } else {
             " FOR UPDATE OF c SKIP LOCKED"
         };
+        let now = self.clock_ms();
         let claim = format!(
-            "UPDATE batch_chunks SET state = 'running', holder = $1, token = $2, lease_until = $3, \
-             claims = claims + 1, claimed_at = $4 \
+            "UPDATE batch_chunks SET state = 'running', holder = $1, token = $2, lease_until = {now} + $3, \
+             claims = claims + 1, claimed_at = {now} \
              WHERE (job_id, idx) = (SELECT c.job_id, c.idx FROM batch_chunks c \
-               WHERE (c.state = 'pending' OR (c.state = 'running' AND c.lease_until < $4)) \
+               WHERE (c.state = 'pending' OR (c.state = 'running' AND c.lease_until < {now})) \
                AND EXISTS (SELECT 1 FROM batch_jobs j WHERE j.id = c.job_id AND j.state IN ('queued', 'running')) \
                ORDER BY (SELECT COUNT(*) FROM batch_chunks r WHERE r.organization_id = c.organization_id \
-                 AND r.state = 'running' AND r.lease_until >= $4), \
+                 AND r.state = 'running' AND r.lease_until >= {now}), \
                  (SELECT COALESCE(MAX(r.claimed_at), 0) FROM batch_chunks r \
                    WHERE r.organization_id = c.organization_id), c.job_id, c.idx \
                LIMIT 1{lock}) \
@@ -403,8 +475,7 @@ impl Store {
             let Some(row) = sqlx::query(&claim)
                 .bind(holder)
                 .bind(token)
-                .bind(now.saturating_add(lease_ms))
-                .bind(now)
+                .bind(lease_ms)
                 .fetch_optional(&mut *tx)
                 .await?
             else {
@@ -469,6 +540,16 @@ impl Store {
         Ok(None)
     }
 
+    /// The database's clock in milliseconds, as SQL: leases are set and compared on one clock, whatever the
+    /// replicas' clocks say.
+    fn clock_ms(&self) -> &'static str {
+        if self.sqlite {
+            "CAST((julianday('now') - 2440587.5) * 86400000 AS BIGINT)"
+        } else {
+            "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+        }
+    }
+
     /// Extends a claim's lease to `lease` from now. False when the claim is lost: its lease ran out and
     /// another replica took the chunk, or its job ended.
     pub async fn renew_batch_chunk(
@@ -478,13 +559,13 @@ impl Store {
         token: i64,
         lease: std::time::Duration,
     ) -> Result<bool> {
-        let until =
-            now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2));
-        let done = sqlx::query(
-            "UPDATE batch_chunks SET lease_until = $1 WHERE job_id = $2 AND idx = $3 AND token = $4 \
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let done = sqlx::query(&format!(
+            "UPDATE batch_chunks SET lease_until = {} + $1 WHERE job_id = $2 AND idx = $3 AND token = $4 \
              AND state = 'running'",
-        )
-        .bind(until)
+            self.clock_ms()
+        ))
+        .bind(lease_ms)
         .bind(job_id)
         .bind(index as i64)
         .bind(token)

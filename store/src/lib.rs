@@ -41,7 +41,9 @@ pub use alerts::{
     EventQuery, EventStatus, NewAlertRule, OwnedRule, Scope, Webhook,
 };
 pub use audit::{AuditEvent, AuditQuery, NewAuditEvent};
-pub use batches::{new_batch_id, BatchJob, BatchState, Chunk, ClaimedChunk, JobError, NewBatchJob};
+pub use batches::{
+    new_batch_id, BatchJob, BatchState, Chunk, ClaimedChunk, JobError, LegacyChunk, NewBatchJob,
+};
 pub use catalog::{
     Columns, Entry, Material, MaterialFilter, MaterialPatch, NewMaterial, NewSupplier, Supplier,
     SupplierFilter, SupplierPatch,

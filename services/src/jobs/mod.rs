@@ -13,7 +13,8 @@
 //! - `input.rs`: what a batch may hold, turned into the CSV on disk, indexed into chunks.
 //! - `runner.rs`: the runner, a claimed chunk computed on the preparing threads (`prep.rs`) and committed.
 //! - `progress.rs`: a job's progress, published on a watch per job.
-//! - `janitor.rs`: expired results deleted; `disk.rs`: free space.
+//! - `janitor.rs`: expired results deleted; `disk.rs`: free space; `legacy.rs`: jobs from before chunks were
+//!   kept in the store, moved there at start.
 //! - `results.rs`: the results rendered from the committed chunks as CSV, JSON or Parquet.
 
 mod disk;
@@ -21,6 +22,7 @@ mod error;
 pub mod input;
 mod intake;
 mod janitor;
+mod legacy;
 mod prep;
 mod progress;
 pub mod results;

@@ -16,10 +16,12 @@ use mercator_engine::Slices;
 const POLL: Duration = Duration::from_secs(1);
 
 impl Jobs {
-    /// The runner: lets go of what this replica held before it started, then claims chunks while it has
+    /// The runner: moves jobs from before chunks were kept in the store there, lets go of what this replica
+    /// held before it started, then claims chunks while it has
     /// room, woken by each submit here, each chunk's end, and every second; until the server drains, when
     /// the chunks computing here are let go for other replicas.
     pub async fn run(self: Arc<Self>) {
+        self.adopt_legacy().await;
         match self.store.release_batch_chunks(&self.node).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(chunks = n, "batch chunks held before a restart let go"),
