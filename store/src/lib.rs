@@ -274,7 +274,13 @@ impl Sql {
         for value in &self.values {
             query = match value {
                 Value::Text(v) => query.bind(v.clone()),
-                Value::Real(v) => query.bind(*v),
+                // sqlx 0.8.6's Any driver declares a NULL f64 to PostgreSQL as FLOAT4 (a NULL f32 as
+                // FLOAT8: the two are swapped in sqlx-postgres's `any.rs`). A statement is prepared once per
+                // connection with the types of its first run, so a NULL first and a number later sent 8
+                // bytes to a FLOAT4 parameter ("incorrect binary data format"). A NULL bound as f32 is
+                // declared FLOAT8, as a number is.
+                Value::Real(None) => query.bind(None::<f32>),
+                Value::Real(Some(v)) => query.bind(*v),
                 Value::Int(v) => query.bind(*v),
             };
         }

@@ -346,6 +346,7 @@ on_both!(
     model_versions_are_claimed_once_and_keep_their_state,
     alert_events_open_once_per_cooldown_and_deliveries_are_claimed_once,
     batch_jobs_commit_each_chunk_once_and_stay_in_their_organization,
+    a_missing_number_and_a_number_share_one_statement,
     users_and_refresh_tokens_rotate_once,
     audit_events_keep_their_origin_and_age_out
 );
@@ -691,6 +692,21 @@ fn material(code: &str, category: &str) -> NewMaterial {
         "list_price": 4.0
     }))
     .unwrap()
+}
+
+/// One statement written with no number first and a number after (a material without a list price, then
+/// one with): a statement is prepared once per connection, so the missing number must be declared as the
+/// number's type. Many times over, so that the connections of the pool each see both orders.
+async fn a_missing_number_and_a_number_share_one_statement(store: Store) {
+    let org = store.create_organization("Acme", false).await.unwrap().id;
+    for i in 0..40 {
+        let new = NewMaterial {
+            list_price: (i % 2 == 1).then_some(4.5),
+            ..material(&format!("M-{i}"), "c")
+        };
+        let made = store.create_entry::<Material>(&org, new).await.unwrap();
+        assert_eq!(made.list_price, (i % 2 == 1).then_some(4.5));
+    }
 }
 
 fn page(limit: u32, offset: u64, sort: Option<&str>) -> ListParams {
