@@ -4,12 +4,14 @@
 # and how the chunks split between the replicas. On two cores two replicas cannot be faster than one (the
 # job is CPU-bound); the ratio says what running it across replicas costs. ROUNDS jobs of each; JSON lines
 # in benches/out/batch-fleet.jsonl.
-# MERCATOR_BIN: a mercator binary built elsewhere.
+# MERCATOR_BIN: a mercator binary built elsewhere. STORE=sqlite: one replica on its own SQLite file instead
+# (the single-node default), ROUNDS jobs.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 ROWS="${ROWS:-1000000}"
 ROUNDS="${ROUNDS:-2}"
+STORE="${STORE:-postgres}"
 PG="${MERCATOR_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432}"
 out="$root/benches/out"
 mkdir -p "$out"
@@ -31,8 +33,10 @@ trap cleanup EXIT
 start() {
   local r=$1 port=$2
   rm -rf "$out/batch-fleet-$r"
+  local store=(--database-url "$PG/$db")
+  [ "$STORE" = sqlite ] && store=()
   RUST_LOG=warn MERCATOR_ADMIN_KEY="$API_KEY" MERCATOR_SECRET_KEY="$secret" "$mercator_bin" serve \
-    --addr "127.0.0.1:$port" --data-dir "$out/batch-fleet-$r" --models-dir models --database-url "$PG/$db" &
+    --addr "127.0.0.1:$port" --data-dir "$out/batch-fleet-$r" --models-dir models "${store[@]}" &
   pids+=($!)
   for _ in $(seq 1 300); do curl -sf -o /dev/null "http://127.0.0.1:$port/readyz" && break; sleep 0.1; done
 }
@@ -62,11 +66,13 @@ round() {
   local replicas=$1 before_a before_b j
   before_a=$(committed "$a"); before_b=$( [ "$replicas" = 2 ] && committed http://127.0.0.1:8122 || echo 0)
   j=$(job)
-  python3 -c 'import json,sys; j=json.loads(sys.argv[1]); print(json.dumps({"replicas": int(sys.argv[2]), "rows": j["total_rows"], "state": j["state"], "rows_per_sec": round(j["rows_per_sec"]), "attempts": j["attempts"], "chunks": j["chunks_total"], "chunks_by_a": float(sys.argv[3]) - float(sys.argv[4]), "chunks_by_b": float(sys.argv[5]) - float(sys.argv[6])}))' \
+  python3 -c 'import json,sys; j=json.loads(sys.argv[1]); print(json.dumps({"store": sys.argv[7], "replicas": int(sys.argv[2]), "rows": j["total_rows"], "state": j["state"], "rows_per_sec": round(j["rows_per_sec"]), "attempts": j["attempts"], "chunks": j["chunks_total"], "chunks_by_a": float(sys.argv[3]) - float(sys.argv[4]), "chunks_by_b": float(sys.argv[5]) - float(sys.argv[6])}))' \
     "$j" "$replicas" "$(committed "$a")" "$before_a" \
-    "$( [ "$replicas" = 2 ] && committed http://127.0.0.1:8122 || echo 0)" "$before_b" | tee -a "$out/batch-fleet.jsonl"
+    "$( [ "$replicas" = 2 ] && committed http://127.0.0.1:8122 || echo 0)" "$before_b" "$STORE" \
+    | tee -a "$out/batch-fleet.jsonl"
 }
 for _ in $(seq 1 "$ROUNDS"); do round 1; done
+[ "$STORE" = sqlite ] && exit 0
 start b 8122
 sleep 2
 for _ in $(seq 1 "$ROUNDS"); do round 2; done

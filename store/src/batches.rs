@@ -467,6 +467,19 @@ impl Store {
              RETURNING job_id, idx, first_row, row_count, attempt, claims, input"
         );
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        // Most claims find nothing (an idle runner asks every second): a read says so without taking
+        // SQLite's one write lock, which a bulk write may hold for seconds.
+        let open: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT 1 FROM batch_chunks c WHERE (c.state = 'pending' \
+             OR (c.state = 'running' AND c.lease_until < {now})) \
+             AND EXISTS (SELECT 1 FROM batch_jobs j WHERE j.id = c.job_id AND j.state IN ('queued', 'running')) \
+             LIMIT 1"
+        ))
+        .fetch_optional(&self.pool)
+        .await?;
+        if open.is_none() {
+            return Ok(None);
+        }
         // A chunk whose job ended between the pick and the job's update is dropped, and the next tried.
         for _ in 0..8 {
             let now = now_ms();
