@@ -481,13 +481,17 @@ impl Jobs {
         let input = spooled.input();
         for (index, chunk) in spooled.chunks.iter().enumerate() {
             let (path, at) = (input.clone(), *chunk);
-            let bytes = blocking(move || input::chunk_bytes(&path, &at)).await?;
-            if let Err(e) = store
-                .add_batch_chunk(org, &id, index as u64, chunk, &bytes)
-                .await
-            {
+            let written = async {
+                let bytes = blocking(move || input::chunk_bytes(&path, &at)).await?;
+                store
+                    .add_batch_chunk(org, &id, index as u64, chunk, &bytes)
+                    .await
+                    .map_err(BatchError::from)
+            };
+            // A chunk that cannot be read or written leaves none of the job's behind.
+            if let Err(e) = written.await {
                 let _ = store.remove_batch_chunks(&id).await;
-                return Err(e.into());
+                return Err(e);
             }
         }
         let outputs = spooled
