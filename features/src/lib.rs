@@ -11,9 +11,11 @@
 //! observation's day in training, the request's day when serving); the delivery date feeds calendar and
 //! lead-time features and never moves that cut-off.
 
+pub mod drift;
 pub mod history;
 pub mod materialize;
 pub mod online;
+pub mod profile;
 pub mod row;
 pub mod spec;
 pub mod trend;
