@@ -84,8 +84,8 @@ pub fn import(
     Ok(imported)
 }
 
-/// Files a version keeps beside its manifest (the feature spec).
-pub const COMPANIONS: &[&str] = &["features.toml"];
+/// Files a version keeps beside its manifest (the feature spec, the reference profile).
+pub const COMPANIONS: &[&str] = &["features.toml", crate::tap::PROFILE_FILE];
 
 /// Copies the companion files of a version folder that has them.
 pub fn copy_companions(from: &Path, to: &Path) -> Result<(), EngineError> {

@@ -5,6 +5,7 @@
 //! - [`Model`] is one served version: a bounded queue and the worker threads that own its sessions and
 //!   form batches (`model.rs`, `queue.rs`).
 //! - [`Backend`] is what runs a batch; [`OrtBackend`] is ONNX Runtime (`backend.rs`).
+//! - [`Tap`] copies a monitored version's batches to its monitor, off the request path (`tap.rs`).
 
 mod backend;
 mod error;
@@ -17,6 +18,7 @@ mod repository;
 mod rows;
 mod runtime;
 pub mod stats;
+mod tap;
 mod tensor;
 
 pub use backend::{Backend, BackendError, OrtBackend};
@@ -26,4 +28,5 @@ pub use model::{BackendFactory, InferOutput, Lane, Model, Pending, Timing, WARMU
 pub use repository::{IndexEntry, Repository, Traffic};
 pub use rows::Slices;
 pub use runtime::{Runtime, ORT_VERSION};
+pub use tap::{Observed, Tap, PROFILE_FILE};
 pub use tensor::{DataType, Tensor, TensorData};

@@ -15,6 +15,14 @@ pub const SESSIONS: &str = "mercator_model_sessions";
 /// Panics caught and survived, by where they happened (`where`: `model_worker`, `handler`, `batch_prep`,
 /// `webhook_dispatcher`, `forecast_schedule`, ...). Any increase is a bug to report.
 pub const PANICS: &str = "mercator_panics_total";
+/// Rows a monitored version computed that monitoring dropped because its channel was full.
+pub const MONITOR_DROPPED: &str = "mercator_monitor_dropped_rows_total";
+
+/// Counts rows monitoring could not take (the answer went out all the same).
+pub fn count_monitor_dropped(model: &str, version: u64, rows: usize) {
+    counter!(MONITOR_DROPPED, "model" => model.to_string(), "version" => version.to_string())
+        .increment(rows as u64);
+}
 
 /// Counts a caught panic and logs it with its message.
 pub fn count_panic(place: &'static str, message: &str) {

@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use crate::backend::{Backend, OrtBackend};
 use crate::manifest::Manifest;
 use crate::model::BackendFactory;
+use crate::tap::{Tap, PROFILE_FILE};
 use crate::{EngineError, Model, Runtime};
 
 /// A model's loaded versions and the one that answers requests that name no version.
@@ -92,6 +93,8 @@ pub struct Repository {
     served: ArcSwap<Catalog>,
     /// Where models are loaded from, when the repository has a directory.
     source: Option<(Runtime, PathBuf)>,
+    /// Given to every version loaded with a reference profile beside its manifest.
+    tap: Option<Tap>,
     /// One load or unload at a time.
     changing: Mutex<()>,
 }
@@ -110,19 +113,22 @@ impl Repository {
     /// Loads, checks and warms up every model version under `dir`. Any error stops the start: a server that
     /// silently serves fewer models than its repository holds is worse than one that says why it won't start.
     pub fn load(runtime: &Runtime, dir: &Path) -> Result<Repository, EngineError> {
-        Self::load_except(runtime, dir, &|_, _| false)
+        Self::load_except(runtime, dir, &|_, _| false, None)
     }
 
     /// As `load`, leaving out the versions `skip` names (the ones recorded as unloaded); a model with every
-    /// version left out is not served (the index shows it unavailable).
+    /// version left out is not served (the index shows it unavailable). Versions with a reference profile
+    /// are monitored through `tap`, when given.
     pub fn load_except(
         runtime: &Runtime,
         dir: &Path,
         skip: &dyn Fn(&str, u64) -> bool,
+        tap: Option<Tap>,
     ) -> Result<Repository, EngineError> {
         let repo = Repository {
             served: ArcSwap::from_pointee(Catalog::new()),
             source: Some((runtime.clone(), dir.to_path_buf())),
+            tap,
             changing: Mutex::new(()),
         };
         let mut catalog = Catalog::new();
@@ -153,6 +159,7 @@ impl Repository {
         Repository {
             served: ArcSwap::from_pointee(catalog),
             source: None,
+            tap: None,
             changing: Mutex::new(()),
         }
     }
@@ -349,7 +356,7 @@ impl Repository {
                 "this repository has no runtime to load with".into(),
             ));
         };
-        start(runtime, version_dir)
+        start(runtime, version_dir, self.tap.as_ref())
     }
 
     /// Serves an already started version beside the model's others; it becomes active only when the model
@@ -429,7 +436,7 @@ impl Repository {
                 version: version.to_string(),
             });
         }
-        self.insert_version(start(runtime, &version_dir)?);
+        self.insert_version(start(runtime, &version_dir, self.tap.as_ref())?);
         Ok(())
     }
 
@@ -464,7 +471,7 @@ impl Repository {
         version_dirs.sort();
         let mut versions = BTreeMap::new();
         for version_dir in version_dirs {
-            let model = start(runtime, &version_dir)?;
+            let model = start(runtime, &version_dir, self.tap.as_ref())?;
             versions.insert(model.manifest().version, model);
         }
         Ok(versions)
@@ -530,7 +537,7 @@ fn has_versions(model_dir: &Path) -> bool {
 }
 
 /// Loads, checks and warms up one version folder.
-fn start(runtime: &Runtime, version_dir: &Path) -> Result<Model, EngineError> {
+fn start(runtime: &Runtime, version_dir: &Path, tap: Option<&Tap>) -> Result<Model, EngineError> {
     let manifest = Manifest::from_file(&version_dir.join("model.toml"))?;
     let expected = (
         model_dir_name(version_dir, 1),
@@ -578,6 +585,9 @@ fn start(runtime: &Runtime, version_dir: &Path) -> Result<Model, EngineError> {
         })
     };
     let model = Model::start(manifest, factory)?;
+    if let Some(tap) = tap.filter(|_| version_dir.join(PROFILE_FILE).is_file()) {
+        model.monitor(tap.clone());
+    }
     tracing::info!(model = %model.manifest().name, version = model.manifest().version,
         instances = model.manifest().instances.count, "loaded");
     Ok(model)

@@ -23,6 +23,11 @@ pub(super) fn run_batch(shared: &Shared, backend: &mut dyn Backend, batch: Batch
     let mut replies = Vec::with_capacity(batch.entries.len());
     let mut queue_times = Vec::with_capacity(batch.entries.len());
     let inputs = concat(batch.entries, &mut replies, &mut queue_times, started);
+    // A monitored version keeps a copy of the inputs when its monitor has room for the batch.
+    let m = &shared.manifest;
+    let tap = shared.tap.get();
+    let permit = tap.and_then(|tap| tap.reserve(&m.name, m.version, rows));
+    let observed = permit.as_ref().map(|_| inputs.clone());
     let input_time = started.elapsed();
     for queue in &queue_times {
         stats.queue.record(1, *queue);
@@ -37,7 +42,21 @@ pub(super) fn run_batch(shared: &Shared, backend: &mut dyn Backend, batch: Batch
         });
     let infer_time = started.elapsed() - input_time;
     let requests = replies.len();
-    let result = result.and_then(|outputs| scatter(outputs, &replies, rows));
+    let result = result.and_then(|outputs| {
+        if let (Some(permit), Some(inputs)) = (permit, observed) {
+            permit.send(Observed {
+                model: shared.model_name.clone(),
+                version: m.version,
+                rows,
+                inputs,
+                outputs: outputs.clone(),
+            });
+            if let Some(tap) = tap {
+                tap.sent_one();
+            }
+        }
+        scatter(outputs, &replies, rows)
+    });
     let output_time = started.elapsed() - input_time - infer_time;
     // Recorded before anyone is answered, so a caller that reads the statistics after its answer sees it.
     stats.record_batch(&BatchTiming {

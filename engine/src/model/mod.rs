@@ -31,6 +31,7 @@ use crate::manifest::Manifest;
 use crate::metrics::{ModelMetrics, Outcome};
 use crate::queue::{Batch, Entry, State};
 use crate::stats::{BatchTiming, Stats};
+use crate::tap::{Observed, Tap};
 use crate::tensor::{Tensor, TensorData};
 use crate::EngineError;
 
@@ -82,6 +83,10 @@ struct Shared {
     ready: AtomicBool,
     stats: Stats,
     metrics: ModelMetrics,
+    /// Where each batch's inputs and outputs go when this version is monitored.
+    tap: std::sync::OnceLock<Tap>,
+    /// The manifest's name, shared with every batch sent to the monitor.
+    model_name: Arc<str>,
 }
 
 /// A handle on a served model version; clones share the same queue and workers.
@@ -124,6 +129,7 @@ impl Model {
         let single_row_cost = single_row_costs.into_iter().min().unwrap_or_default();
         tracing::info!(model = %manifest.name, version = manifest.version, single_row_us = single_row_cost.as_micros() as u64,
             inline_max_rows = manifest.batching.inline_max_rows, "warmed up");
+        let model_name: Arc<str> = Arc::from(manifest.name.as_str());
         let shared = Arc::new(Shared {
             slots,
             state: Mutex::new(State::new(capacity)),
@@ -138,6 +144,8 @@ impl Model {
             stats: Stats::default(),
             metrics,
             manifest,
+            tap: std::sync::OnceLock::new(),
+            model_name,
         });
         let mut workers = Vec::new();
         for i in 0..shared.slots.len() {
@@ -158,6 +166,16 @@ impl Model {
     /// How many handles on this version exist (this one included); the workers are not counted.
     pub fn handles(&self) -> usize {
         Arc::strong_count(&self.workers)
+    }
+
+    /// Monitors this version: every batch it computes from now on is copied to `tap` (once; a second tap
+    /// is ignored).
+    pub fn monitor(&self, tap: Tap) {
+        let _ = self.shared.tap.set(tap);
+    }
+
+    pub fn is_monitored(&self) -> bool {
+        self.shared.tap.get().is_some()
     }
 
     pub fn manifest(&self) -> &Manifest {
