@@ -21,7 +21,7 @@ import onnxruntime as ort
 from sklearn.ensemble import IsolationForest
 
 from pipeline import (ROOT, SEED, fixture_rows, manifest_head, materialize, spec_sha256, split_dates,
-                      write_golden, write_spec)
+                      profile, write_golden, write_spec)
 from train import isolation_forest_onnx
 
 VERSION = 2
@@ -109,6 +109,7 @@ def main():
     sample = np.concatenate([np.where(test)[0][:6], np.where(test & (labels == 1))[0][:2]])
     write_golden("anomaly", VERSION, {"features": Xf[sample]},
                  {"anomaly_score": sess.run(None, {"features": Xf[sample]})[0]}, "anomaly-v2.json")
+    profile("anomaly", VERSION, rows, holdout_start)
     print("anomaly", VERSION, metrics, "thresholds", thresholds)
 
 

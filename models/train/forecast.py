@@ -27,7 +27,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline import (ROOT, conformal_quantile, fixture_rows, manifest_head, materialize, spec_sha256,
-                      split_dates, write_golden, write_spec)
+                      split_dates, profile, write_golden, write_spec)
 
 VERSION = 2
 HORIZON = 28
@@ -195,6 +195,7 @@ def main():
     sample = np.where(T >= holdout_start)[0][:8]
     write_golden("forecast", VERSION, {"features": Xf[sample]},
                  {"forecast": sess.run(None, {"features": Xf[sample]})[0]}, "forecast-v2.json")
+    profile("forecast", VERSION, rows, holdout_start)
     print("forecast", VERSION, metrics)
 
 

@@ -65,6 +65,16 @@ def materialize(spec):
     return names, X, table
 
 
+def profile(name, version, rows, holdout_start):
+    """`mercator features profile`: the version's reference profile (profile.json), from every row before the
+    held-out period, binned and calibrated month by month by the Rust code that monitoring compares with."""
+    binary = os.environ.get("MERCATOR", "cargo run --release --quiet --bin mercator --").split()
+    first = min(r["observed_on"] for r in rows)
+    last = (holdout_start - dt.timedelta(days=1)).isoformat()
+    subprocess.run(binary + ["features", "profile", "--model", str(ROOT / "models" / name / str(version)),
+                    "--input", str(PRICES), "--from", first, "--to", last], check=True)
+
+
 def spec_sha256(spec):
     return hashlib.sha256(spec.read_bytes()).hexdigest()
 

@@ -25,7 +25,7 @@ from onnxmltools import convert_lightgbm
 from onnxmltools.convert.common.data_types import FloatTensorType
 
 from pipeline import (ROOT, SEED, conformal_quantile, fixture_rows, manifest_head, materialize, spec_sha256,
-                      split_dates, write_golden, write_spec)
+                      profile, split_dates, write_golden, write_spec)
 
 VERSION = 2
 LEVELS = [0.5, 0.8, 0.9, 0.95]
@@ -151,6 +151,7 @@ def main():
     sample = np.where(test)[0][:8]
     write_golden("price", VERSION, {"features": Xf[sample]}, {"price": predict(sample)[:, None].astype(np.float32)},
                  "price-v2.json")
+    profile("price", VERSION, rows, holdout_start)
     print("price", VERSION, metrics, "quantiles", dict(zip(LEVELS, quantiles)))
 
 

@@ -33,13 +33,36 @@ pub enum FeaturesCommand {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Writes a model version's reference profile (`profile.json` beside its manifest): each feature's and
+    /// each output's quantile bins, counts and moments over the rows of a reference period, which model
+    /// monitoring compares live traffic with. Use a period the model did not train on.
+    Profile {
+        /// The version's folder (model.toml, model.onnx, its feature spec).
+        #[arg(long)]
+        model: PathBuf,
+        /// Price observations, .csv or .parquet.
+        #[arg(long)]
+        input: PathBuf,
+        /// The reference period's first day (YYYY-MM-DD).
+        #[arg(long)]
+        from: chrono::NaiveDate,
+        /// The reference period's last day (YYYY-MM-DD).
+        #[arg(long)]
+        to: chrono::NaiveDate,
+        /// Quantile bins per numeric column at most.
+        #[arg(long, default_value_t = mercator_features::profile::DEFAULT_BINS)]
+        bins: usize,
+        /// Where to write it [default: <model>/profile.json].
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the model repository over HTTP (Open Inference Protocol, health, metrics).
     Serve(Box<ServeArgs>),
-    /// The feature pipeline: `mercator features materialize`.
+    /// The feature pipeline: `mercator features materialize`, `mercator features profile`.
     #[command(subcommand)]
     Features(FeaturesCommand),
 }
@@ -278,6 +301,34 @@ pub struct ServeArgs {
     /// Seconds a kept-alive connection may sit idle between requests before it is closed [default: 60].
     #[arg(long, env = "MERCATOR_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
+    /// Monitor every model version that has a reference profile (`profile.json`): count what it sees and
+    /// answers, and judge drift [default: true].
+    #[arg(long, env = "MERCATOR_MONITOR")]
+    pub monitor: Option<bool>,
+    /// Seconds of one bucket of live counts; windows are made of whole buckets [default: 300].
+    #[arg(long, env = "MERCATOR_MONITOR_BUCKET_SECS")]
+    pub monitor_bucket_secs: Option<u64>,
+    /// The windows monitoring reports on, comma-separated (`<n>s|m|h|d`); the first is the default and the
+    /// gauges' [default: 1h,1d].
+    #[arg(long, env = "MERCATOR_MONITOR_WINDOWS")]
+    pub monitor_windows: Option<String>,
+    /// Seconds between two writes of this replica's counts to the store (and two refreshes of the drift
+    /// gauges) [default: 10].
+    #[arg(long, env = "MERCATOR_MONITOR_FLUSH_SECS")]
+    pub monitor_flush_secs: Option<u64>,
+    /// Batches waiting to be counted at most; beyond it batches are left out of monitoring and counted in
+    /// `mercator_monitor_dropped_rows_total` (never left out of the answer) [default: 1024].
+    #[arg(long, env = "MERCATOR_MONITOR_CHANNEL_BATCHES")]
+    pub monitor_channel_batches: Option<usize>,
+    /// PSI above which a numeric column has drifted [default: 0.25].
+    #[arg(long, env = "MERCATOR_MONITOR_PSI_THRESHOLD")]
+    pub monitor_psi_threshold: Option<f64>,
+    /// Jensen-Shannon divergence (base 2) above which a categorical column has drifted [default: 0.1].
+    #[arg(long, env = "MERCATOR_MONITOR_JS_THRESHOLD")]
+    pub monitor_js_threshold: Option<f64>,
+    /// Rows a window needs before any column is judged [default: 500].
+    #[arg(long, env = "MERCATOR_MONITOR_MIN_ROWS")]
+    pub monitor_min_rows: Option<u64>,
 }
 
 /// The settings in force.
@@ -327,6 +378,10 @@ pub struct Config {
     pub fleet_max_lag: Duration,
     /// The time alerting judges by: the system's (tests move it forward instead of waiting).
     pub clock: std::sync::Arc<mercator_services::clock::Clock>,
+    /// Model monitoring; None: off.
+    pub monitor: Option<mercator_services::monitor::MonitorConfig>,
+    /// Batches waiting to be counted by monitoring at most.
+    pub monitor_channel: usize,
 }
 
 /// How sessions are signed and how long they last.
@@ -446,6 +501,8 @@ impl Default for Config {
                 max_password_hashes: 2,
             },
             clock: Default::default(),
+            monitor: Some(Default::default()),
+            monitor_channel: 1024,
         }
     }
 }
@@ -458,6 +515,7 @@ impl Config {
             None => ServeArgs::default(),
         };
         let d = Config::default();
+        let monitor = monitor(&args, &file)?;
         Ok(Config {
             addr: args.addr.or(file.addr).unwrap_or(d.addr),
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
@@ -727,6 +785,12 @@ impl Config {
                     .clamp(1, 64),
             },
             clock: d.clock,
+            monitor,
+            monitor_channel: args
+                .monitor_channel_batches
+                .or(file.monitor_channel_batches)
+                .unwrap_or(d.monitor_channel)
+                .clamp(1, 1 << 20),
         })
     }
 }
@@ -747,6 +811,66 @@ fn plan(
 /// A number of days, at least one and at most ten years.
 fn days(n: u32) -> chrono::Duration {
     chrono::Duration::days(i64::from(n.clamp(1, 3650)))
+}
+
+/// Monitoring's settings, or None when `--monitor false`.
+fn monitor(
+    args: &ServeArgs,
+    file: &ServeArgs,
+) -> Result<Option<mercator_services::monitor::MonitorConfig>, String> {
+    use mercator_services::monitor::{MonitorConfig, Window};
+    if !args.monitor.or(file.monitor).unwrap_or(true) {
+        return Ok(None);
+    }
+    let d = MonitorConfig::default();
+    let windows = match args
+        .monitor_windows
+        .as_ref()
+        .or(file.monitor_windows.as_ref())
+    {
+        Some(text) => text
+            .split(',')
+            .map(Window::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("--monitor-windows: {e}"))?,
+        None => d.windows,
+    };
+    let threshold = |flag: &str, v: Option<f64>, default: f64| match v {
+        Some(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Some(v) => Err(format!("{flag}: {v} is not a positive number")),
+        None => Ok(default),
+    };
+    Ok(Some(MonitorConfig {
+        bucket: args
+            .monitor_bucket_secs
+            .or(file.monitor_bucket_secs)
+            .map(|s| Duration::from_secs(s.clamp(1, 86_400)))
+            .unwrap_or(d.bucket),
+        windows,
+        flush: args
+            .monitor_flush_secs
+            .or(file.monitor_flush_secs)
+            .map(|s| Duration::from_secs(s.clamp(1, 3600)))
+            .unwrap_or(d.flush),
+        thresholds: mercator_features::drift::Thresholds {
+            psi: threshold(
+                "--monitor-psi-threshold",
+                args.monitor_psi_threshold.or(file.monitor_psi_threshold),
+                d.thresholds.psi,
+            )?,
+            js: threshold(
+                "--monitor-js-threshold",
+                args.monitor_js_threshold.or(file.monitor_js_threshold),
+                d.thresholds.js,
+            )?,
+            min_rows: args
+                .monitor_min_rows
+                .or(file.monitor_min_rows)
+                .unwrap_or(d.thresholds.min_rows)
+                .max(1),
+        },
+        keep_extra: d.keep_extra,
+    }))
 }
 
 fn secs(flag: Option<u64>, default: Duration) -> Duration {

@@ -115,6 +115,22 @@ pub enum ApiError {
     /// A batch's answer instead of results (too large, no room, not ready, ...).
     #[error(transparent)]
     Batch(BatchError),
+    /// A monitoring report that cannot be given (a version without a reference profile, an unknown
+    /// window).
+    #[error(transparent)]
+    Monitor(mercator_services::monitor::MonitorError),
+}
+
+/// Monitoring's error as it is, except the engine's and the store's, which have their own variants.
+impl From<mercator_services::monitor::MonitorError> for ApiError {
+    fn from(e: mercator_services::monitor::MonitorError) -> ApiError {
+        use mercator_services::monitor::MonitorError;
+        match e {
+            MonitorError::Engine(e) => e.into(),
+            MonitorError::Store(e) => e.into(),
+            e => ApiError::Monitor(e),
+        }
+    }
 }
 
 /// A batch's error as it is, except the store's about a job, which names it.
@@ -264,6 +280,7 @@ impl ApiError {
             ApiError::Predict(e) => e.code(),
             ApiError::Prediction(e) => e.code(),
             ApiError::Batch(e) => e.code(),
+            ApiError::Monitor(e) => e.code(),
             ApiError::Session(e) => e.code(),
             ApiError::Users(e) => e.code(),
             ApiError::BadRequest(_) => "bad_request",
@@ -374,9 +391,8 @@ pub fn status(code: &str) -> StatusCode {
         | "token_expired"
         | "refresh_token_reused" => StatusCode::UNAUTHORIZED,
         "forbidden" | "insufficient_scope" => StatusCode::FORBIDDEN,
-        "not_found" | "route_not_found" | "model_not_found" | "version_not_found" => {
-            StatusCode::NOT_FOUND
-        }
+        "not_found" | "route_not_found" | "model_not_found" | "version_not_found"
+        | "not_monitored" => StatusCode::NOT_FOUND,
         "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
         "body_timeout" => StatusCode::REQUEST_TIMEOUT,
         "conflict" | "results_not_ready" => StatusCode::CONFLICT,

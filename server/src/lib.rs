@@ -44,6 +44,7 @@ use mercator_services::events::{Fanout, Notification, PriceEvent};
 use mercator_services::fleet::{Follower, Projections};
 use mercator_services::ingest::Ingest;
 use mercator_services::jobs::{self, Jobs};
+use mercator_services::monitor::Monitor;
 use mercator_services::predict::Predictions;
 use mercator_services::registry::Registry;
 use mercator_services::shadow::Shadows;
@@ -84,6 +85,8 @@ impl std::ops::Deref for AppState {
 
 pub struct Shared {
     pub repository: Arc<Repository>,
+    /// Model monitoring, unless `--monitor false`.
+    pub monitor: Option<Arc<Monitor>>,
     /// Heavy requests in progress, by organization (--max-heavy-requests, --max-heavy-requests-per-org).
     pub heavy: Arc<admission::Heavy>,
     pub prometheus: PrometheusHandle,
@@ -210,6 +213,14 @@ impl App {
             config.models_dir.clone(),
             config.data_dir.clone(),
         );
+        // Versions with a reference profile copy their batches here, for monitoring to count.
+        let (tap, counted) = match config.monitor {
+            Some(_) => {
+                let (tap, rx) = mercator_engine::Tap::channel(config.monitor_channel);
+                (Some(tap.clone()), Some((tap, rx)))
+            }
+            None => (None, None),
+        };
         let repository = tokio::task::spawn_blocking(move || {
             let runtime = Runtime::load(ort_lib.as_deref()).map_err(|e| e.to_string())?;
             tracing::info!(library = %runtime.library.display(), "ONNX Runtime loaded");
@@ -222,7 +233,7 @@ impl App {
             }
             let unloaded = |name: &str, v: u64| unloaded.contains(&(name.to_string(), v));
             let repository =
-                Repository::load_except(&runtime, &import::served_dir(&data), &unloaded)
+                Repository::load_except(&runtime, &import::served_dir(&data), &unloaded, tap)
                     .map_err(|e| e.to_string())?;
             Ok::<_, String>((repository, imported))
         })
@@ -263,6 +274,25 @@ impl App {
             });
         }
         let repository = Arc::new(repository);
+        let monitor = match (&config.monitor, counted) {
+            (Some(settings), Some((tap, rx))) => {
+                let monitor = Arc::new(Monitor::new(
+                    store.clone(),
+                    repository.clone(),
+                    config.clock.clone(),
+                    import::served_dir(&config.data_dir),
+                    settings.clone(),
+                    tap,
+                ));
+                monitor
+                    .count(rx)
+                    .map_err(|e| format!("cannot start the monitor thread: {e}"))?;
+                let m = monitor.clone();
+                background::supervise("monitor", move || m.clone().run());
+                Some(monitor)
+            }
+            _ => None,
+        };
         let shadows = Arc::new(Shadows::default());
         let predictions = Arc::new(Predictions::new(
             repository.clone(),
@@ -398,6 +428,7 @@ impl App {
             }),
             alerts,
             repository,
+            monitor,
             heavy: admission::Heavy::new(
                 config.max_heavy_requests,
                 config.max_heavy_requests_per_org,

@@ -17,6 +17,23 @@ fn main() -> std::process::ExitCode {
             input,
             output,
         }) => materialize(&spec, &input, &output),
+        Command::Features(FeaturesCommand::Profile {
+            model,
+            input,
+            from,
+            to,
+            bins,
+            output,
+        }) => profile(
+            &mercator_services::monitor::reference::Request {
+                version_dir: &model,
+                input: &input,
+                from,
+                to,
+                bins: bins.clamp(2, 1000),
+            },
+            output.unwrap_or_else(|| model.join(mercator_engine::PROFILE_FILE)),
+        ),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -26,6 +43,24 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn profile(
+    request: &mercator_services::monitor::reference::Request,
+    output: std::path::PathBuf,
+) -> Result<(), String> {
+    let runtime = mercator_engine::Runtime::load(None).map_err(|e| e.to_string())?;
+    let profile = mercator_services::monitor::reference::build(&runtime, request)?;
+    let mut json = serde_json::to_string_pretty(&profile).map_err(|e| e.to_string())?;
+    json.push('\n');
+    std::fs::write(&output, json).map_err(|e| format!("{}: {e}", output.display()))?;
+    println!(
+        "{}: {} columns -> {}",
+        profile.source,
+        profile.columns.len(),
+        output.display()
+    );
+    Ok(())
 }
 
 fn materialize(

@@ -21,6 +21,8 @@
 //!   load, unload, retire, imports; every change kept in the store and announced as a model event.
 //! - [`limits`]: rate limits (GCRA) per key, user or client address by route class, in process or
 //!   shared through Redis.
+//! - [`monitor`]: model monitoring: live profiles of what each version sees and answers, merged across
+//!   replicas, judged for drift against the version's reference profile.
 //! - [`input`]: request bodies read by the API's rules (JSON naming the field at fault, CSV read as JSON).
 
 pub mod alerts;
@@ -34,6 +36,7 @@ pub mod ingest;
 pub mod input;
 pub mod jobs;
 pub mod limits;
+pub mod monitor;
 pub mod predict;
 pub mod registry;
 pub mod shadow;

@@ -21,6 +21,7 @@ mod batches;
 mod catalog;
 mod changes;
 mod models;
+mod monitor;
 mod prices;
 mod runs;
 pub mod secrets;
@@ -50,6 +51,7 @@ pub use catalog::{
 };
 pub use changes::{Change, ChangeKind, ChangeListener, Observed, PriceMoves, CHANNEL};
 pub use models::{ModelPolicy, TrafficPolicy, VersionRecord, VersionState};
+pub use monitor::MonitorCounts;
 pub use prices::{
     NewPrice, Price, PriceAnomaly, PricePatch, PricePoint, PriceQuery, PriceType, Severity,
 };

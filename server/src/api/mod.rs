@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod docs;
 pub mod extract;
 pub mod models;
+pub mod monitoring;
 pub mod openapi;
 pub mod predictions;
 pub mod prices;
@@ -31,6 +32,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(users::routes())
         .merge(audit::routes())
         .merge(models::routes())
+        .merge(monitoring::routes())
         .merge(upload::routes())
         .merge(catalog::routes())
         .merge(prices::routes())

@@ -269,6 +269,7 @@ pub const MINIMUM_ROLES: &[(&str, &str, &str)] = &[
     ("patch", "/api/v1/materials/{id}", "admin"),
     ("get", "/api/v1/models", "admin"),
     ("get", "/api/v1/models/{name}", "admin"),
+    ("get", "/api/v1/models/{name}/monitoring", "owner"),
     ("post", "/api/v1/models/{name}/rollback", "owner"),
     ("put", "/api/v1/models/{name}/traffic", "owner"),
     ("post", "/api/v1/models/{name}/versions", "owner"),
@@ -278,6 +279,11 @@ pub const MINIMUM_ROLES: &[(&str, &str, &str)] = &[
         "owner",
     ),
     ("get", "/api/v1/models/{name}/versions/{version}", "admin"),
+    (
+        "get",
+        "/api/v1/models/{name}/versions/{version}/monitoring",
+        "owner",
+    ),
     (
         "post",
         "/api/v1/models/{name}/versions/{version}/activate",

@@ -2,7 +2,8 @@
 //! anything serves it ([`mercator_services::registry`] stages, checks and serves it).
 //!
 //! Parts: `model` (the ONNX file), `manifest` (model.toml), `features` (the feature spec, when the manifest
-//! names one in `[features]`) and optionally `golden` (inputs and expected
+//! names one in `[features]`), optionally `profile` (its reference profile, `mercator features profile`:
+//! the version is then monitored) and optionally `golden` (inputs and expected
 //! outputs as V2 JSON tensors: `{"inputs": [...], "outputs": [{"name", "data"}]}`). The server gives the
 //! next version number (a name or version in the manifest is overridden). A failed upload answers 422 and
 //! changes nothing that serves; the registry keeps the version number as `failed`, with the reason.
@@ -41,7 +42,7 @@ struct GoldenPart {
 /// Register a new version of a model from an upload, validated first (platform owner).
 #[utoipa::path(post, path = "/api/v1/models/{name}/versions", tag = "models",
     params(("name" = String, Path)),
-    request_body(content_type = "multipart/form-data", description = "parts: model (ONNX), manifest (TOML), golden (JSON, optional)"),
+    request_body(content_type = "multipart/form-data", description = "parts: model (ONNX), manifest (TOML), features (TOML, when the manifest names a spec), profile (JSON, optional), golden (JSON, optional)"),
     security(("api_key" = [])),
     responses((status = 201, body = VersionView), (status = "4XX", body = ErrorEnvelope)))]
 async fn upload(
@@ -66,6 +67,7 @@ async fn upload(
                 String::from_utf8(m).map_err(|_| invalid("manifest", "must be UTF-8 TOML"))
             })?,
         features: parts.features,
+        profile: parts.profile,
         golden: parts.golden.map(|g| golden(&g)).transpose()?,
     };
     let changed = app.registry.upload(new).await?;
@@ -96,6 +98,7 @@ struct Parts {
     manifest: Option<Vec<u8>>,
     golden: Option<Vec<u8>>,
     features: Option<Vec<u8>>,
+    profile: Option<Vec<u8>>,
 }
 
 async fn read_parts(request: Request, limit: usize) -> Result<Parts, ApiError> {
@@ -110,6 +113,7 @@ async fn read_parts(request: Request, limit: usize) -> Result<Parts, ApiError> {
         manifest: None,
         golden: None,
         features: None,
+        profile: None,
     };
     let mut total = 0usize;
     while let Some(mut field) = multipart
@@ -140,10 +144,11 @@ async fn read_parts(request: Request, limit: usize) -> Result<Parts, ApiError> {
             "manifest" => parts.manifest = Some(bytes),
             "golden" => parts.golden = Some(bytes),
             "features" => parts.features = Some(bytes),
+            "profile" => parts.profile = Some(bytes),
             other => {
                 return Err(invalid(
                     other,
-                    "unknown part; the parts are model, manifest, features and golden",
+                    "unknown part; the parts are model, manifest, features, profile and golden",
                 )
                 .into())
             }

@@ -201,6 +201,10 @@ pub struct VersionDetail {
     pub manifest: Option<serde_json::Value>,
     /// When and by whom it was registered.
     pub registered: Option<VersionRecord>,
+    /// Its reference profile (`profile.json`: each feature's and output's bins, counts and moments over
+    /// the reference rows), when it has one: what monitoring compares live traffic with.
+    #[schema(value_type = Option<Object>)]
+    pub reference_profile: Option<mercator_features::profile::Profile>,
 }
 
 impl Registry {
@@ -280,10 +284,17 @@ impl Registry {
         }
         let served = self.describe(name, version, model.as_ref(), registered.as_ref());
         let manifest = manifest_of(&self.version_dir(name, version), model.as_ref());
+        let reference_profile = std::fs::read(
+            self.version_dir(name, version)
+                .join(mercator_engine::PROFILE_FILE),
+        )
+        .ok()
+        .and_then(|bytes| mercator_features::profile::Profile::parse(&bytes).ok());
         Ok(VersionDetail {
             served,
             manifest: manifest.and_then(|m| serde_json::to_value(m).ok()),
             registered,
+            reference_profile,
         })
     }
 

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mercator_engine::{import, EngineError, Manifest, Model, Tensor};
+use mercator_engine::{import, EngineError, Manifest, Model, Tensor, PROFILE_FILE};
 use mercator_store::{FieldErrors, VersionState};
 
 use super::{Changed, ModelEvent, Registry, RegistryError, VersionView};
@@ -27,7 +27,42 @@ pub struct NewVersion {
     pub manifest: String,
     /// The feature spec the manifest names in `[features]`.
     pub features: Option<Vec<u8>>,
+    /// The reference profile (`mercator features profile`): the version is monitored against it.
+    pub profile: Option<Vec<u8>>,
     pub golden: Option<Golden>,
+}
+
+/// A reference profile that reads, and whose every column is an element of one of the manifest's tensors
+/// on its side (inputs or outputs).
+fn check_profile(bytes: &[u8], manifest: &Manifest) -> Result<(), RegistryError> {
+    use mercator_features::profile::{Profile, Role};
+    let profile = Profile::parse(bytes).map_err(|e| invalid("profile", e.to_string()))?;
+    for c in &profile.columns {
+        let tensors = match c.at.role {
+            Role::Input => &manifest.inputs,
+            Role::Output => &manifest.outputs,
+        };
+        let width = tensors
+            .iter()
+            .find(|t| t.name == c.at.tensor)
+            .and_then(|t| t.fixed_row_len());
+        if width.is_none_or(|w| c.at.index >= w) {
+            return Err(invalid(
+                "profile",
+                format!(
+                    "column `{}` is element {} of `{}`, which the manifest's {} tensors do not have",
+                    c.at.name,
+                    c.at.index,
+                    c.at.tensor,
+                    match c.at.role {
+                        Role::Input => "input",
+                        Role::Output => "output",
+                    }
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Inputs and the outputs they must give.
@@ -92,6 +127,14 @@ impl Registry {
             )),
             (None, None) => Ok(()),
         };
+        let result = result.and_then(|()| match &new.profile {
+            Some(bytes) => check_profile(bytes, &manifest).and_then(|()| {
+                std::fs::create_dir_all(&staged_dir)
+                    .and_then(|()| std::fs::write(staged_dir.join(PROFILE_FILE), bytes))
+                    .map_err(|e| RegistryError::internal("staging an upload", e))
+            }),
+            None => Ok(()),
+        });
         let result = match result {
             Ok(()) => {
                 self.stage_and_check(&staged_dir, &new.model, &manifest, new.golden)

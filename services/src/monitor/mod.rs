@@ -1,0 +1,602 @@
+//! Model monitoring: what each monitored model version sees and answers, counted against the reference
+//! profile it was shipped with, and judged for drift per column.
+//!
+//! - A version is monitored when its folder holds a reference profile (`profile.json`, made by
+//!   `mercator features profile`, see [`reference`]). The engine copies each batch it computes to a bounded
+//!   channel ([`mercator_engine::Tap`]); a full channel drops the batch from monitoring, never from the
+//!   answer.
+//! - One thread (`monitor`) counts those batches into the current bucket of time (`bucket`, five minutes
+//!   by default) of their version, on the reference's bins ([`mercator_features::profile::Live`]).
+//! - Every `flush` period each replica writes its counts of the buckets it touched to the store
+//!   (`monitor_counts`, one row per version, bucket and replica). A window (the last hour, the last day) is
+//!   the merge of every replica's rows of its buckets: counts add exactly, so the fleet's window equals the
+//!   window of the combined stream, and a restart loses at most one flush period.
+//! - [`Monitor::report`] merges a window and scores every column ([`mercator_features::drift`]); the
+//!   flush loop does it for the first window too and sets the Prometheus gauges.
+
+pub mod reference;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mercator_engine::{EngineError, Observed, Repository, Tap, Tensor, PROFILE_FILE};
+use mercator_features::drift::{self, ColumnDrift, Thresholds, Verdict};
+use mercator_features::profile::{Live, Profile, Role};
+use mercator_store::{Store, StoreError};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::clock::Clock;
+
+/// How monitoring counts and judges.
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    /// Live counts are kept per bucket of this length.
+    pub bucket: Duration,
+    /// The windows a report can cover, by name ("1h", "1d"); the first is the default and the gauges'.
+    pub windows: Vec<Window>,
+    /// How often a replica writes its counts to the store (and refreshes the gauges).
+    pub flush: Duration,
+    pub thresholds: Thresholds,
+    /// Buckets older than the longest window by this much are deleted.
+    pub keep_extra: Duration,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            bucket: Duration::from_secs(300),
+            windows: vec![
+                Window::parse("1h").expect("a window"),
+                Window::parse("1d").expect("a window"),
+            ],
+            flush: Duration::from_secs(10),
+            thresholds: Thresholds::default(),
+            keep_extra: Duration::from_secs(86_400),
+        }
+    }
+}
+
+/// A named length of time, such as `15m`, `1h` or `7d`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub name: String,
+    pub length: Duration,
+}
+
+impl Window {
+    /// `<n>s`, `<n>m`, `<n>h` or `<n>d`, `n` a positive whole number.
+    pub fn parse(text: &str) -> Result<Window, String> {
+        let text = text.trim();
+        let (n, unit) = text.split_at(text.len().saturating_sub(1));
+        let seconds = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => {
+                return Err(format!(
+                    "`{text}`: give a window as <n>s, <n>m, <n>h or <n>d"
+                ))
+            }
+        };
+        match n.parse::<u64>() {
+            Ok(n) if n > 0 && n <= 366 * 86_400 / seconds => Ok(Window {
+                name: text.to_string(),
+                length: Duration::from_secs(n * seconds),
+            }),
+            _ => Err(format!(
+                "`{text}`: a window is a whole number from 1 of seconds, minutes, hours or days, up to a year"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{model} version {version} has no reference profile, so it is not monitored")]
+    NotMonitored { model: String, version: u64 },
+    #[error("model monitoring is off on this server (--monitor false)")]
+    Off,
+    #[error("unknown window `{asked}`; this server keeps {known}")]
+    UnknownWindow { asked: String, known: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl MonitorError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            MonitorError::Engine(e) => e.code(),
+            MonitorError::NotMonitored { .. } | MonitorError::Off => "not_monitored",
+            MonitorError::UnknownWindow { .. } => "bad_request",
+            MonitorError::Store(e) => e.code(),
+        }
+    }
+}
+
+/// A version's window judged against its reference.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Report {
+    pub model: String,
+    pub version: u64,
+    /// The window's name, and the time it covers (whole buckets, the current one included).
+    pub window: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Rows counted in the window, on every replica.
+    pub rows: u64,
+    /// Where the reference came from, and its rows.
+    pub reference: String,
+    pub reference_rows: u64,
+    /// `drift` when any feature drifted, `insufficient_data` below the minimum rows, else `stable`.
+    #[schema(value_type = String)]
+    pub verdict: Verdict,
+    /// The features whose verdict is drift.
+    pub drifted: Vec<String>,
+    #[schema(value_type = Vec<Object>)]
+    pub features: Vec<ColumnDrift>,
+    /// The same, on the model's outputs.
+    #[schema(value_type = Vec<Object>)]
+    pub predictions: Vec<ColumnDrift>,
+    #[schema(value_type = Object)]
+    pub thresholds: Thresholds,
+}
+
+/// The versions answering a model's requests, side by side over one window.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Comparison {
+    pub model: String,
+    pub window: String,
+    pub versions: Vec<Compared>,
+    /// Versions answering requests that have no reference profile.
+    pub not_monitored: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Compared {
+    /// Why it is here: `active`, `split` (a share of the traffic) or `shadow`.
+    pub role: &'static str,
+    #[serde(flatten)]
+    pub report: Report,
+}
+
+type Key = (Arc<str>, u64);
+
+/// One version's counts of one bucket on this replica, and whether the store has them all.
+struct Pending {
+    live: Live,
+    written: bool,
+}
+
+pub struct Monitor {
+    store: Store,
+    repository: Arc<Repository>,
+    clock: Arc<Clock>,
+    config: MonitorConfig,
+    /// Where served versions live: `<served>/<model>/<version>/profile.json`.
+    served: PathBuf,
+    /// Reference profiles read so far; `None` for a version whose file does not parse.
+    references: Mutex<HashMap<Key, Option<Arc<Profile>>>>,
+    /// This replica's counts not yet final: by version and bucket start (Unix seconds).
+    pending: Mutex<HashMap<(Key, i64), Pending>>,
+    /// The engine's side of the channel, for how many batches it has sent.
+    tap: Tap,
+    /// Batches taken from the channel and counted (or skipped) so far.
+    counted: AtomicU64,
+}
+
+/// How long a report waits for the batches answered before it was asked to be counted.
+const SETTLE: Duration = Duration::from_secs(2);
+
+impl Monitor {
+    pub fn new(
+        store: Store,
+        repository: Arc<Repository>,
+        clock: Arc<Clock>,
+        served: PathBuf,
+        config: MonitorConfig,
+        tap: Tap,
+    ) -> Monitor {
+        Monitor {
+            store,
+            repository,
+            clock,
+            config,
+            served,
+            references: Mutex::default(),
+            pending: Mutex::default(),
+            tap,
+            counted: AtomicU64::new(0),
+        }
+    }
+
+    /// Waits (up to two seconds) until every batch sent before now is counted.
+    async fn settle(&self) {
+        let target = self.tap.sent();
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        while self.counted.load(Ordering::Acquire) < target
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    pub fn config(&self) -> &MonitorConfig {
+        &self.config
+    }
+
+    /// Counts what the tap sends, on a thread of its own, until every sender is gone.
+    pub fn count(self: &Arc<Self>, mut rx: mpsc::Receiver<Observed>) -> std::io::Result<()> {
+        let monitor = self.clone();
+        std::thread::Builder::new()
+            .name("monitor".into())
+            .spawn(move || {
+                while let Some(batch) = rx.blocking_recv() {
+                    let counted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        monitor.observe(&batch)
+                    }));
+                    if let Err(payload) = counted {
+                        let message = mercator_engine::metrics::panic_message(payload.as_ref());
+                        mercator_engine::metrics::count_panic("monitor", &message);
+                    }
+                    monitor.counted.fetch_add(1, Ordering::AcqRel);
+                }
+            })
+            .map(|_| ())
+    }
+
+    /// Counts one batch into its version's current bucket.
+    pub fn observe(&self, batch: &Observed) {
+        let key: Key = (batch.model.clone(), batch.version);
+        let Some(reference) = self.reference(&key) else {
+            return;
+        };
+        let columns: Vec<Option<(Vec<f64>, usize)>> = reference
+            .columns
+            .iter()
+            .map(|c| {
+                let tensors = match c.at.role {
+                    Role::Input => &batch.inputs,
+                    Role::Output => &batch.outputs,
+                };
+                tensors
+                    .iter()
+                    .find(|t| t.name == c.at.tensor)
+                    .filter(|t| c.at.index < t.row_len() && t.rows() == batch.rows)
+                    .map(|t: &Tensor| (t.data.to_f64(), t.row_len()))
+            })
+            .collect();
+        let bucket = self.bucket_of(self.clock.now());
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = pending.entry((key, bucket)).or_insert_with(|| Pending {
+            live: reference.empty(),
+            written: false,
+        });
+        entry
+            .live
+            .observe_rows(&reference, batch.rows, |c, r| match &columns[c] {
+                Some((values, width)) => values[r * width + reference.columns[c].at.index],
+                None => f64::NAN,
+            });
+        entry.written = false;
+    }
+
+    /// The reference profile of a version, read from its folder the first time it is asked for.
+    fn reference(&self, key: &Key) -> Option<Arc<Profile>> {
+        let mut known = self.references.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(profile) = known.get(key) {
+            return profile.clone();
+        }
+        let path = self
+            .served
+            .join(&*key.0)
+            .join(key.1.to_string())
+            .join(PROFILE_FILE);
+        let profile = match std::fs::read(&path).map(|b| Profile::parse(&b)) {
+            Ok(Ok(p)) => Some(Arc::new(p)),
+            Ok(Err(e)) => {
+                tracing::warn!(path = %path.display(), error = %e, "a reference profile that cannot be read: the version is not monitored");
+                None
+            }
+            // Not served yet (an upload's golden check runs while it is staged): asked again next time.
+            Err(_) => return None,
+        };
+        known.insert(key.clone(), profile.clone());
+        profile
+    }
+
+    fn bucket_secs(&self) -> i64 {
+        self.config.bucket.as_secs().max(1) as i64
+    }
+
+    fn bucket_of(&self, at: DateTime<Utc>) -> i64 {
+        at.timestamp().div_euclid(self.bucket_secs()) * self.bucket_secs()
+    }
+
+    /// Writes this replica's counts that the store does not have yet; forgets buckets that are over.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let current = self.bucket_of(self.clock.now());
+        let unwritten: Vec<((Key, i64), String, u64)> = {
+            let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending
+                .iter()
+                .filter(|(_, p)| !p.written)
+                .filter_map(|(k, p)| {
+                    let json = serde_json::to_string(&p.live).ok()?;
+                    Some((k.clone(), json, p.live.rows))
+                })
+                .collect()
+        };
+        for (((model, version), bucket), json, rows) in &unwritten {
+            self.store
+                .put_monitor_counts(model, *version, *bucket, *rows, json)
+                .await?;
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = pending.get_mut(&((model.clone(), *version), *bucket)) {
+                // Counted again since the copy was taken: written next time.
+                if p.live.rows == *rows {
+                    p.written = true;
+                }
+            }
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(_, bucket), p| !p.written || *bucket >= current);
+        Ok(())
+    }
+
+    /// The window a report covers, by name; none names the first.
+    pub fn window(&self, name: Option<&str>) -> Result<&Window, MonitorError> {
+        match name {
+            None => Ok(&self.config.windows[0]),
+            Some(asked) => self
+                .config
+                .windows
+                .iter()
+                .find(|w| w.name == asked)
+                .ok_or_else(|| MonitorError::UnknownWindow {
+                    asked: asked.to_string(),
+                    known: self
+                        .config
+                        .windows
+                        .iter()
+                        .map(|w| w.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }),
+        }
+    }
+
+    /// A version's window, merged across replicas, judged column by column.
+    pub async fn report(
+        &self,
+        model: &str,
+        version: u64,
+        window: Option<&str>,
+    ) -> Result<Report, MonitorError> {
+        let window = self.window(window)?.clone();
+        let served = self.repository.get(model, Some(&version.to_string()))?;
+        let key: Key = (Arc::from(served.manifest().name.as_str()), version);
+        let reference = self
+            .reference(&key)
+            .ok_or_else(|| MonitorError::NotMonitored {
+                model: model.to_string(),
+                version,
+            })?;
+        self.settle().await;
+        self.flush().await?;
+        let now = self.clock.now();
+        let to = self.bucket_of(now) + self.bucket_secs();
+        let from = to - (window.length.as_secs() as i64).max(self.bucket_secs());
+        let mut live = reference.empty();
+        for row in self.store.monitor_counts(model, version, from, to).await? {
+            match serde_json::from_str::<Live>(&row.counts) {
+                Ok(counts) => {
+                    if let Err(e) = live.merge(&counts) {
+                        tracing::warn!(model, version, bucket = row.bucket, replica = %row.replica, error = %e, "monitor counts of another reference skipped");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(model, version, bucket = row.bucket, error = %e, "unreadable monitor counts skipped")
+                }
+            }
+        }
+        Ok(judge(
+            &reference,
+            &live,
+            &self.config.thresholds,
+            model,
+            version,
+            &window,
+            (from, to),
+        ))
+    }
+
+    /// The versions that answer the model's requests (the active one, any with a share of the traffic,
+    /// the shadow), each judged over the window.
+    pub async fn compare(
+        &self,
+        model: &str,
+        window: Option<&str>,
+    ) -> Result<Comparison, MonitorError> {
+        let window_name = self.window(window)?.name.clone();
+        let mut versions: Vec<(u64, &'static str)> = Vec::new();
+        if let Some(active) = self.repository.active(model) {
+            versions.push((active, "active"));
+        }
+        if let Some(traffic) = self.repository.traffic(model) {
+            for &(version, _) in &traffic.split {
+                if !versions.iter().any(|(v, _)| *v == version) {
+                    versions.push((version, "split"));
+                }
+            }
+        }
+        if let Some(shadow) = self.repository.shadow(model) {
+            let version = shadow.manifest().version;
+            if !versions.iter().any(|(v, _)| *v == version) {
+                versions.push((version, "shadow"));
+            }
+        }
+        if versions.is_empty() {
+            return Err(EngineError::ModelNotFound(model.to_string()).into());
+        }
+        let mut compared = Vec::new();
+        let mut not_monitored = Vec::new();
+        for (version, role) in versions {
+            match self.report(model, version, Some(&window_name)).await {
+                Ok(report) => compared.push(Compared { role, report }),
+                Err(MonitorError::NotMonitored { .. }) => not_monitored.push(version),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Comparison {
+            model: model.to_string(),
+            window: window_name,
+            versions: compared,
+            not_monitored,
+        })
+    }
+
+    /// Writes the counts, deletes what no window reaches any more, and sets the gauges of every monitored
+    /// version from its first window, every `flush` period until the server stops.
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.flush);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rounds: u64 = 0;
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.flush().await {
+                tracing::warn!(error = %e, "monitor counts not written; they are kept for the next round");
+                continue;
+            }
+            rounds += 1;
+            if rounds % 60 == 1 {
+                let longest = self.config.windows.iter().map(|w| w.length).max();
+                let keep =
+                    longest.unwrap_or_default() + self.config.keep_extra + self.config.bucket;
+                let before = self.clock.now().timestamp() - keep.as_secs() as i64;
+                if let Err(e) = self.store.prune_monitor_counts(before).await {
+                    tracing::warn!(error = %e, "old monitor counts not deleted");
+                }
+            }
+            self.set_gauges().await;
+        }
+    }
+
+    async fn set_gauges(&self) {
+        let monitored: Vec<Key> = self
+            .repository
+            .all()
+            .into_iter()
+            .filter(|m| m.is_monitored())
+            .map(|m| (Arc::from(m.manifest().name.as_str()), m.manifest().version))
+            .collect();
+        for (model, version) in monitored {
+            match self.report(&model, version, None).await {
+                Ok(report) => gauges(&report),
+                Err(e) => tracing::debug!(%model, version, error = %e, "no monitoring gauges"),
+            }
+        }
+    }
+}
+
+/// The report of `live` against `reference`.
+fn judge(
+    reference: &Profile,
+    live: &Live,
+    thresholds: &Thresholds,
+    model: &str,
+    version: u64,
+    window: &Window,
+    (from, to): (i64, i64),
+) -> Report {
+    let scored: Vec<ColumnDrift> = reference
+        .columns
+        .iter()
+        .zip(&live.columns)
+        .map(|(column, counts)| drift::column(column, counts, thresholds))
+        .collect();
+    let (features, predictions): (Vec<_>, Vec<_>) =
+        scored.into_iter().partition(|c| c.role == Role::Input);
+    let drifted: Vec<String> = features
+        .iter()
+        .filter(|c| c.verdict == Verdict::Drift)
+        .map(|c| c.name.clone())
+        .collect();
+    let verdict = if !drifted.is_empty() {
+        Verdict::Drift
+    } else if live.rows < thresholds.min_rows {
+        Verdict::InsufficientData
+    } else {
+        Verdict::Stable
+    };
+    let time = |s: i64| DateTime::from_timestamp(s, 0).unwrap_or_default();
+    Report {
+        model: model.to_string(),
+        version,
+        window: window.name.clone(),
+        from: time(from),
+        to: time(to),
+        rows: live.rows,
+        reference: reference.source.clone(),
+        reference_rows: reference.rows,
+        verdict,
+        drifted,
+        features,
+        predictions,
+        thresholds: *thresholds,
+    }
+}
+
+/// `mercator_feature_drift` and `mercator_prediction_drift` (the verdict's metric) and
+/// `mercator_monitor_window_rows`, per model and version.
+fn gauges(report: &Report) {
+    use metrics::gauge;
+    let (model, version) = (report.model.clone(), report.version.to_string());
+    gauge!(WINDOW_ROWS, "model" => model.clone(), "version" => version.clone())
+        .set(report.rows as f64);
+    for (name, columns) in [
+        (FEATURE_DRIFT, &report.features),
+        (PREDICTION_DRIFT, &report.predictions),
+    ] {
+        for c in columns {
+            if let Some(v) = c.value {
+                gauge!(name, "model" => model.clone(), "version" => version.clone(),
+                    "column" => c.name.clone(), "metric" => c.metric)
+                .set(v);
+            }
+        }
+    }
+}
+
+pub const FEATURE_DRIFT: &str = "mercator_feature_drift";
+pub const PREDICTION_DRIFT: &str = "mercator_prediction_drift";
+pub const WINDOW_ROWS: &str = "mercator_monitor_window_rows";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_parse_from_a_number_and_a_unit_and_nothing_else() {
+        assert_eq!(
+            Window::parse("15m").unwrap().length,
+            Duration::from_secs(900)
+        );
+        assert_eq!(
+            Window::parse("1d").unwrap().length,
+            Duration::from_secs(86_400)
+        );
+        for bad in ["", "h", "0h", "-1h", "1w", "1.5h", "9999d", "1 h"] {
+            assert!(Window::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
