@@ -145,6 +145,10 @@ pub struct AnomalyThresholds {
     pub medium: f64,
     pub high: f64,
     pub calibration_rows: u64,
+    /// The share of clean calibration prices each threshold flags (low, medium, high): what monitoring
+    /// compares the share flagged in service with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibrated_rates: Option<[f64; 3]>,
 }
 
 /// A file name that stays in its folder: 1 to 128 of letters, digits, `.`, `-`, `_`, not starting with `.`.

@@ -182,6 +182,14 @@ impl Series {
             .map(|(d, t)| (*d, t.agg))
     }
 
+    /// The earliest day in `[from, to]` with prices, and its sums.
+    pub fn earliest(&self, from: Day, to: Day) -> Option<(Day, Agg)> {
+        if from > to {
+            return None;
+        }
+        self.days.range(from..=to).next().map(|(d, t)| (*d, t.agg))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.days.is_empty()
     }

@@ -110,6 +110,26 @@ impl OnlineHistory {
         assemble(spec, input, history)
     }
 
+    /// The first day in `[from, to]` with prices of `material` (from `supplier`, when given), and their
+    /// mean price that day: what a prediction made for that day is checked against.
+    pub fn first_price(
+        &self,
+        organization: &str,
+        material: &str,
+        supplier: Option<&str>,
+        from: crate::Day,
+        to: crate::Day,
+    ) -> Option<(crate::Day, f64)> {
+        let orgs = self.orgs.read().unwrap_or_else(|e| e.into_inner());
+        let history = orgs.get(organization)?.get(material)?;
+        let series = match supplier {
+            Some(s) => history.by_supplier.get(s)?,
+            None => &history.market,
+        };
+        let (day, agg) = series.earliest(from, to)?;
+        (agg.n > 0).then(|| (day, agg.sum as f64 / agg.n as f64 / UNITS_PER_PRICE as f64))
+    }
+
     /// Runs `f` on the material's market series (empty when it has no prices), under the shared lock.
     pub fn with_market<T>(
         &self,

@@ -288,6 +288,7 @@ impl Profile {
     pub fn empty(&self) -> Live {
         Live {
             rows: 0,
+            flagged: Vec::new(),
             columns: self
                 .columns
                 .iter()
@@ -374,6 +375,10 @@ pub fn quantile_edges(values: &[f64], bins: usize) -> Vec<f32> {
 pub struct Live {
     pub rows: u64,
     pub columns: Vec<Counts>,
+    /// Rows at or above each of the version's alert thresholds, when it has some (an anomaly model's low,
+    /// medium and high).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flagged: Vec<u64>,
 }
 
 impl Live {
@@ -402,6 +407,12 @@ impl Live {
         }
         for (a, b) in self.columns.iter_mut().zip(&other.columns) {
             a.merge(b)?;
+        }
+        if self.flagged.len() < other.flagged.len() {
+            self.flagged.resize(other.flagged.len(), 0);
+        }
+        for (a, b) in self.flagged.iter_mut().zip(&other.flagged) {
+            *a += b;
         }
         self.rows += other.rows;
         Ok(())
@@ -490,6 +501,7 @@ mod tests {
         let other = Live {
             rows: 1,
             columns: vec![Counts::empty(3)],
+            flagged: vec![1],
         };
         assert!(whole.merge(&other).is_err());
     }

@@ -101,7 +101,8 @@ def main():
         "[features]", 'spec = "features.toml"', f'sha256 = "{spec_sha256(spec)}"', "",
         "[anomaly]", f'method = "thresholds flag {FLAG_RATES["low"]:.1%}, {FLAG_RATES["medium"]:.1%} and {FLAG_RATES["high"]:.1%} of the clean calibration prices"',
     ] + [f"{k} = {round(v, 6)}" for k, v in thresholds.items()] + [
-        f"calibration_rows = {int((cal & (labels == 0)).sum())}", "",
+        f"calibration_rows = {int((cal & (labels == 0)).sum())}",
+        f"calibrated_rates = {json.dumps([FLAG_RATES[k] for k in ('low', 'medium', 'high')])}", "",
         "[metrics]",
     ] + [f"{k} = {json.dumps(v)}" for k, v in metrics.items()]
     (out / "model.toml").write_text("\n".join(lines) + "\n")

@@ -329,6 +329,24 @@ pub struct ServeArgs {
     /// Rows a window needs before any column is judged [default: 500].
     #[arg(long, env = "MERCATOR_MONITOR_MIN_ROWS")]
     pub monitor_min_rows: Option<u64>,
+    /// The share of price predictions logged to be checked against the prices that follow (0 to 1)
+    /// [default: 0.05].
+    #[arg(long, env = "MERCATOR_MONITOR_LOG_SAMPLE")]
+    pub monitor_log_sample: Option<f64>,
+    /// Logged predictions waiting to be written at most; beyond it they are dropped and counted in
+    /// `mercator_prediction_log_dropped_total` [default: 65536].
+    #[arg(long, env = "MERCATOR_MONITOR_LOG_CHANNEL_ROWS")]
+    pub monitor_log_channel_rows: Option<usize>,
+    /// Days after a prediction's day within which an observed price of the same material and supplier
+    /// labels it [default: 7].
+    #[arg(long, env = "MERCATOR_MONITOR_LABEL_DAYS")]
+    pub monitor_label_days: Option<u32>,
+    /// Days logged predictions are kept [default: 90].
+    #[arg(long, env = "MERCATOR_MONITOR_LOG_RETENTION_DAYS")]
+    pub monitor_log_retention_days: Option<u32>,
+    /// Logged predictions one report checks at most (the latest of its window) [default: 200000].
+    #[arg(long, env = "MERCATOR_MONITOR_ACCURACY_MAX_ROWS")]
+    pub monitor_accuracy_max_rows: Option<usize>,
 }
 
 /// The settings in force.
@@ -870,6 +888,31 @@ fn monitor(
                 .max(1),
         },
         keep_extra: d.keep_extra,
+        log_sample: match args.monitor_log_sample.or(file.monitor_log_sample) {
+            Some(v) if (0.0..=1.0).contains(&v) => v,
+            Some(v) => return Err(format!("--monitor-log-sample: {v} is not between 0 and 1")),
+            None => d.log_sample,
+        },
+        log_channel: args
+            .monitor_log_channel_rows
+            .or(file.monitor_log_channel_rows)
+            .unwrap_or(d.log_channel)
+            .clamp(1, 1 << 24),
+        label_days: args
+            .monitor_label_days
+            .or(file.monitor_label_days)
+            .unwrap_or(d.label_days)
+            .clamp(1, 366),
+        log_retention: args
+            .monitor_log_retention_days
+            .or(file.monitor_log_retention_days)
+            .map(|days| Duration::from_secs(u64::from(days.clamp(1, 36_500)) * 86_400))
+            .unwrap_or(d.log_retention),
+        accuracy_max_rows: args
+            .monitor_accuracy_max_rows
+            .or(file.monitor_accuracy_max_rows)
+            .unwrap_or(d.accuracy_max_rows)
+            .clamp(1, 10_000_000),
     }))
 }
 

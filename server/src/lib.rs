@@ -274,6 +274,14 @@ impl App {
             });
         }
         let repository = Arc::new(repository);
+        let shadows = Arc::new(Shadows::default());
+        let predictions = Arc::new(Predictions::new(
+            repository.clone(),
+            store.clone(),
+            config.data_dir.clone(),
+            shadows.clone(),
+            config.max_bulk_rows,
+        ));
         let monitor = match (&config.monitor, counted) {
             (Some(settings), Some((tap, rx))) => {
                 let monitor = Arc::new(Monitor::new(
@@ -283,7 +291,10 @@ impl App {
                     import::served_dir(&config.data_dir),
                     settings.clone(),
                     tap,
+                    predictions.clone(),
                 ));
+                predictions.log_to(monitor.prediction_log());
+                tokio::spawn(monitor.clone().write_log());
                 monitor
                     .count(rx)
                     .map_err(|e| format!("cannot start the monitor thread: {e}"))?;
@@ -293,14 +304,6 @@ impl App {
             }
             _ => None,
         };
-        let shadows = Arc::new(Shadows::default());
-        let predictions = Arc::new(Predictions::new(
-            repository.clone(),
-            store.clone(),
-            config.data_dir.clone(),
-            shadows.clone(),
-            config.max_bulk_rows,
-        ));
         let started = std::time::Instant::now();
         let (prices, history_at) = predictions.rebuild().await?;
         tracing::info!(

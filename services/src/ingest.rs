@@ -84,6 +84,7 @@ impl Ingest {
             .history
             .add(written.iter().map(|p| observation(org, p)));
         self.score(org, &mut written).await;
+        count(&written);
         self.alerts.on_ingest(org, &written).await;
         self.prices
             .send(org, written.iter().map(|p| Arc::new(p.clone())));
@@ -148,6 +149,25 @@ impl Ingest {
         }
         for (p, s) in prices.iter_mut().zip(scores) {
             p.anomaly = s;
+        }
+    }
+}
+
+/// Prices written, and the anomalies among them by severity (the product's `price_updates_total` and
+/// `price_anomalies_total`; no organization or material label, so the series stay few).
+pub const PRICE_UPDATES: &str = "price_updates_total";
+pub const PRICE_ANOMALIES: &str = "price_anomalies_total";
+
+fn count(written: &[Price]) {
+    metrics::counter!(PRICE_UPDATES).increment(written.len() as u64);
+    for p in written {
+        if let Some(a) = p.anomaly.as_ref().filter(|a| a.is_anomaly) {
+            let severity = match a.severity {
+                Some(mercator_store::Severity::High) => "high",
+                Some(mercator_store::Severity::Medium) => "medium",
+                _ => "low",
+            };
+            metrics::counter!(PRICE_ANOMALIES, "severity" => severity).increment(1);
         }
     }
 }

@@ -51,7 +51,7 @@ pub use catalog::{
 };
 pub use changes::{Change, ChangeKind, ChangeListener, Observed, PriceMoves, CHANNEL};
 pub use models::{ModelPolicy, TrafficPolicy, VersionRecord, VersionState};
-pub use monitor::MonitorCounts;
+pub use monitor::{LoggedPrediction, MonitorCounts};
 pub use prices::{
     NewPrice, Price, PriceAnomaly, PricePatch, PricePoint, PriceQuery, PriceType, Severity,
 };

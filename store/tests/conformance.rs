@@ -348,8 +348,106 @@ on_both!(
     batch_jobs_commit_each_chunk_once_and_stay_in_their_organization,
     a_missing_number_and_a_number_share_one_statement,
     users_and_refresh_tokens_rotate_once,
-    audit_events_keep_their_origin_and_age_out
+    audit_events_keep_their_origin_and_age_out,
+    monitor_counts_and_logged_predictions_are_kept_by_version_and_time
 );
+
+/// A replica's counts of a bucket are replaced by its later write and read beside another replica's, by
+/// version and bucket range; logged predictions are written once by id, read newest first within a time
+/// range and a limit, and both age out.
+async fn monitor_counts_and_logged_predictions_are_kept_by_version_and_time(store: Store) {
+    use mercator_store::LoggedPrediction;
+    store
+        .put_monitor_counts("price", 2, 600, 10, "{\"a\":1}")
+        .await
+        .unwrap();
+    store
+        .put_monitor_counts("price", 2, 600, 25, "{\"a\":2}")
+        .await
+        .unwrap();
+    store
+        .put_monitor_counts("price", 2, 900, 5, "{}")
+        .await
+        .unwrap();
+    store
+        .put_monitor_counts("price", 3, 600, 7, "{}")
+        .await
+        .unwrap();
+    let rows = store.monitor_counts("price", 2, 600, 900).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].rows_counted, rows[0].counts.as_str()),
+        (25, "{\"a\":2}")
+    );
+    assert_eq!(
+        store
+            .monitor_counts("price", 2, 0, 10_000)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(store.prune_monitor_counts(900).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .monitor_counts("price", 2, 0, 10_000)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let logged = |id: &str, at: i64| LoggedPrediction {
+        id: id.into(),
+        organization_id: "org".into(),
+        model: "price".into(),
+        version: 2,
+        material_id: "m".into(),
+        supplier_id: (at % 2 == 0).then(|| "s".to_string()),
+        as_of_day: 20_000,
+        quantity: 3.5,
+        predicted: 4.25,
+        lower_bound: 4.0,
+        upper_bound: 4.5,
+        level: 0.8,
+        inputs_digest: "ab".into(),
+        created_at: at,
+    };
+    let rows: Vec<_> = (0..150)
+        .map(|i| logged(&format!("p{i:03}"), 1000 + i))
+        .collect();
+    store.insert_prediction_logs(&rows).await.unwrap();
+    store.insert_prediction_logs(&rows[..3]).await.unwrap();
+    let read = store
+        .prediction_logs("price", 2, 1000, 1100, 1000)
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 100);
+    assert_eq!(read[0], rows[99]);
+    assert_eq!(read[99], rows[0]);
+    let latest = store
+        .prediction_logs("price", 2, 0, i64::MAX, 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        latest.iter().map(|r| r.created_at).collect::<Vec<_>>(),
+        [1149, 1148, 1147, 1146, 1145]
+    );
+    assert!(store
+        .prediction_logs("price", 3, 0, i64::MAX, 5)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.prune_prediction_logs(1140).await.unwrap(), 140);
+    assert_eq!(
+        store
+            .prediction_logs("price", 2, 0, i64::MAX, 1000)
+            .await
+            .unwrap()
+            .len(),
+        10
+    );
+}
 
 /// A job's chunks are written before the job and claimed by any replica under a lease, fairly across
 /// organizations, two claims never getting one chunk; a chunk commits once, only under the claim that holds

@@ -13,7 +13,11 @@
 //!   window of the combined stream, and a restart loses at most one flush period.
 //! - [`Monitor::report`] merges a window and scores every column ([`mercator_features::drift`]); the
 //!   flush loop does it for the first window too and sets the Prometheus gauges.
+//! - Price predictions are sampled into a log ([`log`]) and checked against the prices that follow
+//!   ([`accuracy`]); an anomaly model's share of rows over each threshold is counted with its columns.
 
+pub mod accuracy;
+pub mod log;
 pub mod reference;
 
 use std::collections::HashMap;
@@ -44,6 +48,16 @@ pub struct MonitorConfig {
     pub thresholds: Thresholds,
     /// Buckets older than the longest window by this much are deleted.
     pub keep_extra: Duration,
+    /// The share of price predictions logged for realized accuracy (0 to 1).
+    pub log_sample: f64,
+    /// Logged rows waiting to be written at most; beyond it rows are dropped and counted.
+    pub log_channel: usize,
+    /// Days after a prediction's day within which an observed price labels it.
+    pub label_days: u32,
+    /// How long logged predictions are kept.
+    pub log_retention: Duration,
+    /// Logged predictions one report checks at most (the latest of its window).
+    pub accuracy_max_rows: usize,
 }
 
 impl Default for MonitorConfig {
@@ -57,6 +71,11 @@ impl Default for MonitorConfig {
             flush: Duration::from_secs(10),
             thresholds: Thresholds::default(),
             keep_extra: Duration::from_secs(86_400),
+            log_sample: 0.05,
+            log_channel: 65_536,
+            label_days: 7,
+            log_retention: Duration::from_secs(90 * 86_400),
+            accuracy_max_rows: 200_000,
         }
     }
 }
@@ -147,6 +166,32 @@ pub struct Report {
     pub predictions: Vec<ColumnDrift>,
     #[schema(value_type = Object)]
     pub thresholds: Thresholds,
+    /// A price model's logged predictions of the window against the prices that followed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<accuracy::Accuracy>,
+    /// An anomaly model's share of rows at or above each threshold, against its calibration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anomaly_rates: Option<Vec<FlagRate>>,
+}
+
+/// The share of a window's rows an anomaly threshold flagged.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FlagRate {
+    pub level: &'static str,
+    pub threshold: f64,
+    pub flagged: u64,
+    pub share: f64,
+    /// The share of clean calibration prices it flagged, when the manifest says.
+    pub calibrated: Option<f64>,
+}
+
+/// What a monitored version is compared with.
+struct Reference {
+    profile: Profile,
+    /// An anomaly model's thresholds (low, medium, high) and the shares they flagged in calibration.
+    anomaly: Option<([f64; 3], Option<[f64; 3]>)>,
+    /// Whether its predictions are logged (a price model).
+    logs: bool,
 }
 
 /// The versions answering a model's requests, side by side over one window.
@@ -183,13 +228,17 @@ pub struct Monitor {
     /// Where served versions live: `<served>/<model>/<version>/profile.json`.
     served: PathBuf,
     /// Reference profiles read so far; `None` for a version whose file does not parse.
-    references: Mutex<HashMap<Key, Option<Arc<Profile>>>>,
+    references: Mutex<HashMap<Key, Option<Arc<Reference>>>>,
+    predictions: Arc<crate::predict::Predictions>,
     /// This replica's counts not yet final: by version and bucket start (Unix seconds).
     pending: Mutex<HashMap<(Key, i64), Pending>>,
     /// The engine's side of the channel, for how many batches it has sent.
     tap: Tap,
     /// Batches taken from the channel and counted (or skipped) so far.
     counted: AtomicU64,
+    /// The prediction log, and its writer until it is started.
+    log: log::PredictionLog,
+    writer: Mutex<Option<log::Writer>>,
 }
 
 /// How long a report waits for the batches answered before it was asked to be counted.
@@ -203,8 +252,14 @@ impl Monitor {
         served: PathBuf,
         config: MonitorConfig,
         tap: Tap,
+        predictions: Arc<crate::predict::Predictions>,
     ) -> Monitor {
+        let (log, writer) =
+            log::PredictionLog::channel(config.log_sample, config.log_channel, clock.clone());
         Monitor {
+            log,
+            writer: Mutex::new(Some(writer)),
+            predictions,
             store,
             repository,
             clock,
@@ -217,14 +272,30 @@ impl Monitor {
         }
     }
 
-    /// Waits (up to two seconds) until every batch sent before now is counted.
+    /// Waits (up to two seconds) until every batch sent before now is counted, and every prediction
+    /// logged before now is written.
     async fn settle(&self) {
         let target = self.tap.sent();
+        let logged = self.log.counts().sent.load(Ordering::Acquire);
         let deadline = tokio::time::Instant::now() + SETTLE;
-        while self.counted.load(Ordering::Acquire) < target
+        while (self.counted.load(Ordering::Acquire) < target
+            || self.log.counts().done.load(Ordering::Acquire) < logged)
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// The prediction log's sending side, for the predictions service.
+    pub fn prediction_log(&self) -> log::PredictionLog {
+        self.log.clone()
+    }
+
+    /// Writes the prediction log to the store until the server stops (once; later calls return at once).
+    pub async fn write_log(self: Arc<Self>) {
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(writer) = writer {
+            writer.run(self.store.clone()).await;
         }
     }
 
@@ -259,6 +330,7 @@ impl Monitor {
             return;
         };
         let columns: Vec<Option<(Vec<f64>, usize)>> = reference
+            .profile
             .columns
             .iter()
             .map(|c| {
@@ -275,21 +347,33 @@ impl Monitor {
             .collect();
         let bucket = self.bucket_of(self.clock.now());
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let profile = &reference.profile;
         let entry = pending.entry((key, bucket)).or_insert_with(|| Pending {
-            live: reference.empty(),
+            live: profile.empty(),
             written: false,
         });
         entry
             .live
-            .observe_rows(&reference, batch.rows, |c, r| match &columns[c] {
-                Some((values, width)) => values[r * width + reference.columns[c].at.index],
+            .observe_rows(profile, batch.rows, |c, r| match &columns[c] {
+                Some((values, width)) => values[r * width + profile.columns[c].at.index],
                 None => f64::NAN,
             });
+        // An anomaly model's score is its first output.
+        if let (Some((thresholds, _)), Some(score)) = (&reference.anomaly, batch.outputs.first()) {
+            let (scores, width) = (score.data.to_f64(), score.row_len().max(1));
+            entry.live.flagged.resize(3, 0);
+            for r in 0..batch.rows.min(scores.len() / width) {
+                let s = scores[r * width];
+                for (flagged, t) in entry.live.flagged.iter_mut().zip(thresholds) {
+                    *flagged += u64::from(s >= *t);
+                }
+            }
+        }
         entry.written = false;
     }
 
     /// The reference profile of a version, read from its folder the first time it is asked for.
-    fn reference(&self, key: &Key) -> Option<Arc<Profile>> {
+    fn reference(&self, key: &Key) -> Option<Arc<Reference>> {
         let mut known = self.references.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(profile) = known.get(key) {
             return profile.clone();
@@ -299,8 +383,20 @@ impl Monitor {
             .join(&*key.0)
             .join(key.1.to_string())
             .join(PROFILE_FILE);
+        let manifest = self
+            .repository
+            .get(&key.0, Some(&key.1.to_string()))
+            .ok()
+            .map(|m| m.manifest().clone());
         let profile = match std::fs::read(&path).map(|b| Profile::parse(&b)) {
-            Ok(Ok(p)) => Some(Arc::new(p)),
+            Ok(Ok(profile)) => Some(Arc::new(Reference {
+                profile,
+                anomaly: manifest.as_ref().and_then(|m| {
+                    let a = m.anomaly.as_ref()?;
+                    Some(([a.low, a.medium, a.high], a.calibrated_rates))
+                }),
+                logs: manifest.is_some_and(|m| m.kind == mercator_engine::ModelKind::Price),
+            })),
             Ok(Err(e)) => {
                 tracing::warn!(path = %path.display(), error = %e, "a reference profile that cannot be read: the version is not monitored");
                 None
@@ -396,7 +492,7 @@ impl Monitor {
         let now = self.clock.now();
         let to = self.bucket_of(now) + self.bucket_secs();
         let from = to - (window.length.as_secs() as i64).max(self.bucket_secs());
-        let mut live = reference.empty();
+        let mut live = reference.profile.empty();
         for row in self.store.monitor_counts(model, version, from, to).await? {
             match serde_json::from_str::<Live>(&row.counts) {
                 Ok(counts) => {
@@ -409,14 +505,62 @@ impl Monitor {
                 }
             }
         }
-        Ok(judge(
-            &reference,
+        let mut report = judge(
+            &reference.profile,
             &live,
             &self.config.thresholds,
             model,
             version,
             &window,
             (from, to),
+        );
+        report.anomaly_rates = reference.anomaly.map(|(thresholds, calibrated)| {
+            ["low", "medium", "high"]
+                .into_iter()
+                .enumerate()
+                .map(|(i, level)| {
+                    let flagged = live.flagged.get(i).copied().unwrap_or(0);
+                    FlagRate {
+                        level,
+                        threshold: thresholds[i],
+                        flagged,
+                        share: if live.rows > 0 {
+                            flagged as f64 / live.rows as f64
+                        } else {
+                            0.0
+                        },
+                        calibrated: calibrated.map(|c| c[i]),
+                    }
+                })
+                .collect()
+        });
+        if reference.logs {
+            report.accuracy = Some(self.accuracy(model, version, (from, to)).await?);
+        }
+        Ok(report)
+    }
+
+    /// The realized accuracy of the version's predictions logged in `[from, to)` (Unix seconds).
+    async fn accuracy(
+        &self,
+        model: &str,
+        version: u64,
+        (from, to): (i64, i64),
+    ) -> Result<accuracy::Accuracy, MonitorError> {
+        let cap = self.config.accuracy_max_rows.max(1);
+        let logged = self
+            .store
+            .prediction_logs(model, version, from * 1000, to * 1000, cap as i64 + 1)
+            .await?;
+        let truncated = logged.len() > cap;
+        let logged = &logged[..logged.len().min(cap)];
+        let today = mercator_features::day_of(self.clock.now().date_naive());
+        Ok(accuracy::realized(
+            logged,
+            truncated,
+            &self.predictions.history,
+            self.config.label_days,
+            today,
         ))
     }
 
@@ -486,6 +630,11 @@ impl Monitor {
                 if let Err(e) = self.store.prune_monitor_counts(before).await {
                     tracing::warn!(error = %e, "old monitor counts not deleted");
                 }
+                let before = self.clock.now().timestamp_millis()
+                    - self.config.log_retention.as_millis() as i64;
+                if let Err(e) = self.store.prune_prediction_logs(before).await {
+                    tracing::warn!(error = %e, "old logged predictions not deleted");
+                }
             }
             self.set_gauges().await;
         }
@@ -553,6 +702,8 @@ fn judge(
         features,
         predictions,
         thresholds: *thresholds,
+        accuracy: None,
+        anomaly_rates: None,
     }
 }
 

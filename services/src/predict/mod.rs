@@ -142,6 +142,8 @@ pub struct Predictions {
     suppliers: Cache<SupplierInfo>,
     /// The feature specs of model versions, with their column names, by model and version.
     specs: Mutex<HashMap<String, HashMap<u64, Arc<Prepared>>>>,
+    /// Where a sample of the price predictions goes, when monitoring keeps one.
+    log: std::sync::OnceLock<crate::monitor::log::PredictionLog>,
 }
 
 /// A parsed spec and its column names, made once per model version.
@@ -172,7 +174,13 @@ impl Predictions {
             materials: Cache::default(),
             suppliers: Cache::default(),
             specs: Mutex::default(),
+            log: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Logs a sample of the price predictions to `log` from now on (once).
+    pub fn log_to(&self, log: crate::monitor::log::PredictionLog) {
+        let _ = self.log.set(log);
     }
 
     /// Rebuilds every organization's history from the store (what it held is dropped). Returns the prices

@@ -66,9 +66,51 @@ impl Predictions {
         let assembled = self.assemble_request(org, &prepared.spec, &request).await?;
         let manifest = model.manifest();
         let row = assembled.row.iter().map(|v| *v as f32).collect();
+        let kept = self.log_sample(std::iter::once(Some(assembled.row.as_slice())));
         let output = self.infer(&model, row, assembled.row.len()).await?;
         let predicted = prices(&output, 1)?[0];
-        answer(manifest, &prepared.names, &request, assembled, predicted)
+        let answered = answer(manifest, &prepared.names, &request, assembled, predicted);
+        self.log_answers(
+            org,
+            std::slice::from_ref(&request),
+            kept,
+            std::slice::from_ref(&answered),
+        );
+        answered
+    }
+
+    /// The digest of each row the prediction log samples, none for the others (and for rows without
+    /// one); `None` when nothing is logged.
+    fn log_sample<'a>(
+        &self,
+        rows: impl Iterator<Item = Option<&'a [f64]>>,
+    ) -> Option<Vec<Option<String>>> {
+        let log = self.log.get()?;
+        Some(
+            rows.map(|row| {
+                row.filter(|_| log.sampled())
+                    .map(crate::monitor::log::digest)
+            })
+            .collect(),
+        )
+    }
+
+    /// Sends the sampled answers to the prediction log.
+    fn log_answers(
+        &self,
+        org: &str,
+        requests: &[PriceRequest],
+        kept: Option<Vec<Option<String>>>,
+        answers: &[Result<PricePrediction, PredictError>],
+    ) {
+        let (Some(log), Some(kept)) = (self.log.get(), kept) else {
+            return;
+        };
+        for ((request, digest), answer) in requests.iter().zip(kept).zip(answers) {
+            if let (Some(digest), Ok(answer)) = (digest, answer) {
+                log.record(org, request, answer, digest);
+            }
+        }
     }
 
     /// Many requests on one model version (the one active when the batch began): rows assembled one by one,
@@ -97,14 +139,21 @@ impl Predictions {
             let output = self.infer(&model, rows, width).await?;
             predicted.extend(prices(&output, chunk.len())?);
         }
-        answers(
+        let kept = self.log_sample(
+            assembled
+                .iter()
+                .map(|a| a.as_ref().ok().map(|a| a.row.as_slice())),
+        );
+        let answered = answers(
             manifest,
             &prepared.names,
             &prepared.names,
             requests,
             assembled,
             predicted,
-        )
+        )?;
+        self.log_answers(org, requests, kept, &answered);
+        Ok(answered)
     }
 
     /// The materials and suppliers of `named`, each looked up for the organization (what a batch job's
@@ -148,14 +197,21 @@ impl Predictions {
         for (slice, n) in slices.wait()? {
             predicted.extend(prices(&slice, n)?);
         }
-        answers(
+        let kept = self.log_sample(
+            assembled
+                .iter()
+                .map(|a| a.as_ref().ok().map(|a| a.row.as_slice())),
+        );
+        let answered = answers(
             manifest,
             &prepared.names,
             &[],
             requests,
             assembled,
             predicted,
-        )
+        )?;
+        self.log_answers(org, requests, kept, &answered);
+        Ok(answered)
     }
 
     /// The request's feature row from the organization's history.
