@@ -16,10 +16,10 @@
 //!   would understate exactly the shifts that matter.
 //! - A calendar column (the delivery month) is scored and never judged: in any window shorter than a
 //!   year its months differ from a year-round reference's, and a verdict that is always "drift" is noise.
-//! - **Thresholds per column, calibrated on the reference** (NannyML's rule): the metric of each month of
-//!   the reference period against the rest of it, that month left out; a column's threshold is the
+//! - **Thresholds per column, calibrated on the reference** (NannyML's rule): the metric of each week of
+//!   the reference period against the rest of it, that week left out; a column's threshold is the
 //!   configured one or `mean + 3 std` of those, whichever is higher. Smooth price-level features (a 90-day
-//!   rolling mean over a mix of materials) move from month to month by more than any fixed PSI band
+//!   rolling mean over a mix of materials) move from week to week by more than any fixed PSI band
 //!   allows, and a fixed band flags them on every clean window; a quantity's distribution does not, and
 //!   keeps the configured threshold.
 //! - Missing values are compared apart (`missing_rate` live and reference), not binned.

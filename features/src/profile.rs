@@ -205,7 +205,7 @@ pub struct Column {
 }
 
 /// The column's drift metric (PSI or JS, as [`crate::drift`] judges it) of each chunk of the reference
-/// period (a calendar month) against the rest of the reference, that chunk left out (NannyML's rule: a
+/// period (a calendar week) against the rest of the reference, that chunk left out (NannyML's rule: a
 /// chunk scored against a reference that holds it looks too stable).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {

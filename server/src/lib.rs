@@ -325,6 +325,11 @@ impl App {
             },
             config.clock.clone(),
         ));
+        if let Some(monitor) = &monitor {
+            let windows = monitor.config().windows.iter().map(|w| w.name.clone());
+            alerts.watch_models(windows.collect());
+            monitor.alert_through(alerts.clone());
+        }
         let rules = alerts.load().await?;
         tracing::info!(rules, "alert rules indexed");
         let price_events = Arc::new(Fanout::default());

@@ -90,6 +90,8 @@ pub struct Alerts {
     limits: RuleLimits,
     /// What breaches are judged at (cooldowns, what is too old to be news).
     clock: Arc<Clock>,
+    /// The windows model monitoring keeps, when it is on: model rules may name them.
+    monitor_windows: std::sync::OnceLock<Vec<String>>,
 }
 
 impl Alerts {
@@ -112,6 +114,40 @@ impl Alerts {
             webhooks,
             limits,
             clock,
+            monitor_windows: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Takes model monitoring rules from now on, over these windows (the first is a rule's default).
+    pub fn watch_models(&self, windows: Vec<String>) {
+        let _ = self.monitor_windows.set(windows);
+    }
+
+    /// Every organization's enabled model monitoring rules.
+    pub fn model_rules(&self) -> Vec<(String, Arc<AlertRule>)> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index
+            .iter()
+            .flat_map(|(org, rules)| {
+                rules
+                    .everything
+                    .iter()
+                    .filter(|r| r.condition.watches_model().is_some())
+                    .map(move |r| (org.clone(), r.clone()))
+            })
+            .collect()
+    }
+
+    /// Records a breach of a model rule and announces the event it opens, if it opens one.
+    pub async fn raise(&self, org: &str, rule: &AlertRule, breach: &Breach) {
+        match self
+            .store
+            .record_breach(org, breach, rule.cooldown_seconds, self.clock.now())
+            .await
+        {
+            Ok(Some(event)) => self.announce(org, rule, &event).await,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, rule = %rule.id, "recording an alert failed"),
         }
     }
 

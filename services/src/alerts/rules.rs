@@ -57,6 +57,7 @@ impl Alerts {
     /// (unless --webhook-allow-private), a forecast rule's horizon one the active forecast model covers.
     pub async fn create_rule(&self, org: &str, new: NewAlertRule) -> Result<AlertRule, RuleError> {
         self.check_horizon(Some(&new.condition))?;
+        self.check_model_rule(org, Some(&new.condition)).await?;
         self.check_channels(new.channels.as_deref()).await?;
         let page = ListParams {
             limit: 1,
@@ -85,6 +86,7 @@ impl Alerts {
         patch: AlertRulePatch,
     ) -> Result<(AlertRule, AlertRule), RuleError> {
         self.check_horizon(patch.condition.as_ref())?;
+        self.check_model_rule(org, patch.condition.as_ref()).await?;
         self.check_channels(patch.channels.as_deref()).await?;
         let before = self.store.alert_rule(org, id).await?;
         let rule = self.store.update_alert_rule(org, id, patch).await?;
@@ -126,6 +128,44 @@ impl Alerts {
     }
 
     /// A forecast rule's horizon must be one the active forecast model covers.
+    /// A model monitoring rule: monitoring is on, the window is one it keeps, and the rule belongs to the
+    /// platform organization (the counts cover every organization's traffic).
+    async fn check_model_rule(
+        &self,
+        org: &str,
+        condition: Option<&Condition>,
+    ) -> Result<(), RuleError> {
+        let Some(condition) = condition.filter(|c| c.watches_model().is_some()) else {
+            return Ok(());
+        };
+        let Some(windows) = self.monitor_windows.get() else {
+            return Err(RuleError::invalid(
+                "condition.type",
+                "model monitoring is off on this server (--monitor false)",
+            ));
+        };
+        let window = match condition {
+            Condition::FeatureDrift { window, .. } | Condition::Accuracy { window, .. } => window,
+            _ => &None,
+        };
+        if let Some(window) = window.as_ref().filter(|w| !windows.contains(w)) {
+            return Err(RuleError::invalid(
+                "condition.window",
+                format!(
+                    "`{window}` is not one of this server's windows: {}",
+                    windows.join(", ")
+                ),
+            ));
+        }
+        if !self.store.organization(org).await?.platform {
+            return Err(RuleError::invalid(
+                "condition.type",
+                "model monitoring rules belong to the platform organization: its traffic is every organization's",
+            ));
+        }
+        Ok(())
+    }
+
     fn check_horizon(&self, condition: Option<&Condition>) -> Result<(), RuleError> {
         let Some(Condition::ForecastChange { horizon_days, .. }) = condition else {
             return Ok(());

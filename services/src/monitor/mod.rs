@@ -5,8 +5,9 @@
 //!   `mercator features profile`, see [`reference`]). The engine copies each batch it computes to a bounded
 //!   channel ([`mercator_engine::Tap`]); a full channel drops the batch from monitoring, never from the
 //!   answer.
-//! - One thread (`monitor`) counts those batches into the current bucket of time (`bucket`, five minutes
-//!   by default) of their version, on the reference's bins ([`mercator_features::profile::Live`]).
+//! - One thread (`monitor`) takes those batches every 10 ms (never woken per batch) and counts them into
+//!   the current bucket of time (`bucket`, five minutes by default) of their version, on the reference's
+//!   bins ([`mercator_features::profile::Live`]).
 //! - Every `flush` period each replica writes its counts of the buckets it touched to the store
 //!   (`monitor_counts`, one row per version, bucket and replica). A window (the last hour, the last day) is
 //!   the merge of every replica's rows of its buckets: counts add exactly, so the fleet's window equals the
@@ -34,7 +35,9 @@ use mercator_store::{Store, StoreError};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::alerts::Alerts;
 use crate::clock::Clock;
+use mercator_store::{AlertRule, Breach, Condition};
 
 /// How monitoring counts and judges.
 #[derive(Debug, Clone)]
@@ -239,7 +242,14 @@ pub struct Monitor {
     /// The prediction log, and its writer until it is started.
     log: log::PredictionLog,
     writer: Mutex<Option<log::Writer>>,
+    /// Where model rules' breaches go, once set.
+    alerts: std::sync::OnceLock<Arc<Alerts>>,
+    /// The last period of each window this replica judged the model rules of.
+    judged: Mutex<HashMap<String, i64>>,
 }
+
+/// How often the monitor thread takes what the tap sent.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
 /// How long a report waits for the batches answered before it was asked to be counted.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -259,6 +269,8 @@ impl Monitor {
         Monitor {
             log,
             writer: Mutex::new(Some(writer)),
+            alerts: std::sync::OnceLock::new(),
+            judged: Mutex::default(),
             predictions,
             store,
             repository,
@@ -308,8 +320,16 @@ impl Monitor {
         let monitor = self.clone();
         std::thread::Builder::new()
             .name("monitor".into())
-            .spawn(move || {
-                while let Some(batch) = rx.blocking_recv() {
+            .spawn(move || loop {
+                // Drained on a period, never woken per batch: a wake-up costs a model worker more than
+                // the copy it sends.
+                std::thread::sleep(DRAIN_EVERY);
+                loop {
+                    let batch = match rx.try_recv() {
+                        Ok(batch) => batch,
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => return,
+                    };
                     let counted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         monitor.observe(&batch)
                     }));
@@ -479,6 +499,25 @@ impl Monitor {
         window: Option<&str>,
     ) -> Result<Report, MonitorError> {
         let window = self.window(window)?.clone();
+        self.repository.get(model, Some(&version.to_string()))?;
+        self.settle().await;
+        self.flush().await?;
+        let now = self.clock.now();
+        let to = self.bucket_of(now) + self.bucket_secs();
+        let from = to - (window.length.as_secs() as i64).max(self.bucket_secs());
+        self.report_range(model, version, &window.name, (from, to))
+            .await
+    }
+
+    /// A version's report over the buckets that start in `[from, to)` (Unix seconds), as the store has
+    /// them.
+    async fn report_range(
+        &self,
+        model: &str,
+        version: u64,
+        window: &str,
+        (from, to): (i64, i64),
+    ) -> Result<Report, MonitorError> {
         let served = self.repository.get(model, Some(&version.to_string()))?;
         let key: Key = (Arc::from(served.manifest().name.as_str()), version);
         let reference = self
@@ -487,11 +526,6 @@ impl Monitor {
                 model: model.to_string(),
                 version,
             })?;
-        self.settle().await;
-        self.flush().await?;
-        let now = self.clock.now();
-        let to = self.bucket_of(now) + self.bucket_secs();
-        let from = to - (window.length.as_secs() as i64).max(self.bucket_secs());
         let mut live = reference.profile.empty();
         for row in self.store.monitor_counts(model, version, from, to).await? {
             match serde_json::from_str::<Live>(&row.counts) {
@@ -511,7 +545,7 @@ impl Monitor {
             &self.config.thresholds,
             model,
             version,
-            &window,
+            window,
             (from, to),
         );
         report.anomaly_rates = reference.anomaly.map(|(thresholds, calibrated)| {
@@ -637,6 +671,175 @@ impl Monitor {
                 }
             }
             self.set_gauges().await;
+            self.judge_rules().await;
+        }
+    }
+
+    /// Judges model monitoring rules through `alerts` from now on.
+    pub fn alert_through(&self, alerts: Arc<Alerts>) {
+        let _ = self.alerts.set(alerts);
+    }
+
+    /// Once per window that ends (on one replica: the first to claim it), the model rules over it.
+    async fn judge_rules(&self) {
+        let Some(alerts) = self.alerts.get() else {
+            return;
+        };
+        let rules = alerts.model_rules();
+        if rules.is_empty() {
+            return;
+        }
+        let now = self.clock.now().timestamp();
+        for window in &self.config.windows {
+            let length = window.length.as_secs().max(1) as i64;
+            let slot = now.div_euclid(length);
+            {
+                let mut judged = self.judged.lock().unwrap_or_else(|e| e.into_inner());
+                if judged.get(&window.name) == Some(&slot) {
+                    continue;
+                }
+                judged.insert(window.name.clone(), slot);
+            }
+            match self
+                .store
+                .claim_run(&format!("monitor_rules:{}", window.name), slot)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, window = %window.name, "model rules not judged");
+                    continue;
+                }
+            }
+            for (org, rule) in &rules {
+                let named = match &rule.condition {
+                    Condition::FeatureDrift { window, .. } | Condition::Accuracy { window, .. } => {
+                        window.as_deref()
+                    }
+                    _ => continue,
+                };
+                if named.unwrap_or(&self.config.windows[0].name) != window.name {
+                    continue;
+                }
+                if let Some(breach) = self.judge_rule(rule, window, slot * length).await {
+                    alerts.raise(org, rule, &breach).await;
+                }
+            }
+        }
+    }
+
+    /// The breach of a model rule by the windows that end at `end`: it held in each of the last `windows`
+    /// and not in the one before them (so a drift that lasts fires once, and again only after it cleared).
+    async fn judge_rule(&self, rule: &AlertRule, window: &Window, end: i64) -> Option<Breach> {
+        let model = rule.condition.watches_model()?;
+        let version = self.repository.active(model)?;
+        let n = match &rule.condition {
+            Condition::FeatureDrift { windows, .. } | Condition::Accuracy { windows, .. } => {
+                *windows as usize
+            }
+            _ => return None,
+        };
+        let length = window.length.as_secs().max(1) as i64;
+        let mut held = Vec::with_capacity(n + 1);
+        for k in 0..=n as i64 {
+            let range = (end - (k + 1) * length, end - k * length);
+            let report = match self.report_range(model, version, &window.name, range).await {
+                Ok(report) => report,
+                Err(e) => {
+                    tracing::warn!(rule = %rule.id, error = %e, "a model rule cannot be judged");
+                    return None;
+                }
+            };
+            held.push(self.breach_of(&rule.condition, &report));
+        }
+        if held[n].is_some() || held[..n].iter().any(Option::is_none) {
+            return None;
+        }
+        let (value, threshold, what) = held.swap_remove(0)?;
+        let from = DateTime::from_timestamp(end - length, 0).unwrap_or_default();
+        let to = DateTime::from_timestamp(end, 0).unwrap_or_default();
+        Some(Breach {
+            rule_id: rule.id.clone(),
+            material_id: None,
+            supplier_id: None,
+            price_id: None,
+            value,
+            threshold,
+            message: format!(
+                "{model} v{version}: {what}, in each of the last {n} window(s) of {} (the last {from} to {to})",
+                window.name
+            ),
+            severity: rule.severity,
+            count: 1,
+        })
+    }
+
+    /// Whether a report breaks a model rule's condition: (value, threshold, what broke).
+    fn breach_of(&self, condition: &Condition, report: &Report) -> Option<(f64, f64, String)> {
+        match condition {
+            Condition::FeatureDrift { features, .. } => {
+                let drifted: Vec<&ColumnDrift> = report
+                    .features
+                    .iter()
+                    .filter(|c| c.verdict == Verdict::Drift)
+                    .filter(|c| features.as_ref().is_none_or(|f| f.contains(&c.name)))
+                    .collect();
+                let first = drifted.first()?;
+                let what = drifted
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} drifted ({} {:.3} > {:.3}, {} rows)",
+                            c.name,
+                            c.metric,
+                            c.value.unwrap_or_default(),
+                            c.threshold,
+                            c.rows
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Some((first.value.unwrap_or_default(), first.threshold, what))
+            }
+            Condition::Accuracy {
+                max_mape,
+                min_coverage,
+                ..
+            } => {
+                let a = report.accuracy.as_ref()?;
+                if a.labelled < self.config.thresholds.min_rows {
+                    return None;
+                }
+                if let (Some(max), Some(mape)) = (max_mape, a.mape) {
+                    if mape > *max {
+                        return Some((
+                            mape,
+                            *max,
+                            format!(
+                                "realized MAPE {:.2}% above {:.2}% ({} labelled)",
+                                mape * 100.0,
+                                max * 100.0,
+                                a.labelled
+                            ),
+                        ));
+                    }
+                }
+                let min = (*min_coverage)?;
+                let low = a.coverage.iter().find(|c| c.coverage < min)?;
+                Some((
+                    low.coverage,
+                    min,
+                    format!(
+                        "the {:.0}% interval covered {:.1}% of {} prices, below {:.1}%",
+                        low.level * 100.0,
+                        low.coverage * 100.0,
+                        low.labelled,
+                        min * 100.0
+                    ),
+                ))
+            }
+            _ => None,
         }
     }
 
@@ -664,7 +867,7 @@ fn judge(
     thresholds: &Thresholds,
     model: &str,
     version: u64,
-    window: &Window,
+    window: &str,
     (from, to): (i64, i64),
 ) -> Report {
     let scored: Vec<ColumnDrift> = reference
@@ -691,7 +894,7 @@ fn judge(
     Report {
         model: model.to_string(),
         version,
-        window: window.name.clone(),
+        window: window.to_string(),
         from: time(from),
         to: time(to),
         rows: live.rows,

@@ -76,12 +76,12 @@ pub fn build(runtime: &Runtime, r: &Request) -> Result<Profile, String> {
     if rows == 0 {
         return Err(format!("no feature rows from {} to {}", r.from, r.to));
     }
-    let months: Vec<i32> = frame
+    let weeks: Vec<i32> = frame
         .column("__day")
         .and_then(|c| c.i32().cloned())
         .map_err(|e| e.to_string())?
         .into_iter()
-        .map(|d| month_of(d.unwrap_or_default()))
+        .map(|d| week_of(d.unwrap_or_default()))
         .collect();
     let mut values: Vec<Vec<f64>> = Vec::with_capacity(names.len());
     for name in &names {
@@ -110,7 +110,7 @@ pub fn build(runtime: &Runtime, r: &Request) -> Result<Profile, String> {
             };
             let mut column = reference_column(at, kind, &values[i], r.bins);
             column.seasonal = seasonal(&spec.features[i]);
-            calibrated(column, &values[i], &months)
+            calibrated(column, &values[i], &weeks)
         })
         .collect();
     let (output_columns, output_values) =
@@ -119,7 +119,7 @@ pub fn build(runtime: &Runtime, r: &Request) -> Result<Profile, String> {
         output_columns
             .into_iter()
             .zip(&output_values)
-            .map(|(c, v)| calibrated(c, v, &months)),
+            .map(|(c, v)| calibrated(c, v, &weeks)),
     );
     Ok(Profile {
         source: format!(
@@ -201,35 +201,34 @@ fn outputs(
     Ok((columns, answers))
 }
 
-/// Months of the reference with fewer rows than this are left out of a column's calibration: their
-/// metric is mostly sampling noise.
-const MIN_CHUNK_ROWS: usize = 500;
+/// Weeks of the reference with fewer rows than this are left out of a column's calibration: their
+/// metric is mostly sampling noise (and a live window needs `min_rows`, 500 by default, to be judged).
+const MIN_CHUNK_ROWS: usize = 300;
 
-/// `column` with its calibration on the months of the reference period.
-fn calibrated(mut column: Column, values: &[f64], months: &[i32]) -> Column {
-    let mut by_month: std::collections::BTreeMap<i32, Counts> = Default::default();
+/// `column` with its calibration on the weeks of the reference period. A week, not a month: a live window
+/// (an hour or a day of traffic) holds prices of a few recent days, and its level features are as
+/// concentrated as a week's, not as spread as a month's; calibrated on months, clean replayed windows of
+/// 500 rows flagged 64 times in 14 windows, on weeks 6 (benches/RESULTS.md).
+fn calibrated(mut column: Column, values: &[f64], weeks: &[i32]) -> Column {
+    let mut by_week: std::collections::BTreeMap<i32, Counts> = Default::default();
     let mut rows: std::collections::BTreeMap<i32, usize> = Default::default();
-    for (x, m) in values.iter().zip(months) {
-        by_month
-            .entry(*m)
+    for (x, w) in values.iter().zip(weeks) {
+        by_week
+            .entry(*w)
             .or_insert_with(|| Counts::empty(column.kind.bins()))
             .observe(&column.kind, *x);
-        *rows.entry(*m).or_default() += 1;
+        *rows.entry(*w).or_default() += 1;
     }
-    let chunks: Vec<Counts> = by_month
+    let chunks: Vec<Counts> = by_week
         .into_iter()
-        .filter(|(m, _)| rows[m] >= MIN_CHUNK_ROWS)
+        .filter(|(w, _)| rows[w] >= MIN_CHUNK_ROWS)
         .map(|(_, c)| c)
         .collect();
     column.calibration = calibrate(&column, &chunks);
     column
 }
 
-/// Months since year 0 of a day (days since 1970-01-01).
-fn month_of(day: i32) -> i32 {
-    use chrono::Datelike;
-    let date = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)
-        .and_then(|epoch| epoch.checked_add_signed(chrono::Duration::days(i64::from(day))))
-        .unwrap_or_default();
-    date.year() * 12 + date.month0() as i32
+/// The week (Monday to Sunday) of a day, numbered from the one of 1970-01-01 (a Thursday).
+fn week_of(day: i32) -> i32 {
+    (day + 3).div_euclid(7)
 }

@@ -37,6 +37,11 @@ pub struct Scope {
 }
 
 impl Scope {
+    /// Whether the scope names nothing: every price of the organization.
+    pub fn is_everything(&self) -> bool {
+        self.material_id.is_none() && self.category.is_none() && self.supplier_id.is_none()
+    }
+
     /// (kind, value) as stored.
     fn columns(&self) -> (&'static str, Option<String>) {
         match (&self.material_id, &self.category, &self.supplier_id) {
@@ -102,6 +107,38 @@ pub enum Condition {
     /// An ingested quote (with a quantity) above the upper bound of the price model's 80% interval for it by
     /// more than `threshold` percent.
     QuoteAbovePrediction { threshold: f64 },
+    /// The active version of `model` drifts: one of `features` (any feature, when none are named) judged
+    /// drift in each of the last `windows` (1 to 24) windows of the monitor's `window` (its first, when none
+    /// is named), after a window in which it did not. Judged as each window ends; the platform
+    /// organization's rules only.
+    FeatureDrift {
+        model: String,
+        #[serde(default)]
+        features: Option<Vec<String>>,
+        #[serde(default = "one")]
+        windows: u32,
+        #[serde(default)]
+        window: Option<String>,
+    },
+    /// The realized accuracy of the active version of `model` (a price model) over each of the last
+    /// `windows` windows, after one that was within bounds: MAPE above `max_mape`, or the coverage of an
+    /// interval level below `min_coverage` (fractions; at least one of them). Labels known when the window
+    /// ends count; the platform organization's rules only.
+    Accuracy {
+        model: String,
+        #[serde(default)]
+        max_mape: Option<f64>,
+        #[serde(default)]
+        min_coverage: Option<f64>,
+        #[serde(default = "one")]
+        windows: u32,
+        #[serde(default)]
+        window: Option<String>,
+    },
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Condition {
@@ -142,7 +179,69 @@ impl Condition {
                     );
                 }
             }
+            Condition::FeatureDrift {
+                model,
+                features,
+                windows,
+                ..
+            } => {
+                check_model(e, model, *windows);
+                if let Some(features) = features {
+                    if features.is_empty() || features.len() > 200 {
+                        e.add(
+                            "condition.features",
+                            "1 to 200 feature names, or none for any",
+                        );
+                    }
+                    if features.iter().any(|f| f.is_empty() || f.len() > 200) {
+                        e.add(
+                            "condition.features",
+                            "a feature name is 1 to 200 characters",
+                        );
+                    }
+                }
+            }
+            Condition::Accuracy {
+                model,
+                max_mape,
+                min_coverage,
+                windows,
+                ..
+            } => {
+                check_model(e, model, *windows);
+                if max_mape.is_none() && min_coverage.is_none() {
+                    e.add("condition", "give max_mape, min_coverage or both");
+                }
+                if max_mape.is_some_and(|m| !(m.is_finite() && m > 0.0 && m <= 100.0)) {
+                    e.add(
+                        "condition.max_mape",
+                        "a fraction above 0 (0.05 is 5%), at most 100",
+                    );
+                }
+                if min_coverage.is_some_and(|c| !(c.is_finite() && c > 0.0 && c < 1.0)) {
+                    e.add("condition.min_coverage", "a fraction between 0 and 1");
+                }
+            }
         }
+    }
+
+    /// Whether the condition watches a model rather than prices.
+    pub fn watches_model(&self) -> Option<&str> {
+        match self {
+            Condition::FeatureDrift { model, .. } | Condition::Accuracy { model, .. } => {
+                Some(model)
+            }
+            _ => None,
+        }
+    }
+}
+
+fn check_model(e: &mut FieldErrors, model: &str, windows: u32) {
+    if model.is_empty() || model.len() > 64 {
+        e.add("condition.model", "a model's name, 1 to 64 characters");
+    }
+    if !(1..=24).contains(&windows) {
+        e.add("condition.windows", "must be 1 to 24");
     }
 }
 

@@ -16,6 +16,12 @@ impl Store {
         for c in &rule.channels {
             c.check(&mut e);
         }
+        if rule.condition.watches_model().is_some() && !rule.scope.is_everything() {
+            e.add(
+                "scope",
+                "a model monitoring rule watches a model, not prices: leave the scope empty",
+            );
+        }
         if let Condition::ForecastChange { .. } = rule.condition {
             if rule.scope.supplier_id.is_some() {
                 e.add(
