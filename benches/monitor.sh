@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What model monitoring costs: one mercator binary with monitoring on (the default: every batch of a
 # monitored version copied to the monitor, 5% of price predictions logged) and off (--monitor false),
-# alternated ROUNDS times, a fresh server each time, wrk at c=$CONCURRENCY for $DURATION s on
+# alternated ROUNDS times (the order flipped each round), a fresh server each time, wrk at c=$CONCURRENCY for $DURATION s on
 #   v2   - single-row V2 inference on price v2 (27 features, monitored),
 #   rest - POST /api/v1/predictions/price on the fixture's history (price v2 behind it),
 # then the server's RSS and, with monitoring on, the size of a stored bucket of counts. Prints the medians
@@ -36,7 +36,9 @@ trap cleanup EXIT
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 port=8121
 for round in $(seq 1 "$ROUNDS"); do
-  for mode in on off; do
+  # The order flips each round, so neither mode always runs first.
+  order="on off"; [ $((round % 2)) = 0 ] && order="off on"
+  for mode in $order; do
     data="$out/monitor-data-$mode"
     rm -rf "$data"
     monitor=$([ "$mode" = on ] && echo true || echo false)
