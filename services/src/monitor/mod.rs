@@ -94,7 +94,9 @@ impl Window {
     /// `<n>s`, `<n>m`, `<n>h` or `<n>d`, `n` a positive whole number.
     pub fn parse(text: &str) -> Result<Window, String> {
         let text = text.trim();
-        let (n, unit) = text.split_at(text.len().saturating_sub(1));
+        // The unit is the last character; a multi-byte one is no unit, and must not split a character.
+        let cut = text.char_indices().last().map_or(0, |(i, _)| i);
+        let (n, unit) = text.split_at(cut);
         let seconds = match unit {
             "s" => 1,
             "m" => 60,
@@ -949,7 +951,9 @@ mod tests {
             Window::parse("1d").unwrap().length,
             Duration::from_secs(86_400)
         );
-        for bad in ["", "h", "0h", "-1h", "1w", "1.5h", "9999d", "1 h"] {
+        for bad in [
+            "", "h", "0h", "-1h", "1w", "1.5h", "9999d", "1 h", "1é", "é",
+        ] {
             assert!(Window::parse(bad).is_err(), "{bad}");
         }
     }
