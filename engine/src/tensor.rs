@@ -91,6 +91,17 @@ impl TensorData {
         }
     }
 
+    /// The value at `i` as f64, whatever the type; NaN past the end.
+    pub fn f64_at(&self, i: usize) -> f64 {
+        match self {
+            TensorData::Fp32(v) => v.get(i).map_or(f64::NAN, |&x| f64::from(x)),
+            TensorData::Fp64(v) => v.get(i).copied().unwrap_or(f64::NAN),
+            TensorData::Int32(v) => v.get(i).map_or(f64::NAN, |&x| f64::from(x)),
+            TensorData::Int64(v) => v.get(i).map_or(f64::NAN, |&x| x as f64),
+            TensorData::Bool(v) => v.get(i).map_or(f64::NAN, |&x| f64::from(u8::from(x))),
+        }
+    }
+
     pub fn datatype(&self) -> DataType {
         match self {
             TensorData::Fp32(_) => DataType::Fp32,

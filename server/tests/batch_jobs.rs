@@ -404,14 +404,7 @@ async fn ten_concurrent_jobs_of_two_organizations_each_see_only_their_own() {
     })
     .await;
     let fixture = ingest_fixture(&s, &s.client).await;
-    let r = s
-        .client
-        .post(s.url("/api/v1/organizations"))
-        .json(&json!({"name": "B"}))
-        .send()
-        .await
-        .unwrap();
-    let org: Value = r.json().await.unwrap();
+    let (_, org) = s.post("/api/v1/organizations", &json!({"name": "B"})).await;
     let b = client_with(org["api_key"]["secret"].as_str().unwrap());
     let (csv, _) = requests_csv(&fixture, 20_000, 0);
     let mut submitted = Vec::new();
@@ -980,8 +973,7 @@ async fn a_small_job_of_one_organization_passes_a_large_one_of_another() {
     })
     .await;
     let fixture = ingest_fixture(&s, &s.client).await;
-    let (_, org) = s.post("/api/v1/organizations", &json!({"name": "B"})).await;
-    let b = client_with(org["api_key"]["secret"].as_str().unwrap());
+    let b = s.organization("B").await;
     let (large, _) = requests_csv(&fixture, 40_000, 0);
     let large = submit(&s, &s.client, large).await;
     let large = large["batch_id"].as_str().unwrap().to_string();

@@ -19,15 +19,6 @@ async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
     )
 }
 
-/// A new organization and a client holding its admin key.
-async fn organization(s: &TestServer, name: &str) -> reqwest::Client {
-    let (status, body) = s
-        .post("/api/v1/organizations", &json!({ "name": name }))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    client_with(body["api_key"]["secret"].as_str().unwrap())
-}
-
 fn field_error(body: &Value, field: &str) -> bool {
     body["error"]["code"] == "validation_error" && body["error"]["details"][field].is_array()
 }
@@ -38,7 +29,7 @@ fn field_error(body: &Value, field: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dates_outside_the_range_are_refused_naming_the_field() {
     let s = TestServer::start().await;
-    let org = organization(&s, "dates").await;
+    let org = s.organization("dates").await;
     let (status, m) = send(org.post(s.url("/api/v1/materials")).json(&json!({
         "code": "M-1", "name": "Steel", "category": "steel", "unit": "kg", "specifications": {}})))
     .await;
@@ -225,7 +216,7 @@ async fn an_upload_cannot_write_outside_its_folder() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_of_bad_dates_fails_alone_and_the_next_tenant_is_served() {
     let s = TestServer::start().await;
-    let hostile = organization(&s, "hostile").await;
+    let hostile = s.organization("hostile").await;
     let fixture = common::ingest_fixture(&s, &hostile).await;
     let material = fixture.materials.values().next().unwrap();
     for round in 0..3 {
@@ -256,7 +247,7 @@ async fn a_job_of_bad_dates_fails_alone_and_the_next_tenant_is_served() {
     let (status, _) = s.get("/readyz").await;
     assert_eq!(status, 200, "the server is whole");
 
-    let other = organization(&s, "other").await;
+    let other = s.organization("other").await;
     let fixture = common::ingest_fixture(&s, &other).await;
     let (csv, _) = common::requests_csv(&fixture, 50_000, 0);
     let job = submit(&s, &other, csv).await;
@@ -339,8 +330,8 @@ async fn next_text(socket: &mut Socket) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_tenant_does_not_make_another_tenants_stream_lag() {
     let s = TestServer::with(|c| c.score_on_ingest = false).await;
-    let busy = organization(&s, "busy").await;
-    let quiet = organization(&s, "quiet").await;
+    let busy = s.organization("busy").await;
+    let quiet = s.organization("quiet").await;
     let (_, busy_viewer) = key_of(&s, &busy, "viewer").await;
     let (_, quiet_viewer) = key_of(&s, &quiet, "viewer").await;
     let busy_material = material(&s, &busy, "B-1").await;
@@ -385,7 +376,7 @@ async fn sockets_end_with_their_key_and_are_bounded() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let s = TestServer::with(|c| c.max_sockets_per_key = 2).await;
-    let admin = organization(&s, "sockets").await;
+    let admin = s.organization("sockets").await;
     let (viewer_id, viewer) = key_of(&s, &admin, "viewer").await;
     let ws = s.base.replace("http://", "ws://");
     let url = format!("{ws}/ws/prices?api_key={viewer}");
@@ -680,9 +671,9 @@ async fn heavy_requests_are_capped_per_tenant_and_for_the_server() {
     })
     .await;
     let (_, a) = key_of(&s, &s.client, "admin").await;
-    let b_admin = organization(&s, "heavy-b").await;
+    let b_admin = s.organization("heavy-b").await;
     let (_, b) = key_of(&s, &b_admin, "admin").await;
-    let (_, c) = key_of(&s, &organization(&s, "heavy-c").await, "admin").await;
+    let (_, c) = key_of(&s, &s.organization("heavy-c").await, "admin").await;
     let heavy = |client: &reqwest::Client| {
         client
             .post(s.url("/api/v1/predictions/batch"))
@@ -757,7 +748,7 @@ async fn disk_quota(backend: common::Backend) {
     })
     .await;
     s.database = database;
-    let admin = organization(&s, "quota").await;
+    let admin = s.organization("quota").await;
     let m = material(&s, &admin, "Q-1").await;
     let csv = format!(
         "material_id,quantity\n{}",
@@ -786,7 +777,7 @@ async fn disk_quota(backend: common::Backend) {
         "{body}"
     );
     // Another organization has its own quota.
-    let other = organization(&s, "quota-2").await;
+    let other = s.organization("quota-2").await;
     let m2 = material(&s, &other, "Q-2").await;
     let (status, body) = send(
         other
@@ -1024,7 +1015,7 @@ async fn webhook_secrets_are_sealed_at_rest_and_keys_rotate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prices_are_refused_outside_the_range_features_keep() {
     let s = TestServer::start().await;
-    let org = organization(&s, "tiny-prices").await;
+    let org = s.organization("tiny-prices").await;
     let m = material(&s, &org, "T-1").await;
     for (price, want) in [
         (5e-324, 400),

@@ -8,17 +8,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{client_with, ingest_fixture, shipped_models, Fixture, PgDatabase, TestServer};
+use common::{ingest_fixture, shipped_models, Fixture, PgDatabase, TestServer};
 use mercator_services::clock::Clock;
 use serde_json::{json, Value};
 
 /// Held while a test ingests the fixture and reads the process's counters around it.
 static INGEST: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn metrics_text(s: &TestServer) -> String {
-    let r = s.client.get(s.url("/metrics")).send().await.unwrap();
-    r.text().await.unwrap()
-}
 
 /// The held-out rows of the fixture: (observed_on, material code, supplier code, quantity, lead days).
 fn holdout() -> Vec<(chrono::NaiveDate, String, String, f64, i64)> {
@@ -143,9 +138,9 @@ async fn a_clean_replay_drifts_nowhere_and_a_two_sigma_shift_on_one_input_flags_
     // Metrics are the process's, and another test here ingests too: the counters are read around this
     // ingest with the other one held off.
     let ingesting = INGEST.lock().await;
-    let before = metrics_text(&s).await;
+    let before = s.metrics().await;
     let fixture = ingest_fixture(&s, &s.client).await;
-    let after = metrics_text(&s).await;
+    let after = s.metrics().await;
     drop(ingesting);
 
     // Ingest scored every price with enough history: the anomaly model's share over each threshold is
@@ -453,17 +448,7 @@ async fn monitoring_answers_in_the_envelope_and_only_to_the_platform_owner() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["window"], "1h");
     // A tenant's admin reads the models, not the traffic of every organization.
-    let created: Value = s
-        .client
-        .post(s.url("/api/v1/organizations"))
-        .json(&json!({ "name": "Tenant" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let tenant = client_with(created["api_key"]["secret"].as_str().unwrap());
+    let tenant = s.organization("Tenant").await;
     let (status, body) = get("/api/v1/models/price/monitoring", &tenant).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),

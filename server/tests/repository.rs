@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{assert_close, client_with, floats, price_repository, price_rows, TestServer};
+use common::{assert_close, floats, price_repository, price_rows, TestServer};
 use serde_json::{json, Value};
 
 const MODEL: &str = "price-swap";
@@ -207,10 +207,7 @@ async fn versions_swap_under_load_with_no_failed_request() {
         (status, body["code"].as_str()),
         (404, Some("model_not_found"))
     );
-    let (_, org) = s
-        .post("/api/v1/organizations", &json!({"name": "Tenant"}))
-        .await;
-    let tenant_admin = client_with(org["api_key"]["secret"].as_str().unwrap());
+    let tenant_admin = s.organization("Tenant").await;
     let r = tenant_admin
         .post(s.url(&format!("/v2/repository/models/{MODEL}/unload")))
         .send()

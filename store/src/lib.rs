@@ -271,6 +271,18 @@ impl Sql {
         self
     }
 
+    /// Appends one row of a multi-row `VALUES` list: `(…)`, preceded by `, ` unless it is the first.
+    fn values_row(&mut self, first: bool, row: impl IntoIterator<Item = Value>) -> &mut Sql {
+        self.push(if first { "(" } else { ", (" });
+        for (j, value) in row.into_iter().enumerate() {
+            if j > 0 {
+                self.push(", ");
+            }
+            self.bind(value);
+        }
+        self.push(")")
+    }
+
     fn query(&self) -> Query<'_, Any, AnyArguments<'_>> {
         let mut query = sqlx::query(&self.text);
         for value in &self.values {

@@ -108,32 +108,25 @@ impl Store {
                 "INSERT INTO prediction_log ({LOG_COLUMNS}) VALUES "
             ));
             for (i, r) in chunk.iter().enumerate() {
-                sql.push(if i == 0 { "(" } else { ", (" });
-                for (j, value) in [
-                    crate::Value::Text(Some(r.id.clone())),
-                    crate::Value::Text(Some(r.organization_id.clone())),
-                    crate::Value::Text(Some(r.model.clone())),
-                    crate::Value::Int(r.version),
-                    crate::Value::Text(Some(r.material_id.clone())),
-                    crate::Value::Text(r.supplier_id.clone()),
-                    crate::Value::Int(r.as_of_day),
-                    crate::Value::Real(Some(r.quantity)),
-                    crate::Value::Real(Some(r.predicted)),
-                    crate::Value::Real(Some(r.lower_bound)),
-                    crate::Value::Real(Some(r.upper_bound)),
-                    crate::Value::Real(Some(r.level)),
-                    crate::Value::Text(Some(r.inputs_digest.clone())),
-                    crate::Value::Int(r.created_at),
-                ]
-                .into_iter()
-                .enumerate()
-                {
-                    if j > 0 {
-                        sql.push(", ");
-                    }
-                    sql.bind(value);
-                }
-                sql.push(")");
+                sql.values_row(
+                    i == 0,
+                    [
+                        crate::Value::Text(Some(r.id.clone())),
+                        crate::Value::Text(Some(r.organization_id.clone())),
+                        crate::Value::Text(Some(r.model.clone())),
+                        crate::Value::Int(r.version),
+                        crate::Value::Text(Some(r.material_id.clone())),
+                        crate::Value::Text(r.supplier_id.clone()),
+                        crate::Value::Int(r.as_of_day),
+                        crate::Value::Real(Some(r.quantity)),
+                        crate::Value::Real(Some(r.predicted)),
+                        crate::Value::Real(Some(r.lower_bound)),
+                        crate::Value::Real(Some(r.upper_bound)),
+                        crate::Value::Real(Some(r.level)),
+                        crate::Value::Text(Some(r.inputs_digest.clone())),
+                        crate::Value::Int(r.created_at),
+                    ],
+                );
             }
             sql.push(" ON CONFLICT (id) DO NOTHING");
             sql.query().execute(&mut *tx).await?;

@@ -324,29 +324,22 @@ impl Store {
                  currency, quantity, price_type, source, created_at) VALUES ",
             );
             for (i, p) in chunk.iter().enumerate() {
-                sql.push(if i == 0 { "(" } else { ", (" });
-                for (j, value) in [
-                    Value::Text(Some(p.id.clone())),
-                    Value::Text(Some(org.to_string())),
-                    Value::Int(p.time.timestamp_millis()),
-                    Value::Text(Some(p.material_id.clone())),
-                    Value::Text(p.supplier_id.clone()),
-                    Value::Real(Some(p.price)),
-                    Value::Text(Some(p.currency.clone())),
-                    Value::Real(p.quantity),
-                    Value::Text(Some(p.price_type.as_str().into())),
-                    Value::Text(p.source.clone()),
-                    Value::Int(created_at.timestamp_millis()),
-                ]
-                .into_iter()
-                .enumerate()
-                {
-                    if j > 0 {
-                        sql.push(", ");
-                    }
-                    sql.bind(value);
-                }
-                sql.push(")");
+                sql.values_row(
+                    i == 0,
+                    [
+                        Value::Text(Some(p.id.clone())),
+                        Value::Text(Some(org.to_string())),
+                        Value::Int(p.time.timestamp_millis()),
+                        Value::Text(Some(p.material_id.clone())),
+                        Value::Text(p.supplier_id.clone()),
+                        Value::Real(Some(p.price)),
+                        Value::Text(Some(p.currency.clone())),
+                        Value::Real(p.quantity),
+                        Value::Text(Some(p.price_type.as_str().into())),
+                        Value::Text(p.source.clone()),
+                        Value::Int(created_at.timestamp_millis()),
+                    ],
+                );
             }
             sql.query().execute(&mut *tx).await.map_err(|e| {
                 // A material or supplier deleted since the check above.
@@ -530,19 +523,19 @@ impl Store {
                  anomaly_model = v.column4 FROM (VALUES ",
             );
             for (i, (id, a)) in chunk.iter().enumerate() {
-                sql.push(if i == 0 { "(" } else { ", (" });
-                sql.bind(Value::Text(Some(id.clone())));
-                sql.push(", ");
-                sql.bind(Value::Real(a.as_ref().map(|a| a.score)));
-                sql.push(", ");
-                sql.bind(Value::Text(
-                    a.as_ref()
-                        .and_then(|a| a.severity)
-                        .map(|s| s.as_str().to_string()),
-                ));
-                sql.push(", ");
-                sql.bind(Value::Text(a.as_ref().map(|a| a.model.clone())));
-                sql.push(")");
+                sql.values_row(
+                    i == 0,
+                    [
+                        Value::Text(Some(id.clone())),
+                        Value::Real(a.as_ref().map(|a| a.score)),
+                        Value::Text(
+                            a.as_ref()
+                                .and_then(|a| a.severity)
+                                .map(|s| s.as_str().to_string()),
+                        ),
+                        Value::Text(a.as_ref().map(|a| a.model.clone())),
+                    ],
+                );
             }
             sql.push(") AS v WHERE prices.id = v.column1 AND prices.organization_id = ");
             sql.bind(Value::Text(Some(org.to_string())));

@@ -223,6 +223,18 @@ impl TestServer {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// A new organization, and a client holding its admin key.
+    pub async fn organization(&self, name: &str) -> reqwest::Client {
+        let (status, body) = self
+            .post(
+                "/api/v1/organizations",
+                &serde_json::json!({ "name": name }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        client_with(body["api_key"]["secret"].as_str().unwrap())
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
         self.client
