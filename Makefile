@@ -4,7 +4,7 @@ ARGS ?=
 
 FUZZ_SECS ?= 60
 
-.PHONY: conformance demo fleet fuzz run build runtime test lint bench bench-load bench-predictions bench-store bench-batch train fmt
+.PHONY: conformance demo fleet fuzz run build runtime test lint bench bench-load bench-predictions bench-store bench-batch bench-sourcing train fmt
 
 ## Serve the shipped models on 127.0.0.1:8000 (flags: make run ARGS="--addr 0.0.0.0:8000").
 run: build
@@ -67,6 +67,11 @@ bench-store: runtime
 ## interactive p50/p99 with and without a job running.
 bench-batch: runtime
 	benches/batch.sh
+
+## Sourcing: quote submission (lines/s, each line benchmarked) for an RFQ of 1,000 lines x 10 suppliers, and
+## the comparison's render time.
+bench-sourcing: runtime
+	benches/sourcing.sh
 
 ## Regenerate fixtures/prices.csv and retrain the shipped models (not needed to run or test). Version 1
 ## computed its features in numpy; version 2 of each goes through `mercator features materialize`.

@@ -119,6 +119,23 @@ pub enum ApiError {
     /// window).
     #[error(transparent)]
     Monitor(mercator_services::monitor::MonitorError),
+    /// A sourcing move the RFQ's state, deadline or invitations do not allow.
+    #[error(transparent)]
+    Sourcing(mercator_services::sourcing::SourcingError),
+}
+
+/// Sourcing's error as it is, except the store's and field errors, which have their own variants.
+impl From<mercator_services::sourcing::SourcingError> for ApiError {
+    fn from(e: mercator_services::sourcing::SourcingError) -> ApiError {
+        use mercator_services::sourcing::SourcingError;
+        match e {
+            SourcingError::Store(e) => e.into(),
+            SourcingError::Invalid { message, details } => {
+                ApiError::Validation { message, details }
+            }
+            e => ApiError::Sourcing(e),
+        }
+    }
 }
 
 /// Monitoring's error as it is, except the engine's and the store's, which have their own variants.
@@ -281,6 +298,7 @@ impl ApiError {
             ApiError::Prediction(e) => e.code(),
             ApiError::Batch(e) => e.code(),
             ApiError::Monitor(e) => e.code(),
+            ApiError::Sourcing(e) => e.code(),
             ApiError::Session(e) => e.code(),
             ApiError::Users(e) => e.code(),
             ApiError::BadRequest(_) => "bad_request",
@@ -395,7 +413,9 @@ pub fn status(code: &str) -> StatusCode {
         | "not_monitored" => StatusCode::NOT_FOUND,
         "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
         "body_timeout" => StatusCode::REQUEST_TIMEOUT,
-        "conflict" | "results_not_ready" => StatusCode::CONFLICT,
+        "conflict" | "results_not_ready" | "invalid_state" | "deadline_passed" => {
+            StatusCode::CONFLICT
+        }
         "results_expired" => StatusCode::GONE,
         "body_too_large" | "too_many_rows" | "batch_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
         "unsupported_media_type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -405,7 +425,8 @@ pub fn status(code: &str) -> StatusCode {
         | "beyond_horizon"
         | "invalid_price"
         | "invalid_date"
-        | "insufficient_history" => StatusCode::UNPROCESSABLE_ENTITY,
+        | "insufficient_history"
+        | "supplier_not_invited" => StatusCode::UNPROCESSABLE_ENTITY,
         "overloaded"
         | "server_busy"
         | "too_many_heavy_requests"

@@ -121,6 +121,8 @@ pub struct Shared {
     pub metrics_key: Option<[u8; 32]>,
     /// Price observations written, folded into the history, scored, judged and announced.
     pub ingest: Arc<Ingest>,
+    /// RFQs, quotes benchmarked as they arrive, comparison and award.
+    pub sourcing: Arc<mercator_services::sourcing::Sourcing>,
     /// Batch prediction jobs: their runner, progress and limits.
     pub jobs: Arc<Jobs>,
     /// The model registry: uploads, activation, traffic, load and unload, kept in the store.
@@ -350,6 +352,15 @@ impl App {
             price_events.clone(),
             config.score_on_ingest,
         ));
+        let sourcing = Arc::new(mercator_services::sourcing::Sourcing::new(
+            store.clone(),
+            predictions.clone(),
+            ingest.clone(),
+            notifications.clone(),
+            alerts.clone(),
+            config.clock.clone(),
+            config.sourcing,
+        ));
         let draining = Arc::new(AtomicBool::new(false));
         let jobs = Arc::new(
             Jobs::open(
@@ -430,6 +441,7 @@ impl App {
             jobs: jobs.clone(),
             predictions,
             ingest,
+            sourcing,
             metrics_key: config.metrics_key.as_deref().map(|k| {
                 use sha2::Digest;
                 sha2::Sha256::digest(k.as_bytes()).into()

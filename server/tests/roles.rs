@@ -90,6 +90,7 @@ async fn every_route_refuses_the_roles_below_its_minimum() {
             let concrete = path
                 .replace("{id}", "0")
                 .replace("{batch_id}", "0")
+                .replace("{quote_id}", "0")
                 .replace("{model}", "price")
                 .replace("{name}", "price")
                 .replace("{version}", "1");
@@ -194,6 +195,24 @@ async fn another_organizations_ids_are_not_found() {
         .as_str()
         .expect("the rule fired")
         .to_string();
+    // An open RFQ to the supplier, with its quote.
+    let rfq = post(
+        "/api/v1/rfqs",
+        json!({ "title": "t", "currency": "EUR", "deadline": chrono::Utc::now() + chrono::Duration::hours(1),
+                "lines": [{ "material_id": material["id"], "quantity": 1.0, "needed_by": "2030-01-01" }],
+                "suppliers": [supplier["id"]] }),
+    )
+    .await;
+    post(
+        &format!("/api/v1/rfqs/{}/open", rfq["id"].as_str().unwrap()),
+        json!({}),
+    )
+    .await;
+    let quote = post(
+        &format!("/api/v1/rfqs/{}/quotes", rfq["id"].as_str().unwrap()),
+        json!({ "supplier_id": supplier["id"], "lines": [{ "line_id": "1", "unit_price": 5.0 }] }),
+    )
+    .await;
     let key = post("/api/v1/api-keys", json!({ "name": "k", "role": "viewer" })).await;
     let user = post(
         "/api/v1/users",
@@ -221,8 +240,12 @@ async fn another_organizations_ids_are_not_found() {
             event.clone()
         } else if path.starts_with("/api/v1/alerts/") {
             id(&rule)
-        } else if path.starts_with("/api/v1/materials/") {
+        } else if path.starts_with("/api/v1/materials/")
+            || path.starts_with("/api/v1/benchmarks/materials/")
+        {
             id(&material)
+        } else if path.starts_with("/api/v1/rfqs/") {
+            id(&rfq)
         } else if path.starts_with("/api/v1/suppliers/") {
             id(&supplier)
         } else if path.starts_with("/api/v1/prices/") {
@@ -264,7 +287,10 @@ async fn another_organizations_ids_are_not_found() {
         }
         for method in item.as_object().unwrap().keys() {
             let answer = |id: &str| {
-                let concrete = path.replace("{id}", id).replace("{batch_id}", id);
+                let concrete = path
+                    .replace("{id}", id)
+                    .replace("{batch_id}", id)
+                    .replace("{quote_id}", quote["id"].as_str().unwrap());
                 let method: Method = method.to_uppercase().parse().unwrap();
                 let (url, ws) = (s.url(&concrete), concrete.starts_with("/ws/"));
                 let (other_admin, other_secret) = (other_admin.clone(), other_secret.clone());
@@ -286,7 +312,15 @@ async fn another_organizations_ids_are_not_found() {
                     let with_body = matches!(method, Method::POST | Method::PATCH | Method::PUT);
                     let mut request = other_admin.request(method, url);
                     if with_body {
-                        request = request.json(&json!({}));
+                        // A body that parses, where the route needs fields: the id is what is judged.
+                        let body = if concrete.ends_with("/quotes") {
+                            json!({"supplier_id": "x", "lines": [{"line_id": "1", "unit_price": 1.0}]})
+                        } else if concrete.ends_with("/reopen") {
+                            json!({"deadline": "2100-01-01"})
+                        } else {
+                            json!({})
+                        };
+                        request = request.json(&body);
                     }
                     let r = request.send().await.unwrap();
                     (

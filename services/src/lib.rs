@@ -23,6 +23,8 @@
 //!   shared through Redis.
 //! - [`monitor`]: model monitoring: live profiles of what each version sees and answers, merged across
 //!   replicas, judged for drift against the version's reference profile.
+//! - [`sourcing`]: RFQs to invited suppliers, their quotes benchmarked against the fair price as they
+//!   arrive and scored, compared and awarded.
 //! - [`input`]: request bodies read by the API's rules (JSON naming the field at fault, CSV read as JSON).
 
 pub mod alerts;
@@ -40,3 +42,4 @@ pub mod monitor;
 pub mod predict;
 pub mod registry;
 pub mod shadow;
+pub mod sourcing;

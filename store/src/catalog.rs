@@ -503,13 +503,7 @@ impl Store {
 
 /// Code or name containing `text`, case-insensitively, on both databases (`LIKE` differs between them).
 fn search(wher: &mut Sql, text: &str) {
-    let pattern = format!(
-        "%{}%",
-        text.to_lowercase()
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_")
-    );
+    let pattern = format!("%{}%", crate::like_escaped(&text.to_lowercase()));
     wher.push(" AND (LOWER(code) LIKE ")
         .bind(Value::Text(Some(pattern.clone())))
         .push(" ESCAPE '\\' OR LOWER(name) LIKE ")

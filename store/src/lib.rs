@@ -25,6 +25,7 @@ mod monitor;
 mod prices;
 mod runs;
 pub mod secrets;
+mod sourcing;
 mod tenants;
 mod users;
 mod validate;
@@ -39,7 +40,7 @@ use sqlx::{Any, AnyPool};
 
 pub use alerts::{
     AlertEvent, AlertRule, AlertRulePatch, Breach, Channel, Condition, Delivery, DueDelivery,
-    EventQuery, EventStatus, NewAlertRule, OwnedRule, Scope, Webhook,
+    EventQuery, EventStatus, NewAlertRule, OwnedRule, Scope, Webhook, SOURCING_EVENTS,
 };
 pub use audit::{AuditEvent, AuditQuery, NewAuditEvent};
 pub use batches::{
@@ -53,14 +54,21 @@ pub use changes::{Change, ChangeKind, ChangeListener, Observed, PriceMoves, CHAN
 pub use models::{ModelPolicy, TrafficPolicy, VersionRecord, VersionState};
 pub use monitor::{LoggedPrediction, MonitorCounts};
 pub use prices::{
-    NewPrice, Price, PriceAnomaly, PricePatch, PricePoint, PriceQuery, PriceType, Severity,
+    CategoryPrice, NewPrice, Price, PriceAnomaly, PricePatch, PricePoint, PriceQuery, PriceType,
+    Severity,
+};
+pub use sourcing::{
+    checked_lines, checked_suppliers, invites, Award, Benchmark, DealScore, Invite, NewRfq,
+    NewRfqLine, Quote, QuoteLine, Rfq, RfqFilter, RfqLine, RfqPatch, RfqStatus, MAX_RFQ_LINES,
+    MAX_RFQ_SUPPLIERS,
 };
 pub use tenants::{
     generate_key, plausible_key, ApiKey, KeyScope, KeySpec, Organization, Role, KEY_PREFIX,
 };
 pub use users::{RefreshToken, Spent, User, UserChange};
 pub use validate::{
-    opt_date, opt_time, parse_date, parse_time, parse_time_param, FieldErrors, RowError, DATE_RANGE,
+    opt_date, opt_time, parse_date, parse_time, parse_time_param, FieldErrors, RowError,
+    DATE_RANGE, MAX_PRICE, MIN_PRICE,
 };
 
 /// Times on the wire are RFC 3339 in UTC; in the database, milliseconds since the epoch.
@@ -356,6 +364,13 @@ fn now_ms() -> i64 {
 
 fn from_ms(ms: i64) -> Time {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// `text` with `LIKE`'s wildcards escaped (by `\\`: follow the pattern with `ESCAPE '\\'`).
+fn like_escaped(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 /// JSON text from the database, as a value.

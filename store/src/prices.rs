@@ -14,7 +14,7 @@ use crate::{
     Store, StoreError, Time, Value,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum PriceType {
@@ -140,6 +140,17 @@ pub struct NewPrice {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(max_length = 200))]
     pub source: Option<String>,
+}
+
+/// One observation of a category's benchmark.
+#[derive(Debug, Clone)]
+pub struct CategoryPrice {
+    pub material_id: String,
+    pub price_type: PriceType,
+    pub price: f64,
+    pub quantity: Option<f64>,
+    /// Milliseconds since the epoch.
+    pub at: i64,
 }
 
 /// A correction: absent fields stay; `quantity`, `source` and `supplier_id` may be set to null.
@@ -354,6 +365,65 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(prices)
+    }
+
+    /// The organization's observations of one material and price type observed in `[from, to]`, in series
+    /// order (time, then id): (time in ms, id, price).
+    pub async fn price_series(
+        &self,
+        org: &str,
+        material_id: &str,
+        price_type: PriceType,
+        (from, to): (Time, Time),
+    ) -> Result<Vec<(i64, String, f64)>> {
+        Ok(sqlx::query_as(
+            "SELECT observed_at, id, price FROM prices WHERE organization_id = $1 AND material_id = $2 \
+             AND price_type = $3 AND observed_at >= $4 AND observed_at <= $5 ORDER BY observed_at, id",
+        )
+        .bind(org)
+        .bind(material_id)
+        .bind(price_type.as_str())
+        .bind(from.timestamp_millis())
+        .bind(to.timestamp_millis())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Every observation in `[from, to)` of the organization's materials in `category`: (material id,
+    /// price type, price, quantity, time in ms), by time.
+    pub async fn category_prices(
+        &self,
+        org: &str,
+        category: &str,
+        (from, to): (Time, Time),
+    ) -> Result<Vec<CategoryPrice>> {
+        let rows = sqlx::query(
+            "SELECT p.material_id, p.price_type, p.price, p.quantity, p.observed_at FROM prices p \
+             JOIN materials m ON m.id = p.material_id AND m.organization_id = p.organization_id \
+             WHERE p.organization_id = $1 AND m.category = $2 AND p.observed_at >= $3 AND p.observed_at < $4 \
+             ORDER BY p.observed_at, p.id",
+        )
+        .bind(org)
+        .bind(category)
+        .bind(from.timestamp_millis())
+        .bind(to.timestamp_millis())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let kind: String = r.try_get("price_type")?;
+                Ok(CategoryPrice {
+                    material_id: r.try_get("material_id")?,
+                    price_type: PriceType::parse(&kind).ok_or_else(|| {
+                        sqlx::Error::Decode(format!("unknown price type {kind}").into())
+                    })?,
+                    price: r.try_get("price")?,
+                    quantity: r.try_get("quantity")?,
+                    at: r.try_get("observed_at")?,
+                })
+            })
+            .collect::<sqlx::Result<_>>()
+            .map_err(Into::into)
     }
 
     /// Brings the query planner's statistics up to date after a large write. PostgreSQL otherwise plans

@@ -168,6 +168,12 @@ pub fn opt_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Time>, D::Erro
         .transpose()
 }
 
+/// serde: a date as `parse_date` reads it.
+pub(crate) fn date<'de, D: Deserializer<'de>>(d: D) -> Result<chrono::NaiveDate, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_date(&text).map_err(serde::de::Error::custom)
+}
+
 /// serde: an optional date as `parse_date` reads it (use with `#[serde(default)]`).
 pub fn opt_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<chrono::NaiveDate>, D::Error> {
     Option::<String>::deserialize(d)?

@@ -1,5 +1,5 @@
 //! The REST API under `/api/v1`: organizations and keys (`tenants.rs`), materials and suppliers
-//! (`catalog.rs`), price observations (`prices.rs`), alert rules and events (`alerts.rs`), and the OpenAPI document that describes them all
+//! (`catalog.rs`), price observations (`prices.rs`), alert rules and events (`alerts.rs`), RFQs and quotes (`sourcing.rs`), and the OpenAPI document that describes them all
 //! (`openapi.rs`). Handlers translate: an `Auth<Role>` extractor gives the caller's organization, the store
 //! does the work scoped to it, `ApiError` maps what went wrong.
 
@@ -14,6 +14,7 @@ pub mod monitoring;
 pub mod openapi;
 pub mod predictions;
 pub mod prices;
+pub mod sourcing;
 pub mod stream;
 pub mod tenants;
 pub mod upload;
@@ -39,6 +40,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(predictions::routes())
         .merge(batch::routes())
         .merge(alerts::routes())
+        .merge(sourcing::routes())
         .merge(stream::routes())
 }
 

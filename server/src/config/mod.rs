@@ -9,7 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 mod monitor;
+mod sourcing;
 use monitor::monitor;
+use sourcing::sourcing;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -350,6 +352,21 @@ pub struct ServeArgs {
     /// Logged predictions one report checks at most (the latest of its window) [default: 200000].
     #[arg(long, env = "MERCATOR_MONITOR_ACCURACY_MAX_ROWS")]
     pub monitor_accuracy_max_rows: Option<usize>,
+    /// The deal score's weights, `name=value` comma-separated (any of price, reliability, lead_time,
+    /// risk; the rest keep theirs) [default: price=0.5,reliability=0.2,lead_time=0.15,risk=0.15].
+    #[arg(long, env = "MERCATOR_DEAL_WEIGHTS")]
+    pub deal_weights: Option<String>,
+    /// Days late at which a quote's lead-time component of the deal score reaches 0 [default: 14].
+    #[arg(long, env = "MERCATOR_DEAL_LATE_DAYS")]
+    pub deal_late_days: Option<f64>,
+    /// Landed cost: the share of the price added per day a promised date falls after the needed-by date
+    /// [default: 0.005].
+    #[arg(long, env = "MERCATOR_LANDED_LATE_PER_DAY")]
+    pub landed_late_per_day: Option<f64>,
+    /// Landed cost: the share of the price added per unit of a supplier's unreliability (1 − reliability)
+    /// [default: 0.1].
+    #[arg(long, env = "MERCATOR_LANDED_UNRELIABILITY")]
+    pub landed_unreliability: Option<f64>,
 }
 
 /// The settings in force.
@@ -403,6 +420,8 @@ pub struct Config {
     pub monitor: Option<mercator_services::monitor::MonitorConfig>,
     /// Batches waiting to be counted by monitoring at most.
     pub monitor_channel: usize,
+    /// How quotes are scored and offers ranked.
+    pub sourcing: mercator_services::sourcing::SourcingConfig,
 }
 
 /// How sessions are signed and how long they last.
@@ -524,6 +543,7 @@ impl Default for Config {
             clock: Default::default(),
             monitor: Some(Default::default()),
             monitor_channel: 1024,
+            sourcing: Default::default(),
         }
     }
 }
@@ -537,6 +557,7 @@ impl Config {
         };
         let d = Config::default();
         let monitor = monitor(&args, &file)?;
+        let sourcing = sourcing(&args, &file)?;
         Ok(Config {
             addr: args.addr.or(file.addr).unwrap_or(d.addr),
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
@@ -812,6 +833,7 @@ impl Config {
                 .or(file.monitor_channel_batches)
                 .unwrap_or(d.monitor_channel)
                 .clamp(1, 1 << 20),
+            sourcing,
         })
     }
 }

@@ -400,6 +400,16 @@ pub fn run(command: &mut std::process::Command) {
     );
 }
 
+/// The fixture's last day.
+pub fn fixture_last_day() -> chrono::NaiveDate {
+    let text = std::fs::read_to_string(repo_root().join("fixtures/prices.csv")).unwrap();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| chrono::NaiveDate::parse_from_str(l.split(',').next()?, "%Y-%m-%d").ok())
+        .max()
+        .unwrap()
+}
+
 /// The fixture's materials and suppliers as created: code -> id.
 pub struct Fixture {
     pub materials: std::collections::HashMap<String, String>,
@@ -414,6 +424,12 @@ pub async fn ingest_fixture(s: &TestServer, client: &reqwest::Client) -> Fixture
 
 /// `ingest_fixture` on the server at `base`.
 pub async fn ingest_fixture_at(base: &str, client: &reqwest::Client) -> Fixture {
+    ingest_fixture_moved(base, client, 0).await
+}
+
+/// `ingest_fixture` with every observation `days` later (a history that reaches today, for questions asked
+/// about today).
+pub async fn ingest_fixture_moved(base: &str, client: &reqwest::Client, days: i64) -> Fixture {
     use std::collections::HashMap;
     let post = |path: &str, body: Value| {
         let request = client.post(format!("{base}{path}")).json(&body);
@@ -445,9 +461,11 @@ pub async fn ingest_fixture_at(base: &str, client: &reqwest::Client) -> Fixture 
     }
     let mut csv = String::from("time,material_id,supplier_id,price,currency,quantity,price_type\n");
     for r in &rows {
+        let day = chrono::NaiveDate::parse_from_str(&r[0], "%Y-%m-%d").unwrap()
+            + chrono::Duration::days(days);
         csv.push_str(&format!(
-            "{}T00:00:00Z,{},{},{},EUR,{},quote\n",
-            &r[0], materials[&r[1]], suppliers[&r[4]], &r[8], &r[6]
+            "{day}T00:00:00Z,{},{},{},EUR,{},quote\n",
+            materials[&r[1]], suppliers[&r[4]], &r[8], &r[6]
         ));
     }
     let r = client

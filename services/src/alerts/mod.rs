@@ -23,6 +23,7 @@ pub mod egress;
 mod rules;
 pub mod schedule;
 pub mod webhook;
+pub mod zscore;
 
 pub use rules::{RuleError, RuleLimits};
 
@@ -66,6 +67,16 @@ impl OrgRules {
             .iter()
             .chain(get(&self.by_category, category))
             .chain(supplier.map_or(none, |s| get(&self.by_supplier, s)))
+            .chain(&self.everything)
+    }
+
+    /// Every rule of the organization.
+    fn all(&self) -> impl Iterator<Item = &Arc<AlertRule>> {
+        self.by_material
+            .values()
+            .chain(self.by_category.values())
+            .chain(self.by_supplier.values())
+            .flatten()
             .chain(&self.everything)
     }
 
@@ -286,6 +297,34 @@ impl Alerts {
                 Err(e) => tracing::warn!(error = %e, "quote rules: predicting the quotes failed"),
             }
         }
+        // The series a zscore rule reads, for the prices one can match: one query per material and type.
+        let zscored: Vec<&Price> = fresh
+            .iter()
+            .filter(|(price, category)| {
+                rules
+                    .candidates(&price.material_id, category, price.supplier_id.as_deref())
+                    .any(|r| matches!(r.condition, Condition::Zscore { .. }))
+            })
+            .map(|(price, _)| *price)
+            .collect();
+        let series = if zscored.is_empty() {
+            zscore::Series::default()
+        } else {
+            let lookback = rules
+                .all()
+                .filter_map(|r| match r.condition {
+                    Condition::Zscore { lookback_days, .. } => Some(lookback_days),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(90);
+            zscore::Series::load(&self.store, org, &zscored, lookback)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "zscore rules: the series could not be read");
+                    zscore::Series::default()
+                })
+        };
         // Breaches by (rule, subject): the first, and how many more in this batch.
         let mut breaches: Vec<(Arc<AlertRule>, Breach)> = Vec::new();
         let mut seen: HashMap<(String, String, Option<String>), usize> = HashMap::new();
@@ -293,7 +332,7 @@ impl Alerts {
             for rule in rules.candidates(&price.material_id, category, price.supplier_id.as_deref())
             {
                 let mean = |days| self.window_mean(org, price, category, days);
-                let Some(breach) = judge(rule, price, predictions.get(&i), mean) else {
+                let Some(breach) = judge(rule, price, predictions.get(&i), mean, &series) else {
                     continue;
                 };
                 let key = (
@@ -347,6 +386,7 @@ fn judge(
     price: &Price,
     prediction: Option<&PricePrediction>,
     window_mean: impl FnOnce(u32) -> Option<f64>,
+    series: &zscore::Series,
 ) -> Option<Breach> {
     let p = price.price;
     let (value, threshold, message, severity) = match &rule.condition {
@@ -414,6 +454,32 @@ fn judge(
                 rule.severity,
             )
         }
+        Condition::Zscore {
+            k,
+            window,
+            min_points,
+            lookback_days,
+        } => {
+            let before = series.window(price, *window as usize, *lookback_days);
+            let score = zscore::score(&before, p, *min_points as usize)?;
+            if score.z.abs() <= *k {
+                return None;
+            }
+            (
+                score.z,
+                *k,
+                format!(
+                    "price {p} is {:.2} standard deviations {} the mean {:.4} of the {} {} prices before it (σ {:.4})",
+                    score.z.abs(),
+                    if score.z > 0.0 { "above" } else { "below" },
+                    score.mean,
+                    score.points,
+                    price.price_type.as_str(),
+                    score.sd
+                ),
+                rule.severity,
+            )
+        }
         // Forecast rules run on the schedule.
         _ => return None,
     };
@@ -450,6 +516,33 @@ impl Alerts {
             .row(spec, org, &price.material_id, None, &input)
             .ok()?;
         row.first().copied()
+    }
+
+    /// Sends a sourcing event's body to the webhooks of the organization's `sourcing` rules that name it
+    /// (`id`: the delivery's event id, the same for every webhook). Never fails the change it reports.
+    pub async fn deliver_event(&self, org: &str, kind: &str, id: &str, body: &serde_json::Value) {
+        let Some(rules) = self.rules_of(org) else {
+            return;
+        };
+        let text = body.to_string();
+        for rule in rules.all() {
+            let Condition::Sourcing { events } = &rule.condition else {
+                continue;
+            };
+            if !events.iter().any(|e| e == kind) {
+                continue;
+            }
+            for channel in &rule.channels {
+                if let Channel::Webhook(hook) = channel {
+                    match self.store.enqueue_delivery(org, id, hook, &text).await {
+                        Ok(_) => self.webhooks.wake(),
+                        Err(e) => {
+                            tracing::error!(error = %e, event = id, url = %hook.url, "queueing a webhook delivery failed")
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Sends an event opened to the rule's channels: the WebSocket at once, webhooks through the outbox.
@@ -548,15 +641,43 @@ mod tests {
     fn thresholds_breach_strictly_beyond_and_say_by_how_much() {
         let above = rule(Condition::PriceAbove { threshold: 10.0 });
         let spot = |v| price(v, PriceType::Market);
-        assert!(judge(&above, &spot(10.0), None, no_mean).is_none());
-        let breach = judge(&above, &spot(10.5), None, no_mean).unwrap();
+        assert!(judge(
+            &above,
+            &spot(10.0),
+            None,
+            no_mean,
+            &zscore::Series::default()
+        )
+        .is_none());
+        let breach = judge(
+            &above,
+            &spot(10.5),
+            None,
+            no_mean,
+            &zscore::Series::default(),
+        )
+        .unwrap();
         assert_eq!((breach.value, breach.threshold), (10.5, 10.0));
         assert_eq!(breach.severity, Severity::Medium);
         assert_eq!(breach.price_id.as_deref(), Some("price"));
         assert_eq!(breach.supplier_id.as_deref(), Some("s"));
         let below = rule(Condition::PriceBelow { threshold: 10.0 });
-        assert!(judge(&below, &spot(10.0), None, no_mean).is_none());
-        assert!(judge(&below, &spot(9.0), None, no_mean).is_some());
+        assert!(judge(
+            &below,
+            &spot(10.0),
+            None,
+            no_mean,
+            &zscore::Series::default()
+        )
+        .is_none());
+        assert!(judge(
+            &below,
+            &spot(9.0),
+            None,
+            no_mean,
+            &zscore::Series::default()
+        )
+        .is_some());
     }
 
     #[test]
@@ -566,20 +687,46 @@ mod tests {
             window_days: 28,
         });
         let mut asked = None;
-        let breach = judge(&r, &price(13.0, PriceType::Market), None, |days| {
-            asked = Some(days);
-            Some(10.0)
-        })
+        let breach = judge(
+            &r,
+            &price(13.0, PriceType::Market),
+            None,
+            |days| {
+                asked = Some(days);
+                Some(10.0)
+            },
+            &zscore::Series::default(),
+        )
         .unwrap();
         assert_eq!(asked, Some(28));
         assert!((breach.value - 30.0).abs() < 1e-9, "{}", breach.value);
         assert!(breach.message.contains("30.0% above"), "{}", breach.message);
-        let within = judge(&r, &price(11.9, PriceType::Market), None, |_| Some(10.0));
+        let within = judge(
+            &r,
+            &price(11.9, PriceType::Market),
+            None,
+            |_| Some(10.0),
+            &zscore::Series::default(),
+        );
         assert!(within.is_none());
-        let falling = judge(&r, &price(7.0, PriceType::Market), None, |_| Some(10.0)).unwrap();
+        let falling = judge(
+            &r,
+            &price(7.0, PriceType::Market),
+            None,
+            |_| Some(10.0),
+            &zscore::Series::default(),
+        )
+        .unwrap();
         assert!(falling.message.contains("below"), "{}", falling.message);
         // No history to compare with: no breach.
-        assert!(judge(&r, &price(100.0, PriceType::Market), None, |_| None).is_none());
+        assert!(judge(
+            &r,
+            &price(100.0, PriceType::Market),
+            None,
+            |_| None,
+            &zscore::Series::default()
+        )
+        .is_none());
     }
 
     #[test]
@@ -597,10 +744,31 @@ mod tests {
             });
             p
         };
-        assert!(judge(&r, &price(10.0, PriceType::Market), None, no_mean).is_none());
-        assert!(judge(&r, &scored(None), None, no_mean).is_none());
-        assert!(judge(&r, &scored(Some(Severity::Low)), None, no_mean).is_none());
-        let breach = judge(&r, &scored(Some(Severity::High)), None, no_mean).unwrap();
+        assert!(judge(
+            &r,
+            &price(10.0, PriceType::Market),
+            None,
+            no_mean,
+            &zscore::Series::default()
+        )
+        .is_none());
+        assert!(judge(&r, &scored(None), None, no_mean, &zscore::Series::default()).is_none());
+        assert!(judge(
+            &r,
+            &scored(Some(Severity::Low)),
+            None,
+            no_mean,
+            &zscore::Series::default()
+        )
+        .is_none());
+        let breach = judge(
+            &r,
+            &scored(Some(Severity::High)),
+            None,
+            no_mean,
+            &zscore::Series::default(),
+        )
+        .unwrap();
         assert_eq!(
             breach.severity,
             Severity::High,
@@ -613,15 +781,32 @@ mod tests {
     fn a_quote_is_compared_with_the_upper_bound_of_its_prediction() {
         let r = rule(Condition::QuoteAbovePrediction { threshold: 10.0 });
         let quote = price(12.0, PriceType::Quote);
-        assert!(judge(&r, &quote, None, no_mean).is_none(), "no prediction");
-        assert!(judge(&r, &quote, Some(&predicted(10.0, 9.0, 11.0)), no_mean).is_none());
-        let breach = judge(&r, &quote, Some(&predicted(9.0, 8.0, 10.0)), no_mean).unwrap();
+        assert!(
+            judge(&r, &quote, None, no_mean, &zscore::Series::default()).is_none(),
+            "no prediction"
+        );
+        assert!(judge(
+            &r,
+            &quote,
+            Some(&predicted(10.0, 9.0, 11.0)),
+            no_mean,
+            &zscore::Series::default()
+        )
+        .is_none());
+        let breach = judge(
+            &r,
+            &quote,
+            Some(&predicted(9.0, 8.0, 10.0)),
+            no_mean,
+            &zscore::Series::default(),
+        )
+        .unwrap();
         assert!((breach.value - 20.0).abs() < 1e-9, "{}", breach.value);
         // Forecast rules are the schedule's, never an ingest's.
         let forecast = rule(Condition::ForecastChange {
             threshold: 1.0,
             horizon_days: 7,
         });
-        assert!(judge(&forecast, &quote, None, no_mean).is_none());
+        assert!(judge(&forecast, &quote, None, no_mean, &zscore::Series::default()).is_none());
     }
 }

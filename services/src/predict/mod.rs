@@ -38,7 +38,7 @@ mod trend;
 pub use anomaly::{AnomalyAnswer, AnomalyRequest, Judgement};
 pub use error::PredictError;
 pub use forecast::{ForecastAnswer, ForecastRequest};
-pub use price::{Catalog, Interval, Named, PricePrediction, PriceRequest};
+pub use price::{Catalog, Interval, Named, PricePrediction, PriceRequest, DEFAULT_LEVEL};
 pub use trend::{TrendAnswer, TrendRequest};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

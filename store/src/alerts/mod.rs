@@ -107,6 +107,24 @@ pub enum Condition {
     /// An ingested quote (with a quantity) above the upper bound of the price model's 80% interval for it by
     /// more than `threshold` percent.
     QuoteAbovePrediction { threshold: f64 },
+    /// An ingested price more than `k` standard deviations from the mean of the material's last `window`
+    /// observations of the same price type before it (within `lookback_days`); judged once at least
+    /// `min_points` of them exist. The standard deviation is the sample one (n − 1), floored at 0.1% of the
+    /// mean.
+    Zscore {
+        #[serde(default = "two")]
+        k: f64,
+        #[serde(default = "five")]
+        window: u32,
+        #[serde(default = "five")]
+        min_points: u32,
+        #[serde(default = "ninety")]
+        lookback_days: u32,
+    },
+    /// A sourcing event (`rfq.opened`, `rfq.closed`, `rfq.cancelled`, `quote.received`, `rfq.awarded`; the
+    /// ones named): its body goes to the rule's webhooks as it is (every event is on `/ws/notifications`
+    /// anyway). Opens no alert event.
+    Sourcing { events: Vec<String> },
     /// The active version of `model` drifts: one of `features` (any feature, when none are named) judged
     /// drift in each of the last `windows` (1 to 24) windows of the monitor's `window` (its first, when none
     /// is named), after a window in which it did not. Judged as each window ends; the platform
@@ -137,8 +155,29 @@ pub enum Condition {
     },
 }
 
+/// The events a `sourcing` rule can name.
+pub const SOURCING_EVENTS: &[&str] = &[
+    "rfq.opened",
+    "rfq.closed",
+    "rfq.cancelled",
+    "quote.received",
+    "rfq.awarded",
+];
+
 fn one() -> u32 {
     1
+}
+
+fn two() -> f64 {
+    2.0
+}
+
+fn five() -> u32 {
+    5
+}
+
+fn ninety() -> u32 {
+    90
 }
 
 impl Condition {
@@ -177,6 +216,41 @@ impl Condition {
                         "condition.threshold",
                         "must be a number of percent, 0 or more",
                     );
+                }
+            }
+            Condition::Zscore {
+                k,
+                window,
+                min_points,
+                lookback_days,
+            } => {
+                if !(k.is_finite() && *k > 0.0 && *k <= 100.0) {
+                    e.add(
+                        "condition.k",
+                        "a number of standard deviations above 0, at most 100",
+                    );
+                }
+                if !(2..=1000).contains(window) {
+                    e.add("condition.window", "2 to 1000 observations");
+                }
+                if !(2..=*window.max(&2)).contains(min_points) {
+                    e.add("condition.min_points", "2 to the window's size");
+                }
+                if !(1..=366).contains(lookback_days) {
+                    e.add("condition.lookback_days", "1 to 366 days");
+                }
+            }
+            Condition::Sourcing { events } => {
+                if events.is_empty() {
+                    e.add("condition.events", "name at least one event");
+                }
+                for event in events {
+                    if !SOURCING_EVENTS.contains(&event.as_str()) {
+                        e.add(
+                            "condition.events",
+                            format!("`{event}`: the events are {}", SOURCING_EVENTS.join(", ")),
+                        );
+                    }
                 }
             }
             Condition::FeatureDrift {

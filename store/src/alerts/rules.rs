@@ -22,6 +22,12 @@ impl Store {
                 "a model monitoring rule watches a model, not prices: leave the scope empty",
             );
         }
+        if matches!(rule.condition, Condition::Sourcing { .. }) && !rule.scope.is_everything() {
+            e.add(
+                "scope",
+                "a sourcing rule watches the organization's RFQs: leave the scope empty",
+            );
+        }
         if let Condition::ForecastChange { .. } = rule.condition {
             if rule.scope.supplier_id.is_some() {
                 e.add(
