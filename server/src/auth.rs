@@ -168,7 +168,7 @@ fn allow<R: Requirement>(principal: &Principal, scope: KeyScope) -> Result<(), A
 }
 
 /// The scope a route needs, by what it is: the model registry (and Triton's repository extension) is
-/// `models`; predictions, analytics, batch jobs and V2 inference `predict`; keys, organizations and the
+/// `models`; predictions, analytics, inventory policies, batch jobs and V2 inference `predict`; keys, organizations and the
 /// audit log `admin`; anything else `read` to read and `write` to change.
 pub fn scope_of(method: &axum::http::Method, path: &str) -> KeyScope {
     let under = |prefix: &str| {
@@ -179,6 +179,7 @@ pub fn scope_of(method: &axum::http::Method, path: &str) -> KeyScope {
         KeyScope::Models
     } else if under("/api/v1/predictions")
         || under("/api/v1/analytics")
+        || under("/api/v1/inventory")
         || under("/ws/predictions")
         || (path.starts_with("/v2/models/") && path.ends_with("/infer"))
     {
@@ -499,6 +500,7 @@ mod tests {
         use axum::http::Method;
         let cases = [
             (Method::POST, "/api/v1/predictions/price", KeyScope::Predict),
+            (Method::POST, "/api/v1/inventory/policy", KeyScope::Predict),
             (
                 Method::GET,
                 "/api/v1/predictions/batch/bat_1",

@@ -122,6 +122,21 @@ pub enum ApiError {
     /// A sourcing move the RFQ's state, deadline or invitations do not allow.
     #[error(transparent)]
     Sourcing(mercator_services::sourcing::SourcingError),
+    /// An order move its state does not allow.
+    #[error(transparent)]
+    Supply(mercator_services::supply::SupplyError),
+}
+
+/// Supply's error: the store's, or fields.
+impl From<mercator_services::supply::SupplyError> for ApiError {
+    fn from(e: mercator_services::supply::SupplyError) -> ApiError {
+        use mercator_services::supply::SupplyError;
+        match e {
+            SupplyError::Store(e) => e.into(),
+            SupplyError::Invalid { message, details } => ApiError::Validation { message, details },
+            e @ SupplyError::State(_) => ApiError::Supply(e),
+        }
+    }
 }
 
 /// Sourcing's error as it is, except the store's and field errors, which have their own variants.
@@ -299,6 +314,7 @@ impl ApiError {
             ApiError::Batch(e) => e.code(),
             ApiError::Monitor(e) => e.code(),
             ApiError::Sourcing(e) => e.code(),
+            ApiError::Supply(e) => e.code(),
             ApiError::Session(e) => e.code(),
             ApiError::Users(e) => e.code(),
             ApiError::BadRequest(_) => "bad_request",

@@ -123,6 +123,8 @@ pub struct Shared {
     pub ingest: Arc<Ingest>,
     /// RFQs, quotes benchmarked as they arrive, comparison and award.
     pub sourcing: Arc<mercator_services::sourcing::Sourcing>,
+    /// Inventory policies.
+    pub supply: Arc<mercator_services::supply::Supply>,
     /// Batch prediction jobs: their runner, progress and limits.
     pub jobs: Arc<Jobs>,
     /// The model registry: uploads, activation, traffic, load and unload, kept in the store.
@@ -442,6 +444,10 @@ impl App {
             predictions,
             ingest,
             sourcing,
+            supply: Arc::new(mercator_services::supply::Supply::new(
+                store.clone(),
+                config.clock.clone(),
+            )),
             metrics_key: config.metrics_key.as_deref().map(|k| {
                 use sha2::Digest;
                 sha2::Sha256::digest(k.as_bytes()).into()

@@ -213,6 +213,13 @@ async fn another_organizations_ids_are_not_found() {
         json!({ "supplier_id": supplier["id"], "lines": [{ "line_id": "1", "unit_price": 5.0 }] }),
     )
     .await;
+    let order = post(
+        "/api/v1/orders",
+        json!({ "supplier_id": supplier["id"], "currency": "EUR",
+                "lines": [{ "material_id": material["id"], "quantity": 1.0, "unit_price": 5.0,
+                            "promised_date": "2030-01-01" }] }),
+    )
+    .await;
     let key = post("/api/v1/api-keys", json!({ "name": "k", "role": "viewer" })).await;
     let user = post(
         "/api/v1/users",
@@ -246,6 +253,8 @@ async fn another_organizations_ids_are_not_found() {
             id(&material)
         } else if path.starts_with("/api/v1/rfqs/") {
             id(&rfq)
+        } else if path.starts_with("/api/v1/orders/") {
+            id(&order)
         } else if path.starts_with("/api/v1/suppliers/") {
             id(&supplier)
         } else if path.starts_with("/api/v1/prices/") {
@@ -317,6 +326,8 @@ async fn another_organizations_ids_are_not_found() {
                             json!({"supplier_id": "x", "lines": [{"line_id": "1", "unit_price": 1.0}]})
                         } else if concrete.ends_with("/reopen") {
                             json!({"deadline": "2100-01-01"})
+                        } else if concrete.ends_with("/deliveries") {
+                            json!({"deliveries": []})
                         } else {
                             json!({})
                         };

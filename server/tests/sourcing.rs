@@ -615,6 +615,53 @@ async fn story(backend: Backend) {
     let (status, body) = send(s.client.post(path("/cancel"))).await;
     assert_eq!((status, code(&body)), (409, "invalid_state"), "{body}");
 
+    // The awards become orders, one per awarded supplier, once.
+    let (status, orders) = send(s.client.post(path("/orders"))).await;
+    assert_eq!(status, 201, "{orders}");
+    let awarded_suppliers: std::collections::BTreeSet<&str> = done["awards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["supplier_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        orders.as_array().unwrap().len(),
+        awarded_suppliers.len(),
+        "{orders}"
+    );
+    let ordered: f64 = orders
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|o| o["lines"].as_array().unwrap())
+        .map(|l| l["quantity"].as_f64().unwrap())
+        .sum();
+    assert_eq!(ordered, 100.0 + 40.0 + 250.0);
+    let (status, body) = send(s.client.post(path("/orders"))).await;
+    assert_eq!((status, code(&body)), (409, "invalid_state"), "{body}");
+    // The scorecard counts the RFQ: the first supplier was invited and quoted.
+    let (status, card) = send(
+        s.client
+            .get(s.url(&format!("/api/v1/suppliers/{}/scorecard", sup[0]))),
+    )
+    .await;
+    assert_eq!(status, 200, "{card}");
+    assert_eq!(
+        (
+            card["rfqs_invited"].as_u64(),
+            card["rfqs_responded"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{card}"
+    );
+    assert_eq!(card["quote_lines_benchmarked"], 3, "{card}");
+    let (_, card) = send(
+        s.client
+            .get(s.url(&format!("/api/v1/suppliers/{}/scorecard", sup[3]))),
+    )
+    .await;
+    assert_eq!(card["rfqs_invited"], 0, "{card}");
+
     // The webhook got every quote and both awards, as the WebSocket did.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {

@@ -25,6 +25,7 @@
 //!   replicas, judged for drift against the version's reference profile.
 //! - [`sourcing`]: RFQs to invited suppliers, their quotes benchmarked against the fair price as they
 //!   arrive and scored, compared and awarded.
+//! - [`supply`]: inventory policies (EOQ, safety stock, reorder point, order-up-to) for a service target.
 //! - [`input`]: request bodies read by the API's rules (JSON naming the field at fault, CSV read as JSON).
 
 pub mod alerts;
@@ -43,3 +44,4 @@ pub mod predict;
 pub mod registry;
 pub mod shadow;
 pub mod sourcing;
+pub mod supply;

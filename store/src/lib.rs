@@ -22,6 +22,7 @@ mod catalog;
 mod changes;
 mod models;
 mod monitor;
+mod orders;
 mod prices;
 mod runs;
 pub mod secrets;
@@ -53,6 +54,10 @@ pub use catalog::{
 pub use changes::{Change, ChangeKind, ChangeListener, Observed, PriceMoves, CHANNEL};
 pub use models::{ModelPolicy, TrafficPolicy, VersionRecord, VersionState};
 pub use monitor::{LoggedPrediction, MonitorCounts};
+pub use orders::{
+    NewOrder, NewOrderDelivery, NewOrderLine, Order, OrderDelivery, OrderFilter, OrderLine,
+    MAX_ORDER_LINES,
+};
 pub use prices::{
     CategoryPrice, NewPrice, Price, PriceAnomaly, PricePatch, PricePoint, PriceQuery, PriceType,
     Severity,

@@ -427,7 +427,12 @@ fn check_text(e: &mut FieldErrors, rfq: &Rfq) {
 
 impl Store {
     /// Ids among `ids` that are not the organization's rows of `table`.
-    async fn foreign_ids(&self, org: &str, table: &str, ids: &[&str]) -> Result<Vec<String>> {
+    pub(crate) async fn foreign_ids(
+        &self,
+        org: &str,
+        table: &str,
+        ids: &[&str],
+    ) -> Result<Vec<String>> {
         let mut unknown = Vec::new();
         let mut distinct: Vec<&str> = ids.to_vec();
         distinct.sort_unstable();
@@ -617,6 +622,25 @@ impl Store {
             limit: listed.limit,
             offset: listed.offset,
         })
+    }
+
+    /// The ids of the RFQs that invite `supplier_id` and opened in `[from, to)`.
+    pub async fn rfqs_inviting(
+        &self,
+        org: &str,
+        supplier_id: &str,
+        (from, to): (DateTime<Utc>, DateTime<Utc>),
+    ) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM rfqs WHERE organization_id = $1 AND opened_at >= $2 AND opened_at < $3 \
+             AND suppliers LIKE $4 ESCAPE '\\' ORDER BY opened_at, id",
+        )
+        .bind(org)
+        .bind(from.timestamp_millis())
+        .bind(to.timestamp_millis())
+        .bind(format!("%\"{}\"%", like_escaped(supplier_id)))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Writes an RFQ's changed fields (lines and invitations checked again), if it is still at `version`;

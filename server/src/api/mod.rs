@@ -1,5 +1,5 @@
 //! The REST API under `/api/v1`: organizations and keys (`tenants.rs`), materials and suppliers
-//! (`catalog.rs`), price observations (`prices.rs`), alert rules and events (`alerts.rs`), RFQs and quotes (`sourcing.rs`), and the OpenAPI document that describes them all
+//! (`catalog.rs`), price observations (`prices.rs`), alert rules and events (`alerts.rs`), RFQs and quotes (`sourcing.rs`), inventory policies (`supply.rs`), and the OpenAPI document that describes them all
 //! (`openapi.rs`). Handlers translate: an `Auth<Role>` extractor gives the caller's organization, the store
 //! does the work scoped to it, `ApiError` maps what went wrong.
 
@@ -16,6 +16,7 @@ pub mod predictions;
 pub mod prices;
 pub mod sourcing;
 pub mod stream;
+pub mod supply;
 pub mod tenants;
 pub mod upload;
 pub mod users;
@@ -41,6 +42,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(batch::routes())
         .merge(alerts::routes())
         .merge(sourcing::routes())
+        .merge(supply::routes())
         .merge(stream::routes())
 }
 
