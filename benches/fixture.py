@@ -21,6 +21,14 @@ for r in rows:
     if r["supplier_code"] not in suppliers:
         suppliers[r["supplier_code"]] = call("/api/v1/suppliers", {"code": r["supplier_code"], "name": r["supplier_code"],
             "country": "DE", "reliability": float(r["supplier_reliability"])})["id"]
+# FIXTURE_END=yesterday moves every observation so the history ends yesterday (questions asked today).
+import datetime
+shift = datetime.timedelta(0)
+if os.environ.get("FIXTURE_END") == "yesterday":
+    last = max(datetime.date.fromisoformat(r["observed_on"]) for r in rows)
+    shift = datetime.date.today() - datetime.timedelta(days=1) - last
+for r in rows:
+    r["observed_on"] = (datetime.date.fromisoformat(r["observed_on"]) + shift).isoformat()
 lines = ["time,material_id,supplier_id,price,currency,quantity,price_type"]
 lines += [f'{r["observed_on"]}T00:00:00Z,{materials[r["material_code"]]},{suppliers[r["supplier_code"]]},{r["unit_price"]},EUR,{r["quantity"]},quote' for r in rows]
 print(call("/api/v1/prices/bulk", ("\n".join(lines) + "\n").encode(), "text/csv")["inserted"], "prices ingested", file=sys.stderr)

@@ -24,7 +24,8 @@ RUST_LOG=warn MERCATOR_ADMIN_KEY="$API_KEY" "$mercator_bin" serve --addr "127.0.
   --data-dir "$data" --max-body-bytes 16777216 & pid=$!
 trap 'kill $pid 2>/dev/null; wait 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
-python3 benches/fixture.py "http://127.0.0.1:$port" "$out/sourcing-ids.json" >/dev/null
+# The history ends yesterday: quotes are judged today.
+FIXTURE_END=yesterday python3 benches/fixture.py "http://127.0.0.1:$port" "$out/sourcing-ids.json" >/dev/null
 python3 - "http://127.0.0.1:$port" "$out/sourcing-ids.json" "$LINES" "$READS" <<'PY'
 import datetime, json, os, statistics, sys, time, urllib.request
 
