@@ -96,12 +96,24 @@ impl Monitor {
         }
     }
 
-    /// A version's window, merged across replicas, judged column by column.
+    /// A version's window, merged across replicas, judged column by column, with its realized accuracy.
     pub async fn report(
         &self,
         model: &str,
         version: u64,
         window: Option<&str>,
+    ) -> Result<Report, MonitorError> {
+        self.report_with(model, version, window, true).await
+    }
+
+    /// The same, with realized accuracy only when `with_accuracy` (the gauges need drift alone, and
+    /// accuracy reads every logged prediction of the window).
+    async fn report_with(
+        &self,
+        model: &str,
+        version: u64,
+        window: Option<&str>,
+        with_accuracy: bool,
     ) -> Result<Report, MonitorError> {
         let window = self.window(window)?.clone();
         self.repository.get(model, Some(&version.to_string()))?;
@@ -110,7 +122,7 @@ impl Monitor {
         let now = self.clock.now();
         let to = self.bucket_of(now) + self.bucket_secs();
         let from = to - (window.length.as_secs() as i64).max(self.bucket_secs());
-        self.report_range(model, version, &window.name, (from, to))
+        self.report_range(model, version, &window.name, (from, to), with_accuracy)
             .await
     }
 
@@ -122,6 +134,7 @@ impl Monitor {
         version: u64,
         window: &str,
         (from, to): (i64, i64),
+        with_accuracy: bool,
     ) -> Result<Report, MonitorError> {
         let served = self.repository.get(model, Some(&version.to_string()))?;
         let key: Key = (Arc::from(served.manifest().name.as_str()), version);
@@ -173,7 +186,7 @@ impl Monitor {
                 })
                 .collect()
         });
-        if reference.logs {
+        if reference.logs && with_accuracy {
             report.accuracy = Some(self.accuracy(model, version, (from, to)).await?);
         }
         Ok(report)
@@ -256,7 +269,7 @@ impl Monitor {
             .map(|m| (Arc::from(m.manifest().name.as_str()), m.manifest().version))
             .collect();
         for (model, version) in monitored {
-            match self.report(&model, version, None).await {
+            match self.report_with(&model, version, None, false).await {
                 Ok(report) => gauges(&report),
                 Err(e) => tracing::debug!(%model, version, error = %e, "no monitoring gauges"),
             }

@@ -80,7 +80,11 @@ impl Monitor {
         let mut held = Vec::with_capacity(n + 1);
         for k in 0..=n as i64 {
             let range = (end - (k + 1) * length, end - k * length);
-            let report = match self.report_range(model, version, &window.name, range).await {
+            let with_accuracy = matches!(rule.condition, Condition::Accuracy { .. });
+            let report = match self
+                .report_range(model, version, &window.name, range, with_accuracy)
+                .await
+            {
                 Ok(report) => report,
                 Err(e) => {
                     tracing::warn!(rule = %rule.id, error = %e, "a model rule cannot be judged");
