@@ -187,7 +187,10 @@ impl Sourcing {
         let expired = new.valid_until.is_some_and(|v| v < today);
         for (i, (line, quote_line)) in lines.iter_mut().enumerate() {
             let answer = match &predicted {
-                Ok(answers) => answers[i].as_ref().map_err(|e| e.to_string()),
+                Ok(answers) => match answers.get(i) {
+                    Some(answer) => answer.as_ref().map_err(|e| e.to_string()),
+                    None => Err("the price model gave no answer for this line".to_string()),
+                },
                 Err(e) => Err(e.to_string()),
             };
             match answer {
