@@ -220,7 +220,8 @@ impl App {
         // Versions with a reference profile copy their batches here, for monitoring to count.
         let (tap, counted) = match config.monitor {
             Some(_) => {
-                let (tap, rx) = mercator_engine::Tap::channel(config.monitor_channel);
+                let (tap, rx) =
+                    mercator_engine::Tap::channel(config.monitor_channel, config.monitor_sample);
                 (Some(tap.clone()), Some((tap, rx)))
             }
             None => (None, None),

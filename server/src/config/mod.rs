@@ -347,6 +347,10 @@ pub struct ServeArgs {
     #[arg(long, env = "MERCATOR_MONITOR_LABEL_DAYS")]
     pub monitor_label_days: Option<u32>,
     /// Days logged predictions are kept [default: 90].
+    /// Count one batch in N of each monitored version (1: every batch). Drift compares shares, so a
+    /// sample is judged alike, but a window reaches --monitor-min-rows N times later [default: 1].
+    #[arg(long, env = "MERCATOR_MONITOR_SAMPLE")]
+    pub monitor_sample: Option<u64>,
     #[arg(long, env = "MERCATOR_MONITOR_LOG_RETENTION_DAYS")]
     pub monitor_log_retention_days: Option<u32>,
     /// Logged predictions one report checks at most (the latest of its window) [default: 200000].
@@ -442,6 +446,8 @@ impl std::fmt::Debug for SessionConfig {
         f.debug_struct("SessionConfig")
             .field("signing_keys", &self.signing_keys.as_ref().map(|_| "***"))
             .field("issuer", &self.issuer)
+    /// One batch in this many of each monitored version is counted.
+    pub monitor_sample: u64,
             .field("audience", &self.audience)
             .field("access_ttl", &self.access_ttl)
             .field("refresh_ttl", &self.refresh_ttl)
@@ -565,6 +571,7 @@ impl Config {
             max_body_bytes: args
                 .max_body_bytes
                 .or(file.max_body_bytes)
+            monitor_sample: 1,
                 .unwrap_or(d.max_body_bytes),
             drain_timeout: args
                 .drain_timeout_secs
@@ -855,6 +862,13 @@ fn plan(
 fn days(n: u32) -> chrono::Duration {
     chrono::Duration::days(i64::from(n.clamp(1, 3650)))
 }
+            monitor_sample: match args.monitor_sample.or(file.monitor_sample) {
+                Some(0) => {
+                    return Err("--monitor-sample: 0 is not a sample; 1 counts every batch".into())
+                }
+                Some(n) => n,
+                None => d.monitor_sample,
+            },
 
 fn secs(flag: Option<u64>, default: Duration) -> Duration {
     flag.map_or(default, |s| bounded_secs(s.max(1)))
@@ -985,3 +999,28 @@ mod tests {
         assert_eq!(config.connections.idle_timeout, Duration::from_secs(1));
     }
 }
+
+    #[test]
+    fn a_monitor_sample_of_zero_is_refused_and_any_other_is_taken() {
+        let err = Config::resolve(ServeArgs {
+            monitor_sample: Some(0),
+            ..ServeArgs::default()
+        })
+        .err()
+        .unwrap();
+        assert!(err.contains("--monitor-sample"), "{err}");
+        for n in [1, 10, u64::MAX] {
+            let config = Config::resolve(ServeArgs {
+                monitor_sample: Some(n),
+                ..ServeArgs::default()
+            })
+            .unwrap();
+            assert_eq!(config.monitor_sample, n);
+        }
+        assert_eq!(
+            Config::resolve(ServeArgs::default())
+                .unwrap()
+                .monitor_sample,
+            1
+        );
+    }

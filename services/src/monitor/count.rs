@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use mercator_engine::{Observed, Tensor, PROFILE_FILE};
+use mercator_engine::{Observed, Tensor, TensorData, PROFILE_FILE};
 use mercator_features::profile::{Live, Profile, Role};
 use mercator_store::StoreError;
 use tokio::sync::mpsc;
@@ -65,23 +65,6 @@ impl Monitor {
         let Some(reference) = self.reference(&key) else {
             return;
         };
-        // Each column read where it lies in its tensor, converted one value at a time: no copy.
-        let columns: Vec<Option<(&Tensor, usize)>> = reference
-            .profile
-            .columns
-            .iter()
-            .map(|c| {
-                let tensors = match c.at.role {
-                    Role::Input => &batch.inputs,
-                    Role::Output => &batch.outputs,
-                };
-                tensors
-                    .iter()
-                    .find(|t| t.name == c.at.tensor)
-                    .filter(|t| c.at.index < t.row_len() && t.rows() == batch.rows)
-                    .map(|t: &Tensor| (t, t.row_len()))
-            })
-            .collect();
         let bucket = self.bucket_of(self.clock.now());
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let profile = &reference.profile;
@@ -89,14 +72,65 @@ impl Monitor {
             live: profile.empty(),
             written: false,
         });
-        entry
-            .live
-            .observe_rows(profile, batch.rows, |c, r| match columns[c] {
-                Some((tensor, width)) => {
-                    tensor.data.f64_at(r * width + profile.columns[c].at.index)
+        // Column by column, each read where it lies in its tensor with the tensor's own type: no copy,
+        // no conversion chosen per value. Columns of one tensor follow each other, so it is looked up
+        // once for them.
+        let mut found: Option<(&str, Role, Option<&Tensor>)> = None;
+        for (c, column) in profile.columns.iter().enumerate() {
+            let at = &column.at;
+            let tensor = match found {
+                Some((name, role, tensor)) if name == at.tensor && role == at.role => tensor,
+                _ => {
+                    let tensors = match at.role {
+                        Role::Input => &batch.inputs,
+                        Role::Output => &batch.outputs,
+                    };
+                    let tensor = tensors
+                        .iter()
+                        .find(|t| t.name == at.tensor)
+                        .filter(|t| t.rows() == batch.rows);
+                    found = Some((&at.tensor, at.role, tensor));
+                    tensor
                 }
-                None => f64::NAN,
-            });
+            };
+            let live = &mut entry.live;
+            let width = tensor.map_or(0, |t| t.row_len());
+            match tensor.map(|t| &t.data) {
+                Some(data) if at.index < width => {
+                    let rows = batch.rows;
+                    match data {
+                        TensorData::Fp32(v) => live.observe_column(
+                            profile,
+                            c,
+                            strided(v, at.index, width, rows).map(|x| f64::from(*x)),
+                        ),
+                        TensorData::Fp64(v) => live.observe_column(
+                            profile,
+                            c,
+                            strided(v, at.index, width, rows).copied(),
+                        ),
+                        TensorData::Int32(v) => live.observe_column(
+                            profile,
+                            c,
+                            strided(v, at.index, width, rows).map(|x| f64::from(*x)),
+                        ),
+                        TensorData::Int64(v) => live.observe_column(
+                            profile,
+                            c,
+                            strided(v, at.index, width, rows).map(|x| *x as f64),
+                        ),
+                        TensorData::Bool(v) => live.observe_column(
+                            profile,
+                            c,
+                            strided(v, at.index, width, rows).map(|x| f64::from(u8::from(*x))),
+                        ),
+                    }
+                }
+                // Not in the batch (another signature than the reference's): missing in every row.
+                _ => live.observe_column(profile, c, std::iter::repeat_n(f64::NAN, batch.rows)),
+            }
+        }
+        entry.live.add_rows(batch.rows);
         // An anomaly model's score is its first output.
         if let (Some((thresholds, _)), Some(score)) = (&reference.anomaly, batch.outputs.first()) {
             let width = score.row_len().max(1);
@@ -187,4 +221,14 @@ impl Monitor {
             .retain(|(_, bucket), p| !p.written || *bucket >= current);
         Ok(())
     }
+}
+
+/// Element `index` of each of the first `rows` rows of `width` elements.
+fn strided<T>(values: &[T], index: usize, width: usize, rows: usize) -> impl Iterator<Item = &T> {
+    values
+        .get(index..)
+        .unwrap_or_default()
+        .iter()
+        .step_by(width.max(1))
+        .take(rows)
 }
