@@ -83,3 +83,5 @@ train:
 	.venv-train/bin/python models/train/price.py
 	.venv-train/bin/python models/train/anomaly.py
 	.venv-train/bin/python models/train/forecast.py
+	.venv-train/bin/python models/train/generate_supply.py
+	.venv-train/bin/python models/train/risk.py

@@ -12,6 +12,8 @@ pub enum ModelKind {
     Price,
     Forecast,
     Anomaly,
+    /// The chance an order line arrives late (`p_late`), from a supplier's order book.
+    Risk,
     Generic,
 }
 
@@ -103,6 +105,9 @@ pub struct Manifest {
     /// How an anomaly model's score becomes a flag and a severity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<AnomalyThresholds>,
+    /// How a risk model's probability becomes a band, and what its factors are measured against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<RiskSettings>,
     /// Training metrics, kept for people: the engine does not read them.
     #[serde(default)]
     pub metrics: toml::Table,
@@ -149,6 +154,18 @@ pub struct AnomalyThresholds {
     /// compares the share flagged in service with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibrated_rates: Option<[f64; 3]>,
+}
+
+/// `[risk]`: a risk model's bands and typical row. A probability at or above `medium` is a medium risk, at
+/// or above `high` a high one. `typical` is one value per input feature (the training rows' medians): a
+/// factor is how much the probability moves when that feature takes its typical value instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskSettings {
+    pub method: String,
+    pub medium: f64,
+    pub high: f64,
+    pub typical: Vec<f64>,
 }
 
 /// A file name that stays in its folder: 1 to 128 of letters, digits, `.`, `-`, `_`, not starting with `.`.
@@ -218,6 +235,15 @@ impl Manifest {
         if let Some(a) = &self.anomaly {
             if !(a.low <= a.medium && a.medium <= a.high) {
                 return Err("anomaly thresholds must keep low <= medium <= high".into());
+            }
+        }
+        if let Some(r) = &self.risk {
+            let width = self.inputs.first().and_then(TensorSpec::fixed_row_len);
+            if !(0.0 < r.medium && r.medium <= r.high && r.high < 1.0) {
+                return Err("risk bands must keep 0 < medium <= high < 1".into());
+            }
+            if width != Some(r.typical.len()) || r.typical.iter().any(|x| !x.is_finite()) {
+                return Err("risk.typical has one finite value per input feature".into());
             }
         }
         if self.instances.count == 0 || self.instances.intra_op_threads == 0 {

@@ -6,11 +6,13 @@
 //!   Polars group-by (materialising); equal either way.
 //! - [`row`]: the one function that turns tiles and a request into a feature row.
 //! - [`materialize`]: `mercator features materialize`, Polars from file to training frame.
+//! - [`delivery`]: a supplier's order book as of a day, the supplier-risk model's features.
 //!
 //! The "as of" rule: a row's history features read only days strictly before its as-of day (the
 //! observation's day in training, the request's day when serving); the delivery date feeds calendar and
 //! lead-time features and never moves that cut-off.
 
+pub mod delivery;
 pub mod drift;
 pub mod history;
 pub mod materialize;
@@ -20,7 +22,7 @@ pub mod row;
 pub mod spec;
 pub mod trend;
 
-pub use history::{day_of, Day, Series};
+pub use history::{date_of, day_of, Day, Series};
 /// The Polars this crate builds its frames with, for readers of them.
 pub use polars;
 pub use row::{assemble, RowHistory, RowInput};

@@ -34,6 +34,14 @@ fn main() -> std::process::ExitCode {
             },
             output.unwrap_or_else(|| model.join(mercator_engine::PROFILE_FILE)),
         ),
+        Command::Features(FeaturesCommand::DeliveryFrame {
+            spec,
+            orders,
+            deliveries,
+            materials,
+            end,
+            output,
+        }) => delivery_frame(&spec, [&orders, &deliveries, &materials], end, &output),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -81,6 +89,27 @@ fn materialize(
         m.dropped,
         seconds,
         m.rows_in as f64 / seconds,
+        output.display()
+    );
+    Ok(())
+}
+
+fn delivery_frame(
+    spec: &std::path::Path,
+    [orders, deliveries, materials]: [&std::path::Path; 3],
+    end: chrono::NaiveDate,
+    output: &std::path::Path,
+) -> Result<(), String> {
+    use mercator_features::delivery;
+    let spec = delivery::DeliverySpec::from_file(spec).map_err(|e| e.to_string())?;
+    let end = mercator_features::day_of(end);
+    let frame =
+        delivery::frame(&spec, orders, deliveries, materials, end).map_err(|e| e.to_string())?;
+    delivery::write_frame(&frame, output).map_err(|e| e.to_string())?;
+    let late = frame.rows.iter().filter(|r| r.late).count();
+    println!(
+        "{} labelled lines ({late} late) -> {}",
+        frame.rows.len(),
         output.display()
     );
     Ok(())

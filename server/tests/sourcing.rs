@@ -362,7 +362,20 @@ async fn story(backend: Backend) {
                 "within"
             };
             assert_eq!(b["verdict"], verdict, "{line}");
-            // The deal score: (0.5 price + 0.2 reliability + 0.15 lead time) / 0.85, risk missing.
+            // The risk model's p(late) is the supplier-risk answer for the same line, as of the quote.
+            let p_late = line["p_late"]
+                .as_f64()
+                .expect("p_late from the shipped risk model");
+            let (status, risk) = send(s.client.get(s.url(&format!(
+                "/api/v1/suppliers/{supplier}/risk?material_id={}&quantity={}&promised_date={}&as_of={today}",
+                line["material_id"].as_str().unwrap(),
+                line["quantity"],
+                line["promised_date"].as_str().unwrap(),
+            ))))
+            .await;
+            assert_eq!(status, 200, "{risk}");
+            close(risk["p_late"].as_f64().unwrap(), p_late, 1e-9, "p_late");
+            // The deal score: 0.5 price + 0.2 reliability + 0.15 lead time + 0.15 risk.
             let deal = &line["deal"];
             let c_price = 100.0 * (1.0 - phi(z));
             let c_rel = 100.0 * reliability(supplier);
@@ -395,8 +408,15 @@ async fn story(backend: Backend) {
                 1e-9,
                 "lead-time component",
             );
-            assert_eq!(deal["missing"], json!(["risk"]));
-            let expected = ((0.5 * c_price + 0.2 * c_rel + 0.15 * c_lead) / 0.85).round();
+            let c_risk = 100.0 * (1.0 - p_late);
+            close(
+                deal["components"]["risk"].as_f64().unwrap(),
+                c_risk,
+                1e-9,
+                "risk component",
+            );
+            assert_eq!(deal["missing"], json!([]));
+            let expected = (0.5 * c_price + 0.2 * c_rel + 0.15 * c_lead + 0.15 * c_risk).round();
             assert_eq!(deal["score"].as_f64(), Some(expected), "{deal}");
             // It is a price observation of type quote, scored.
             let price_id = line["price_id"].as_str().expect("a price observation");
@@ -514,7 +534,8 @@ async fn story(backend: Backend) {
                 )
                 .unwrap();
                 let late = (promised - needed_by).num_days().max(0) as f64;
-                let landed = price * (1.0 + 0.005 * late + 0.1 * (1.0 - reliability(supplier)));
+                let p_late = l["p_late"].as_f64().unwrap();
+                let landed = price * (1.0 + 0.005 * late + 0.1 * p_late);
                 offers.push((landed, price, supplier.to_string()));
             }
         }

@@ -291,3 +291,491 @@ async fn a_scorecard_equals_the_hand_computation_and_orders_keep_their_states() 
         send(other.get(s.url(&format!("/api/v1/suppliers/{supplier}/scorecard")))).await;
     assert_eq!(status, 404);
 }
+
+/// Each bad row of a refused file and the fields named in it.
+fn named_rows(body: &Value) -> Vec<(u64, Vec<&str>)> {
+    let rows = body["error"]["details"]["rows"].as_array();
+    rows.into_iter()
+        .flatten()
+        .map(|r| {
+            let fields = r["errors"].as_object().into_iter().flatten();
+            (
+                r["row"].as_u64().unwrap_or(0),
+                fields.map(|(f, _)| f.as_str()).collect(),
+            )
+        })
+        .collect()
+}
+
+/// Orders and deliveries imported from CSV (and JSON), all or nothing, every bad row named by its place in
+/// the file whichever check found it; orders received in full become delivered in the same write.
+async fn imports(backend: common::Backend) {
+    let s = TestServer::api(backend, |_| {}).await;
+    let (_, m) = send(s.client.post(s.url("/api/v1/materials")).json(&json!({
+        "code": "NUT-8", "name": "Nut M8", "category": "fasteners", "unit": "pcs", "specifications": {}})))
+    .await;
+    let supplier = |code: &str| {
+        let request = s
+            .client
+            .post(s.url("/api/v1/suppliers"))
+            .json(&json!({"code": code, "name": code, "country": "DE", "reliability": 0.9}));
+        async move { send(request).await.1["id"].as_str().unwrap().to_string() }
+    };
+    let (sup, sup2) = (supplier("S-1").await, supplier("S-2").await);
+    let m = m["id"].as_str().unwrap();
+    let csv = |path: &str, body: String| {
+        let request = s
+            .client
+            .post(s.url(path))
+            .header("content-type", "text/csv")
+            .body(body);
+        async move { send(request).await }
+    };
+    let header =
+        "reference,supplier_id,currency,ordered_on,material_id,quantity,unit_price,promised_date\n";
+    let bad = format!(
+        "{header}PO-1,{sup},EUR,2026-10-01,{m},100,2.5,2026-10-10\n\
+         PO-1,{sup},EUR,2026-10-01,{m},50,2.5,2026-10-15\n\
+         PO-2,{sup},EUR,2026-10-02,{m},200,2.4,2026-10-20\n\
+         PO-2,{sup2},EUR,2026-10-02,{m},-1,2.4,2026-09-20\n\
+         PO-3,{sup},EUR,2026-10-03,nope,10,2.5,2026-10-05\n\
+         PO-4,{sup},EUR,2026-10-03,{m},ten,2.5,2026-10-05\n"
+    );
+    let (status, body) = csv("/api/v1/orders/bulk", bad).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("invalid_rows")),
+        "{body}"
+    );
+    let named = named_rows(&body);
+    // Row 6 fails as it is read; rows 4 and 5 when the orders are checked: one answer names all three.
+    assert_eq!(
+        named,
+        [(6, vec!["quantity"])],
+        "the file's own values first: {body}"
+    );
+    let bad = format!(
+        "{header}PO-1,{sup},EUR,2026-10-01,{m},100,2.5,2026-10-10\n\
+         PO-1,{sup},EUR,2026-10-01,{m},50,2.5,2026-10-15\n\
+         PO-2,{sup},EUR,2026-10-02,{m},200,2.4,2026-10-20\n\
+         PO-2,{sup2},EUR,2026-10-02,{m},-1,2.4,2026-09-20\n\
+         PO-3,{sup},EUR,2026-10-03,nope,10,2.5,2026-10-05\n"
+    );
+    let (status, body) = csv("/api/v1/orders/bulk", bad).await;
+    assert_eq!(status, 422, "{body}");
+    let named = named_rows(&body);
+    assert_eq!(
+        named,
+        [
+            (4, vec!["promised_date", "quantity", "supplier_id"]),
+            (5, vec!["material_id"])
+        ],
+        "{body}"
+    );
+    let (_, listed) = send(s.client.get(s.url("/api/v1/orders"))).await;
+    assert_eq!(listed["items"], json!([]), "nothing written");
+
+    let good = format!(
+        "{header}PO-1,{sup},EUR,2026-10-01,{m},100,2.5,2026-10-10\n\
+         PO-1,{sup},EUR,2026-10-01,{m},50,2.5,2026-10-15\n\
+         PO-2,{sup},EUR,2026-10-02,{m},200,2.4,2026-10-20\n\
+         PO-3,{sup2},USD,,{m},10,2.5,2030-10-05\n"
+    );
+    let (status, body) = csv("/api/v1/orders/bulk", good.clone()).await;
+    assert_eq!((status, &body), (201, &json!({"orders": 3, "lines": 4})));
+    let (_, listed) = send(s.client.get(s.url("/api/v1/orders?sort=reference"))).await;
+    let orders = listed["items"].as_array().unwrap();
+    assert_eq!(orders.len(), 3);
+    assert_eq!(orders[0]["reference"], "PO-1");
+    assert_eq!(orders[0]["lines"][1]["id"], "2");
+    assert_eq!(orders[0]["lines"][1]["quantity"], 50.0);
+    assert_eq!(orders[2]["supplier_id"], sup2.as_str());
+    assert_eq!(orders[2]["currency"], "USD");
+    // The same file again: every reference is taken, named at its order's first row.
+    let (status, body) = csv("/api/v1/orders/bulk", good).await;
+    assert_eq!(status, 422, "{body}");
+    let rows: Vec<u64> = body["error"]["details"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["row"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rows, [1, 3, 4], "{body}");
+    // JSON rows too.
+    let (status, body) = send(s.client.post(s.url("/api/v1/orders/bulk")).json(&json!([
+        {"reference": "PO-5", "supplier_id": sup, "currency": "EUR", "material_id": m,
+         "quantity": 5.0, "unit_price": 2.0, "promised_date": "2030-01-01"}])))
+    .await;
+    assert_eq!((status, &body), (201, &json!({"orders": 1, "lines": 1})));
+
+    let header = "order_reference,line,delivered_on,quantity,rejected_quantity\n";
+    let (status, body) = csv(
+        "/api/v1/deliveries/bulk",
+        format!(
+            "{header}PO-1,1,2026-10-08,100,5\n\
+             PO-9,1,2026-10-08,1,\n\
+             PO-1,9,2026-10-08,1,\n\
+             PO-2,1,2026-10-18,10,11\n"
+        ),
+    )
+    .await;
+    let named = named_rows(&body);
+    assert_eq!(
+        (status, named),
+        (
+            422,
+            vec![
+                (2, vec!["order_reference"]),
+                (3, vec!["line"]),
+                (4, vec!["rejected_quantity"])
+            ]
+        ),
+        "{body}"
+    );
+    let po1 = orders[0]["id"].as_str().unwrap();
+    let (_, none) = send(
+        s.client
+            .get(s.url(&format!("/api/v1/orders/{po1}/deliveries"))),
+    )
+    .await;
+    assert_eq!(none, json!([]), "nothing written");
+    let (status, body) = csv(
+        "/api/v1/deliveries/bulk",
+        format!(
+            "{header}PO-1,1,2026-10-08,100,5\n\
+             PO-1,1,2026-10-12,5,\n\
+             PO-1,2,2026-10-15,50,0\n\
+             PO-2,1,2026-10-18,120,\n"
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, &body),
+        (201, &json!({"deliveries": 4, "orders_delivered": 1}))
+    );
+    let (_, delivered) = send(s.client.get(s.url("/api/v1/orders?status=delivered"))).await;
+    let delivered: Vec<&str> = delivered["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["reference"].as_str().unwrap())
+        .collect();
+    assert_eq!(delivered, ["PO-1"]);
+    let (_, received) = send(
+        s.client
+            .get(s.url(&format!("/api/v1/orders/{po1}/deliveries"))),
+    )
+    .await;
+    assert_eq!(received.as_array().unwrap().len(), 3);
+    assert_eq!(received[0]["rejected_quantity"], 5.0);
+
+    // Bad bodies, another organization, a viewer.
+    let (status, body) = csv("/api/v1/deliveries/bulk", "order,line\nPO-1,1\n".into()).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = send(
+        s.client
+            .post(s.url("/api/v1/orders/bulk"))
+            .header("content-type", "text/plain")
+            .body("x"),
+    )
+    .await;
+    assert_eq!(status, 415);
+    let other = s.organization("Other").await;
+    let (status, body) = send(
+        other
+            .post(s.url("/api/v1/deliveries/bulk"))
+            .header("content-type", "text/csv")
+            .body(format!("{header}PO-2,1,2026-10-19,80,\n")),
+    )
+    .await;
+    assert_eq!(
+        status, 422,
+        "another organization's order is unknown: {body}"
+    );
+    let (_, key) = send(
+        s.client
+            .post(s.url("/api/v1/api-keys"))
+            .json(&json!({"name": "v", "role": "viewer"})),
+    )
+    .await;
+    let viewer = common::client_with(key["secret"].as_str().unwrap());
+    let (status, _) = send(viewer.post(s.url("/api/v1/orders/bulk")).json(&json!([]))).await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_on_sqlite() {
+    imports(common::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_on_postgres() {
+    imports(common::Backend::Postgres).await;
+}
+
+/// Each order line of the fixture: (reference, line) -> (material code, quantity, promised date, late), late
+/// computed here from the deliveries: short of the quantity at the end of the promised day.
+fn fixture_lines() -> std::collections::HashMap<(String, String), (String, f64, String, bool)> {
+    let root = common::repo_root();
+    let mut delivered: std::collections::HashMap<(String, String), Vec<(String, f64)>> =
+        Default::default();
+    let text = std::fs::read_to_string(root.join("fixtures/deliveries.csv")).unwrap();
+    for r in csv::Reader::from_reader(text.as_bytes())
+        .records()
+        .map(Result::unwrap)
+    {
+        delivered
+            .entry((r[0].to_string(), r[1].to_string()))
+            .or_default()
+            .push((r[2].to_string(), r[3].parse().unwrap()));
+    }
+    let text = std::fs::read_to_string(root.join("fixtures/orders.csv")).unwrap();
+    let mut numbers: std::collections::HashMap<String, usize> = Default::default();
+    let mut lines = std::collections::HashMap::new();
+    for r in csv::Reader::from_reader(text.as_bytes())
+        .records()
+        .map(Result::unwrap)
+    {
+        let n = numbers.entry(r[0].to_string()).or_default();
+        *n += 1;
+        let key = (r[0].to_string(), n.to_string());
+        let quantity: f64 = r[5].parse().unwrap();
+        let by_promise: f64 = delivered
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter(|(day, _)| day.as_str() <= &r[7])
+            .map(|(_, q)| q)
+            .sum();
+        let late = by_promise + 1e-9 < quantity;
+        lines.insert(key, (r[4].to_string(), quantity, r[7].to_string(), late));
+    }
+    lines
+}
+
+/// The share of (late, on time) pairs the scores order rightly, ties half.
+fn auc(scored: &[(f64, bool)]) -> f64 {
+    let (mut right, mut pairs) = (0.0, 0.0);
+    for (p, _) in scored.iter().filter(|(_, late)| *late) {
+        for (q, _) in scored.iter().filter(|(_, late)| !*late) {
+            pairs += 1.0;
+            right += if p > q {
+                1.0
+            } else if p == q {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    right / pairs
+}
+
+/// The supplier-risk model served: the fixture's three years of orders and deliveries imported, each row of
+/// the training frame kept in `fixtures/golden/risk-v1-rows.json` is asked for as of the day it was ordered;
+/// the server rebuilds its features from the order book, equal to the frame's, and answers the probability
+/// ONNX Runtime gave at training. Held-out lines (every third of 2026) rank late above on time as the
+/// manifest says. Factors, bands, refusals, the golden vectors over V2, tenancy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supplier_risk_is_the_training_frame_served() {
+    let s = TestServer::start().await;
+    let f = common::catalogue_fixture(&s.base, &s.client).await;
+    common::import_supply_fixture(&s.base, &s.client, &f).await;
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo_root().join("fixtures/golden/risk-v1-rows.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let names: Vec<&str> = golden["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    let lines = fixture_lines();
+    let ask = |supplier: &str, material: &str, quantity: f64, promised: &str, as_of: &str| {
+        let request = s.client.get(s.url(&format!(
+            "/api/v1/suppliers/{supplier}/risk?material_id={material}&quantity={quantity}\
+             &promised_date={promised}&as_of={as_of}"
+        )));
+        async move { send(request).await }
+    };
+    let mut top = None;
+    for row in golden["rows"].as_array().unwrap() {
+        let key = (
+            row["reference"].as_str().unwrap().to_string(),
+            row["line"].as_str().unwrap().to_string(),
+        );
+        let (material, quantity, promised, late) = &lines[&key];
+        let (status, answer) = ask(
+            &f.suppliers[row["supplier_code"].as_str().unwrap()],
+            &f.materials[material],
+            *quantity,
+            promised,
+            row["ordered_on"].as_str().unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        for (name, want) in names.iter().zip(row["features"].as_array().unwrap()) {
+            let (got, want) = (
+                answer["features"][name].as_f64().unwrap(),
+                want.as_f64().unwrap(),
+            );
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "{key:?} {name}: served {got}, frame {want}"
+            );
+        }
+        let (got, want) = (
+            answer["p_late"].as_f64().unwrap(),
+            row["p_late"].as_f64().unwrap(),
+        );
+        assert!(
+            (got - want).abs() < 1e-6,
+            "{key:?}: served {got}, ONNX Runtime {want}"
+        );
+        assert_eq!(row["late"].as_u64() == Some(1), *late, "{key:?}: the label");
+        top.get_or_insert(answer);
+    }
+
+    // Factors: every feature, largest effect first, each the probability less the one with that feature at
+    // its typical value (checked over V2 for the largest).
+    let answer = top.unwrap();
+    let factors = answer["factors"].as_array().unwrap();
+    assert_eq!(factors.len(), names.len());
+    let effects: Vec<f64> = factors
+        .iter()
+        .map(|f| f["effect"].as_f64().unwrap())
+        .collect();
+    assert!(
+        effects.windows(2).all(|w| w[0].abs() >= w[1].abs()),
+        "{effects:?}"
+    );
+    let mut row: Vec<f64> = names
+        .iter()
+        .map(|n| answer["features"][n].as_f64().unwrap())
+        .collect();
+    let i = names
+        .iter()
+        .position(|n| *n == factors[0]["feature"].as_str().unwrap())
+        .unwrap();
+    row[i] = factors[0]["typical"].as_f64().unwrap();
+    let (status, v2) = s
+        .post(
+            "/v2/models/risk/versions/1/infer",
+            &json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, row.len()], "data": row}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v2}");
+    let without = v2["outputs"][0]["data"][0].as_f64().unwrap();
+    let p = answer["p_late"].as_f64().unwrap();
+    assert!(
+        (effects[0] - (p - without)).abs() < 1e-6,
+        "{} against {}",
+        effects[0],
+        p - without
+    );
+    let (medium, high) = (
+        answer["thresholds"]["medium"].as_f64().unwrap(),
+        answer["thresholds"]["high"].as_f64().unwrap(),
+    );
+    let band = if p >= high {
+        "high"
+    } else if p >= medium {
+        "medium"
+    } else {
+        "low"
+    };
+    assert_eq!(answer["band"], band);
+    assert_eq!(answer["model"], json!({"name": "risk", "version": 1}));
+
+    // Held out: every third line ordered in 2026 and promised before 2027, labelled here.
+    let holdout = golden["holdout_from"].as_str().unwrap();
+    let text = std::fs::read_to_string(common::repo_root().join("fixtures/orders.csv")).unwrap();
+    let mut numbers: std::collections::HashMap<String, usize> = Default::default();
+    let mut scored = Vec::new();
+    for (i, r) in csv::Reader::from_reader(text.as_bytes())
+        .records()
+        .map(Result::unwrap)
+        .enumerate()
+    {
+        let n = numbers.entry(r[0].to_string()).or_default();
+        *n += 1;
+        if &r[3] < holdout || &r[7] >= "2027-01-01" || i % 3 != 0 {
+            continue;
+        }
+        let (_, quantity, promised, late) = &lines[&(r[0].to_string(), n.to_string())];
+        let (status, answer) = ask(
+            &f.suppliers[&r[1]],
+            &f.materials[&r[4]],
+            *quantity,
+            promised,
+            &r[3],
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        scored.push((answer["p_late"].as_f64().unwrap(), *late));
+    }
+    let served = auc(&scored);
+    let trained = golden["holdout_auc"].as_f64().unwrap();
+    assert!(scored.len() > 200, "{} held-out lines", scored.len());
+    assert!(
+        served >= 0.70,
+        "held-out AUC {served} over {} lines (training: {trained})",
+        scored.len()
+    );
+    assert!(
+        (served - trained).abs() < 0.05,
+        "held-out AUC {served}, at training {trained}"
+    );
+
+    // The golden vectors over V2.
+    let g = common::golden("risk-v1");
+    let (status, v2) = s
+        .post(
+            "/v2/models/risk/versions/1/infer",
+            &json!({"inputs": g.inputs}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v2}");
+    common::assert_close(
+        &common::floats(&v2["outputs"][0]["data"]),
+        &g.expected("p_late", 0, g.rows()),
+        "risk golden",
+    );
+
+    // Defaults, refusals, tenancy.
+    let supplier = &f.suppliers["SUP-001"];
+    let (status, plain) = send(
+        s.client
+            .get(s.url(&format!("/api/v1/suppliers/{supplier}/risk"))),
+    )
+    .await;
+    assert_eq!(status, 200, "{plain}");
+    assert!(plain["line"]["quantity"].as_f64().unwrap() > 0.0, "{plain}");
+    let material = &f.materials["STE-001"];
+    for (query, field) in [
+        (format!("material_id={material}&quantity=0"), "quantity"),
+        (
+            "promised_date=2025-01-01&as_of=2025-02-01".to_string(),
+            "promised_date",
+        ),
+        ("as_of=2025-13-01".to_string(), "as_of"),
+    ] {
+        let (status, body) = send(
+            s.client
+                .get(s.url(&format!("/api/v1/suppliers/{supplier}/risk?{query}"))),
+        )
+        .await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            body["error"]["details"][field].is_array(),
+            "{query}: {body}"
+        );
+    }
+    let (status, _) = send(s.client.get(s.url("/api/v1/suppliers/nope/risk"))).await;
+    assert_eq!(status, 404);
+    let other = s.organization("Other").await;
+    let (status, _) = send(other.get(s.url(&format!("/api/v1/suppliers/{supplier}/risk")))).await;
+    assert_eq!(status, 404, "another organization's supplier");
+}

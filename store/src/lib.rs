@@ -55,8 +55,8 @@ pub use changes::{Change, ChangeKind, ChangeListener, Observed, PriceMoves, CHAN
 pub use models::{ModelPolicy, TrafficPolicy, VersionRecord, VersionState};
 pub use monitor::{LoggedPrediction, MonitorCounts};
 pub use orders::{
-    NewOrder, NewOrderDelivery, NewOrderLine, Order, OrderDelivery, OrderFilter, OrderLine,
-    MAX_ORDER_LINES,
+    check_delivery, DeliveryImportRow, NewOrder, NewOrderDelivery, NewOrderLine, Order,
+    OrderDelivery, OrderFilter, OrderImportRow, OrderLine, MAX_ORDER_LINES,
 };
 pub use prices::{
     CategoryPrice, NewPrice, Price, PriceAnomaly, PricePatch, PricePoint, PriceQuery, PriceType,

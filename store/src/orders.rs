@@ -98,6 +98,43 @@ pub struct NewOrderDelivery {
     pub rejected_quantity: f64,
 }
 
+/// One order line of an import (CSV: one row per line). Rows with the same `reference` are one order's
+/// lines, in the order given; they name the same supplier, currency and date.
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct OrderImportRow {
+    pub reference: String,
+    pub supplier_id: String,
+    pub currency: String,
+    /// Default: today.
+    #[serde(default, deserialize_with = "crate::validate::opt_date")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Date))]
+    pub ordered_on: Option<NaiveDate>,
+    pub material_id: String,
+    pub quantity: f64,
+    pub unit_price: f64,
+    #[serde(deserialize_with = "crate::validate::date")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Date))]
+    pub promised_date: NaiveDate,
+}
+
+/// One receipt of an import (CSV: one row per delivery): against line `line` (`1`, `2`, ...) of the
+/// order with reference `order_reference`.
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryImportRow {
+    pub order_reference: String,
+    pub line: String,
+    #[serde(deserialize_with = "crate::validate::date")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Date))]
+    pub delivered_on: NaiveDate,
+    pub quantity: f64,
+    #[serde(default)]
+    pub rejected_quantity: f64,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct OrderFilter {
     pub supplier_id: Option<String>,
@@ -203,10 +240,47 @@ fn checked_order(e: &mut FieldErrors, new: NewOrder, today: NaiveDate) -> Order 
     }
 }
 
+/// A delivery's problems against its order: a line it has, a positive quantity, rejects within it, a date
+/// not before the order's, an order not cancelled.
+pub fn check_delivery(order: &Order, d: &NewOrderDelivery) -> FieldErrors {
+    let mut e = FieldErrors::default();
+    if order.status == "cancelled" {
+        e.add("order", "the order is cancelled: it takes no deliveries");
+    }
+    if order.lines.iter().all(|l| l.id != d.line_id) {
+        e.add("line_id", format!("the order has no line `{}`", d.line_id));
+    }
+    e.positive("quantity", d.quantity);
+    if !(d.rejected_quantity.is_finite()
+        && d.rejected_quantity >= 0.0
+        && d.rejected_quantity <= d.quantity)
+    {
+        e.add(
+            "rejected_quantity",
+            "must be from 0 to the quantity delivered",
+        );
+    }
+    if d.delivered_on < order.ordered_on {
+        e.add("delivered_on", "must not be before the order's date");
+    }
+    e
+}
+
 impl Store {
     /// Writes orders, all or nothing: every order is checked (its supplier and materials the
     /// organization's, its values) and a refusal lists each order's problems by its place (`row`, from 1).
     pub async fn create_orders(
+        &self,
+        org: &str,
+        new: Vec<NewOrder>,
+        today: NaiveDate,
+    ) -> Result<Vec<Order>> {
+        let orders = self.check_orders(org, new, today).await?;
+        self.insert_orders(org, orders).await
+    }
+
+    /// The orders `create_orders` would write, checked the same way, without writing them.
+    pub async fn check_orders(
         &self,
         org: &str,
         new: Vec<NewOrder>,
@@ -265,6 +339,11 @@ impl Store {
             problems.sort_by_key(|p| p.row);
             return Err(StoreError::Rows(problems));
         }
+        Ok(orders)
+    }
+
+    /// Writes orders `check_orders` made, in one transaction.
+    pub async fn insert_orders(&self, org: &str, orders: Vec<Order>) -> Result<Vec<Order>> {
         let mut tx = self.pool.begin().await?;
         for chunk in orders.chunks(if self.sqlite { 30 } else { 500 }) {
             let mut sql = Sql::new(format!(
@@ -350,39 +429,52 @@ impl Store {
         self.order(org, id).await
     }
 
-    /// Writes deliveries against an order's lines, all or nothing.
-    pub async fn insert_deliveries(
+    /// The organization's orders with these references (those that exist).
+    pub async fn orders_by_reference(&self, org: &str, references: &[&str]) -> Result<Vec<Order>> {
+        let mut found = Vec::new();
+        for chunk in references.chunks(500) {
+            let mut sql = Sql::new(format!(
+                "SELECT {ORDER_COLUMNS} FROM orders WHERE organization_id = "
+            ));
+            sql.bind(Value::Text(Some(org.into())));
+            sql.push(" AND reference IN (");
+            for (i, r) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(Value::Text(Some(r.to_string())));
+            }
+            sql.push(")");
+            for row in sql.query().fetch_all(&self.pool).await? {
+                found.push(Order::from_row(&row)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Receives deliveries, each against a line of its order, all or nothing: a refusal lists each
+    /// delivery's problems by its place (`row`, from 1). In the same transaction, every open order whose
+    /// lines are all received in full (rejected quantities aside) becomes `delivered`; their ids are
+    /// returned with the deliveries.
+    pub async fn receive_deliveries(
         &self,
         org: &str,
-        order: &Order,
-        new: Vec<NewOrderDelivery>,
-    ) -> Result<Vec<OrderDelivery>> {
+        new: Vec<(&Order, NewOrderDelivery)>,
+    ) -> Result<(Vec<OrderDelivery>, Vec<String>)> {
         let mut problems = Vec::new();
         let now = from_ms(now_ms());
         let mut deliveries = Vec::with_capacity(new.len());
-        for (i, d) in new.into_iter().enumerate() {
-            let mut e = FieldErrors::default();
-            if order.lines.iter().all(|l| l.id != d.line_id) {
-                e.add("line_id", format!("the order has no line `{}`", d.line_id));
-            }
-            e.positive("quantity", d.quantity);
-            if !(d.rejected_quantity.is_finite()
-                && d.rejected_quantity >= 0.0
-                && d.rejected_quantity <= d.quantity)
-            {
-                e.add(
-                    "rejected_quantity",
-                    "must be from 0 to the quantity delivered",
-                );
-            }
-            if d.delivered_on < order.ordered_on {
-                e.add("delivered_on", "must not be before the order's date");
-            }
+        let mut orders: Vec<&Order> = Vec::new();
+        for (i, (order, d)) in new.into_iter().enumerate() {
+            let e = check_delivery(order, &d);
             if !e.is_empty() {
                 problems.push(RowError {
                     row: i + 1,
                     errors: e,
                 });
+            }
+            if !orders.iter().any(|o| o.id == order.id) {
+                orders.push(order);
             }
             deliveries.push(OrderDelivery {
                 id: new_id(),
@@ -424,8 +516,38 @@ impl Store {
                 .await
                 .map_err(|e| StoreError::from_write(e, "the order was just deleted"))?;
         }
+        let mut delivered = Vec::new();
+        for order in orders.into_iter().filter(|o| o.status == "open") {
+            let received: Vec<(String, f64)> = sqlx::query_as(
+                "SELECT line_id, SUM(quantity - rejected_quantity) FROM deliveries \
+                 WHERE organization_id = $1 AND order_id = $2 GROUP BY line_id",
+            )
+            .bind(org)
+            .bind(&order.id)
+            .fetch_all(&mut *tx)
+            .await?;
+            let complete = order.lines.iter().all(|l| {
+                let accepted = received
+                    .iter()
+                    .find(|(line, _)| *line == l.id)
+                    .map_or(0.0, |(_, q)| *q);
+                accepted + 1e-9 >= l.quantity
+            });
+            if complete {
+                sqlx::query(
+                    "UPDATE orders SET status = 'delivered', updated_at = $1 \
+                     WHERE organization_id = $2 AND id = $3 AND status = 'open'",
+                )
+                .bind(now_ms())
+                .bind(org)
+                .bind(&order.id)
+                .execute(&mut *tx)
+                .await?;
+                delivered.push(order.id.clone());
+            }
+        }
         tx.commit().await?;
-        Ok(deliveries)
+        Ok((deliveries, delivered))
     }
 
     pub async fn order_deliveries(&self, org: &str, order_id: &str) -> Result<Vec<OrderDelivery>> {

@@ -266,6 +266,9 @@ pub struct QuoteLine {
     /// The anomaly model's score of the quote as a price observation, and its level.
     pub anomaly_score: Option<f64>,
     pub anomaly_severity: Option<String>,
+    /// The risk model's chance the line arrives late, when a risk model answered.
+    #[serde(default)]
+    pub p_late: Option<f64>,
     pub deal: DealScore,
     /// The price observation (type `quote`) it became.
     pub price_id: Option<String>,

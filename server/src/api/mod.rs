@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod audit;
 pub mod batch;
+mod bulk;
 pub mod catalog;
 pub mod docs;
 pub mod extract;

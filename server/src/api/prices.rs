@@ -1,23 +1,22 @@
 //! Price observations: written by analysts and admins (one, or in bulk as a JSON array or CSV, all or
 //! nothing), read by any key of the organization, and announced on `/ws/prices` as they land.
 
-use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::Json;
-use mercator_store::{FieldErrors, NewPrice, Price, PricePatch, PriceQuery, PriceType, RowError};
+use mercator_store::{NewPrice, Price, PricePatch, PriceQuery, PriceType};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{content_type, ApiJson, ApiQuery};
+use super::bulk;
+use super::extract::{ApiJson, ApiQuery};
 use super::{page, ErrorEnvelope, Page};
 use crate::auth::{Analyst, Auth, Viewer};
 use crate::error::ApiError;
 use crate::AppState;
-use mercator_services::input::csv_body::{self, Columns};
-use mercator_services::input::json_array;
+use mercator_services::input::csv_body::Columns;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -38,6 +37,11 @@ pub const CSV_COLUMNS: &[&str] = &[
     "source",
 ];
 const CSV_REQUIRED: &[&str] = &["time", "material_id", "price", "currency", "price_type"];
+const COLUMNS: Columns = Columns {
+    allowed: CSV_COLUMNS,
+    required: CSV_REQUIRED,
+    numeric: &["price", "quantity"],
+};
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -143,37 +147,7 @@ async fn bulk_create_prices(
     request: Request,
 ) -> Result<(StatusCode, Json<BulkResult>), ApiError> {
     let _admitted = app.heavy.admit(&caller.organization_id)?;
-    let kind = content_type(request.headers()).map(str::to_owned);
-    let limit = app.limits.max_bulk_body_bytes;
-    let bytes = axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|e| ApiError::body(&e, limit, "--max-bulk-body-bytes"))?;
-    let max_rows = app.limits.max_bulk_rows;
-    let rows = match kind.as_deref() {
-        Some("application/json") => {
-            // Element by element, the row limit checked as each arrives.
-            let mut rows = Vec::new();
-            json_array::<NewPrice, ApiError>(
-                &bytes,
-                max_rows,
-                || ApiError::TooManyRows { limit: max_rows },
-                |_, row| {
-                    rows.push(row);
-                    Ok(())
-                },
-            )?;
-            rows
-        }
-        Some("text/csv") => from_csv(&bytes, max_rows, app.limits.csv)?,
-        _ => {
-            return Err(ApiError::UnsupportedMediaType(
-                "send a JSON array (application/json) or CSV (text/csv)".into(),
-            ))
-        }
-    };
-    if rows.is_empty() {
-        return Err(ApiError::BadRequest("there are no rows".into()));
-    }
+    let rows = bulk::rows(&app, request, &COLUMNS, NewPrice::check).await?;
     let written = app.ingest.write(&caller.organization_id, rows).await?;
     let inserted = written.len();
     // One entry for the write, with its count and the first and last ids (not a row per price).
@@ -193,48 +167,14 @@ async fn bulk_create_prices(
     Ok((StatusCode::CREATED, Json(BulkResult { inserted })))
 }
 
-/// Rows of a CSV file: every row's problems are collected, so one answer names them all.
+/// Rows of a CSV file of prices (the fuzz properties read through it).
+#[cfg(test)]
 pub(crate) fn from_csv(
-    bytes: &Bytes,
+    bytes: &axum::body::Bytes,
     max_rows: usize,
-    caps: csv_body::Caps,
+    caps: mercator_services::input::csv_body::Caps,
 ) -> Result<Vec<NewPrice>, ApiError> {
-    let columns = Columns {
-        allowed: CSV_COLUMNS,
-        required: CSV_REQUIRED,
-        numeric: &["price", "quantity"],
-    };
-    let (headers, mut reader) = csv_body::open(&bytes[..], &columns)?;
-    caps.check(headers.as_byte_record())?;
-    let mut rows = Vec::new();
-    let mut bad = Vec::new();
-    for (i, record) in reader.records().enumerate() {
-        if i >= max_rows {
-            return Err(ApiError::TooManyRows { limit: max_rows });
-        }
-        let errors = match record {
-            Ok(record) if caps.check(record.as_byte_record()).is_err() => {
-                FieldErrors::one("row", format!("a cell is longer than {} bytes (--csv-max-field-bytes), or the record longer than {} (--csv-max-record-bytes)", caps.field_bytes, caps.record_bytes))
-            }
-            Ok(record) => match csv_body::record::<NewPrice>(&headers, &record, &columns) {
-                Ok(price) => match price.check() {
-                    errors if errors.is_empty() => {
-                        rows.push(price);
-                        continue;
-                    }
-                    errors => errors,
-                },
-                Err((field, message)) => FieldErrors::one(&field, message),
-            },
-            Err(e) => FieldErrors::one("row", e.to_string()),
-        };
-        bad.push(RowError { row: i + 1, errors });
-    }
-    if !bad.is_empty() {
-        let total = rows.len() + bad.len();
-        return Err(ApiError::InvalidRows { rows: bad, total });
-    }
-    Ok(rows)
+    bulk::from_csv(bytes, max_rows, caps, &COLUMNS, NewPrice::check)
 }
 
 #[utoipa::path(get, path = "/api/v1/prices/{id}", tag = "prices", params(("id" = String, Path)),

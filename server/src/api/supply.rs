@@ -1,20 +1,27 @@
-//! `/api/v1/orders` (purchase orders and their deliveries), `/api/v1/suppliers/{id}/scorecard` and
-//! `/api/v1/inventory/policy`. Read by any key of the organization, written and computed by analysts and
-//! admins; the handlers translate, [`mercator_services::supply`] decides.
+//! `/api/v1/orders` (purchase orders, their deliveries, imports of both), `/api/v1/suppliers/{id}/scorecard`
+//! and `/risk`, and `/api/v1/inventory/policy`. Read by any key of the organization, written and computed by
+//! analysts and admins; the handlers translate, [`mercator_services::supply`] decides (the risk model is
+//! run by [`mercator_services::predict`], as every model is).
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::Json;
+use mercator_services::input::csv_body::Columns;
+use mercator_services::predict::{RiskRequest, SupplierRisk};
+use mercator_services::supply::import::{ImportedDeliveries, ImportedOrders};
 use mercator_services::supply::scorecard::Scorecard;
 use mercator_services::supply::{Policy, PolicyRequest};
-use mercator_store::{NewOrder, NewOrderDelivery, Order, OrderDelivery, OrderFilter};
+use mercator_store::{
+    DeliveryImportRow, FieldErrors, NewOrder, NewOrderDelivery, Order, OrderDelivery, OrderFilter,
+    OrderImportRow,
+};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::audit;
 use super::extract::{ApiJson, ApiQuery};
+use super::{audit, bulk};
 use super::{page, ErrorEnvelope, Page};
 use crate::auth::{Analyst, Auth, Viewer};
 use crate::error::ApiError;
@@ -27,8 +34,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_order))
         .routes(routes!(cancel_order))
         .routes(routes!(list_deliveries, deliver))
+        .routes(routes!(import_orders))
+        .routes(routes!(import_deliveries))
         .routes(routes!(orders_from_award))
         .routes(routes!(scorecard))
+        .routes(routes!(supplier_risk))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -205,6 +215,117 @@ async fn deliver(
     Ok((StatusCode::CREATED, Json(written)))
 }
 
+/// The columns of an orders CSV: one row per order line.
+const ORDER_COLUMNS: Columns = Columns {
+    allowed: &[
+        "reference",
+        "supplier_id",
+        "currency",
+        "ordered_on",
+        "material_id",
+        "quantity",
+        "unit_price",
+        "promised_date",
+    ],
+    required: &[
+        "reference",
+        "supplier_id",
+        "currency",
+        "material_id",
+        "quantity",
+        "unit_price",
+        "promised_date",
+    ],
+    numeric: &["quantity", "unit_price"],
+};
+
+/// The columns of a deliveries CSV: one row per receipt.
+const DELIVERY_COLUMNS: Columns = Columns {
+    allowed: &[
+        "order_reference",
+        "line",
+        "delivered_on",
+        "quantity",
+        "rejected_quantity",
+    ],
+    required: &["order_reference", "line", "delivered_on", "quantity"],
+    numeric: &["quantity", "rejected_quantity"],
+};
+
+/// Import orders from another system (analyst), all or nothing: a JSON array or `text/csv`, one row per
+/// order line (reference, supplier_id, currency, ordered_on, material_id, quantity, unit_price,
+/// promised_date). Rows with the same reference are one order's lines, in the order given, and must name
+/// the same supplier, currency and date; a reference already used in the organization is refused. A
+/// refusal (422) names every bad row (`row` from 1: CSV line = row + 1). At most --max-bulk-rows rows and
+/// --max-bulk-body-bytes bytes.
+#[utoipa::path(post, path = "/api/v1/orders/bulk", tag = "supply",
+    request_body(content(
+        (Vec<OrderImportRow> = "application/json"),
+        (String = "text/csv", example = "reference,supplier_id,currency,ordered_on,material_id,quantity,unit_price,promised_date\nPO-1,<id>,EUR,2025-03-01,<id>,500,4.2,2025-03-20\n"))),
+    security(("api_key" = [])),
+    responses((status = 201, body = ImportedOrders), (status = "4XX", body = ErrorEnvelope)))]
+async fn import_orders(
+    State(app): State<AppState>,
+    caller: Auth<Analyst>,
+    request: Request,
+) -> Result<(StatusCode, Json<ImportedOrders>), ApiError> {
+    let _admitted = app.heavy.admit(&caller.organization_id)?;
+    let rows = bulk::rows(&app, request, &ORDER_COLUMNS, |_: &OrderImportRow| {
+        FieldErrors::default()
+    })
+    .await?;
+    let imported = app
+        .supply
+        .import_orders(&caller.organization_id, rows)
+        .await?;
+    audit::record(
+        &app,
+        &caller,
+        "order.import",
+        ("order", ""),
+        None::<()>,
+        Some(&imported),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(imported)))
+}
+
+/// Import deliveries (analyst), all or nothing: a JSON array or `text/csv`, one row per receipt
+/// (order_reference, line, delivered_on, quantity, rejected_quantity) against line `line` (1, 2, ...) of
+/// the organization's order with that reference. Orders then received in full become `delivered`. A
+/// refusal (422) names every bad row. At most --max-bulk-rows rows and --max-bulk-body-bytes bytes.
+#[utoipa::path(post, path = "/api/v1/deliveries/bulk", tag = "supply",
+    request_body(content(
+        (Vec<DeliveryImportRow> = "application/json"),
+        (String = "text/csv", example = "order_reference,line,delivered_on,quantity,rejected_quantity\nPO-1,1,2025-03-22,500,3\n"))),
+    security(("api_key" = [])),
+    responses((status = 201, body = ImportedDeliveries), (status = "4XX", body = ErrorEnvelope)))]
+async fn import_deliveries(
+    State(app): State<AppState>,
+    caller: Auth<Analyst>,
+    request: Request,
+) -> Result<(StatusCode, Json<ImportedDeliveries>), ApiError> {
+    let _admitted = app.heavy.admit(&caller.organization_id)?;
+    let rows = bulk::rows(&app, request, &DELIVERY_COLUMNS, |_: &DeliveryImportRow| {
+        FieldErrors::default()
+    })
+    .await?;
+    let imported = app
+        .supply
+        .import_deliveries(&caller.organization_id, rows)
+        .await?;
+    audit::record(
+        &app,
+        &caller,
+        "delivery.import",
+        ("order", ""),
+        None::<()>,
+        Some(&imported),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(imported)))
+}
+
 /// Make the orders of an awarded RFQ: one per awarded supplier, at the awarded quantities and prices,
 /// promised as quoted. Once per RFQ.
 #[utoipa::path(post, path = "/api/v1/rfqs/{id}/orders", tag = "supply", params(("id" = String, Path)),
@@ -263,6 +384,49 @@ async fn scorecard(
     Ok(Json(
         app.supply
             .scorecard(&caller.organization_id, &id, from, to)
+            .await?,
+    ))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct RiskQuery {
+    /// The planned line's material (its category is a feature); default: none.
+    pub material_id: Option<String>,
+    /// Default: the supplier's median line quantity over the model's window.
+    pub quantity: Option<f64>,
+    /// Default: as_of plus the supplier's mean days to deliver in full (14 without history).
+    pub promised_date: Option<String>,
+    /// The order book as known before this day, the line ordered on it (default today).
+    pub as_of: Option<String>,
+}
+
+/// The chance a line ordered from this supplier arrives late (short of its quantity at the end of its
+/// promised day), optionally for a planned line: probability, band, the factors that move it most, every
+/// feature, the order-book history it rests on, and the model version (the `risk` model).
+#[utoipa::path(get, path = "/api/v1/suppliers/{id}/risk", tag = "supply",
+    params(("id" = String, Path), RiskQuery), security(("api_key" = [])),
+    responses((status = 200, body = SupplierRisk), (status = "4XX", body = ErrorEnvelope)))]
+async fn supplier_risk(
+    State(app): State<AppState>,
+    caller: Auth<Viewer>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<RiskQuery>,
+) -> Result<Json<SupplierRisk>, ApiError> {
+    let day = |field: &str, text: Option<String>| {
+        text.map(|t| mercator_store::parse_date(&t).map_err(|e| ApiError::invalid(field, e)))
+            .transpose()
+    };
+    let request = RiskRequest {
+        material_id: q.material_id,
+        quantity: q.quantity,
+        promised_date: day("promised_date", q.promised_date)?,
+        as_of: day("as_of", q.as_of)?,
+    };
+    Ok(Json(
+        app.predictions
+            .supplier_risk(&caller.organization_id, &id, &request)
             .await?,
     ))
 }

@@ -38,6 +38,28 @@ pub enum FeaturesCommand {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Writes a supplier-risk model's training frame (CSV): one row per order line whose lateness is known
+    /// by --end, its features as of the day it was ordered, computed by the code that answers
+    /// `GET /api/v1/suppliers/{id}/risk`, and the label `late`.
+    DeliveryFrame {
+        /// The risk model's features.toml (`kind = "delivery"`).
+        #[arg(long)]
+        spec: PathBuf,
+        /// Order lines: reference, supplier_code, ordered_on, material_code, quantity, promised_date.
+        #[arg(long)]
+        orders: PathBuf,
+        /// Receipts: order_reference, line, delivered_on, quantity, rejected_quantity.
+        #[arg(long)]
+        deliveries: PathBuf,
+        /// Any CSV with material_code and category columns (the price fixture has them).
+        #[arg(long)]
+        materials: PathBuf,
+        /// The first day not in the data (YYYY-MM-DD): lines promised before it are labelled.
+        #[arg(long)]
+        end: chrono::NaiveDate,
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Writes a model version's reference profile (`profile.json` beside its manifest): each feature's and
     /// each output's quantile bins, counts and moments over the rows of a reference period, which model
     /// monitoring compares live traffic with. Use a period the model did not train on.
@@ -67,7 +89,7 @@ pub enum FeaturesCommand {
 pub enum Command {
     /// Serve the model repository over HTTP (Open Inference Protocol, health, metrics).
     Serve(Box<ServeArgs>),
-    /// The feature pipeline: `mercator features materialize`, `mercator features profile`.
+    /// The feature pipeline: `mercator features materialize`, `profile`, `delivery-frame`.
     #[command(subcommand)]
     Features(FeaturesCommand),
 }
@@ -325,6 +347,10 @@ pub struct ServeArgs {
     /// `mercator_monitor_dropped_rows_total` (never left out of the answer) [default: 1024].
     #[arg(long, env = "MERCATOR_MONITOR_CHANNEL_BATCHES")]
     pub monitor_channel_batches: Option<usize>,
+    /// Count one batch in N of each monitored version (1: every batch). Drift compares shares, so a
+    /// sample is judged alike, but a window reaches --monitor-min-rows N times later [default: 1].
+    #[arg(long, env = "MERCATOR_MONITOR_SAMPLE")]
+    pub monitor_sample: Option<u64>,
     /// PSI above which a numeric column has drifted [default: 0.25].
     #[arg(long, env = "MERCATOR_MONITOR_PSI_THRESHOLD")]
     pub monitor_psi_threshold: Option<f64>,
@@ -347,10 +373,6 @@ pub struct ServeArgs {
     #[arg(long, env = "MERCATOR_MONITOR_LABEL_DAYS")]
     pub monitor_label_days: Option<u32>,
     /// Days logged predictions are kept [default: 90].
-    /// Count one batch in N of each monitored version (1: every batch). Drift compares shares, so a
-    /// sample is judged alike, but a window reaches --monitor-min-rows N times later [default: 1].
-    #[arg(long, env = "MERCATOR_MONITOR_SAMPLE")]
-    pub monitor_sample: Option<u64>,
     #[arg(long, env = "MERCATOR_MONITOR_LOG_RETENTION_DAYS")]
     pub monitor_log_retention_days: Option<u32>,
     /// Logged predictions one report checks at most (the latest of its window) [default: 200000].
@@ -367,8 +389,8 @@ pub struct ServeArgs {
     /// [default: 0.005].
     #[arg(long, env = "MERCATOR_LANDED_LATE_PER_DAY")]
     pub landed_late_per_day: Option<f64>,
-    /// Landed cost: the share of the price added per unit of a supplier's unreliability (1 − reliability)
-    /// [default: 0.1].
+    /// Landed cost: the share of the price added per unit of the chance a line arrives late (the risk
+    /// model's p(late), else 1 − the supplier's reliability) [default: 0.1].
     #[arg(long, env = "MERCATOR_LANDED_UNRELIABILITY")]
     pub landed_unreliability: Option<f64>,
 }
@@ -424,6 +446,8 @@ pub struct Config {
     pub monitor: Option<mercator_services::monitor::MonitorConfig>,
     /// Batches waiting to be counted by monitoring at most.
     pub monitor_channel: usize,
+    /// One batch in this many of each monitored version is counted.
+    pub monitor_sample: u64,
     /// How quotes are scored and offers ranked.
     pub sourcing: mercator_services::sourcing::SourcingConfig,
 }
@@ -446,8 +470,6 @@ impl std::fmt::Debug for SessionConfig {
         f.debug_struct("SessionConfig")
             .field("signing_keys", &self.signing_keys.as_ref().map(|_| "***"))
             .field("issuer", &self.issuer)
-    /// One batch in this many of each monitored version is counted.
-    pub monitor_sample: u64,
             .field("audience", &self.audience)
             .field("access_ttl", &self.access_ttl)
             .field("refresh_ttl", &self.refresh_ttl)
@@ -549,6 +571,7 @@ impl Default for Config {
             clock: Default::default(),
             monitor: Some(Default::default()),
             monitor_channel: 1024,
+            monitor_sample: 1,
             sourcing: Default::default(),
         }
     }
@@ -571,7 +594,6 @@ impl Config {
             max_body_bytes: args
                 .max_body_bytes
                 .or(file.max_body_bytes)
-            monitor_sample: 1,
                 .unwrap_or(d.max_body_bytes),
             drain_timeout: args
                 .drain_timeout_secs
@@ -840,6 +862,13 @@ impl Config {
                 .or(file.monitor_channel_batches)
                 .unwrap_or(d.monitor_channel)
                 .clamp(1, 1 << 20),
+            monitor_sample: match args.monitor_sample.or(file.monitor_sample) {
+                Some(0) => {
+                    return Err("--monitor-sample: 0 is not a sample; 1 counts every batch".into())
+                }
+                Some(n) => n,
+                None => d.monitor_sample,
+            },
             sourcing,
         })
     }
@@ -862,13 +891,6 @@ fn plan(
 fn days(n: u32) -> chrono::Duration {
     chrono::Duration::days(i64::from(n.clamp(1, 3650)))
 }
-            monitor_sample: match args.monitor_sample.or(file.monitor_sample) {
-                Some(0) => {
-                    return Err("--monitor-sample: 0 is not a sample; 1 counts every batch".into())
-                }
-                Some(n) => n,
-                None => d.monitor_sample,
-            },
 
 fn secs(flag: Option<u64>, default: Duration) -> Duration {
     flag.map_or(default, |s| bounded_secs(s.max(1)))
@@ -998,7 +1020,6 @@ mod tests {
         assert_eq!(config.connections.max, 1);
         assert_eq!(config.connections.idle_timeout, Duration::from_secs(1));
     }
-}
 
     #[test]
     fn a_monitor_sample_of_zero_is_refused_and_any_other_is_taken() {
@@ -1024,3 +1045,4 @@ mod tests {
             1
         );
     }
+}

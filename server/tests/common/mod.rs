@@ -430,6 +430,31 @@ pub async fn ingest_fixture_at(base: &str, client: &reqwest::Client) -> Fixture 
 /// `ingest_fixture` with every observation `days` later (a history that reaches today, for questions asked
 /// about today).
 pub async fn ingest_fixture_moved(base: &str, client: &reqwest::Client, days: i64) -> Fixture {
+    let fixture = catalogue_fixture(base, client).await;
+    let text = std::fs::read_to_string(repo_root().join("fixtures/prices.csv")).unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let mut csv = String::from("time,material_id,supplier_id,price,currency,quantity,price_type\n");
+    for r in reader.records().map(Result::unwrap) {
+        let day = chrono::NaiveDate::parse_from_str(&r[0], "%Y-%m-%d").unwrap()
+            + chrono::Duration::days(days);
+        csv.push_str(&format!(
+            "{day}T00:00:00Z,{},{},{},EUR,{},quote\n",
+            fixture.materials[&r[1]], fixture.suppliers[&r[4]], &r[8], &r[6]
+        ));
+    }
+    let r = client
+        .post(format!("{base}/api/v1/prices/bulk"))
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    fixture
+}
+
+/// Creates the fixture's materials and suppliers (fixtures/prices.csv) in the caller's organization.
+pub async fn catalogue_fixture(base: &str, client: &reqwest::Client) -> Fixture {
     use std::collections::HashMap;
     let post = |path: &str, body: Value| {
         let request = client.post(format!("{base}{path}")).json(&body);
@@ -441,9 +466,8 @@ pub async fn ingest_fixture_moved(base: &str, client: &reqwest::Client, days: i6
     };
     let text = std::fs::read_to_string(repo_root().join("fixtures/prices.csv")).unwrap();
     let mut reader = csv::Reader::from_reader(text.as_bytes());
-    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     let (mut materials, mut suppliers) = (HashMap::new(), HashMap::new());
-    for r in &rows {
+    for r in reader.records().map(Result::unwrap) {
         if !materials.contains_key(&r[1]) {
             let body = serde_json::json!({"code": &r[1], "name": &r[1], "category": &r[2], "unit": &r[3],
                               "list_price": r[9].parse::<f64>().unwrap(), "specifications": {}});
@@ -459,26 +483,39 @@ pub async fn ingest_fixture_moved(base: &str, client: &reqwest::Client, days: i6
             suppliers.insert(r[4].to_string(), m["id"].as_str().unwrap().to_string());
         }
     }
-    let mut csv = String::from("time,material_id,supplier_id,price,currency,quantity,price_type\n");
-    for r in &rows {
-        let day = chrono::NaiveDate::parse_from_str(&r[0], "%Y-%m-%d").unwrap()
-            + chrono::Duration::days(days);
-        csv.push_str(&format!(
-            "{day}T00:00:00Z,{},{},{},EUR,{},quote\n",
-            materials[&r[1]], suppliers[&r[4]], &r[8], &r[6]
-        ));
-    }
-    let r = client
-        .post(format!("{base}/api/v1/prices/bulk"))
-        .header("content-type", "text/csv")
-        .body(csv)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     Fixture {
         materials,
         suppliers,
+    }
+}
+
+/// Imports the fixture's three years of orders and deliveries (fixtures/orders.csv, deliveries.csv) through
+/// `POST /api/v1/orders/bulk` and `/deliveries/bulk`, codes mapped to the catalogue's ids.
+pub async fn import_supply_fixture(base: &str, client: &reqwest::Client, f: &Fixture) {
+    let text = std::fs::read_to_string(repo_root().join("fixtures/orders.csv")).unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let mut orders = String::from(
+        "reference,supplier_id,currency,ordered_on,material_id,quantity,unit_price,promised_date\n",
+    );
+    for r in reader.records().map(Result::unwrap) {
+        orders.push_str(&format!(
+            "{},{},{},{},{},{},{},{}\n",
+            &r[0], f.suppliers[&r[1]], &r[2], &r[3], f.materials[&r[4]], &r[5], &r[6], &r[7]
+        ));
+    }
+    let deliveries = std::fs::read_to_string(repo_root().join("fixtures/deliveries.csv")).unwrap();
+    for (path, body) in [
+        ("/api/v1/orders/bulk", orders),
+        ("/api/v1/deliveries/bulk", deliveries),
+    ] {
+        let r = client
+            .post(format!("{base}{path}"))
+            .header("content-type", "text/csv")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{path}: {}", r.text().await.unwrap());
     }
 }
 

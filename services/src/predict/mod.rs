@@ -6,7 +6,8 @@
 //! - [`forecast`]: a material's daily price ahead (the `forecast` model, an interval per day);
 //! - [`anomaly`]: how unusual observed prices are (the `anomaly` model, severities, reasons), also run on
 //!   every ingested price;
-//! - [`trend`]: a least-squares line through the daily means (linfa, no model).
+//! - [`trend`]: a least-squares line through the daily means (linfa, no model);
+//! - [`risk`]: the chance an order line with a supplier arrives late (the `risk` model on its order book).
 //!
 //! Every model run goes through [`Predictions::infer`], which copies the request to the model's shadow
 //! version when it has one: REST predictions are shadowed as V2 requests are.
@@ -33,12 +34,14 @@ mod anomaly;
 mod error;
 mod forecast;
 mod price;
+mod risk;
 mod trend;
 
 pub use anomaly::{AnomalyAnswer, AnomalyRequest, Judgement};
 pub use error::PredictError;
 pub use forecast::{ForecastAnswer, ForecastRequest};
 pub use price::{Catalog, Interval, Named, PricePrediction, PriceRequest, DEFAULT_LEVEL};
+pub use risk::{RiskRequest, SupplierRisk, RISK_MODEL};
 pub use trend::{TrendAnswer, TrendRequest};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -142,6 +145,8 @@ pub struct Predictions {
     suppliers: Cache<SupplierInfo>,
     /// The feature specs of model versions, with their column names, by model and version.
     specs: Mutex<HashMap<String, HashMap<u64, Arc<Prepared>>>>,
+    /// The delivery specs of risk model versions.
+    delivery_specs: Mutex<HashMap<(String, u64), Arc<mercator_features::delivery::DeliverySpec>>>,
     /// Where a sample of the price predictions goes, when monitoring keeps one.
     log: std::sync::OnceLock<crate::monitor::log::PredictionLog>,
 }
@@ -174,6 +179,7 @@ impl Predictions {
             materials: Cache::default(),
             suppliers: Cache::default(),
             specs: Mutex::default(),
+            delivery_specs: Mutex::default(),
             log: std::sync::OnceLock::new(),
         }
     }
@@ -276,6 +282,20 @@ impl Predictions {
         Ok(output)
     }
 
+    /// Where a served version's feature spec is; a version without one cannot answer business questions.
+    fn spec_path(&self, m: &mercator_engine::Manifest) -> Result<PathBuf, PredictError> {
+        let Some(features) = &m.features else {
+            return Err(PredictError::Unservable(format!(
+                "version {} of {} takes raw feature tensors (no [features] spec); activate a version with one",
+                m.version, m.name
+            )));
+        };
+        Ok(mercator_engine::import::served_dir(&self.data_dir)
+            .join(&m.name)
+            .join(m.version.to_string())
+            .join(&features.spec))
+    }
+
     /// The feature spec of a model version (parsed once).
     fn spec(&self, model: &Model) -> Result<Arc<Prepared>, PredictError> {
         let m = model.manifest();
@@ -288,16 +308,7 @@ impl Predictions {
         {
             return Ok(prepared.clone());
         }
-        let Some(features) = &m.features else {
-            return Err(PredictError::Unservable(format!(
-                "version {} of {} takes raw feature tensors (no [features] spec); activate a version with one",
-                m.version, m.name
-            )));
-        };
-        let path = mercator_engine::import::served_dir(&self.data_dir)
-            .join(&m.name)
-            .join(m.version.to_string())
-            .join(&features.spec);
+        let path = self.spec_path(m)?;
         let spec = FeatureSpec::from_file(&path).map_err(|e| PredictError::Spec {
             model: m.name.clone(),
             version: m.version,

@@ -1,8 +1,9 @@
 //! The bid comparison: the RFQ's lines × the suppliers' current quotes, each cell the quoted price with
 //! its benchmark and deal score, the best offer per line by landed cost, and totals per supplier.
 //!
-//! Landed unit cost = unit price × (1 + `late_per_day` · days late + `unreliability` · (1 − reliability)),
-//! days late being the promised date's days after the line's needed-by date (none when on time). An
+//! Landed unit cost = unit price × (1 + `late_per_day` · days late + `unreliability` · p(late)), days late
+//! being the promised date's days after the line's needed-by date (none when on time), p(late) the risk
+//! model's chance the line arrives late when it was scored, else 1 − the supplier's reliability. An
 //! expired quote is shown and never best. Ties go to the lower unit price, then the earlier quote.
 
 use std::collections::HashMap;
@@ -27,6 +28,8 @@ pub struct Offer {
     pub promised_date: NaiveDate,
     pub days_late: i64,
     pub landed_unit_cost: f64,
+    /// The risk model's chance the line arrives late (null without one: 1 − reliability is used).
+    pub p_late: Option<f64>,
     pub benchmark: Option<Benchmark>,
     pub deal_score: Option<f64>,
     /// Its quote's validity has passed: it cannot be awarded.
@@ -130,6 +133,7 @@ fn compare(
                 .filter_map(|(order, q)| {
                     let l = q.lines.iter().find(|l| l.line_id == line.id)?;
                     let reliability = suppliers.get(&q.supplier_id).map_or(0.0, |s| s.reliability);
+                    let p_late = l.p_late.unwrap_or(1.0 - reliability);
                     let days_late = (l.promised_date - line.needed_by).num_days().max(0);
                     Some((
                         order,
@@ -141,7 +145,8 @@ fn compare(
                             extended: l.unit_price * line.quantity,
                             promised_date: l.promised_date,
                             days_late,
-                            landed_unit_cost: landed.unit(l.unit_price, days_late, reliability),
+                            landed_unit_cost: landed.unit(l.unit_price, days_late, p_late),
+                            p_late: l.p_late,
                             benchmark: l.benchmark.clone(),
                             deal_score: l.deal.score,
                             expired: q.valid_until.is_some_and(|v| v < today),

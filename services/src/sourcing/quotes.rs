@@ -164,6 +164,7 @@ impl Sourcing {
                     benchmark_error: None,
                     anomaly_score: None,
                     anomaly_severity: None,
+                    p_late: None,
                     deal: score::deal_score(&DealInputs::default(), &self.config.deal),
                     price_id: None,
                 },
@@ -184,6 +185,24 @@ impl Sourcing {
             })
             .collect();
         let predicted = self.predictions.price_batch(org, &requests).await;
+        // The chance each line arrives late: one batch through the risk model, when one is served (the
+        // deal score leaves risk out otherwise, and says so).
+        let planned: Vec<(&str, f64, chrono::NaiveDate)> = lines
+            .iter()
+            .map(|(_, q)| (q.material_id.as_str(), q.quantity, q.promised_date))
+            .collect();
+        let risks = match self
+            .predictions
+            .p_late_batch(org, &supplier.id, &planned, today)
+            .await
+        {
+            Ok(p) if p.len() == lines.len() => p.into_iter().map(Some).collect(),
+            Ok(_) => vec![None; lines.len()],
+            Err(e) => {
+                tracing::debug!(error = %e, "no late-delivery risk for the quote's lines");
+                vec![None; lines.len()]
+            }
+        };
         let expired = new.valid_until.is_some_and(|v| v < today);
         for (i, (line, quote_line)) in lines.iter_mut().enumerate() {
             let answer = match &predicted {
@@ -206,12 +225,13 @@ impl Sourcing {
             } else {
                 None
             };
+            quote_line.p_late = risks.get(i).copied().flatten();
             quote_line.deal = score::deal_score(
                 &DealInputs {
                     z: quote_line.benchmark.as_ref().map(|b| b.z),
                     reliability: Some(supplier.reliability),
                     days_late: Some((quote_line.promised_date - line.needed_by).num_days()),
-                    p_late: None,
+                    p_late: quote_line.p_late,
                     gate,
                 },
                 &self.config.deal,

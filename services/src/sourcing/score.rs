@@ -227,12 +227,13 @@ impl Default for LandedCost {
 }
 
 impl LandedCost {
-    /// unit price × (1 + late_per_day · days late + unreliability · (1 − reliability)).
-    pub fn unit(&self, price: f64, days_late: i64, reliability: f64) -> f64 {
+    /// unit price × (1 + late_per_day · days late + unreliability · p(late)), p(late) being the risk
+    /// model's chance the line arrives late, or 1 − the supplier's reliability without one.
+    pub fn unit(&self, price: f64, days_late: i64, p_late: f64) -> f64 {
         price
             * (1.0
                 + self.late_per_day * days_late.max(0) as f64
-                + self.unreliability * (1.0 - reliability.clamp(0.0, 1.0)))
+                + self.unreliability * p_late.clamp(0.0, 1.0))
     }
 }
 
@@ -349,7 +350,8 @@ mod tests {
         assert_eq!(verdict(89.0, 90.0, 112.0), "below");
         assert_eq!(verdict(112.0, 90.0, 112.0), "within");
         assert_eq!(verdict(112.5, 90.0, 112.0), "above");
-        let landed = LandedCost::default().unit(100.0, 4, 0.9);
+        // p(late) 0.1 (1 − reliability 0.9, or the risk model's): 100 × (1 + 0.005·4 + 0.1·0.1).
+        let landed = LandedCost::default().unit(100.0, 4, 0.1);
         assert!((landed - 103.0).abs() < 1e-12, "{landed}");
     }
 }

@@ -7,6 +7,7 @@
 //!   review, lead time and daily demand (mean and forecast error), each figure returned with the formula
 //!   and the numbers that made it.
 
+pub mod import;
 pub mod orders;
 pub mod policy;
 pub mod scorecard;

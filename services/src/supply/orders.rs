@@ -120,7 +120,7 @@ impl Supply {
         Ok((before, after))
     }
 
-    /// Receives deliveries against an open order (all or nothing); the order is `delivered` once every
+    /// Receives deliveries against an order (all or nothing); the order is `delivered` once every
     /// line's accepted quantity reaches its ordered quantity.
     pub async fn deliver(
         &self,
@@ -137,22 +137,14 @@ impl Supply {
         if new.is_empty() {
             return Err(FieldErrors::one("deliveries", "give at least one delivery").into());
         }
-        let written = self.store.insert_deliveries(org, &order, new).await?;
-        let all = self.store.order_deliveries(org, &order.id).await?;
-        let complete = order.lines.iter().all(|l| {
-            let accepted: f64 = all
-                .iter()
-                .filter(|d| d.line_id == l.id)
-                .map(|d| d.quantity - d.rejected_quantity)
-                .sum();
-            accepted + 1e-9 >= l.quantity
-        });
-        let order = if complete && order.status == "open" {
-            self.store
-                .set_order_status(org, &order.id, "delivered")
-                .await?
-        } else {
+        let (written, delivered) = self
+            .store
+            .receive_deliveries(org, new.into_iter().map(|d| (&order, d)).collect())
+            .await?;
+        let order = if delivered.is_empty() {
             order
+        } else {
+            self.store.order(org, &order.id).await?
         };
         Ok((order, written))
     }
