@@ -186,7 +186,9 @@ pub struct VersionStats {
     pub p99_us: Option<f64>,
     pub mean_queue_us: f64,
     pub mean_compute_us: f64,
-    /// How many ONNX Runtime calls ran each batch size (rows), by size.
+    /// How many ONNX Runtime calls ran each batch size (rows), by size. JSON keys are strings: the schema
+    /// says so (an integer key schema no JSON object can meet).
+    #[schema(value_type = std::collections::BTreeMap<String, u64>)]
     pub batch_sizes: std::collections::BTreeMap<usize, u64>,
     /// Rows waiting in the queue now.
     pub queued_rows: usize,
