@@ -4,7 +4,7 @@ ARGS ?=
 
 FUZZ_SECS ?= 60
 
-.PHONY: conformance demo fleet fuzz run build runtime test lint bench bench-load bench-predictions bench-store bench-batch bench-sourcing train fmt
+.PHONY: conformance demo fleet fuzz run build runtime test lint bench bench-load bench-predictions bench-store bench-batch bench-sourcing bench-supply train fmt
 
 ## Serve the shipped models on 127.0.0.1:8000 (flags: make run ARGS="--addr 0.0.0.0:8000").
 run: build
@@ -72,6 +72,11 @@ bench-batch: runtime
 ## the comparison's render time.
 bench-sourcing: runtime
 	benches/sourcing.sh
+
+## Supply: importing three years of orders and deliveries, risk for every supplier, policies for 1,000
+## materials (p50, p99).
+bench-supply: runtime
+	benches/supply.sh
 
 ## Regenerate fixtures/prices.csv and retrain the shipped models (not needed to run or test). Version 1
 ## computed its features in numpy; version 2 of each goes through `mercator features materialize`.

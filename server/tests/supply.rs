@@ -779,3 +779,149 @@ async fn supplier_risk_is_the_training_frame_served() {
     let (status, _) = send(other.get(s.url(&format!("/api/v1/suppliers/{supplier}/risk")))).await;
     assert_eq!(status, 404, "another organization's supplier");
 }
+
+/// A policy without a lead time or a demand takes them from the history, by hand here: the supplier's
+/// lines of the material received in full took 12 and 18 days; the material was ordered 280, 140 and 420
+/// units in the 112 days before today (28-day totals 0, 420, 140, 280).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_takes_lead_time_and_demand_from_the_history() {
+    let s = TestServer::start().await;
+    let material = |code: &str| {
+        let request = s.client.post(s.url("/api/v1/materials")).json(&json!({
+            "code": code, "name": code, "category": "steel", "unit": "kg", "specifications": {}}));
+        async move { send(request).await.1["id"].as_str().unwrap().to_string() }
+    };
+    let supplier = |code: &str| {
+        let request = s
+            .client
+            .post(s.url("/api/v1/suppliers"))
+            .json(&json!({"code": code, "name": code, "country": "DE", "reliability": 0.9}));
+        async move { send(request).await.1["id"].as_str().unwrap().to_string() }
+    };
+    let (m, m2, m3) = (
+        material("M").await,
+        material("M2").await,
+        material("M3").await,
+    );
+    let (sup, sup2) = (supplier("S").await, supplier("S2").await);
+    let today = chrono::Utc::now().date_naive();
+    let day = |back: i64| today - chrono::Duration::days(back);
+    let csv = |path: &str, body: String| {
+        let request = s
+            .client
+            .post(s.url(path))
+            .header("content-type", "text/csv")
+            .body(body);
+        async move { send(request).await }
+    };
+    let (status, body) = csv(
+        "/api/v1/orders/bulk",
+        format!(
+            "reference,supplier_id,currency,ordered_on,material_id,quantity,unit_price,promised_date\n\
+             A,{sup},EUR,{},{m},280,1,{}\nB,{sup},EUR,{},{m},140,1,{}\n\
+             C,{sup2},EUR,{},{m},420,1,{}\nD,{sup},EUR,{},{m2},50,1,{}\n",
+            day(100),
+            day(90),
+            day(70),
+            day(60),
+            day(40),
+            day(30),
+            day(30),
+            day(25),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = csv(
+        "/api/v1/deliveries/bulk",
+        format!(
+            "order_reference,line,delivered_on,quantity,rejected_quantity\n\
+             A,1,{},280,0\nB,1,{},130,0\nB,1,{},10,0\nD,1,{},50,0\n",
+            day(88),
+            day(56),
+            day(52),
+            day(20),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let policy = |body: Value| {
+        let request = s.client.post(s.url("/api/v1/inventory/policy")).json(&body);
+        async move { send(request).await }
+    };
+    let base = |material: &str| {
+        json!({"material_id": material, "unit_cost": 2.0, "holding_rate": 0.2, "ordering_cost": 50.0,
+               "service_level": {"type": "cycle", "value": 0.95}, "history_days": 112})
+    };
+    let mut request = base(&m);
+    request["supplier_id"] = json!(sup);
+    let (status, answer) = policy(request).await;
+    assert_eq!(status, 200, "{answer}");
+    let inputs = &answer["inputs"];
+    assert_eq!(inputs["lead_time"]["source"], "deliveries of the material");
+    assert_eq!(inputs["lead_time"]["lines"], 2);
+    let close = |v: &Value, want: f64| {
+        let got = v.as_f64().unwrap();
+        assert!(
+            (got - want).abs() < 1e-9 * want.max(1.0),
+            "{got} against {want}"
+        );
+    };
+    close(&inputs["lead_time"]["mean"], 15.0);
+    close(&inputs["lead_time"]["std"], 18f64.sqrt());
+    assert_eq!(inputs["demand"]["source"], "orders");
+    assert_eq!(inputs["demand"]["lines"], 3);
+    close(&inputs["demand"]["mean"], 840.0 / 112.0);
+    close(
+        &inputs["demand"]["std"],
+        (98_000.0f64 / 3.0).sqrt() / 28f64.sqrt(),
+    );
+    assert_eq!(inputs["demand"]["from"], day(112).to_string());
+    assert_eq!(inputs["demand"]["to"], day(1).to_string());
+    // The figures are computed from them, as from the same numbers given.
+    let mut given = base(&m);
+    given["lead_time"] = json!({"mean_days": 15.0, "std_days": 18f64.sqrt()});
+    given["demand"] = json!({"mean_per_day": 840.0 / 112.0,
+                             "std_per_day": (98_000.0f64 / 3.0).sqrt() / 28f64.sqrt()});
+    let (_, same) = policy(given).await;
+    for figure in ["eoq", "safety_stock", "reorder_point"] {
+        close(
+            &answer["figures"][figure]["value"],
+            same["figures"][figure]["value"].as_f64().unwrap(),
+        );
+    }
+    assert_eq!(same["inputs"]["lead_time"]["source"], "given");
+    // A material the supplier never delivered: every line of the supplier (12, 18, 10 days).
+    let mut request = base(&m3);
+    request["supplier_id"] = json!(sup);
+    request["demand"] = json!({"mean_per_day": 5.0, "std_per_day": 1.0});
+    let (status, answer) = policy(request).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["inputs"]["lead_time"]["source"], "deliveries");
+    close(&answer["inputs"]["lead_time"]["mean"], 40.0 / 3.0);
+    // What the history cannot give is asked for by name.
+    for (change, field) in [
+        (json!({}), "lead_time"),
+        (json!({"supplier_id": sup2}), "lead_time"),
+        (
+            json!({"supplier_id": sup, "history_days": 10}),
+            "history_days",
+        ),
+    ] {
+        let mut request = base(&m);
+        for (k, v) in change.as_object().unwrap() {
+            request[k] = v.clone();
+        }
+        let (status, body) = policy(request).await;
+        assert_eq!(status, 400, "{change}: {body}");
+        assert!(
+            body["error"]["details"][field].is_array(),
+            "{change}: {body}"
+        );
+    }
+    let mut request = base(&m3);
+    request["lead_time"] = json!({"mean_days": 10.0});
+    let (status, body) = policy(request).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["details"]["demand"].is_array(), "{body}");
+}

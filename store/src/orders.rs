@@ -561,6 +561,23 @@ impl Store {
         .await?)
     }
 
+    /// The organization's orders placed in `[from, to]` (days), oldest first.
+    pub async fn orders_between(
+        &self,
+        org: &str,
+        (from, to): (NaiveDate, NaiveDate),
+    ) -> Result<Vec<Order>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE organization_id = $1 \
+             AND ordered_on >= $2 AND ordered_on <= $3 ORDER BY ordered_on, id"
+        ))
+        .bind(org)
+        .bind(from.to_string())
+        .bind(to.to_string())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// A supplier's orders placed in `[from, to]` (days) and every delivery against them.
     pub async fn supplier_book(
         &self,

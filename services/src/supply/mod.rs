@@ -7,6 +7,7 @@
 //!   review, lead time and daily demand (mean and forecast error), each figure returned with the formula
 //!   and the numbers that made it.
 
+pub mod history;
 pub mod import;
 pub mod orders;
 pub mod policy;
@@ -75,8 +76,15 @@ pub struct PolicyRequest {
     pub service_level: ServiceLevel,
     /// Default: continuous.
     pub review: Option<Review>,
-    pub lead_time: LeadTime,
-    pub demand: Demand,
+    /// Default: from `supplier_id`'s deliveries of the material (of anything it delivered, below two
+    /// lines of it) over `history_days`.
+    pub lead_time: Option<LeadTime>,
+    /// Default: from the organization's orders of the material over `history_days`.
+    pub demand: Option<Demand>,
+    /// The supplier whose delivery history gives the lead time when none is given.
+    pub supplier_id: Option<String>,
+    /// Days of history the defaults are taken from, ending yesterday (default 365, 56 to 1,830).
+    pub history_days: Option<u32>,
     /// The quantity ordered each time, instead of the EOQ.
     pub order_quantity: Option<f64>,
     /// The smallest quantity the supplier takes: the EOQ is raised to it.
@@ -120,6 +128,8 @@ pub struct Policy {
     pub order_now: Option<f64>,
     /// Every figure by name: eoq, annual_cost, exposure_days, exposure_sd, z, safety_stock, ...
     pub figures: BTreeMap<&'static str, Figure>,
+    /// Where the lead time and the demand came from.
+    pub inputs: history::Inputs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,10 +178,13 @@ impl Supply {
         Supply { store, clock }
     }
 
-    /// A material's inventory policy.
-    pub async fn policy(&self, org: &str, r: PolicyRequest) -> Result<Policy, SupplyError> {
+    /// A material's inventory policy; a lead time or demand not given is taken from the history.
+    pub async fn policy(&self, org: &str, mut r: PolicyRequest) -> Result<Policy, SupplyError> {
         self.store.material(org, &r.material_id).await?;
-        compute(r)
+        let inputs = self.inputs(org, &mut r).await?;
+        let mut policy = compute(r)?;
+        policy.inputs = inputs;
+        Ok(policy)
     }
 }
 
@@ -190,10 +203,15 @@ pub fn compute(r: PolicyRequest) -> Result<Policy, SupplyError> {
     };
     positive(&mut e, "unit_cost", r.unit_cost);
     non_negative(&mut e, "ordering_cost", r.ordering_cost);
-    positive(&mut e, "demand.mean_per_day", r.demand.mean_per_day);
-    non_negative(&mut e, "demand.std_per_day", r.demand.std_per_day);
-    positive(&mut e, "lead_time.mean_days", r.lead_time.mean_days);
-    non_negative(&mut e, "lead_time.std_days", r.lead_time.std_days);
+    let (Some(demand), Some(lead_time)) = (&r.demand, &r.lead_time) else {
+        return Err(
+            FieldErrors::one("demand", "a policy needs the demand and the lead time").into(),
+        );
+    };
+    positive(&mut e, "demand.mean_per_day", demand.mean_per_day);
+    non_negative(&mut e, "demand.std_per_day", demand.std_per_day);
+    positive(&mut e, "lead_time.mean_days", lead_time.mean_days);
+    non_negative(&mut e, "lead_time.std_days", lead_time.std_days);
     let holding = match (r.holding_rate, r.holding_cost) {
         (Some(rate), None) => {
             positive(&mut e, "holding_rate", rate);
@@ -271,8 +289,8 @@ pub fn compute(r: PolicyRequest) -> Result<Policy, SupplyError> {
     };
     e.into_result()?;
 
-    let (d, sd_d) = (r.demand.mean_per_day, r.demand.std_per_day);
-    let (lt, sd_lt) = (r.lead_time.mean_days, r.lead_time.std_days);
+    let (d, sd_d) = (demand.mean_per_day, demand.std_per_day);
+    let (lt, sd_lt) = (lead_time.mean_days, lead_time.std_days);
     let annual = d * days_per_year;
     let mut figures = BTreeMap::new();
     let mut put = |name: &'static str, value: f64, formula: &'static str, computed: String| {
@@ -448,5 +466,6 @@ pub fn compute(r: PolicyRequest) -> Result<Policy, SupplyError> {
         inventory_turns: turns,
         order_now,
         figures,
+        inputs: history::Inputs::given(lead_time, demand),
     })
 }

@@ -15,6 +15,7 @@
 //! Each figure comes with the count it rests on; a figure without any is null.
 
 use chrono::{Duration, NaiveDate};
+use mercator_store::{Order, OrderDelivery, OrderLine};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -49,15 +50,37 @@ pub struct Scorecard {
     pub rfqs_responded: usize,
 }
 
-fn mean(values: &[f64]) -> Option<f64> {
+pub(super) fn mean(values: &[f64]) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
-fn sample_std(values: &[f64]) -> Option<f64> {
+pub(super) fn sample_std(values: &[f64]) -> Option<f64> {
     let m = mean(values)?;
     (values.len() > 1).then(|| {
         (values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (values.len() - 1) as f64).sqrt()
     })
+}
+
+/// The day the accepted quantity (delivered less rejected) of `line` reached its ordered quantity, if it
+/// did.
+pub(super) fn received_in_full(
+    order: &Order,
+    line: &OrderLine,
+    deliveries: &[OrderDelivery],
+) -> Option<NaiveDate> {
+    let mut received: Vec<&OrderDelivery> = deliveries
+        .iter()
+        .filter(|d| d.order_id == order.id && d.line_id == line.id)
+        .collect();
+    received.sort_by_key(|d| d.delivered_on);
+    let mut accepted = 0.0;
+    for d in received {
+        accepted += d.quantity - d.rejected_quantity;
+        if accepted + 1e-9 >= line.quantity {
+            return Some(d.delivered_on);
+        }
+    }
+    None
 }
 
 impl Supply {
@@ -83,21 +106,7 @@ impl Supply {
         let (mut due, mut otif, mut lead) = (0, 0, Vec::new());
         for order in orders.iter().filter(|o| o.status != "cancelled") {
             for line in &order.lines {
-                let mut received: Vec<_> = deliveries
-                    .iter()
-                    .filter(|d| d.order_id == order.id && d.line_id == line.id)
-                    .collect();
-                received.sort_by_key(|d| d.delivered_on);
-                // The day the accepted quantity reached the ordered one, if it did.
-                let mut accepted = 0.0;
-                let mut complete_on = None;
-                for d in &received {
-                    accepted += d.quantity - d.rejected_quantity;
-                    if accepted + 1e-9 >= line.quantity {
-                        complete_on = Some(d.delivered_on);
-                        break;
-                    }
-                }
+                let complete_on = received_in_full(order, line, &deliveries);
                 if let Some(day) = complete_on {
                     lead.push((day - order.ordered_on).num_days() as f64);
                 }
