@@ -282,6 +282,19 @@ impl Predictions {
             .supplier_book(org, supplier_id, (from, to))
             .await
             .map_err(PredictError::store("supplier"))?;
+        // Each line's receipts by (order, line): one pass over the deliveries, not one per line.
+        let mut receipts: std::collections::HashMap<(&str, &str), Vec<Receipt>> =
+            std::collections::HashMap::new();
+        for d in &deliveries {
+            receipts
+                .entry((d.order_id.as_str(), d.line_id.as_str()))
+                .or_default()
+                .push(Receipt {
+                    day: day_of(d.delivered_on),
+                    quantity: d.quantity,
+                    rejected: d.rejected_quantity,
+                });
+        }
         let mut lines = Vec::new();
         for order in orders.iter().filter(|o| o.status != "cancelled") {
             for line in &order.lines {
@@ -290,15 +303,9 @@ impl Predictions {
                     ordered: day_of(order.ordered_on),
                     promised: day_of(line.promised_date),
                     quantity: line.quantity,
-                    receipts: deliveries
-                        .iter()
-                        .filter(|d| d.order_id == order.id && d.line_id == line.id)
-                        .map(|d| Receipt {
-                            day: day_of(d.delivered_on),
-                            quantity: d.quantity,
-                            rejected: d.rejected_quantity,
-                        })
-                        .collect(),
+                    receipts: receipts
+                        .remove(&(order.id.as_str(), line.id.as_str()))
+                        .unwrap_or_default(),
                 });
             }
         }
