@@ -90,3 +90,4 @@ train:
 	.venv-train/bin/python models/train/forecast.py
 	.venv-train/bin/python models/train/generate_supply.py
 	.venv-train/bin/python models/train/risk.py
+	.venv-train/bin/python models/train/demand.py

@@ -23,7 +23,7 @@ mod tensor;
 
 pub use backend::{Backend, BackendError, OrtBackend};
 pub use error::EngineError;
-pub use manifest::{AnomalyThresholds, Manifest, ModelKind, TensorSpec};
+pub use manifest::{AnomalyThresholds, DemandSettings, Manifest, ModelKind, TensorSpec};
 pub use model::{BackendFactory, InferOutput, Lane, Model, Pending, Timing, WARMUP};
 pub use repository::{IndexEntry, Repository, Traffic};
 pub use rows::Slices;

@@ -14,6 +14,8 @@ pub enum ModelKind {
     Anomaly,
     /// The chance an order line arrives late (`p_late`), from a supplier's order book.
     Risk,
+    /// A material's demand per week ahead, from its order history.
+    Demand,
     Generic,
 }
 
@@ -108,6 +110,9 @@ pub struct Manifest {
     /// How a risk model's probability becomes a band, and what its factors are measured against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub risk: Option<RiskSettings>,
+    /// A demand model's intervals and forecast errors per week ahead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demand: Option<DemandSettings>,
     /// Training metrics, kept for people: the engine does not read them.
     #[serde(default)]
     pub metrics: toml::Table,
@@ -166,6 +171,57 @@ pub struct RiskSettings {
     pub medium: f64,
     pub high: f64,
     pub typical: Vec<f64>,
+}
+
+/// `[demand]`: split-conformal calibration of a demand model whose output is units per day for each week
+/// ahead. Residuals (actual − forecast) are divided by the row's scale (its last feature, units per day);
+/// at level `levels[i]` and week `k`, the interval of the week's units per day is `forecast + scale ·
+/// [week_lower[i][k], week_upper[i][k]]`, clipped at 0.
+/// `week_error_std[k]` is the residuals' standard deviation for week `k`: what an inventory policy takes as
+/// the forecast's error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemandSettings {
+    pub method: String,
+    pub levels: Vec<f64>,
+    pub week_lower: Vec<Vec<f64>>,
+    pub week_upper: Vec<Vec<f64>>,
+    pub week_error_std: Vec<f64>,
+    pub calibration_rows: u64,
+}
+
+impl DemandSettings {
+    fn check(&self, weeks: Option<usize>) -> Result<(), String> {
+        let weeks = weeks.ok_or("a demand model's output has a fixed width (its weeks)")?;
+        if self.levels.is_empty() || self.levels.iter().any(|l| !(*l > 0.0 && *l < 1.0)) {
+            return Err("demand.levels are between 0 and 1".into());
+        }
+        for (name, table) in [
+            ("week_lower", &self.week_lower),
+            ("week_upper", &self.week_upper),
+        ] {
+            if table.len() != self.levels.len()
+                || table
+                    .iter()
+                    .any(|row| row.len() != weeks || row.iter().any(|x| !x.is_finite()))
+            {
+                return Err(format!(
+                    "demand.{name} has one list per level of one finite value per week ({weeks})"
+                ));
+            }
+        }
+        if self.week_error_std.len() != weeks
+            || self
+                .week_error_std
+                .iter()
+                .any(|x| !(x.is_finite() && *x >= 0.0))
+        {
+            return Err(format!(
+                "demand.week_error_std has one value per week ({weeks}), each at least 0"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A file name that stays in its folder: 1 to 128 of letters, digits, `.`, `-`, `_`, not starting with `.`.
@@ -245,6 +301,9 @@ impl Manifest {
             if width != Some(r.typical.len()) || r.typical.iter().any(|x| !x.is_finite()) {
                 return Err("risk.typical has one finite value per input feature".into());
             }
+        }
+        if let Some(d) = &self.demand {
+            d.check(self.outputs.first().and_then(TensorSpec::fixed_row_len))?;
         }
         if self.instances.count == 0 || self.instances.intra_op_threads == 0 {
             return Err("instances.count and instances.intra_op_threads must be at least 1".into());

@@ -7,12 +7,14 @@
 //! - [`row`]: the one function that turns tiles and a request into a feature row.
 //! - [`materialize`]: `mercator features materialize`, Polars from file to training frame.
 //! - [`delivery`]: a supplier's order book as of a day, the supplier-risk model's features.
+//! - [`demand`]: a material's order history as of a day, the demand model's features.
 //!
 //! The "as of" rule: a row's history features read only days strictly before its as-of day (the
 //! observation's day in training, the request's day when serving); the delivery date feeds calendar and
 //! lead-time features and never moves that cut-off.
 
 pub mod delivery;
+pub mod demand;
 pub mod drift;
 pub mod history;
 pub mod materialize;
@@ -50,6 +52,14 @@ pub enum FeatureError {
         needed: u32,
         window: u32,
     },
+    #[error(
+        "too little order history: the material's first order in the {window} days before is {days} days back, {needed} needed"
+    )]
+    TooLittleOrderHistory {
+        days: usize,
+        needed: u32,
+        window: u32,
+    },
     #[error("materialize: {0}")]
     Materialize(String),
     #[error("day {0} (days since 1970-01-01) is outside the range features are computed for")]
@@ -65,7 +75,9 @@ impl FeatureError {
             FeatureError::Lead { .. } | FeatureError::Horizon { .. } => "beyond_horizon",
             FeatureError::Price(_) => "invalid_price",
             FeatureError::Day(_) => "invalid_date",
-            FeatureError::TooLittleHistory { .. } => "insufficient_history",
+            FeatureError::TooLittleHistory { .. } | FeatureError::TooLittleOrderHistory { .. } => {
+                "insufficient_history"
+            }
             FeatureError::Spec(_) | FeatureError::Materialize(_) | FeatureError::NoPrice => {
                 "internal"
             }

@@ -134,6 +134,7 @@ impl From<mercator_services::supply::SupplyError> for ApiError {
         match e {
             SupplyError::Store(e) => e.into(),
             SupplyError::Invalid { message, details } => ApiError::Validation { message, details },
+            SupplyError::Predict(e) => e.into(),
             e @ SupplyError::State(_) => ApiError::Supply(e),
         }
     }

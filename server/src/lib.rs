@@ -442,12 +442,13 @@ impl App {
             catalog,
             registry,
             jobs: jobs.clone(),
-            predictions,
+            predictions: predictions.clone(),
             ingest,
             sourcing,
             supply: Arc::new(mercator_services::supply::Supply::new(
                 store.clone(),
                 config.clock.clone(),
+                predictions.clone(),
             )),
             metrics_key: config.metrics_key.as_deref().map(|k| {
                 use sha2::Digest;

@@ -42,6 +42,13 @@ fn main() -> std::process::ExitCode {
             end,
             output,
         }) => delivery_frame(&spec, [&orders, &deliveries, &materials], end, &output),
+        Command::Features(FeaturesCommand::DemandFrame {
+            spec,
+            orders,
+            end,
+            every,
+            output,
+        }) => demand_frame(&spec, &orders, end, every, &output),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -112,6 +119,22 @@ fn delivery_frame(
         frame.rows.len(),
         output.display()
     );
+    Ok(())
+}
+
+fn demand_frame(
+    spec: &std::path::Path,
+    orders: &std::path::Path,
+    end: chrono::NaiveDate,
+    every: u32,
+    output: &std::path::Path,
+) -> Result<(), String> {
+    use mercator_features::demand;
+    let spec = demand::DemandSpec::from_file(spec).map_err(|e| e.to_string())?;
+    let frame = demand::frame(&spec, orders, mercator_features::day_of(end), every)
+        .map_err(|e| e.to_string())?;
+    demand::write_frame(&frame, output).map_err(|e| e.to_string())?;
+    println!("{} rows -> {}", frame.rows.len(), output.display());
     Ok(())
 }
 

@@ -1345,6 +1345,7 @@ async fn the_openapi_document_covers_every_endpoint() {
         "GET /ws/predictions/{batch_id}",
         "POST /api/v1/analytics/trends",
         "POST /api/v1/analytics/forecast",
+        "POST /api/v1/analytics/demand-forecast",
         "POST /api/v1/analytics/anomalies",
         "GET /api/v1/alerts",
         "POST /api/v1/alerts",

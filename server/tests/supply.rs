@@ -553,6 +553,22 @@ fn fixture_lines() -> std::collections::HashMap<(String, String), (String, f64, 
     lines
 }
 
+/// A model's training-frame rows kept for the parity tests (`fixtures/golden/<file>`), and its feature
+/// names in input order.
+fn frame_rows(file: &str) -> (Value, Vec<String>) {
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo_root().join("fixtures/golden").join(file)).unwrap(),
+    )
+    .unwrap();
+    let names = golden["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    (golden, names)
+}
+
 /// The share of (late, on time) pairs the scores order rightly, ties half.
 fn auc(scored: &[(f64, bool)]) -> f64 {
     let (mut right, mut pairs) = (0.0, 0.0);
@@ -581,17 +597,8 @@ async fn supplier_risk_is_the_training_frame_served() {
     let s = TestServer::start().await;
     let f = common::catalogue_fixture(&s.base, &s.client).await;
     common::import_supply_fixture(&s.base, &s.client, &f).await;
-    let golden: Value = serde_json::from_str(
-        &std::fs::read_to_string(common::repo_root().join("fixtures/golden/risk-v1-rows.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    let names: Vec<&str> = golden["names"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_str().unwrap())
-        .collect();
+    let (golden, names) = frame_rows("risk-v1-rows.json");
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let lines = fixture_lines();
     let ask = |supplier: &str, material: &str, quantity: f64, promised: &str, as_of: &str| {
         let request = s.client.get(s.url(&format!(
@@ -851,7 +858,8 @@ async fn a_policy_takes_lead_time_and_demand_from_the_history() {
     };
     let base = |material: &str| {
         json!({"material_id": material, "unit_cost": 2.0, "holding_rate": 0.2, "ordering_cost": 50.0,
-               "service_level": {"type": "cycle", "value": 0.95}, "history_days": 112})
+               "service_level": {"type": "cycle", "value": 0.95}, "history_days": 112,
+               "demand_from": "orders"})
     };
     let mut request = base(&m);
     request["supplier_id"] = json!(sup);
@@ -924,4 +932,267 @@ async fn a_policy_takes_lead_time_and_demand_from_the_history() {
     let (status, body) = policy(request).await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["details"]["demand"].is_array(), "{body}");
+}
+
+/// The fixture's orders by (material code, day): quantity ordered.
+fn fixture_demand() -> std::collections::HashMap<(String, chrono::NaiveDate), f64> {
+    let text = std::fs::read_to_string(common::repo_root().join("fixtures/orders.csv")).unwrap();
+    let mut demand = std::collections::HashMap::new();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let (code, day, quantity) = (col("material_code"), col("ordered_on"), col("quantity"));
+    for r in reader.records().map(Result::unwrap) {
+        *demand
+            .entry((r[code].to_string(), r[day].parse().unwrap()))
+            .or_default() += r[quantity].parse::<f64>().unwrap();
+    }
+    demand
+}
+
+/// The demand model served: the fixture's orders imported, each row of the training frame kept in
+/// `fixtures/golden/demand-v1-rows.json` is asked for as of its day; the server rebuilds the features from
+/// the order book, equal to the frame's, and answers the weekly rates ONNX Runtime gave at training. On the
+/// held-out rows, the weekly quantities (counted here from orders.csv) fall in the 80% intervals at about
+/// that rate, and the forecast's error is below holding the last 28 days' rate flat. Days, refusals,
+/// tenancy, and a policy whose demand is the forecast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demand_forecast_is_the_training_frame_served() {
+    let s = TestServer::start().await;
+    let f = common::catalogue_fixture(&s.base, &s.client).await;
+    common::import_supply_fixture(&s.base, &s.client, &f).await;
+    let (golden, names) = frame_rows("demand-v1-rows.json");
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let holdout: chrono::NaiveDate = golden["holdout_from"].as_str().unwrap().parse().unwrap();
+    let orders = fixture_demand();
+    let ordered = |code: &str, from: chrono::NaiveDate, days: i64| -> f64 {
+        (0..days)
+            .map(|d| {
+                orders
+                    .get(&(code.to_string(), from + chrono::Duration::days(d)))
+                    .copied()
+                    .unwrap_or(0.0)
+            })
+            .sum()
+    };
+    let forecast = |body: Value| {
+        let request = s
+            .client
+            .post(s.url("/api/v1/analytics/demand-forecast"))
+            .json(&body);
+        async move { send(request).await }
+    };
+    let (mut error, mut flat_error, mut total, mut covered, mut points) = (0.0, 0.0, 0.0, 0, 0);
+    let mut first = None;
+    for row in golden["rows"].as_array().unwrap() {
+        let code = row["material_code"].as_str().unwrap();
+        let as_of: chrono::NaiveDate = row["as_of"].as_str().unwrap().parse().unwrap();
+        let (status, answer) = forecast(json!({"material_id": f.materials[code],
+            "horizon_days": 56, "as_of": as_of, "interval_level": 0.8}))
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        for (name, want) in names.iter().zip(row["features"].as_array().unwrap()) {
+            let (got, want) = (
+                answer["features"][name].as_f64().unwrap(),
+                want.as_f64().unwrap(),
+            );
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "{code} {as_of} {name}: served {got}, frame {want}"
+            );
+        }
+        let rates = answer["weekly_rates"].as_array().unwrap();
+        let weeks = answer["points"].as_array().unwrap();
+        assert_eq!((rates.len(), weeks.len()), (8, 8));
+        for (k, want) in row["demand"].as_array().unwrap().iter().enumerate() {
+            let (got, want) = (rates[k].as_f64().unwrap(), want.as_f64().unwrap());
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "{code} {as_of} week {k}: served {got}, ONNX Runtime {want}"
+            );
+            let point = &weeks[k];
+            let start = as_of + chrono::Duration::days(7 * k as i64);
+            assert_eq!(point["start"], start.to_string());
+            assert_eq!(
+                point["end"],
+                (start + chrono::Duration::days(6)).to_string()
+            );
+            let (value, lower, upper) = (
+                point["value"].as_f64().unwrap(),
+                point["lower"].as_f64().unwrap(),
+                point["upper"].as_f64().unwrap(),
+            );
+            assert!((value - 7.0 * got).abs() <= 1e-9 * value.max(1.0));
+            assert!(0.0 <= lower && lower <= value && value <= upper, "{point}");
+            if as_of >= holdout {
+                let actual = ordered(code, start, 7);
+                let flat = ordered(code, as_of - chrono::Duration::days(28), 28) / 4.0;
+                error += (value - actual).abs();
+                flat_error += (flat - actual).abs();
+                total += actual;
+                covered += usize::from(lower <= actual && actual <= upper);
+                points += 1;
+            }
+        }
+        first.get_or_insert((code.to_string(), as_of, answer));
+    }
+    assert!(points >= 200, "{points} held-out weeks");
+    let coverage = covered as f64 / points as f64;
+    assert!(
+        (0.65..=0.95).contains(&coverage),
+        "80% intervals held {coverage} of {points} held-out weeks"
+    );
+    assert!(
+        error < flat_error,
+        "held-out WAPE {} against {} for the last 28 days held flat",
+        error / total,
+        flat_error / total
+    );
+
+    // By day: each point its week's rate and interval per day.
+    let (code, as_of, by_week) = first.unwrap();
+    let (status, by_day) = forecast(json!({"material_id": f.materials[&code],
+        "horizon_days": 10, "granularity": "day", "as_of": as_of}))
+    .await;
+    assert_eq!(status, 200, "{by_day}");
+    assert_eq!(by_day["level"], 0.8);
+    let days = by_day["points"].as_array().unwrap();
+    assert_eq!(days.len(), 10);
+    for (d, point) in days.iter().enumerate() {
+        let date = as_of + chrono::Duration::days(d as i64);
+        assert_eq!(point["start"], date.to_string());
+        assert_eq!(point["end"], date.to_string());
+        assert_eq!(point["value"], by_week["weekly_rates"][d / 7]);
+        let week = &by_week["points"][d / 7];
+        for bound in ["lower", "upper"] {
+            let (day, week) = (
+                point[bound].as_f64().unwrap(),
+                week[bound].as_f64().unwrap(),
+            );
+            assert!(
+                (day - week / 7.0).abs() <= 1e-9 * week.max(1.0),
+                "{bound}: {day} against {week}/7"
+            );
+        }
+    }
+    assert_eq!(by_day["model"], json!({"name": "demand", "version": 1}));
+
+    // Refusals, each naming what is wrong.
+    let material = &f.materials[&code];
+    let (status, unordered) = send(s.client.post(s.url("/api/v1/materials")).json(&json!({
+        "code": "NEVER", "name": "never ordered", "category": "steel", "unit": "kg",
+        "specifications": {}})))
+    .await;
+    assert_eq!(status, 201, "{unordered}");
+    for (body, status, code) in [
+        (
+            json!({"material_id": material, "horizon_days": 0}),
+            422,
+            "beyond_horizon",
+        ),
+        (
+            json!({"material_id": material, "horizon_days": 63}),
+            422,
+            "beyond_horizon",
+        ),
+        (
+            json!({"material_id": material, "horizon_days": 10}),
+            400,
+            "validation_error",
+        ),
+        (
+            json!({"material_id": material, "horizon_days": 7, "interval_level": 0.7}),
+            400,
+            "validation_error",
+        ),
+        (
+            json!({"material_id": material, "horizon_days": 7, "as_of": "2024-02-01"}),
+            422,
+            "insufficient_history",
+        ),
+        (
+            json!({"material_id": unordered["id"], "horizon_days": 7}),
+            422,
+            "insufficient_history",
+        ),
+        (
+            json!({"material_id": "nope", "horizon_days": 7}),
+            404,
+            "not_found",
+        ),
+        (
+            json!({"material_id": material, "horizon_days": 7, "granularity": "month"}),
+            400,
+            "validation_error",
+        ),
+    ] {
+        let (got, answer) = forecast(body.clone()).await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {answer}"
+        );
+    }
+    // Another organization does not see the material.
+    let other = s.organization("Other").await;
+    let (status, _) = send(
+        other
+            .post(s.url("/api/v1/analytics/demand-forecast"))
+            .json(&json!({"material_id": material, "horizon_days": 7, "as_of": as_of})),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // A policy without demand takes it from the forecast over the lead time: 14 days, weeks 1 and 2.
+    let manifest: toml::Table =
+        std::fs::read_to_string(common::repo_root().join("models/demand/1/model.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
+    let errors: Vec<f64> = manifest["demand"]["week_error_std"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_float().unwrap())
+        .collect();
+    let scale = by_week["history"]["scale_per_day"].as_f64().unwrap();
+    let rate = |k: usize| by_week["weekly_rates"][k].as_f64().unwrap();
+    let (status, policy) = send(
+        s.client
+            .post(s.url("/api/v1/inventory/policy"))
+            .json(&json!({
+        "material_id": material, "unit_cost": 2.0, "holding_rate": 0.2, "ordering_cost": 50.0,
+        "service_level": {"type": "cycle", "value": 0.95}, "as_of": as_of,
+        "lead_time": {"mean_days": 14.0, "std_days": 2.0}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{policy}");
+    let demand = &policy["inputs"]["demand"];
+    assert_eq!(demand["source"], "forecast");
+    assert_eq!(demand["model"], json!({"name": "demand", "version": 1}));
+    let (mean, std) = (
+        (rate(0) + rate(1)) / 2.0,
+        (errors[0] + errors[1]) / 2.0 * scale * 7f64.sqrt(),
+    );
+    for (got, want) in [(&demand["mean"], mean), (&demand["std"], std)] {
+        let got = got.as_f64().unwrap();
+        assert!(
+            (got - want).abs() <= 1e-9 * want.max(1.0),
+            "{got} against {want}"
+        );
+    }
+    // Thin history is the demand field's problem, with the way out named.
+    let (status, body) = send(s.client.post(s.url("/api/v1/inventory/policy")).json(&json!({
+        "material_id": unordered["id"], "unit_cost": 2.0, "holding_rate": 0.2, "ordering_cost": 50.0,
+        "service_level": {"type": "cycle", "value": 0.95},
+        "lead_time": {"mean_days": 14.0, "std_days": 2.0}})))
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["details"]["demand"][0]
+            .as_str()
+            .unwrap()
+            .contains("demand_from"),
+        "{body}"
+    );
 }

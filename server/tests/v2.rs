@@ -394,8 +394,8 @@ async fn metrics_and_statistics_count_what_was_served() {
     let (_, all) = s.get("/v2/models/stats").await;
     assert_eq!(
         all["model_stats"].as_array().unwrap().len(),
-        7,
-        "versions 1 and 2 of price, anomaly and forecast, and risk 1"
+        8,
+        "versions 1 and 2 of price, anomaly and forecast, risk 1 and demand 1"
     );
 
     let text = s.metrics().await;

@@ -254,6 +254,7 @@ pub const MINIMUM_ROLES: &[(&str, &str, &str)] = &[
     ("patch", "/api/v1/alerts/{id}", "analyst"),
     ("post", "/api/v1/analytics/anomalies", "analyst"),
     ("post", "/api/v1/analytics/forecast", "analyst"),
+    ("post", "/api/v1/analytics/demand-forecast", "analyst"),
     ("post", "/api/v1/analytics/trends", "analyst"),
     ("get", "/api/v1/api-keys", "admin"),
     ("post", "/api/v1/api-keys", "admin"),

@@ -12,8 +12,8 @@ use crate::auth::{Analyst, Auth};
 use crate::error::ApiError;
 use crate::AppState;
 use mercator_services::predict::{
-    AnomalyAnswer, AnomalyRequest, ForecastAnswer, ForecastRequest, PricePrediction, PriceRequest,
-    TrendAnswer, TrendRequest,
+    AnomalyAnswer, AnomalyRequest, DemandAnswer, DemandRequest, ForecastAnswer, ForecastRequest,
+    PricePrediction, PriceRequest, TrendAnswer, TrendRequest,
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -21,6 +21,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(predict_price))
         .routes(routes!(trends))
         .routes(routes!(forecast))
+        .routes(routes!(demand_forecast))
         .routes(routes!(anomalies))
 }
 
@@ -56,6 +57,26 @@ async fn trends(
     Ok(Json(
         app.predictions
             .trend(&caller.organization_id, request)
+            .await?,
+    ))
+}
+
+/// A material's demand for `horizon_days` from `as_of` on, by week (default) or by day (analyst): the
+/// active demand model on features of the organization's orders of the material in the year before `as_of`
+/// (cancelled orders aside), an interval per point from split-conformal calibration per week ahead. 404 for
+/// a material not in the organization; 422 `beyond_horizon` past the model's weeks, `insufficient_history`
+/// when the material's first order in that year is less than the spec's minimum (91 days) back.
+#[utoipa::path(post, path = "/api/v1/analytics/demand-forecast", tag = "analytics",
+    request_body = DemandRequest, security(("api_key" = [])),
+    responses((status = 200, body = DemandAnswer), (status = "4XX", body = ErrorEnvelope)))]
+async fn demand_forecast(
+    State(app): State<AppState>,
+    caller: Auth<Analyst>,
+    ApiJson(request): ApiJson<DemandRequest>,
+) -> Result<Json<DemandAnswer>, ApiError> {
+    Ok(Json(
+        app.predictions
+            .demand_forecast(&caller.organization_id, request)
             .await?,
     ))
 }

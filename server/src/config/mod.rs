@@ -60,6 +60,25 @@ pub enum FeaturesCommand {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Writes a demand model's training frame (CSV): one row per material and as-of day whose weeks ahead
+    /// all end before --end, its features computed by the code that answers
+    /// `POST /api/v1/analytics/demand-forecast`, and the units per day ordered in each week ahead.
+    DemandFrame {
+        /// The demand model's features.toml (`kind = "demand"`).
+        #[arg(long)]
+        spec: PathBuf,
+        /// Order lines: material_code, ordered_on, quantity (and optionally status).
+        #[arg(long)]
+        orders: PathBuf,
+        /// The first day not in the data (YYYY-MM-DD).
+        #[arg(long)]
+        end: chrono::NaiveDate,
+        /// One row every this many days per material.
+        #[arg(long, default_value_t = 1)]
+        every: u32,
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Writes a model version's reference profile (`profile.json` beside its manifest): each feature's and
     /// each output's quantile bins, counts and moments over the rows of a reference period, which model
     /// monitoring compares live traffic with. Use a period the model did not train on.
@@ -89,7 +108,8 @@ pub enum FeaturesCommand {
 pub enum Command {
     /// Serve the model repository over HTTP (Open Inference Protocol, health, metrics).
     Serve(Box<ServeArgs>),
-    /// The feature pipeline: `mercator features materialize`, `profile`, `delivery-frame`.
+    /// The feature pipeline: `mercator features materialize`, `profile`, `delivery-frame`,
+    /// `demand-frame`.
     #[command(subcommand)]
     Features(FeaturesCommand),
 }

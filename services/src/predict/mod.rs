@@ -7,6 +7,7 @@
 //! - [`anomaly`]: how unusual observed prices are (the `anomaly` model, severities, reasons), also run on
 //!   every ingested price;
 //! - [`trend`]: a least-squares line through the daily means (linfa, no model);
+//! - [`demand`]: a material's demand in the weeks ahead (the `demand` model on its order history);
 //! - [`risk`]: the chance an order line with a supplier arrives late (the `risk` model on its order book).
 //!
 //! Every model run goes through [`Predictions::infer`], which copies the request to the model's shadow
@@ -31,6 +32,7 @@ pub const FORECAST_MODEL: &str = "forecast";
 pub const ANOMALY_MODEL: &str = "anomaly";
 
 mod anomaly;
+mod demand;
 mod error;
 mod forecast;
 mod price;
@@ -38,6 +40,7 @@ mod risk;
 mod trend;
 
 pub use anomaly::{AnomalyAnswer, AnomalyRequest, Judgement};
+pub use demand::{DemandAnswer, DemandOutlook, DemandRequest, Granularity, DEMAND_MODEL};
 pub use error::PredictError;
 pub use forecast::{ForecastAnswer, ForecastRequest};
 pub use price::{Catalog, Interval, Named, PricePrediction, PriceRequest, DEFAULT_LEVEL};
@@ -146,10 +149,14 @@ pub struct Predictions {
     /// The feature specs of model versions, with their column names, by model and version.
     specs: Mutex<HashMap<String, HashMap<u64, Arc<Prepared>>>>,
     /// The delivery specs of risk model versions.
-    delivery_specs: Mutex<HashMap<(String, u64), Arc<mercator_features::delivery::DeliverySpec>>>,
+    delivery_specs: SpecCache<mercator_features::delivery::DeliverySpec>,
+    demand_specs: SpecCache<mercator_features::demand::DemandSpec>,
     /// Where a sample of the price predictions goes, when monitoring keeps one.
     log: std::sync::OnceLock<crate::monitor::log::PredictionLog>,
 }
+
+/// Parsed feature specs by model name and version.
+type SpecCache<S> = Mutex<HashMap<(String, u64), Arc<S>>>;
 
 /// A parsed spec and its column names, made once per model version.
 struct Prepared {
@@ -180,6 +187,7 @@ impl Predictions {
             suppliers: Cache::default(),
             specs: Mutex::default(),
             delivery_specs: Mutex::default(),
+            demand_specs: Mutex::default(),
             log: std::sync::OnceLock::new(),
         }
     }
@@ -294,6 +302,31 @@ impl Predictions {
             .join(&m.name)
             .join(m.version.to_string())
             .join(&features.spec))
+    }
+
+    /// A model version's feature spec of kind `S`, parsed once into `cache`.
+    fn cached_spec<S>(
+        &self,
+        cache: &SpecCache<S>,
+        model: &Model,
+        parse: fn(&std::path::Path) -> Result<S, mercator_features::FeatureError>,
+    ) -> Result<Arc<S>, PredictError> {
+        let m = model.manifest();
+        let key = (m.name.clone(), m.version);
+        if let Some(spec) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(spec.clone());
+        }
+        let path = self.spec_path(m)?;
+        let spec = Arc::new(parse(&path).map_err(|e| PredictError::Spec {
+            model: m.name.clone(),
+            version: m.version,
+            reason: e.to_string(),
+        })?);
+        cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, spec.clone());
+        Ok(spec)
     }
 
     /// The feature spec of a model version (parsed once).

@@ -314,29 +314,7 @@ impl Predictions {
 
     /// The delivery spec of a risk model version (parsed once).
     fn delivery_spec(&self, model: &Model) -> Result<Arc<DeliverySpec>, PredictError> {
-        let m = model.manifest();
-        let key = (m.name.clone(), m.version);
-        if let Some(spec) = self
-            .delivery_specs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
-            return Ok(spec.clone());
-        }
-        let path = self.spec_path(m)?;
-        let spec = Arc::new(
-            DeliverySpec::from_file(&path).map_err(|e| PredictError::Spec {
-                model: m.name.clone(),
-                version: m.version,
-                reason: e.to_string(),
-            })?,
-        );
-        self.delivery_specs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, spec.clone());
-        Ok(spec)
+        self.cached_spec(&self.delivery_specs, model, DeliverySpec::from_file)
     }
 }
 

@@ -1,21 +1,28 @@
 //! A policy's lead time and demand taken from what the store knows, when the request does not give them.
 //!
-//! - **Lead time**: over the supplier's orders placed in the `history_days` before today, each line of the
-//!   material received in full (accepted quantity reaching the ordered one): days from the order to that
-//!   delivery; mean and sample standard deviation. Below two such lines of the material, every line of the
-//!   supplier counts (the answer says which).
-//! - **Demand**: the organization's ordered quantity of the material over the `history_days` before today
-//!   (cancelled orders aside), per day: the mean. Orders come in lumps (one every week or two), so the
-//!   day-to-day spread is read from 28-day totals: the standard deviation of those totals ÷ √28, which is
-//!   the daily standard deviation were days independent. What was ordered stands in for what was consumed
-//!   until the demand model answers.
+//! - **Lead time**: over the supplier's orders placed in the `history_days` before `as_of` (default
+//!   today), each line of the material received in full (accepted quantity reaching the ordered one): days
+//!   from the order to that delivery; mean and sample standard deviation. Below two such lines of the
+//!   material, every line of the supplier counts (the answer says which).
+//! - **Demand**, by default (`demand_from = forecast`): the demand model's units per day over the exposure
+//!   (the lead time, or the review period plus the lead time; each day its week's rate, days past the
+//!   model's weeks the last week's), and its error: the calibrated standard deviation of a week's rate,
+//!   times √7 for a day's (see [`crate::predict::DemandOutlook::over`]).
+//! - **Demand** with `demand_from = orders`: the organization's ordered quantity of the material over the
+//!   same `history_days` (cancelled orders aside), per day: the mean. Orders come in lumps (one every week
+//!   or two), so the day-to-day spread is read from 28-day totals: the standard deviation of those totals
+//!   ÷ √28, which is the daily standard deviation were days independent.
+//!
+//! What was ordered stands in for what was consumed either way: the order book is the demand history
+//! Mercator has.
 
 use chrono::{Duration, NaiveDate};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::scorecard::{mean, received_in_full, sample_std};
-use super::{Demand, LeadTime, PolicyRequest, Supply, SupplyError};
+use super::{Demand, DemandFrom, LeadTime, PolicyRequest, Supply, SupplyError};
+use crate::predict::PredictError;
 use mercator_store::FieldErrors;
 
 /// Days of history by default, and the bounds.
@@ -35,9 +42,14 @@ pub struct Inputs {
 pub struct Source {
     pub mean: f64,
     pub std: f64,
-    /// `given`, `deliveries of the material`, `deliveries` (every material of the supplier) or `orders`.
+    /// `given`, `deliveries of the material`, `deliveries` (every material of the supplier), `orders` or
+    /// `forecast`.
     pub source: &'static str,
-    /// Lines (lead time) or order lines (demand) it rests on; 0 when given.
+    /// The model version, for a forecast.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<crate::predict::ModelRef>,
+    /// Lines (lead time), order lines (demand from orders) or days with orders (forecast) it rests on; 0
+    /// when given.
     pub lines: usize,
     #[schema(value_type = Option<String>, format = Date)]
     pub from: Option<NaiveDate>,
@@ -45,19 +57,25 @@ pub struct Source {
     pub to: Option<NaiveDate>,
 }
 
-impl Inputs {
-    pub fn given(lead_time: &LeadTime, demand: &Demand) -> Inputs {
-        let given = |mean, std| Source {
+impl Source {
+    fn given(mean: f64, std: f64) -> Source {
+        Source {
             mean,
             std,
             source: "given",
+            model: None,
             lines: 0,
             from: None,
             to: None,
-        };
+        }
+    }
+}
+
+impl Inputs {
+    pub fn given(lead_time: &LeadTime, demand: &Demand) -> Inputs {
         Inputs {
-            lead_time: given(lead_time.mean_days, lead_time.std_days),
-            demand: given(demand.mean_per_day, demand.std_per_day),
+            lead_time: Source::given(lead_time.mean_days, lead_time.std_days),
+            demand: Source::given(demand.mean_per_day, demand.std_per_day),
         }
     }
 }
@@ -78,17 +96,11 @@ impl Supply {
             )
             .into());
         }
-        let to = self.clock.now().date_naive() - Duration::days(1);
+        let today = r.as_of.unwrap_or_else(|| self.clock.now().date_naive());
+        let to = today - Duration::days(1);
         let from = to - Duration::days(i64::from(days) - 1);
         let lead = match (&r.lead_time, &r.supplier_id) {
-            (Some(given), _) => Source {
-                mean: given.mean_days,
-                std: given.std_days,
-                source: "given",
-                lines: 0,
-                from: None,
-                to: None,
-            },
+            (Some(given), _) => Source::given(given.mean_days, given.std_days),
             (None, Some(supplier)) => {
                 let lead = self
                     .lead_time(org, supplier, &r.material_id, (from, to))
@@ -107,16 +119,24 @@ impl Supply {
                 .into())
             }
         };
-        let demand = match &r.demand {
-            Some(given) => Source {
-                mean: given.mean_per_day,
-                std: given.std_per_day,
-                source: "given",
-                lines: 0,
-                from: None,
-                to: None,
-            },
-            None => {
+        let demand = match (&r.demand, r.demand_from) {
+            (Some(given), _) => Source::given(given.mean_per_day, given.std_per_day),
+            (None, DemandFrom::Forecast) => {
+                let lead = r.lead_time.as_ref().map_or(0.0, |l| l.mean_days);
+                let period = match &r.review {
+                    Some(review) if review.kind == "periodic" => review.period_days.unwrap_or(0.0),
+                    _ => 0.0,
+                };
+                let demand = self
+                    .forecast_demand(org, &r.material_id, today, lead + period)
+                    .await?;
+                r.demand = Some(Demand {
+                    mean_per_day: demand.mean,
+                    std_per_day: demand.std,
+                });
+                demand
+            }
+            (None, DemandFrom::Orders) => {
                 let demand = self.demand(org, &r.material_id, (from, to)).await?;
                 r.demand = Some(Demand {
                     mean_per_day: demand.mean,
@@ -165,6 +185,7 @@ impl Supply {
                 mean: mean.max(f64::MIN_POSITIVE),
                 std,
                 source,
+                model: None,
                 lines: leads.len(),
                 from: Some(from),
                 to: Some(to),
@@ -214,9 +235,47 @@ impl Supply {
             mean: total / days as f64,
             std,
             source: "orders",
+            model: None,
             lines,
             from: Some(from),
             to: Some(to),
+        })
+    }
+
+    /// Demand over `days` ahead from the demand model, as of today. A forecast that cannot be made for the
+    /// material (too little history, no demand model served) is the `demand` field's problem.
+    async fn forecast_demand(
+        &self,
+        org: &str,
+        material_id: &str,
+        today: NaiveDate,
+        days: f64,
+    ) -> Result<Source, SupplyError> {
+        let outlook = match self
+            .predictions
+            .demand_outlook(org, material_id, Some(today))
+            .await
+        {
+            Ok(outlook) => outlook,
+            Err(e @ (PredictError::Feature(_) | PredictError::Unservable(_)))
+            | Err(e @ PredictError::Engine(mercator_engine::EngineError::ModelNotFound(_))) => {
+                return Err(FieldErrors::one(
+                    "demand",
+                    format!("{e}: give demand, or set demand_from to orders"),
+                )
+                .into())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (mean, std) = outlook.over(if days.is_finite() { days } else { 1.0 });
+        Ok(Source {
+            mean: mean.max(0.0),
+            std,
+            source: "forecast",
+            model: Some(outlook.model),
+            lines: outlook.order_days,
+            from: Some(outlook.window.0),
+            to: Some(outlook.window.1),
         })
     }
 }

@@ -4,8 +4,8 @@
 //! - [`orders`]: purchase orders (by hand or from an RFQ's awards) and their deliveries.
 //! - [`scorecard`]: a supplier's OTIF, lead time, defects, price competitiveness and RFQ responses.
 //! - this file: `POST /api/v1/inventory/policy` — a material's policy from its costs, service target,
-//!   review, lead time and daily demand (mean and forecast error), each figure returned with the formula
-//!   and the numbers that made it.
+//!   review, lead time and daily demand (mean and forecast error; by default from the demand model), each
+//!   figure returned with the formula and the numbers that made it.
 
 pub mod history;
 pub mod import;
@@ -53,6 +53,14 @@ pub struct Demand {
     pub std_per_day: f64,
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DemandFrom {
+    #[default]
+    Forecast,
+    Orders,
+}
+
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeadTime {
@@ -79,12 +87,22 @@ pub struct PolicyRequest {
     /// Default: from `supplier_id`'s deliveries of the material (of anything it delivered, below two
     /// lines of it) over `history_days`.
     pub lead_time: Option<LeadTime>,
-    /// Default: from the organization's orders of the material over `history_days`.
+    /// Default: as `demand_from` says.
     pub demand: Option<Demand>,
+    /// Where demand comes from when not given: `forecast` (default: the demand model's weekly rates over
+    /// the exposure, and its calibrated error) or `orders` (the organization's orders of the material over
+    /// `history_days`).
+    #[serde(default)]
+    pub demand_from: DemandFrom,
     /// The supplier whose delivery history gives the lead time when none is given.
     pub supplier_id: Option<String>,
-    /// Days of history the defaults are taken from, ending yesterday (default 365, 56 to 1,830).
+    /// Days of history the defaults are taken from, ending the day before `as_of` (default 365, 56 to
+    /// 1,830); the forecast reads its model's own window.
     pub history_days: Option<u32>,
+    /// The day the policy is for: lead time and demand come from the history before it (default today).
+    /// For backtests.
+    #[serde(default, deserialize_with = "mercator_store::opt_date")]
+    pub as_of: Option<chrono::NaiveDate>,
     /// The quantity ordered each time, instead of the EOQ.
     pub order_quantity: Option<f64>,
     /// The smallest quantity the supplier takes: the EOQ is raised to it.
@@ -144,6 +162,9 @@ pub enum SupplyError {
     /// The order's or the RFQ's state does not allow it.
     #[error("{0}")]
     State(String),
+    /// The demand forecast failed for a reason of the server's (a field's is `Invalid`).
+    #[error(transparent)]
+    Predict(#[from] crate::predict::PredictError),
 }
 
 impl SupplyError {
@@ -152,6 +173,7 @@ impl SupplyError {
             SupplyError::Store(e) => e.code(),
             SupplyError::Invalid { .. } => "validation_error",
             SupplyError::State(_) => "invalid_state",
+            SupplyError::Predict(e) => e.code(),
         }
     }
 }
@@ -171,11 +193,20 @@ impl From<FieldErrors> for SupplyError {
 pub struct Supply {
     store: Store,
     clock: Arc<crate::clock::Clock>,
+    predictions: Arc<crate::predict::Predictions>,
 }
 
 impl Supply {
-    pub fn new(store: Store, clock: Arc<crate::clock::Clock>) -> Supply {
-        Supply { store, clock }
+    pub fn new(
+        store: Store,
+        clock: Arc<crate::clock::Clock>,
+        predictions: Arc<crate::predict::Predictions>,
+    ) -> Supply {
+        Supply {
+            store,
+            clock,
+            predictions,
+        }
     }
 
     /// A material's inventory policy; a lead time or demand not given is taken from the history.
