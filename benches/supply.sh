@@ -3,6 +3,8 @@
 # of orders and deliveries imported (both timed), then
 #   - risk for every supplier of the organization (GET /api/v1/suppliers/{id}/risk for each of the 10, a
 #     planned line of a material each carries, as of the fixture's last day), $ROUNDS rounds;
+#   - the demand forecast (8 weeks, by week) of each of the fixture's materials, and a policy for each whose
+#     demand is that forecast (lead time given), as of the day after the last order, $ROUNDS rounds;
 #   - inventory policies for 1,000 materials (POST /api/v1/inventory/policy, demand, costs and service
 #     level varying, continuous and periodic review in turn), one after another on one connection.
 # Prints p50 and p99 per request and the time for all suppliers / all 1,000 policies (benches/RESULTS.md).
@@ -86,6 +88,22 @@ e50, e99 = quantiles(every)
 print(f"risk: {len(one)} requests, p50 {p50:.2f} ms, p99 {p99:.2f} ms per supplier; "
       f"all {len(suppliers)} suppliers p50 {e50:.1f} ms, p99 {e99:.1f} ms")
 
+# Demand: each material's forecast, and a policy taking its demand from it.
+import datetime
+after = (datetime.date.fromisoformat(as_of) + datetime.timedelta(days=1)).isoformat()
+forecasts, from_forecast = [], []
+for _ in range(rounds):
+    for material in materials.values():
+        _, s = call("POST", "/api/v1/analytics/demand-forecast", {"material_id": material, "horizon_days": 56, "as_of": after})
+        forecasts.append(s)
+        _, s = call("POST", "/api/v1/inventory/policy", {"material_id": material, "unit_cost": 5, "holding_rate": 0.2,
+            "ordering_cost": 50, "service_level": {"type": "cycle", "value": 0.95}, "as_of": after,
+            "lead_time": {"mean_days": 14, "std_days": 3}})
+        from_forecast.append(s)
+p50, p99 = quantiles(forecasts)
+print(f"demand forecast: {len(forecasts)} requests ({len(materials)} materials), p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+p50, p99 = quantiles(from_forecast)
+print(f"policy with the forecast's demand: {len(from_forecast)} requests, p50 {p50:.2f} ms, p99 {p99:.2f} ms")
 # Policies for 1,000 materials.
 extra = [call("POST", "/api/v1/materials", {"code": f"BENCH-{i:04d}", "name": f"bench {i}", "category": "steel",
                                             "unit": "kg", "specifications": {}})[0]["id"] for i in range(1000 - len(materials))]
