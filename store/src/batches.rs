@@ -322,7 +322,7 @@ impl Store {
         outputs: Option<&str>,
         chunks: &[LegacyChunk],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for (index, ((input, result), chunk)) in chunks.iter().zip(&job.chunks).enumerate() {
             let state = match (result, job.state.is_terminal()) {
                 (Some(_), _) => "done",
@@ -484,7 +484,7 @@ impl Store {
         for _ in 0..8 {
             let now = now_ms();
             let token = (rand::random::<u64>() >> 1) as i64;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let Some(row) = sqlx::query(&claim)
                 .bind(holder)
                 .bind(token)
@@ -625,7 +625,7 @@ impl Store {
         rows: u64,
         failed: u64,
     ) -> Result<Option<BatchJob>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query(
             "UPDATE batch_chunks SET state = 'done', result = $1, failed = $2, input = NULL, \
              lease_until = NULL WHERE job_id = $3 AND idx = $4 AND token = $5 AND state = 'running'",

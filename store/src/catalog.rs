@@ -366,7 +366,7 @@ impl Store {
     /// Changes the fields a patch gives; answers the entry as it is now.
     pub async fn update_entry<E: Entry>(&self, org: &str, id: &str, patch: E::Patch) -> Result<E> {
         let Columns(sets) = E::changed(patch)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         self.update(&mut tx, (E::TABLE, E::KIND), org, id, sets, E::DUPLICATE)
             .await?;
         self.record_change(&mut tx, Changed::of(E::CHANGE, Some(org), id))
@@ -377,7 +377,7 @@ impl Store {
 
     /// Deletes an entry no price refers to; one that prices refer to is a conflict.
     pub async fn delete_entry<E: Entry>(&self, org: &str, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         self.delete(&mut tx, (E::TABLE, E::KIND), org, id, E::IN_USE)
             .await?;
         self.record_change(&mut tx, Changed::of(E::CHANGE, Some(org), id))

@@ -211,6 +211,18 @@ impl Store {
         })
     }
 
+    /// A transaction that writes. On SQLite it takes the database's one write lock as it starts (`BEGIN
+    /// IMMEDIATE`), waiting for it up to the busy timeout: a deferred transaction that reads first and then
+    /// writes fails at once with "database is locked" when another connection holds the lock, because
+    /// SQLite does not wait on a read lock's upgrade (it could deadlock).
+    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(if self.sqlite {
+            self.pool.begin_with("BEGIN IMMEDIATE").await?
+        } else {
+            self.pool.begin().await?
+        })
+    }
+
     /// The store, sealing the secrets it writes with `sealer` (and opening those it reads).
     pub fn with_sealer(mut self, sealer: secrets::Sealer) -> Store {
         self.sealer = Some(std::sync::Arc::new(sealer));

@@ -118,7 +118,7 @@ impl Store {
         size_bytes: u64,
         created_by: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query(
             "INSERT INTO model_versions (name, version, sha256, size_bytes, created_at, created_by) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name, version) DO NOTHING",
@@ -181,7 +181,7 @@ impl Store {
             Ok((sha, size)) => (VersionState::Ready, sha, size, None),
             Err(reason) => (VersionState::Failed, "", 0, Some(reason)),
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "UPDATE model_versions SET state = $3, sha256 = $4, size_bytes = $5, reason = $6, \
              loaded = $7 WHERE name = $1 AND version = $2",
@@ -203,7 +203,7 @@ impl Store {
 
     /// Marks a version retired (it stays as a tombstone) and not loaded.
     pub async fn retire_model_version(&self, name: &str, version: u64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "UPDATE model_versions SET state = 'retired', loaded = 0 WHERE name = $1 AND version = $2",
         )
@@ -229,7 +229,7 @@ impl Store {
         version: u64,
         loaded: bool,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE model_versions SET loaded = $3 WHERE name = $1 AND version = $2")
             .bind(name)
             .bind(version as i64)
@@ -306,7 +306,7 @@ impl Store {
         traffic: &TrafficPolicy,
     ) -> Result<()> {
         let text = serde_json::to_string(traffic).expect("a policy serializes");
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO model_policies (name, active_version, previous_version, updated_at, traffic) \
              VALUES ($1, $2, NULL, $3, $4) ON CONFLICT (name) DO UPDATE SET traffic = $4, updated_at = $3",
@@ -325,7 +325,7 @@ impl Store {
 
     /// Records `version` as active and `previous` as what rollback returns to.
     pub async fn set_model_policy(&self, name: &str, policy: ModelPolicy) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO model_policies (name, active_version, previous_version, updated_at) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET \
@@ -354,7 +354,7 @@ impl Store {
         if self.sqlite {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM model_files WHERE name = $1 AND version = $2")
             .bind(name)
             .bind(version as i64)

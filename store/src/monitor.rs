@@ -101,7 +101,7 @@ const LOG_COLUMNS: &str =
 impl Store {
     /// Writes logged predictions (their ids are theirs: a row written twice stays one).
     pub async fn insert_prediction_logs(&self, rows: &[LoggedPrediction]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         // 14 values a row: well under either database's limit on parameters.
         for chunk in rows.chunks(if self.sqlite { 64 } else { 500 }) {
             let mut sql = crate::Sql::new(format!(

@@ -344,7 +344,7 @@ impl Store {
 
     /// Writes orders `check_orders` made, in one transaction.
     pub async fn insert_orders(&self, org: &str, orders: Vec<Order>) -> Result<Vec<Order>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for chunk in orders.chunks(if self.sqlite { 30 } else { 500 }) {
             let mut sql = Sql::new(format!(
                 "INSERT INTO orders (organization_id, {ORDER_COLUMNS}) VALUES "
@@ -490,7 +490,7 @@ impl Store {
         if !problems.is_empty() {
             return Err(StoreError::Rows(problems));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for chunk in deliveries.chunks(if self.sqlite { 30 } else { 500 }) {
             let mut sql = Sql::new(format!(
                 "INSERT INTO deliveries (organization_id, {DELIVERY_COLUMNS}) VALUES "

@@ -328,7 +328,7 @@ impl Store {
                 anomaly: None,
             })
             .collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for chunk in prices.chunks(rows_per_statement(self.sqlite)) {
             let mut sql = Sql::new(
                 "INSERT INTO prices (id, organization_id, observed_at, material_id, supplier_id, price, \
@@ -505,7 +505,7 @@ impl Store {
         .into_iter()
         .filter_map(|(c, v)| v.map(|v| (c, v)))
         .collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let before = price_in(&mut tx, org, id).await?;
         self.update(
             &mut tx,
@@ -535,7 +535,7 @@ impl Store {
         page: usize,
         mut each: impl FnMut(Vec<PricePoint>),
     ) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         if !self.sqlite {
             // SQLite's read transaction is a snapshot from its first read (WAL).
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -584,7 +584,7 @@ impl Store {
         org: &str,
         scores: &[(String, Option<PriceAnomaly>)],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         // One statement per chunk: UPDATE .. FROM (VALUES ..), which both databases run (VALUES columns are
         // column1, column2, .. in both).
         for chunk in scores.chunks(200) {
@@ -617,7 +617,7 @@ impl Store {
 
     /// Deletes an observation; answers it as it was.
     pub async fn delete_price(&self, org: &str, id: &str) -> Result<Price> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let before = price_in(&mut tx, org, id).await?;
         self.delete(&mut tx, ("prices", "price"), org, id, "conflicting price")
             .await?;

@@ -653,7 +653,7 @@ impl Store {
         check_text(&mut e, rfq);
         e.into_result()?;
         self.check_references(org, rfq).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         self.fenced_write(&mut tx, org, rfq, version).await?;
         tx.commit().await?;
         self.rfq(org, &rfq.id).await
@@ -718,7 +718,7 @@ impl Store {
     pub async fn delete_rfq(&self, org: &str, id: &str, version: Option<i64>) -> Result<Rfq> {
         let before = self.rfq(org, id).await?;
         let version = version.unwrap_or(before.version);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for table in ["rfq_awards", "quotes"] {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE organization_id = $1 AND rfq_id = $2"
@@ -753,7 +753,7 @@ impl Store {
         mut quote: Quote,
         rfq_version: i64,
     ) -> Result<Quote> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         // A write first: on SQLite it takes the write lock now (waiting its turn), where a read first would
         // hold a snapshot that another writer's commit makes stale (SQLITE_BUSY_SNAPSHOT, no retry).
         let fenced = sqlx::query(
@@ -860,7 +860,7 @@ impl Store {
         version: i64,
         awards: &[Award],
     ) -> Result<Rfq> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         self.fenced_write(&mut tx, org, rfq, version).await?;
         for a in awards {
             sqlx::query(

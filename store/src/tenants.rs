@@ -365,7 +365,7 @@ impl Store {
 
     /// Deletes one of the organization's keys; another organization's key is `NotFound`.
     pub async fn delete_api_key(&self, organization_id: &str, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query("DELETE FROM api_keys WHERE organization_id = $1 AND id = $2")
             .bind(organization_id)
             .bind(id)

@@ -174,7 +174,7 @@ impl Store {
         let ends_sessions = change.role.is_some_and(|r| r != user.role)
             || change.password_hash.is_some()
             || change.active == Some(false);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "UPDATE users SET name = $1, role = $2, active = $3, \
              password_hash = COALESCE($4, password_hash), token_version = token_version + $5, \
@@ -296,7 +296,7 @@ impl Store {
 
     /// Revokes every token of a family (a logout, or a token reused).
     pub async fn revoke_family(&self, family_id: &str, now: DateTime<Utc>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "UPDATE refresh_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
         )

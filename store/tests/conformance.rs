@@ -349,8 +349,47 @@ on_both!(
     a_missing_number_and_a_number_share_one_statement,
     users_and_refresh_tokens_rotate_once,
     audit_events_keep_their_origin_and_age_out,
-    monitor_counts_and_logged_predictions_are_kept_by_version_and_time
+    monitor_counts_and_logged_predictions_are_kept_by_version_and_time,
+    writers_that_read_first_wait_for_each_other
 );
+
+/// Writes that read before they write (a patch reads the row, then updates it and records the change), many
+/// at once on the pool's connections: each waits for the write lock rather than failing. SQLite refuses a
+/// deferred transaction's upgrade from reading to writing at once while another connection writes, so its
+/// write transactions must take the lock as they begin.
+async fn writers_that_read_first_wait_for_each_other(store: Store) {
+    let org = store.create_organization("Acme", false).await.unwrap().id;
+    let m = store
+        .create_entry::<Material>(&org, material("M-1", "steel"))
+        .await
+        .unwrap()
+        .id;
+    let prices = store
+        .insert_prices(
+            &org,
+            (1..=8).map(|d| observation(&m, None, d, 3.0)).collect(),
+        )
+        .await
+        .unwrap();
+    let writers = prices.into_iter().map(|price| {
+        let (store, org) = (store.clone(), org.clone());
+        tokio::spawn(async move {
+            for round in 1..=15 {
+                let patch: PricePatch =
+                    serde_json::from_value(serde_json::json!({"price": f64::from(round)})).unwrap();
+                store
+                    .update_price(&org, &price.id, patch)
+                    .await
+                    .map_err(|e| format!("{} round {round}: {e}", price.id))?;
+            }
+            Ok::<_, String>(price.id)
+        })
+    });
+    for writer in writers.collect::<Vec<_>>() {
+        let id = writer.await.unwrap().unwrap();
+        assert_eq!(store.price(&org, &id).await.unwrap().price, 15.0);
+    }
+}
 
 /// A replica's counts of a bucket are replaced by its later write and read beside another replica's, by
 /// version and bucket range; logged predictions are written once by id, read newest first within a time

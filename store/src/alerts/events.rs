@@ -20,7 +20,7 @@ impl Store {
             now.saturating_sub((cooldown_seconds.min(i64::MAX as u64 / 1000) * 1000) as i64);
         let id = new_id();
         let subject = breach.subject();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let won: Option<String> = sqlx::query_scalar(
             "INSERT INTO alert_subjects (rule_id, subject, event_id, opened_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (rule_id, subject) DO UPDATE SET event_id = excluded.event_id, opened_at = excluded.opened_at \

@@ -76,7 +76,7 @@ impl Store {
         };
         self.check_rule(org, &rule).await?;
         let v = values(&rule, |secret| self.seal(secret));
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(&format!(
             "INSERT INTO alert_rules ({RULE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         ))
@@ -239,7 +239,7 @@ impl Store {
         }
         self.check_rule(org, &rule).await?;
         let v = values(&rule, |secret| self.seal(secret));
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         self.update(
             &mut tx,
             ("alert_rules", "alert rule"),
@@ -268,7 +268,7 @@ impl Store {
     }
 
     pub async fn delete_alert_rule(&self, org: &str, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         // Children first: SQLite enforces the foreign keys but cascades only with its pragma on.
         sqlx::query("DELETE FROM alert_subjects WHERE rule_id IN (SELECT id FROM alert_rules WHERE organization_id = $1 AND id = $2)")
             .bind(org)
