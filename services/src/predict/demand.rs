@@ -281,12 +281,75 @@ impl DemandOutlook {
     /// its week's rate and error (days past the model's weeks take the last week's). A week's rate error
     /// e (units per day over 7 days) is a daily error of e·√7, were days independent: the spread the policy's
     /// σ_d·√days then restores over the exposure.
+    ///
+    /// Each week is weighted by its days among the first `days` (whole days, at least one), so a lead time
+    /// of any size costs one step per week, never one per day.
     pub fn over(&self, days: f64) -> (f64, f64) {
-        let n = days.ceil().max(1.0) as usize;
+        let n = if days.is_finite() {
+            days.ceil().max(1.0)
+        } else {
+            1.0
+        };
         let last = self.rates.len().saturating_sub(1);
-        let week = |d: usize| (d / 7).min(last);
-        let mean = (0..n).map(|d| self.rates[week(d)]).sum::<f64>() / n as f64;
-        let error = (0..n).map(|d| self.error_std[week(d)]).sum::<f64>() / n as f64;
-        (mean, error * 7f64.sqrt())
+        let (mut mean, mut error) = (0.0, 0.0);
+        for (k, (rate, e)) in self.rates.iter().zip(&self.error_std).enumerate() {
+            let before = 7.0 * k as f64;
+            let days_in = if k < last {
+                (n - before).clamp(0.0, 7.0)
+            } else {
+                (n - before).max(0.0)
+            };
+            mean += days_in * rate;
+            error += days_in * e;
+        }
+        (mean / n, error / n * 7f64.sqrt())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outlook(rates: Vec<f64>, error_std: Vec<f64>) -> DemandOutlook {
+        let day = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+        DemandOutlook {
+            as_of: day,
+            rates,
+            error_std,
+            scale: 1.0,
+            order_days: 0,
+            full_year: true,
+            median_gap: 0.0,
+            window: (day, day),
+            features: Vec::new(),
+            model: ModelRef {
+                name: "demand".into(),
+                version: 1,
+            },
+            settings: mercator_engine::DemandSettings {
+                method: String::new(),
+                levels: vec![0.8],
+                week_lower: vec![vec![0.0; 2]],
+                week_upper: vec![vec![0.0; 2]],
+                week_error_std: vec![0.0; 2],
+                calibration_rows: 0,
+            },
+        }
+    }
+
+    /// Days take their week's rate and error; days past the last week take the last week's, whatever the
+    /// number of days (a huge lead time answers at once).
+    #[test]
+    fn demand_over_an_exposure_weights_the_weeks_by_their_days() {
+        let o = outlook(vec![10.0, 20.0], vec![1.0, 3.0]);
+        let (mean, error) = o.over(10.0);
+        assert!((mean - (7.0 * 10.0 + 3.0 * 20.0) / 10.0).abs() < 1e-12);
+        assert!((error - (7.0 * 1.0 + 3.0 * 3.0) / 10.0 * 7f64.sqrt()).abs() < 1e-12);
+        let (mean, _) = o.over(28.0);
+        assert!((mean - (7.0 * 10.0 + 21.0 * 20.0) / 28.0).abs() < 1e-12);
+        assert_eq!(o.over(0.2), o.over(1.0));
+        let (mean, error) = o.over(1e300);
+        assert!((mean - 20.0).abs() < 1e-9 && (error - 3.0 * 7f64.sqrt()).abs() < 1e-9);
+        assert_eq!(o.over(f64::NAN), o.over(1.0));
     }
 }
